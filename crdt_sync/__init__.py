@@ -1,0 +1,3 @@
+"""crdt-sync: a Yjs-compatible collaboration server."""
+
+__version__ = "0.1.0"

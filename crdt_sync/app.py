@@ -1,0 +1,134 @@
+"""The ASGI application: routes, lifespan (store and rooms), shutdown.
+
+``create_app(settings)`` returns a Starlette app. Its lifespan opens the store and
+the room manager; :meth:`Runtime.shutdown` (called by the server on SIGINT/SIGTERM,
+before the ASGI server stops) closes every WebSocket with 1001 and persists every
+room, so that nothing acknowledged is lost on a clean stop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from persistence.store import Store
+from rooms.manager import RoomManager, RoomSettings
+
+from .errors import json_error
+from .settings import Settings
+from .yjs_endpoint import YjsEndpoint
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """What the routes share while the app runs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: Store | None = None
+        self._manager: RoomManager | None = None
+        self.shutting_down = False
+        self.started = anyio.Event()
+
+    @property
+    def manager(self) -> RoomManager:
+        if self._manager is None:
+            raise RuntimeError("expected STARTED, got NOT STARTED")
+        return self._manager
+
+    def open_store(self) -> Store:
+        from persistence.sqlite import SQLiteStore
+
+        return SQLiteStore(self.settings.db, commit_interval_ms=self.settings.commit_interval_ms)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Runtime]:
+        settings = self.settings
+        store = self.open_store()
+        await store.start()
+        try:
+            self.store = store
+            room_settings = RoomSettings(
+                idle_seconds=settings.room_idle_seconds,
+                compact_updates=settings.compact_updates,
+                ping_interval=settings.ping_interval,
+                ping_timeout=settings.ping_timeout,
+            )
+            async with RoomManager(store, room_settings) as manager:
+                self._manager = manager
+                self.started.set()
+                yield self
+                await self.shutdown()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+
+    async def shutdown(self) -> None:
+        """Close every WebSocket with 1001 and persist every room (idempotent)."""
+        if self.shutting_down or self._manager is None:
+            return
+        self.shutting_down = True
+        rooms = len(self._manager.rooms)
+        conns = self._manager.connection_count
+        log.info("shutting down: closing %d connections in %d rooms", conns, rooms)
+        with anyio.move_on_after(self.settings.shutdown_timeout) as scope:
+            await self._manager.unload_all()
+        if scope.cancelled_caught:
+            log.error("shutdown: rooms not persisted within %.1f s", self.settings.shutdown_timeout)
+
+
+def create_app(settings: Settings, on_ready: Callable[[], None] | None = None) -> Starlette:
+    """Build the ASGI app.
+
+    Args:
+        settings: Server settings.
+        on_ready: Called once the store and rooms are up (the CLI prints its ready line).
+    """
+    runtime = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with runtime.running():
+            if on_ready is not None:
+                on_ready()
+            yield
+
+    async def healthz(request: Request) -> Response:
+        manager = runtime.manager
+        return JSONResponse(
+            {
+                "status": "shutting_down" if runtime.shutting_down else "ok",
+                "rooms": len(manager.rooms),
+                "connections": manager.connection_count,
+            },
+            status_code=503 if runtime.shutting_down else 200,
+        )
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return json_error(exc.status_code, error, str(exc.detail))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return json_error(500, "internal_error", "the server failed to handle this request")
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            WebSocketRoute("/yjs/{doc:path}", YjsEndpoint(settings, runtime)),
+        ],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, 500: server_error},
+    )
+    app.state.runtime = runtime
+    return app

@@ -1,0 +1,207 @@
+"""``ws://HOST:PORT/yjs/{doc}``: the y-websocket endpoint.
+
+A raw ASGI app (no per-message Starlette wrapper objects on the hot path). For each
+connection: validate the doc name, accept, join the room (which waits for the
+stored state), then run two loops until either ends: the connection's sender
+(``rooms.Connection.run``) and the receive loop below, which decodes each frame
+and hands it to the room in arrival order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+
+from persistence.store import StoreError
+from rooms.close_codes import CloseCode
+from rooms.connection import Connection
+from rooms.manager import RoomManager
+from rooms.room import InvalidUpdate, Room, RoomLoadError
+
+from .codec import (
+    Auth,
+    AwarenessUpdate,
+    ProtocolError,
+    QueryAwareness,
+    SyncStep1,
+    SyncStep2,
+    SyncUpdate,
+    decode_message,
+)
+from .docnames import InvalidDocName, validate_doc_name
+from .errors import json_error_body
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+
+
+class AsgiTransport:
+    """``rooms.Transport`` over an ASGI WebSocket ``send``."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+
+    async def send(self, message: bytes) -> None:
+        await self._send({"type": "websocket.send", "bytes": message})
+
+    async def close(self, code: int, reason: str) -> None:
+        # RFC 6455 caps the reason at 123 bytes of UTF-8.
+        reason_bytes = reason.encode("utf-8")[:123]
+        await self._send(
+            {
+                "type": "websocket.close",
+                "code": code,
+                "reason": reason_bytes.decode("utf-8", "ignore"),
+            }
+        )
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "-"
+
+
+class YjsEndpoint:
+    """The ASGI app mounted at ``/yjs/{doc:path}``."""
+
+    def __init__(self, settings: Settings, runtime: Any) -> None:
+        self.settings = settings
+        self.runtime = runtime  # crdt_sync.app.Runtime: manager, shutting_down
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        event = await receive()
+        if event["type"] != "websocket.connect":
+            return
+        raw_name = scope["path_params"]["doc"]
+        try:
+            name = validate_doc_name(raw_name)
+        except InvalidDocName as exc:
+            log.warning("peer=%s refused ws for doc %r: %s", _peer(scope), raw_name[:100], exc)
+            await self._deny(scope, send, 400, "invalid_doc_name", str(exc))
+            return
+        if self.runtime.shutting_down:
+            await send({"type": "websocket.close", "code": CloseCode.GOING_AWAY})
+            return
+        await send({"type": "websocket.accept"})
+        settings = self.settings
+        conn = Connection(
+            AsgiTransport(send),
+            actor="anonymous",
+            peer=_peer(scope),
+            max_messages=settings.send_queue_messages,
+            max_bytes=settings.send_queue_bytes,
+        )
+        conn.room_name = name
+        manager: RoomManager = self.runtime.manager
+        org = "default"
+        try:
+            room = await manager.join(org, name, conn)
+        except RoomLoadError as exc:
+            log.error("conn=%s room=%r cannot be served: %s", conn.id, name, exc)
+            conn.close(CloseCode.LOAD_FAILED, "document failed to load")
+            await conn.run()
+            return
+        log.info("conn=%s room=%r actor=%s peer=%s connected", conn.id, name, conn.actor, conn.peer)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._receive_loop, receive, conn, room, manager)
+                await conn.run()
+                tg.cancel_scope.cancel()
+        finally:
+            manager.leave(room, conn)
+            if conn.closed_by_peer:
+                log.info("conn=%s room=%r actor=%s disconnected", conn.id, name, conn.actor)
+            else:
+                log.info(
+                    "conn=%s room=%r actor=%s closed by server code=%s reason=%s",
+                    conn.id,
+                    name,
+                    conn.actor,
+                    conn.close_code,
+                    conn.close_reason,
+                )
+
+    async def _deny(self, scope: Scope, send: Any, status: int, error: str, detail: str) -> None:
+        """Refuse the handshake with an HTTP JSON error where the server supports it."""
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = json_error_body(error, detail)
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": CloseCode.BAD_REQUEST})
+
+    def _refuse(self, conn: Connection, code: int, reason: str) -> None:
+        log.warning(
+            "conn=%s room=%r actor=%s peer=%s closing %d: %s",
+            conn.id,
+            conn.room_name,
+            conn.actor,
+            conn.peer,
+            code,
+            reason,
+        )
+        conn.close(code, reason)
+
+    async def _receive_loop(
+        self, receive: Any, conn: Connection, room: Room, manager: RoomManager
+    ) -> None:
+        max_bytes = self.settings.max_message_bytes
+        while not conn.closing:
+            event = await receive()
+            if event["type"] == "websocket.disconnect":
+                conn.peer_closed(event.get("code", CloseCode.NORMAL))
+                return
+            frame = event.get("bytes")
+            if frame is None:
+                self._refuse(conn, CloseCode.UNSUPPORTED_DATA, "text frames are not supported")
+                return
+            conn.touch()
+            if len(frame) > max_bytes:
+                self._refuse(
+                    conn, CloseCode.MESSAGE_TOO_BIG, f"message of {len(frame)} bytes > {max_bytes}"
+                )
+                return
+            try:
+                await self._handle(frame, conn, room, manager)
+            except ProtocolError as exc:
+                self._refuse(conn, CloseCode.PROTOCOL_ERROR, f"malformed message: {exc}")
+            except InvalidUpdate as exc:
+                self._refuse(conn, CloseCode.INVALID_PAYLOAD, f"update rejected: {exc}")
+            except StoreError as exc:
+                self._refuse(conn, CloseCode.STORE_UNAVAILABLE, f"update not stored: {exc}")
+            except Exception:
+                log.exception("conn=%s room=%r internal error", conn.id, room.name)
+                conn.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    async def _handle(self, frame: bytes, conn: Connection, room: Room, manager: RoomManager):
+        message = decode_message(frame)
+        match message:
+            case SyncUpdate(update):
+                await room.on_update(conn, update, frame)
+                manager.after_update(room)
+            case SyncStep2(update):
+                await room.on_update(conn, update, None)
+                manager.after_update(room)
+            case SyncStep1(state_vector):
+                room.on_sync_step1(conn, state_vector)
+            case AwarenessUpdate(entries):
+                room.on_awareness(conn, entries, frame)
+            case QueryAwareness():
+                room.on_query_awareness(conn)
+            case Auth():
+                log.debug("conn=%s ignoring auth message from client", conn.id)

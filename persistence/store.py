@@ -1,0 +1,177 @@
+"""The store interface every backend implements (SQLite now, PostgreSQL later).
+
+Everything is keyed by ``(org, name)``: ``org`` is the tenant (``"default"`` while
+auth is off) and ``name`` the document name as clients send it (``issue/123``).
+
+Durability contract:
+
+* :meth:`Store.append` returns once the update is *queued*; the returned
+  :class:`Appended` carries an awaitable that completes when the group commit
+  holding it is on disk (or raises :class:`StoreWriteError`).
+* :meth:`Store.flush` waits until everything queued before the call is on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class StoreError(Exception):
+    """Base class of every error a store raises."""
+
+
+class StoreWriteError(StoreError):
+    """A write could not be made durable (disk full, read-only file, I/O error)."""
+
+
+class StoreReadError(StoreError):
+    """Stored data could not be read back (corrupt row, unreadable file)."""
+
+
+class StoreClosedError(StoreError):
+    """The store was used after :meth:`Store.close`."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDoc:
+    """What is needed to rebuild a document: snapshot plus the updates logged after it.
+
+    Attributes:
+        snapshot: The compacted state (a Yjs update), or ``None`` if never compacted.
+        updates: Updates logged after the snapshot, oldest first.
+        last_update_id: The id of the newest update covered (snapshot or log), 0 if none.
+    """
+
+    snapshot: bytes | None
+    updates: list[bytes]
+    last_update_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DocInfo:
+    """One row of :meth:`Store.list_docs`."""
+
+    name: str
+    size: int  # bytes of snapshot + logged updates
+    updated_at: int  # epoch milliseconds of the last write
+    update_count: int  # updates in the log since the snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Returned by :meth:`Store.append`.
+
+    Attributes:
+        update_id: The id assigned to the update (strictly increasing per store).
+        durable: Awaitable that completes when the update is committed.
+    """
+
+    update_id: int
+    durable: Awaitable[None]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A stored SyncFrame (see DESIGN.md). ``sid`` is assigned by the store."""
+
+    sid: int
+    org: str
+    t: str
+    id: str
+    op: str
+    p: dict[str, Any]
+    who: str | None
+    at: int
+    ctx: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Async store of documents, their update logs, SyncFrames and idempotency keys."""
+
+    async def start(self) -> None:
+        """Open (and create or migrate) the store; start the writer."""
+        ...
+
+    async def close(self) -> None:
+        """Commit everything queued, stop the writer, close connections."""
+        ...
+
+    async def load(self, org: str, name: str) -> StoredDoc | None:
+        """Return the stored doc, or ``None`` if no such doc.
+
+        Raises:
+            StoreReadError: the rows exist but cannot be read.
+        """
+        ...
+
+    async def append(self, org: str, name: str, update: bytes, *, actor: str, at: int) -> Appended:
+        """Queue ``update`` for the next group commit and return its id at once."""
+        ...
+
+    async def flush(self) -> None:
+        """Wait until every write queued before this call is committed.
+
+        Raises:
+            StoreWriteError: a queued write failed.
+        """
+        ...
+
+    async def compact(self, org: str, name: str, state: bytes, upto_update_id: int) -> None:
+        """Replace the snapshot by ``state`` and drop log rows with id <= ``upto_update_id``.
+
+        One transaction, queued behind earlier appends, awaited until committed.
+        """
+        ...
+
+    async def list_docs(
+        self, org: str, *, prefix: str = "", limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[DocInfo], str | None]:
+        """Docs whose name starts with ``prefix``, ordered by name; returns (page, next cursor)."""
+        ...
+
+    async def delete(self, org: str, name: str) -> bool:
+        """Delete a doc, its snapshot and log; ``True`` if it existed. Awaited until committed."""
+        ...
+
+    async def append_frame(
+        self,
+        org: str,
+        *,
+        t: str,
+        id: str,
+        op: str,
+        p: dict[str, Any],
+        who: str | None,
+        at: int,
+        ctx: dict[str, Any],
+    ) -> int:
+        """Log a frame, assign and return its ``sid`` once committed."""
+        ...
+
+    async def frames_since(
+        self, org: str, since: int, *, limit: int = 1000, t: str | None = None
+    ) -> list[Frame]:
+        """Frames of ``org`` with sid > ``since`` (optionally of type ``t``), oldest first."""
+        ...
+
+    async def frame_bounds(self, org: str) -> tuple[int, int]:
+        """(oldest retained sid - 1, newest sid); (0, 0) when the log is empty."""
+        ...
+
+    async def trim_frames(self, org: str, keep: int) -> int:
+        """Delete all but the newest ``keep`` frames of ``org``; return how many were deleted.
+
+        Awaited until committed.
+        """
+        ...
+
+    async def get_mutation(self, org: str, client_tx_id: str) -> dict[str, Any] | None:
+        """The stored result of a mutation with this idempotency key, if any."""
+        ...
+
+    async def put_mutation(self, org: str, client_tx_id: str, result: dict[str, Any]) -> None:
+        """Remember a mutation's result under its idempotency key. Awaited until committed."""
+        ...

@@ -1,0 +1,1 @@
+"""Rooms: one CRDT doc and its connections each; awareness; fan-out."""

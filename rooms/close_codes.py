@@ -1,0 +1,25 @@
+"""WebSocket close codes this server sends (documented in README.md).
+
+1000-1015 are RFC 6455 codes; 44xx/45xx follow Hocuspocus' convention of an HTTP
+status plus 4000 so that an operator can read them without a table.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000  # the client closed, or the server ended a finished session
+    GOING_AWAY = 1001  # server shutting down; reconnect to another node or later
+    PROTOCOL_ERROR = 1002  # malformed y-websocket message (bad varint, unknown type, ...)
+    UNSUPPORTED_DATA = 1003  # a text frame: the Yjs protocol is binary only
+    INVALID_PAYLOAD = 1007  # an update pycrdt rejects, or awareness state that is not JSON
+    MESSAGE_TOO_BIG = 1009  # frame larger than --max-message-bytes
+    INTERNAL_ERROR = 1011  # a bug or unexpected failure inside the room
+    BAD_REQUEST = 4400  # invalid document name
+    NOT_FOUND = 4404  # the document was deleted while connected
+    TIMEOUT = 4408  # nothing received (no pong, no reply to a sync probe) for --ping-timeout
+    SLOW_CLIENT = 4429  # outbound queue full: the client stopped reading
+    LOAD_FAILED = 4500  # the stored document could not be loaded
+    STORE_UNAVAILABLE = 4503  # updates cannot be persisted (disk full, read-only)

@@ -1,0 +1,245 @@
+"""All rooms of a node: create on first connection, load once, unload when idle.
+
+The manager owns a task group for everything that outlives one connection:
+loading, compaction, idle unloading and the liveness sweep. A failure in one of
+those tasks is logged with its room and never cancels the others (pycrdt-websocket
+runs rooms in one task group, so one failing room could take the server down).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskGroup
+
+from persistence.store import Store, StoreError
+
+from .close_codes import CloseCode
+from .connection import Connection
+from .room import Room, RoomLoadError, RoomState
+from .wire import encode_sync_step1
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSettings:
+    idle_seconds: float = 30.0
+    compact_updates: int = 500
+    ping_interval: float = 10.0
+    ping_timeout: float = 30.0
+    awareness_timeout: float = 30.0
+
+
+class RoomManager:
+    """Rooms keyed by ``(org, name)``.
+
+    Use as an async context manager; leaving it persists and unloads every room.
+    """
+
+    def __init__(self, store: Store, settings: RoomSettings | None = None) -> None:
+        self.store = store
+        self.settings = settings or RoomSettings()
+        self.rooms: dict[tuple[str, str], Room] = {}
+        self._tg: TaskGroup | None = None
+        self._unload_timers: dict[tuple[str, str], anyio.CancelScope] = {}
+        self.store_failures = 0
+
+    async def __aenter__(self) -> RoomManager:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._sweep_liveness)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._tg is not None
+        try:
+            await self.unload_all()
+        finally:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(room.connections) for room in self.rooms.values())
+
+    def spawn(self, name: str, func: Callable[[], Awaitable[None]]) -> None:
+        """Run ``func`` in the background; log (never propagate) its failure."""
+        assert self._tg is not None, "RoomManager not started"
+
+        async def guarded() -> None:
+            try:
+                await func()
+            except Exception:
+                log.exception("background task %s failed", name)
+
+        self._tg.start_soon(guarded, name=name)
+
+    # -- rooms -------------------------------------------------------------------
+
+    async def get_room(self, org: str, name: str) -> Room:
+        """The loaded room for ``(org, name)``, loading it (once) if needed.
+
+        Raises:
+            RoomLoadError: the stored state could not be loaded.
+        """
+        key = (org, name)
+        while True:
+            room = self.rooms.get(key)
+            if room is None:
+                room = Room(
+                    org,
+                    name,
+                    self.store,
+                    compact_updates=self.settings.compact_updates,
+                    awareness_timeout=self.settings.awareness_timeout,
+                    on_store_failure=self._store_failed,
+                )
+                self.rooms[key] = room
+                try:
+                    await room.load()
+                finally:
+                    if room.state is not RoomState.LOADED and self.rooms.get(key) is room:
+                        # Do not cache a failure: the next connection tries again.
+                        del self.rooms[key]
+                        room.state = RoomState.CLOSED
+                        room.closed.set()
+            elif room.state in (RoomState.NEW, RoomState.LOADING):
+                await room.loaded.wait()
+            elif room.state is RoomState.CLOSING:
+                await room.unload_settled.wait()
+                continue
+            if room.state is RoomState.LOADED:
+                self._cancel_unload(key)
+                return room
+            if room.load_error is not None:
+                raise RoomLoadError(str(room.load_error)) from room.load_error
+            # CLOSED while we waited: look again.
+
+    async def join(self, org: str, name: str, conn: Connection) -> Room:
+        room = await self.get_room(org, name)
+        room.join(conn)
+        return room
+
+    def leave(self, room: Room, conn: Connection) -> None:
+        room.leave(conn)
+        if not room.connections and room.state is RoomState.LOADED:
+            self._schedule_unload(room)
+
+    def after_update(self, room: Room) -> None:
+        """Called after a logged update: compact in the background when due."""
+        if room.wants_compaction:
+            self.spawn(f"compact {room.name!r}", room.compact)
+
+    def _store_failed(self, room: Room, exc: BaseException) -> None:
+        self.store_failures += 1
+        log.error("room=%r store write failed, closing its clients: %s", room.name, exc)
+        room.close_all(CloseCode.STORE_UNAVAILABLE, "updates cannot be stored")
+
+    # -- unloading ---------------------------------------------------------------
+
+    def _schedule_unload(self, room: Room) -> None:
+        key = (room.org, room.name)
+        self._cancel_unload(key)
+        scope = anyio.CancelScope()
+        self._unload_timers[key] = scope
+
+        async def unload_later() -> None:
+            with scope:
+                await anyio.sleep(self.settings.idle_seconds)
+                if self._unload_timers.get(key) is scope:
+                    del self._unload_timers[key]
+                    await self.unload(room)
+
+        self.spawn(f"unload {room.name!r}", unload_later)
+
+    def _cancel_unload(self, key: tuple[str, str]) -> None:
+        scope = self._unload_timers.pop(key, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def unload(self, room: Room) -> bool:
+        """Persist and drop ``room`` if nobody is connected; ``False`` if kept."""
+        if room.connections or room.state is not RoomState.LOADED:
+            return False
+        room.begin_unload()
+        try:
+            with anyio.CancelScope(shield=True):
+                await room.persist_all()
+        except StoreError as exc:
+            # Keep it: its state is the only copy of what failed to commit.
+            log.error("room=%r not unloaded, its state is not stored: %s", room.name, exc)
+            room.cancel_unload()
+            self._schedule_unload(room)
+            return False
+        key = (room.org, room.name)
+        if self.rooms.get(key) is room:
+            del self.rooms[key]
+        room.finish_unload()
+        log.debug("room=%r unloaded", room.name)
+        return True
+
+    async def unload_all(self) -> None:
+        """Close every connection with 1001, persist and drop every room (shutdown)."""
+        for room in list(self.rooms.values()):
+            room.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        for key in list(self._unload_timers):
+            self._cancel_unload(key)
+        for room in list(self.rooms.values()):
+            room.connections.clear()
+            if room.state is RoomState.LOADED:
+                await self.unload(room)
+
+    def delete_room(self, org: str, name: str) -> None:
+        """Close the connections of a deleted doc and drop the room without storing it."""
+        key = (org, name)
+        self._cancel_unload(key)
+        room = self.rooms.pop(key, None)
+        if room is None:
+            return
+        room.close_all(CloseCode.NOT_FOUND, "document deleted")
+        room.connections.clear()
+        if room.state in (RoomState.LOADED, RoomState.FAILED):
+            room.begin_unload()
+            room.finish_unload()
+
+    # -- liveness ----------------------------------------------------------------
+
+    async def _sweep_liveness(self) -> None:
+        """Probe silent connections and close dead ones.
+
+        ASGI servers do not pass WebSocket pongs to the app, so liveness is judged
+        by what the app does see: any message. A connection silent for
+        ``ping_interval`` is sent sync step1, which every Yjs client must answer
+        with step2; one silent for ``ping_timeout`` is closed with 4408.
+        """
+        interval = self.settings.ping_interval
+        timeout = self.settings.ping_timeout
+        while True:
+            await anyio.sleep(min(interval, timeout) / 2)
+            now = time.monotonic()
+            for room in list(self.rooms.values()):
+                if room.state is not RoomState.LOADED:
+                    continue
+                probe: bytes | None = None
+                for conn in list(room.connections.values()):
+                    silent = now - conn.last_received
+                    if silent >= timeout:
+                        log.info(
+                            "conn=%s room=%r actor=%s silent for %.0f s, closing",
+                            conn.id,
+                            room.name,
+                            conn.actor,
+                            silent,
+                        )
+                        conn.close(CloseCode.TIMEOUT, f"nothing received for {timeout:g} s")
+                    elif silent >= interval and not conn.probed:
+                        if probe is None:
+                            probe = encode_sync_step1(room.doc.get_state())
+                        conn.probed = True
+                        conn.enqueue(probe)

@@ -1,0 +1,314 @@
+"""One room: a pycrdt ``Doc``, its awareness, and the connections editing it.
+
+Life of a room (a wrong transition raises ``RuntimeError("expected X, got Y")``)::
+
+    NEW --load()--> LOADING --> LOADED --begin_unload()--> CLOSING --> CLOSED
+                           \\--> FAILED (stored state unreadable; never serves)
+
+A room serves nobody until its stored state is loaded, so a client never sees an
+empty doc for a stored one. Every update that changes the doc is appended to the
+store (group-committed) before the next message of the same connection is read,
+relayed as the very bytes that arrived, and counted towards compaction.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from pycrdt import Doc
+
+from persistence.store import Appended, Store, StoreError
+
+from .awareness import RoomAwareness
+from .connection import Connection
+from .wire import (
+    AwarenessEntry,
+    encode_awareness_update,
+    encode_sync_step1,
+    encode_sync_step2,
+    encode_sync_update,
+)
+
+log = logging.getLogger(__name__)
+
+#: An update that changes nothing (no structs, empty delete set).
+EMPTY_UPDATE = b"\x00\x00"
+
+
+class RoomState(enum.Enum):
+    NEW = "NEW"
+    LOADING = "LOADING"
+    LOADED = "LOADED"
+    FAILED = "FAILED"
+    CLOSING = "CLOSING"
+    CLOSED = "CLOSED"
+
+
+class RoomError(Exception):
+    """Base class of room errors."""
+
+
+class RoomLoadError(RoomError):
+    """The stored document could not be read or applied."""
+
+
+class InvalidUpdate(RoomError):
+    """pycrdt rejected an update."""
+
+
+class Origin(enum.Enum):
+    """Where an applied update came from; decides echoes and persistence."""
+
+    CLIENT = "client"
+    HTTP = "http"
+    STORE = "store"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Room:
+    """A document being edited.
+
+    Args:
+        org: Tenant of the document.
+        name: Document name as clients send it.
+        store: Where updates are logged and snapshots kept.
+        compact_updates: Fold the log into a snapshot after this many updates.
+        on_store_failure: Called (once per failure) when a write could not be made durable.
+    """
+
+    def __init__(
+        self,
+        org: str,
+        name: str,
+        store: Store,
+        *,
+        compact_updates: int = 500,
+        awareness_timeout: float = 30.0,
+        on_store_failure: Callable[[Room, BaseException], None] | None = None,
+    ) -> None:
+        self.org = org
+        self.name = name
+        self.store = store
+        self.doc = Doc()
+        self.awareness = RoomAwareness(awareness_timeout)
+        self.connections: dict[int, Connection] = {}
+        self.state = RoomState.NEW
+        self.load_error: BaseException | None = None
+        self.loaded = anyio.Event()
+        self.closed = anyio.Event()
+        self.unload_settled = anyio.Event()
+        self.compact_updates = compact_updates
+        self.last_update_id = 0
+        self.logged_since_snapshot = 0
+        self.compacting = False
+        self.last_activity = time.monotonic()
+        self._on_store_failure = on_store_failure
+
+    def __repr__(self) -> str:
+        return f"<Room {self.org}/{self.name!r} {self.state.value} conns={len(self.connections)}>"
+
+    def _expect(self, *states: RoomState) -> None:
+        if self.state not in states:
+            expected = "|".join(s.value for s in states)
+            raise RuntimeError(f"expected {expected}, got {self.state.value}")
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the stored state into the doc (once). Sets :attr:`loaded` either way."""
+        self._expect(RoomState.NEW)
+        self.state = RoomState.LOADING
+        started = time.perf_counter()
+        try:
+            stored = await self.store.load(self.org, self.name)
+            if stored is not None:
+                with self.doc.transaction(origin=Origin.STORE):
+                    if stored.snapshot:
+                        self.doc.apply_update(stored.snapshot)
+                    for update in stored.updates:
+                        self.doc.apply_update(update)
+                self.last_update_id = stored.last_update_id
+                self.logged_since_snapshot = len(stored.updates)
+        except Exception as exc:
+            self.state = RoomState.FAILED
+            self.load_error = exc
+            log.error("room=%r org=%s failed to load: %s", self.name, self.org, exc)
+        else:
+            self.state = RoomState.LOADED
+            log.debug(
+                "room=%r org=%s loaded in %.1f ms (%d logged updates)",
+                self.name,
+                self.org,
+                (time.perf_counter() - started) * 1000,
+                self.logged_since_snapshot,
+            )
+        finally:
+            self.loaded.set()
+
+    def begin_unload(self) -> None:
+        self._expect(RoomState.LOADED, RoomState.FAILED)
+        self.state = RoomState.CLOSING
+        self.unload_settled = anyio.Event()
+
+    def cancel_unload(self) -> None:
+        """Back to LOADED: the state could not be stored, so the room must stay."""
+        self._expect(RoomState.CLOSING)
+        self.state = RoomState.LOADED
+        self.unload_settled.set()
+
+    async def persist_all(self) -> None:
+        """Make everything this room holds durable: flush the log, then compact."""
+        await self.store.flush()
+        await self.compact()
+
+    def finish_unload(self) -> None:
+        self._expect(RoomState.CLOSING)
+        self.state = RoomState.CLOSED
+        self.closed.set()
+        self.unload_settled.set()
+
+    # -- connections -------------------------------------------------------------
+
+    def join(self, conn: Connection) -> None:
+        """Add ``conn`` and greet it: sync step1, then every known awareness state."""
+        self._expect(RoomState.LOADED)
+        conn.room_name = self.name
+        self.connections[conn.id] = conn
+        self.last_activity = time.monotonic()
+        conn.enqueue(encode_sync_step1(self.doc.get_state()))
+        states = self.awareness.current()
+        if states:
+            conn.enqueue(encode_awareness_update(states))
+
+    def leave(self, conn: Connection) -> None:
+        """Remove ``conn``; broadcast the removal of the awareness states it carried."""
+        if self.connections.pop(conn.id, None) is None:
+            return
+        self.last_activity = time.monotonic()
+        removals = self.awareness.remove_owner(conn.id)
+        if removals:
+            self.broadcast(encode_awareness_update(removals))
+
+    def broadcast(self, message: bytes, exclude: Connection | None = None) -> int:
+        """Queue the same ``message`` bytes on every connection but ``exclude``."""
+        sent = 0
+        for conn in list(self.connections.values()):
+            if conn is not exclude and conn.enqueue(message):
+                sent += 1
+        return sent
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conn in list(self.connections.values()):
+            conn.close(code, reason)
+
+    # -- messages from a connection ----------------------------------------------
+
+    def on_sync_step1(self, conn: Connection, state_vector: bytes) -> None:
+        try:
+            update = self.doc.get_update(state_vector)
+        except Exception as exc:
+            raise InvalidUpdate(f"invalid state vector: {exc}") from exc
+        conn.enqueue(encode_sync_step2(update))
+
+    async def on_update(self, conn: Connection, update: bytes, frame: bytes | None) -> None:
+        """Apply a client's update, relay it to the others, log it.
+
+        Args:
+            frame: The received message, relayed as is when it was a sync update (type 0/2);
+                ``None`` for a step2, which is re-encoded once as an update.
+        """
+        if update == EMPTY_UPDATE:
+            return
+        self._apply(update, Origin.CLIENT)
+        self.broadcast(frame if frame is not None else encode_sync_update(update), exclude=conn)
+        await self._log(update, conn.actor)
+
+    async def apply_update(self, update: bytes, *, actor: str, origin: Origin) -> Appended | None:
+        """Apply an update that did not come through a connection (HTTP); broadcast to all."""
+        self._expect(RoomState.LOADED)
+        if update == EMPTY_UPDATE:
+            return None
+        self._apply(update, origin)
+        self.broadcast(encode_sync_update(update))
+        return await self._log(update, actor)
+
+    def on_awareness(self, conn: Connection, entries: tuple[AwarenessEntry, ...], frame: bytes):
+        """Record and relay awareness to every connection, the sender included.
+
+        The sender gets its own update back: y-websocket clients treat any incoming
+        message as a keep-alive and reconnect after 30 s of silence.
+        """
+        self.awareness.apply(conn.id, entries)
+        self.broadcast(frame)
+
+    def on_query_awareness(self, conn: Connection) -> None:
+        conn.enqueue(encode_awareness_update(self.awareness.current()))
+
+    # -- internals ---------------------------------------------------------------
+
+    def _apply(self, update: bytes, origin: Origin) -> None:
+        try:
+            with self.doc.transaction(origin=origin):
+                self.doc.apply_update(update)
+        except Exception as exc:
+            raise InvalidUpdate(str(exc) or type(exc).__name__) from exc
+        self.last_activity = time.monotonic()
+
+    async def _log(self, update: bytes, actor: str) -> Appended:
+        appended = await self.store.append(self.org, self.name, update, actor=actor, at=now_ms())
+        self.last_update_id = appended.update_id
+        self.logged_since_snapshot += 1
+        watch_durable(appended, self._durable_failed)
+        return appended
+
+    def _durable_failed(self, exc: BaseException) -> None:
+        if self._on_store_failure is not None:
+            self._on_store_failure(self, exc)
+
+    @property
+    def wants_compaction(self) -> bool:
+        return not self.compacting and self.logged_since_snapshot >= self.compact_updates
+
+    async def compact(self) -> None:
+        """Fold the log into a snapshot of the current state (one store transaction)."""
+        if self.compacting:
+            return
+        if self.logged_since_snapshot == 0 and self.last_update_id != 0:
+            return
+        self.compacting = True
+        try:
+            upto = self.last_update_id
+            covered = self.logged_since_snapshot
+            state = self.doc.get_update()
+            if upto == 0 and state == EMPTY_UPDATE:
+                return  # never stored, nothing to store: do not create an empty doc
+            await self.store.compact(self.org, self.name, state, upto)
+            self.logged_since_snapshot -= covered
+            log.debug("room=%r compacted %d updates up to id %d", self.name, covered, upto)
+        finally:
+            self.compacting = False
+
+
+def watch_durable(appended: Appended, on_error: Callable[[BaseException], None]) -> None:
+    """Call ``on_error`` if the commit holding ``appended`` fails, without awaiting it."""
+    durable = appended.durable
+    add_done_callback = getattr(durable, "add_done_callback", None)
+    if add_done_callback is None:
+        return
+
+    def done(fut: Any) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if isinstance(exc, StoreError):
+            on_error(exc)
+
+    add_done_callback(done)

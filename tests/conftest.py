@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.server_process import ServerProcess
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real ``crdt-sync serve`` on a free port with its own database."""
+    with ServerProcess(tmp_path) as proc:
+        yield proc
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator:
+    """Start servers with extra flags: ``server_factory("--room-idle-seconds", "1")``."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, db: Path | None = None, env: dict | None = None) -> ServerProcess:
+        proc = ServerProcess(tmp_path, *args, db=db, env=env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.proc is not None and proc.proc.poll() is None:
+            try:
+                proc.stop()
+            except TimeoutError:
+                pass

@@ -1,0 +1,126 @@
+"""The y-websocket codec: round trips, strictness, and fuzzing of the decoder."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pycrdt import Doc, Text, create_sync_message, create_update_message
+
+from crdt_sync.codec import (
+    Auth,
+    AwarenessEntry,
+    AwarenessUpdate,
+    ProtocolError,
+    QueryAwareness,
+    SyncStep1,
+    SyncStep2,
+    SyncUpdate,
+    decode_message,
+    encode_message,
+    write_var_uint,
+)
+from rooms.wire import MAX_SAFE_INTEGER
+
+json_states = st.one_of(
+    st.just("null"),
+    st.builds(lambda n: '{"user":{"name":"%s"}}' % n, st.text("abcdéü😀", max_size=8)),
+    st.just("{}"),
+)
+entries = st.builds(
+    AwarenessEntry,
+    st.integers(0, MAX_SAFE_INTEGER),
+    st.integers(0, MAX_SAFE_INTEGER),
+    json_states,
+)
+messages = st.one_of(
+    st.builds(SyncStep1, st.binary(max_size=64)),
+    st.builds(SyncStep2, st.binary(max_size=64)),
+    st.builds(SyncUpdate, st.binary(max_size=64)),
+    st.builds(AwarenessUpdate, st.lists(entries, max_size=5).map(tuple)),
+    st.builds(Auth, st.integers(0, 3), st.text(max_size=20)),
+    st.just(QueryAwareness()),
+)
+
+
+@given(messages)
+def test_round_trip(message) -> None:
+    assert decode_message(encode_message(message)) == message
+
+
+@given(st.integers(0, MAX_SAFE_INTEGER))
+def test_var_uint_matches_pycrdt(value: int) -> None:
+    from pycrdt import write_var_uint as pycrdt_write_var_uint
+
+    assert write_var_uint(value) == pycrdt_write_var_uint(value)
+
+
+def test_decodes_what_pycrdt_encodes() -> None:
+    doc = Doc()
+    doc["t"] = text = Text()
+    text += "héllo"
+    assert decode_message(create_sync_message(doc)) == SyncStep1(doc.get_state())
+    update = doc.get_update()
+    assert decode_message(create_update_message(update)) == SyncUpdate(update)
+
+
+def test_decodes_y_protocols_awareness_bytes() -> None:
+    # Bytes written by y-protocols encodeAwarenessUpdate for client 1234567, clock 3,
+    # state {"user":{"name":"a"}}: [1][len][count=1][id][clock][str].
+    state = b'{"user":{"name":"a"}}'
+    payload = b"\x01" + write_var_uint(1234567) + b"\x03" + bytes([len(state)]) + state
+    frame = b"\x01" + bytes([len(payload)]) + payload
+    assert decode_message(frame) == AwarenessUpdate(
+        (AwarenessEntry(1234567, 3, state.decode()),)
+    )
+
+
+@pytest.mark.parametrize(
+    ("frame", "why"),
+    [
+        (b"", "truncated varint"),
+        (b"\x80", "truncated varint"),
+        (b"\x09", "unknown message type"),
+        (b"\x00\x07\x00", "unknown sync message type"),
+        (b"\x00\x02\x05ab", "only 2 left"),
+        (b"\x00\x02\x00\xff", "trailing bytes"),
+        (b"\x03\x00", "trailing bytes"),
+        (b"\xff" * 9, "varint longer"),
+        (b"\xff\xff\xff\xff\xff\xff\xff\x7f", "exceeds 2**53-1"),
+        (b"\x01\x05\x01\x01\x01\x01{", "not JSON"),
+        (b"\x01\x02\x7f\x00", "claims 127 entries"),
+        (b"\x02\x00\x02\xff\xfe", "not valid UTF-8"),
+    ],
+)
+def test_rejects_malformed(frame: bytes, why: str) -> None:
+    with pytest.raises(ProtocolError, match=re.escape(why)):
+        decode_message(frame)
+
+
+@given(st.binary(max_size=256))
+def test_fuzz_decoder_raises_only_protocol_error(frame: bytes) -> None:
+    try:
+        message = decode_message(frame)
+    except ProtocolError:
+        return
+    assert encode_message(message) == frame
+
+
+@given(messages, st.data())
+def test_fuzz_mutated_valid_frames(message, data) -> None:
+    frame = bytearray(encode_message(message))
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "cut", "extend"]))
+        if op == "flip" and frame:
+            i = data.draw(st.integers(0, len(frame) - 1))
+            frame[i] = data.draw(st.integers(0, 255))
+        elif op == "cut" and frame:
+            del frame[data.draw(st.integers(0, len(frame) - 1)) :]
+        else:
+            frame += data.draw(st.binary(min_size=1, max_size=4))
+    try:
+        decode_message(bytes(frame))
+    except ProtocolError:
+        pass
