@@ -99,7 +99,10 @@ class Connection:
         queue = self._queue
         queue.append(message)
         self._queued_bytes += len(message)
-        if len(queue) > self._max_messages or self._queued_bytes > self._max_bytes:
+        # One message of any size may wait (a big doc's step2 is not a slow client).
+        if len(queue) > self._max_messages or (
+            self._queued_bytes > self._max_bytes and len(queue) > 1
+        ):
             log.warning(
                 "conn=%s room=%r actor=%s slow client: %d messages / %d bytes queued, closing",
                 self.id,

@@ -58,7 +58,8 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env, cwd=self.workdir
         )
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -71,7 +72,7 @@ class ServerProcess:
             if match:
                 self.url = match.group(1)
                 return self
-        self.kill()
+        self.stop(signal.SIGKILL)
         raise TimeoutError(f"server not ready within {timeout} s:\n{self.log()}")
 
     def _pump(self) -> None:
@@ -97,8 +98,14 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait(5)
                 raise TimeoutError(f"server did not exit within {timeout} s after {sig}") from None
-        self._log.close()
+        self._close_pipes()
         return self.proc.returncode
+
+    def _close_pipes(self) -> None:
+        self._pump_thread.join(5)
+        assert self.proc is not None and self.proc.stdout is not None
+        self.proc.stdout.close()
+        self._log.close()
 
     def kill(self) -> int:
         """``kill -9``: no flush, no goodbye."""
@@ -114,4 +121,4 @@ class ServerProcess:
             except TimeoutError:
                 pass
         elif self.proc is not None:
-            self._log.close()
+            self._close_pipes()

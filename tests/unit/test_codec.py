@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -26,7 +27,7 @@ from rooms.wire import MAX_SAFE_INTEGER
 
 json_states = st.one_of(
     st.just("null"),
-    st.builds(lambda n: '{"user":{"name":"%s"}}' % n, st.text("abcdéü😀", max_size=8)),
+    st.builds(lambda n: json.dumps({"user": {"name": n}}), st.text("abcdéü😀", max_size=8)),
     st.just("{}"),
 )
 entries = st.builds(
@@ -72,9 +73,7 @@ def test_decodes_y_protocols_awareness_bytes() -> None:
     state = b'{"user":{"name":"a"}}'
     payload = b"\x01" + write_var_uint(1234567) + b"\x03" + bytes([len(state)]) + state
     frame = b"\x01" + bytes([len(payload)]) + payload
-    assert decode_message(frame) == AwarenessUpdate(
-        (AwarenessEntry(1234567, 3, state.decode()),)
-    )
+    assert decode_message(frame) == AwarenessUpdate((AwarenessEntry(1234567, 3, state.decode()),))
 
 
 @pytest.mark.parametrize(

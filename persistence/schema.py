@@ -1,0 +1,179 @@
+"""The SQLite schema of crdt-sync and its migrations.
+
+The version lives in a one-row ``schema_version`` table; an empty file is version 0.
+:func:`migrate` runs inside ``BEGIN IMMEDIATE`` so that several processes (or several
+:class:`~persistence.sqlite.SQLiteStore` instances) opening one new file at once
+serialise on SQLite's write lock: the first creates the tables, the others find them
+at the current version and do nothing. Every statement is also ``IF NOT EXISTS``.
+
+Every key carries the tenant column ``org`` (see DESIGN.md, "Tenants").
+
+To change the schema, append a function to :data:`MIGRATIONS`; never edit a released one.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+
+from sqlite_utils import Database
+from sqlite_utils.db import ForeignKey
+
+from persistence.store import StoreError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES", "migrate", "read_version"]
+
+logger = logging.getLogger(__name__)
+
+
+def _doc_fk(table: str) -> ForeignKey:
+    # A log row or snapshot without its documents row would be invisible to load()
+    # and list_docs(); the constraint makes such a write fail instead.
+    return ForeignKey(
+        table=table,
+        column=None,
+        other_table="documents",
+        other_column=None,
+        columns=("org", "name"),
+        other_columns=("org", "name"),
+        is_compound=True,
+        on_delete="CASCADE",
+    )
+
+
+def _v1(db: Database) -> None:
+    """Initial schema: documents, update log, snapshots, frame log, idempotency keys."""
+    db.create_table(
+        "documents",
+        {"org": str, "name": str, "created_at": int, "updated_at": int},
+        pk=("org", "name"),
+        not_null=["org", "name", "created_at", "updated_at"],
+        if_not_exists=True,
+    )
+    # sqlite-utils has no public switch for AUTOINCREMENT, which we need so that
+    # update ids and frame sids are never reused after rows are deleted (a plain
+    # INTEGER PRIMARY KEY may hand out max(rowid)+1 again after the newest row goes).
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS updates (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            org TEXT NOT NULL,
+            name TEXT NOT NULL,
+            data BLOB NOT NULL,
+            actor TEXT,
+            at INTEGER NOT NULL,
+            FOREIGN KEY (org, name) REFERENCES documents (org, name) ON DELETE CASCADE
+        )
+        """
+    )
+    db["updates"].create_index(["org", "name", "id"], "idx_updates_doc", if_not_exists=True)
+    db.create_table(
+        "snapshots",
+        {"org": str, "name": str, "data": bytes, "upto_update_id": int, "at": int},
+        pk=("org", "name"),
+        not_null=["org", "name", "data", "upto_update_id", "at"],
+        foreign_keys=[_doc_fk("snapshots")],
+        if_not_exists=True,
+    )
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS frames (
+            sid INTEGER PRIMARY KEY AUTOINCREMENT,
+            org TEXT NOT NULL,
+            t TEXT NOT NULL,
+            id TEXT NOT NULL,
+            op TEXT NOT NULL,
+            p TEXT NOT NULL,
+            who TEXT,
+            at INTEGER NOT NULL,
+            ctx TEXT NOT NULL
+        )
+        """
+    )
+    db["frames"].create_index(["org", "sid"], "idx_frames_org_sid", if_not_exists=True)
+    db["frames"].create_index(["org", "t", "sid"], "idx_frames_org_t_sid", if_not_exists=True)
+    db.create_table(
+        "mutations",
+        {"org": str, "client_tx_id": str, "result": str, "at": int},
+        pk=("org", "client_tx_id"),
+        not_null=["org", "client_tx_id", "result", "at"],
+        if_not_exists=True,
+    )
+
+
+#: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
+MIGRATIONS: list[Callable[[Database], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+TABLES = frozenset({"documents", "updates", "snapshots", "frames", "mutations", "schema_version"})
+
+
+def read_version(db: Database, where: str = "database") -> int:
+    """Return the schema version of ``db``: 0 for an empty database.
+
+    Args:
+        db: The database.
+        where: How to name the database in error messages (its path).
+
+    Returns:
+        The version recorded in ``schema_version``.
+
+    Raises:
+        StoreError: the database has tables but is not a crdt-sync database.
+    """
+    names = set(db.table_names())
+    names.discard("sqlite_sequence")
+    if not names:
+        return 0
+    if "schema_version" not in names:
+        raise StoreError(
+            f"{where} is not a crdt-sync database "
+            f"(it has tables {sorted(names)} but no schema_version)"
+        )
+    row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(db: Database, where: str = "database") -> tuple[int, int]:
+    """Create or upgrade the schema of ``db`` in one ``BEGIN IMMEDIATE`` transaction.
+
+    The connection under ``db`` must be in autocommit mode (``isolation_level=None``).
+
+    Args:
+        db: The database, opened on the connection that will write.
+        where: How to name the database in error messages (its path).
+
+    Returns:
+        ``(version found, version now)``.
+
+    Raises:
+        StoreError: the file is not a crdt-sync database, or its schema is newer
+            than this code knows.
+        sqlite3.Error: SQLite failed (the transaction is rolled back).
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        found = read_version(db, where)
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"{where} has schema version {found}, newer than this crdt-sync "
+                f"supports ({SCHEMA_VERSION}); upgrade crdt-sync"
+            )
+        for version in range(found, SCHEMA_VERSION):
+            MIGRATIONS[version](db)
+        if found < SCHEMA_VERSION:
+            db.create_table(
+                "schema_version", {"version": int}, not_null=["version"], if_not_exists=True
+            )
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
+        db.execute("COMMIT")
+    except BaseException:
+        if db.conn.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                # The original error is the one worth raising; note this one.
+                logger.warning("rollback of schema migration of %s failed: %s", where, exc)
+        raise
+    return found, SCHEMA_VERSION
