@@ -11,22 +11,28 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from persistence.store import Store
 from rooms.manager import RoomManager, RoomSettings
 
+from .docs_api import DocsApi
 from .errors import json_error
 from .settings import Settings
 from .yjs_endpoint import YjsEndpoint
 
 log = logging.getLogger(__name__)
+
+#: Static pages (editor, record board, inspector), served as files: no build step.
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 class Runtime:
@@ -122,11 +128,21 @@ def create_app(settings: Settings, on_ready: Callable[[], None] | None = None) -
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return json_error(500, "internal_error", "the server failed to handle this request")
 
+    async def index(request: Request) -> Response:
+        return RedirectResponse("/web/")
+
+    routes: list = [
+        Route("/healthz", healthz),
+        WebSocketRoute("/yjs/{doc:path}", YjsEndpoint(settings, runtime)),
+        *DocsApi(runtime).routes(),
+    ]
+    if WEB_DIR.is_dir():
+        routes += [
+            Route("/", index),
+            Mount("/web", StaticFiles(directory=WEB_DIR, html=True), name="web"),
+        ]
     app = Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            WebSocketRoute("/yjs/{doc:path}", YjsEndpoint(settings, runtime)),
-        ],
+        routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, 500: server_error},
     )

@@ -151,4 +151,3 @@ async def connect(
                         while pending:
                             await websocket.send(pending.pop(0))
                 tg.cancel_scope.cancel()
-

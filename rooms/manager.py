@@ -128,6 +128,11 @@ class RoomManager:
 
     def leave(self, room: Room, conn: Connection) -> None:
         room.leave(conn)
+        self.release(room)
+
+    def release(self, room: Room) -> None:
+        """Someone (a connection, an HTTP request) is done with ``room``: unload it later
+        if nobody else uses it."""
         if not room.connections and room.state is RoomState.LOADED:
             self._schedule_unload(room)
 
@@ -195,18 +200,22 @@ class RoomManager:
             if room.state is RoomState.LOADED:
                 await self.unload(room)
 
-    def delete_room(self, org: str, name: str) -> None:
-        """Close the connections of a deleted doc and drop the room without storing it."""
+    def delete_room(self, org: str, name: str) -> bool:
+        """Close the connections of a deleted doc and drop its room without storing it.
+
+        Returns whether a room was loaded.
+        """
         key = (org, name)
         self._cancel_unload(key)
         room = self.rooms.pop(key, None)
         if room is None:
-            return
+            return False
         room.close_all(CloseCode.NOT_FOUND, "document deleted")
         room.connections.clear()
         if room.state in (RoomState.LOADED, RoomState.FAILED):
             room.begin_unload()
             room.finish_unload()
+        return room.last_update_id != 0 or room.doc.get_state() != b"\x00"
 
     # -- liveness ----------------------------------------------------------------
 

@@ -1,0 +1,210 @@
+"""The document HTTP API: read and write docs without speaking the Yjs protocol.
+
+=========================  =====================================================
+``GET /docs``              names, sizes, ``updated_at``; ``?prefix=&limit=&cursor=``
+``GET /docs/{doc}``        JSON of the doc's root types (text as string)
+``GET /docs/{doc}/update`` the state as a binary Yjs update; ``?sv=`` (base64) = diff
+``POST /docs/{doc}/update`` apply a binary update: durable before 2xx, seen live
+``DELETE /docs/{doc}``     remove doc and history; its clients are closed with 4404
+=========================  =====================================================
+
+A doc read over HTTP is loaded into its room exactly as for a WebSocket client (so
+there is one copy of its state) and unloaded after ``--room-idle-seconds``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from persistence.store import StoreError
+from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
+
+from .docnames import InvalidDocName, validate_doc_name
+from .errors import json_error
+from .projection import doc_to_json
+
+log = logging.getLogger(__name__)
+
+ORG = "default"
+ACTOR = "anonymous"
+MAX_LIST_LIMIT = 1000
+
+
+class ApiError(Exception):
+    """Raised inside a handler; becomes a JSON error response."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+    def response(self) -> Response:
+        return json_error(self.status, self.error, self.detail)
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+def decode_base64(raw: str, name: str) -> bytes:
+    text = raw.strip().replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_parameter", f"{name} is not valid base64") from None
+
+
+class DocsApi:
+    """Handlers of the document API, sharing the app's runtime."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/docs", self.wrap(self.list_docs), methods=["GET"]),
+            Route("/docs/{doc:path}/update", self.wrap(self.get_update), methods=["GET"]),
+            Route("/docs/{doc:path}/update", self.wrap(self.post_update), methods=["POST"]),
+            Route("/docs/{doc:path}", self.wrap(self.get_doc), methods=["GET"]),
+            Route("/docs/{doc:path}", self.wrap(self.delete_doc), methods=["DELETE"]),
+        ]
+
+    def wrap(self, handler: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            if self.runtime.shutting_down:
+                return json_error(503, "shutting_down", "the server is shutting down")
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                log.info(
+                    "%s %s -> %d %s: %s",
+                    request.method,
+                    request.url.path,
+                    exc.status,
+                    exc.error,
+                    exc.detail,
+                )
+                return exc.response()
+
+        return endpoint
+
+    def doc_name(self, request: Request) -> str:
+        try:
+            return validate_doc_name(request.path_params["doc"])
+        except InvalidDocName as exc:
+            raise ApiError(400, "invalid_doc_name", str(exc)) from None
+
+    @asynccontextmanager
+    async def open_room(self, name: str, *, must_exist: bool) -> AsyncIterator[Room]:
+        """The doc's room, loaded; released (idle unload scheduled) on exit."""
+        manager = self.runtime.manager
+        try:
+            room = await manager.get_room(ORG, name)
+        except RoomLoadError as exc:
+            raise ApiError(500, "doc_load_failed", f"document {name!r} cannot be loaded") from exc
+        try:
+            if must_exist and room.last_update_id == 0 and room.doc.get_state() == b"\x00":
+                raise ApiError(404, "not_found", f"no document named {name!r}")
+            yield room
+        finally:
+            manager.release(room)
+
+    # -- handlers ----------------------------------------------------------------
+
+    async def list_docs(self, request: Request) -> Response:
+        prefix = request.query_params.get("prefix", "")
+        limit = int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
+        cursor = request.query_params.get("cursor") or None
+        try:
+            docs, next_cursor = await self.runtime.store.list_docs(
+                ORG, prefix=prefix, limit=limit, cursor=cursor
+            )
+        except ValueError as exc:
+            raise ApiError(400, "invalid_parameter", f"cursor: {exc}") from None
+        return JSONResponse(
+            {
+                "docs": [
+                    {
+                        "name": d.name,
+                        "size": d.size,
+                        "updated_at": d.updated_at,
+                        "update_count": d.update_count,
+                    }
+                    for d in docs
+                ],
+                "next_cursor": next_cursor,
+            }
+        )
+
+    async def get_doc(self, request: Request) -> Response:
+        name = self.doc_name(request)
+        async with self.open_room(name, must_exist=True) as room:
+            return JSONResponse({"name": name, "content": doc_to_json(room.doc)})
+
+    async def get_update(self, request: Request) -> Response:
+        name = self.doc_name(request)
+        raw_sv = request.query_params.get("sv")
+        state_vector = decode_base64(raw_sv, "sv") if raw_sv else None
+        async with self.open_room(name, must_exist=True) as room:
+            try:
+                update = room.doc.get_update(state_vector)
+            except Exception:
+                raise ApiError(400, "invalid_parameter", "sv is not a Yjs state vector") from None
+        return Response(update, media_type="application/octet-stream")
+
+    async def post_update(self, request: Request) -> Response:
+        name = self.doc_name(request)
+        limit = self.runtime.settings.max_message_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, "too_large", f"body of {declared} bytes exceeds {limit}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
+        if not body:
+            raise ApiError(400, "invalid_update", "empty body: expected a binary Yjs update")
+        async with self.open_room(name, must_exist=False) as room:
+            try:
+                appended = await room.apply_update(bytes(body), actor=ACTOR, origin=Origin.HTTP)
+                if appended is None:
+                    return JSONResponse({"name": name, "update_id": None, "applied": False})
+                await appended.durable
+            except InvalidUpdate as exc:
+                raise ApiError(400, "invalid_update", f"not a valid Yjs update: {exc}") from None
+            except StoreError as exc:
+                raise ApiError(503, "store_unavailable", f"update not stored: {exc}") from None
+            self.runtime.manager.after_update(room)
+        return JSONResponse({"name": name, "update_id": appended.update_id, "applied": True})
+
+    async def delete_doc(self, request: Request) -> Response:
+        name = self.doc_name(request)
+        was_loaded = self.runtime.manager.delete_room(ORG, name)
+        try:
+            existed = await self.runtime.store.delete(ORG, name)
+        except StoreError as exc:
+            raise ApiError(503, "store_unavailable", f"delete not stored: {exc}") from None
+        if not (existed or was_loaded):
+            raise ApiError(404, "not_found", f"no document named {name!r}")
+        log.info("doc=%r deleted over HTTP by %s", name, ACTOR)
+        return JSONResponse({"name": name, "deleted": True})
