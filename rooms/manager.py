@@ -142,8 +142,18 @@ class RoomManager:
             self.spawn(f"compact {room.name!r}", room.compact)
 
     def _store_failed(self, room: Room, exc: BaseException) -> None:
+        """A commit holding updates of ``room`` failed: its clients must not believe
+        their edits are stored. Called once per failed update; logged once per room."""
         self.store_failures += 1
-        log.error("room=%r store write failed, closing its clients: %s", room.name, exc)
+        open_conns = [c for c in room.connections.values() if not c.closing]
+        if not open_conns:
+            return
+        log.error(
+            "room=%r store write failed, closing %d clients with 4503: %s",
+            room.name,
+            len(open_conns),
+            exc,
+        )
         room.close_all(CloseCode.STORE_UNAVAILABLE, "updates cannot be stored")
 
     # -- unloading ---------------------------------------------------------------

@@ -260,6 +260,12 @@ class Room:
                 self.doc.apply_update(update)
         except Exception as exc:
             raise InvalidUpdate(str(exc) or type(exc).__name__) from exc
+        except BaseException as exc:
+            # A Rust panic in yrs surfaces as pyo3's PanicException, a BaseException:
+            # it is still just a bad update from one client, not a reason to stop.
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise InvalidUpdate(f"update crashed the decoder: {exc}") from None
         self.last_activity = time.monotonic()
 
     async def _log(self, update: bytes, actor: str) -> Appended:
