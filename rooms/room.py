@@ -111,6 +111,8 @@ class Room:
         self.compacting = False
         self.last_activity = time.monotonic()
         self._on_store_failure = on_store_failure
+        self._integrated: list[bytes] = []
+        self.doc.observe(self._collect)
 
     def __repr__(self) -> str:
         return f"<Room {self.org}/{self.name!r} {self.state.value} conns={len(self.connections)}>"
@@ -135,6 +137,7 @@ class Room:
                         self.doc.apply_update(stored.snapshot)
                     for update in stored.updates:
                         self.doc.apply_update(update)
+                self._integrated = []
                 self.last_update_id = stored.last_update_id
                 self.logged_since_snapshot = len(stored.updates)
         except Exception as exc:
@@ -219,26 +222,38 @@ class Room:
         conn.enqueue(encode_sync_step2(update))
 
     async def on_update(self, conn: Connection, update: bytes, frame: bytes | None) -> None:
-        """Apply a client's update, relay it to the others, log it.
+        """Apply a client's update, relay what it changed to the others, log it.
+
+        Only what the doc actually integrated is relayed and logged (as y-websocket's
+        server relays ``doc.on('update')``): a duplicate changes nothing and goes
+        nowhere, and a forged or partly pending update cannot make clients diverge
+        from the server. When the change is the received update itself (the usual
+        case) the received frame is relayed as is: encoded once for every receiver.
 
         Args:
-            frame: The received message, relayed as is when it was a sync update (type 0/2);
-                ``None`` for a step2, which is re-encoded once as an update.
+            frame: The received message if it was a sync update (type 0/2), else ``None``.
         """
         if update == EMPTY_UPDATE:
             return
-        self._apply(update, Origin.CLIENT)
-        self.broadcast(frame if frame is not None else encode_sync_update(update), exclude=conn)
-        await self._log(update, conn.actor)
+        for change in self._apply(update, Origin.CLIENT):
+            message = frame if frame is not None and change == update else None
+            self.broadcast(message or encode_sync_update(change), exclude=conn)
+            await self._log(change, conn.actor)
 
     async def apply_update(self, update: bytes, *, actor: str, origin: Origin) -> Appended | None:
-        """Apply an update that did not come through a connection (HTTP); broadcast to all."""
+        """Apply an update that did not come through a connection (HTTP); broadcast to all.
+
+        Returns:
+            The log entry of the change, or ``None`` if the update changed nothing.
+        """
         self._expect(RoomState.LOADED)
+        appended = None
         if update == EMPTY_UPDATE:
             return None
-        self._apply(update, origin)
-        self.broadcast(encode_sync_update(update))
-        return await self._log(update, actor)
+        for change in self._apply(update, origin):
+            self.broadcast(encode_sync_update(change))
+            appended = await self._log(change, actor)
+        return appended
 
     def on_awareness(self, conn: Connection, entries: tuple[AwarenessEntry, ...], frame: bytes):
         """Record and relay awareness to every connection, the sender included.
@@ -254,7 +269,12 @@ class Room:
 
     # -- internals ---------------------------------------------------------------
 
-    def _apply(self, update: bytes, origin: Origin) -> None:
+    def _collect(self, event: Any) -> None:
+        self._integrated.append(event.update)
+
+    def _apply(self, update: bytes, origin: Origin) -> list[bytes]:
+        """Apply ``update``; return the updates the doc integrated (usually one)."""
+        self._integrated = []
         try:
             with self.doc.transaction(origin=origin):
                 self.doc.apply_update(update)
@@ -267,6 +287,8 @@ class Room:
                 raise
             raise InvalidUpdate(f"update crashed the decoder: {exc}") from None
         self.last_activity = time.monotonic()
+        integrated, self._integrated = self._integrated, []
+        return integrated
 
     async def _log(self, update: bytes, actor: str) -> Appended:
         appended = await self.store.append(self.org, self.name, update, actor=actor, at=now_ms())
