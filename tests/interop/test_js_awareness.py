@@ -48,43 +48,29 @@ def assert_removed_by_server(removed: dict, alice_id: int) -> None:
     assert removed["connected"] is True and removed["closes"] == 0, removed
 
 
-def test_awareness_removed_when_client_is_killed(server, node) -> None:
-    room = "notes/awareness-kill"
-    alice, bob, alice_id = alice_and_bob(node, server.ws_url, room)
-
-    killed_at = time.monotonic()
+def kill(alice) -> None:
     alice.kill()  # SIGKILL: no awareness removal, no close frame; the kernel closes the socket
-    removed = bob.expect("removed", timeout=20)
-    elapsed = time.monotonic() - killed_at
-    assert_removed_by_server(removed, alice_id)
-    assert elapsed < SERVER_REMOVAL_SECONDS, f"removal took {elapsed:.1f} s after SIGKILL"
-
-    # No ghost for newcomers either: carol gets bob (still connected) but not alice.
-    carol = node.run(
-        "awareness_watch.mjs",
-        server.ws_url,
-        room,
-        {"name": "carol", "mode": "snapshot", "expect": "bob"},
-    )
-    assert list(carol["snapshot"]["users"].values()) == ["bob"], carol
-
-    bob.send("leave")
-    bob.finish()
 
 
-def test_awareness_removed_when_client_leaves(server, node) -> None:
-    room = "notes/awareness-leave"
-    alice, bob, alice_id = alice_and_bob(node, server.ws_url, room)
-
-    left_at = time.monotonic()
+def leave(alice) -> None:
     alice.send("leave")  # provider.destroy(): sends its null state, then closes
     alice.expect("left")
     alice.finish()
-    removed = bob.expect("removed", timeout=20)
-    elapsed = time.monotonic() - left_at
-    assert_removed_by_server(removed, alice_id)
-    assert elapsed < SERVER_REMOVAL_SECONDS, f"removal took {elapsed:.1f} s after leaving"
 
+
+@pytest.mark.parametrize("depart", [kill, leave], ids=["killed", "leaves"])
+def test_awareness_removed_when_client_departs(server, node, depart) -> None:
+    room = f"notes/awareness-{depart.__name__}"
+    alice, bob, alice_id = alice_and_bob(node, server.ws_url, room)
+
+    departed_at = time.monotonic()
+    depart(alice)
+    removed = bob.expect("removed", timeout=20)
+    elapsed = time.monotonic() - departed_at
+    assert_removed_by_server(removed, alice_id)
+    assert elapsed < SERVER_REMOVAL_SECONDS, f"removal took {elapsed:.1f} s ({depart.__name__})"
+
+    # No ghost for newcomers either: carol gets bob (still connected) but not alice.
     carol = node.run(
         "awareness_watch.mjs",
         server.ws_url,
