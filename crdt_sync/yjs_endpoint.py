@@ -16,8 +16,8 @@ import anyio
 
 from persistence.store import StoreError
 from rooms.close_codes import CloseCode
-from rooms.connection import Connection
-from rooms.manager import RoomManager
+from rooms.connection import CLOSE_TIMEOUT, Connection
+from rooms.manager import RoomManager, ShuttingDown
 from rooms.room import InvalidUpdate, Room, RoomLoadError
 
 from .codec import (
@@ -85,9 +85,6 @@ class YjsEndpoint:
             log.warning("peer=%s refused ws for doc %r: %s", _peer(scope), raw_name[:100], exc)
             await self._deny(scope, send, 400, "invalid_doc_name", str(exc))
             return
-        if self.runtime.shutting_down:
-            await send({"type": "websocket.close", "code": CloseCode.GOING_AWAY})
-            return
         await send({"type": "websocket.accept"})
         settings = self.settings
         conn = Connection(
@@ -101,11 +98,19 @@ class YjsEndpoint:
         manager: RoomManager = self.runtime.manager
         org = "default"
         try:
+            if self.runtime.shutting_down:
+                raise ShuttingDown("server shutting down")
             room = await manager.join(org, name, conn)
         except RoomLoadError as exc:
             log.error("conn=%s room=%r cannot be served: %s", conn.id, name, exc)
             conn.close(CloseCode.LOAD_FAILED, "document failed to load")
             await conn.run()
+            await self._drain(receive)
+            return
+        except ShuttingDown:
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+            await conn.run()
+            await self._drain(receive)
             return
         log.info("conn=%s room=%r actor=%s peer=%s connected", conn.id, name, conn.actor, conn.peer)
         try:
@@ -113,6 +118,8 @@ class YjsEndpoint:
                 tg.start_soon(self._receive_loop, receive, conn, room, manager)
                 await conn.run()
                 tg.cancel_scope.cancel()
+            if not conn.closed_by_peer:
+                await self._drain(receive)
         finally:
             manager.leave(room, conn)
             if conn.closed_by_peer:
@@ -126,6 +133,16 @@ class YjsEndpoint:
                     conn.close_code,
                     conn.close_reason,
                 )
+
+    async def _drain(self, receive: Any) -> None:
+        """After the server closed: read and drop what the client still sends until it
+        disconnects (bounded). ASGI servers queue a few messages per connection and
+        stop reading the socket when that queue is full, so an app that returns
+        without draining can leave a chatty client's connection, and shutdown, hanging.
+        """
+        with anyio.move_on_after(CLOSE_TIMEOUT):
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
 
     async def _deny(self, scope: Scope, send: Any, status: int, error: str, detail: str) -> None:
         """Refuse the handshake with an HTTP JSON error where the server supports it."""

@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -1158,11 +1159,17 @@ def _prefix_end(prefix: str) -> str | None:
     return None
 
 
+_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _encode_cursor(name: str) -> str:
     return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii").rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> str:
+    # urlsafe_b64decode silently drops characters outside the alphabet: check first.
+    if not cursor or not _CURSOR_CHARS.fullmatch(cursor):
+        raise ValueError(f"invalid cursor {cursor!r}")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         return raw.decode("utf-8")

@@ -35,6 +35,10 @@ class RoomSettings:
     awareness_timeout: float = 30.0
 
 
+class ShuttingDown(Exception):
+    """The manager is closing: no new connection may join."""
+
+
 class RoomManager:
     """Rooms keyed by ``(org, name)``.
 
@@ -48,6 +52,7 @@ class RoomManager:
         self._tg: TaskGroup | None = None
         self._unload_timers: dict[tuple[str, str], anyio.CancelScope] = {}
         self.store_failures = 0
+        self.closing = False
 
     async def __aenter__(self) -> RoomManager:
         self._tg = anyio.create_task_group()
@@ -107,8 +112,7 @@ class RoomManager:
                     if room.state is not RoomState.LOADED and self.rooms.get(key) is room:
                         # Do not cache a failure: the next connection tries again.
                         del self.rooms[key]
-                        room.state = RoomState.CLOSED
-                        room.closed.set()
+                        room.mark_closed()
             elif room.state in (RoomState.NEW, RoomState.LOADING):
                 await room.loaded.wait()
             elif room.state is RoomState.CLOSING:
@@ -122,7 +126,18 @@ class RoomManager:
             # CLOSED while we waited: look again.
 
     async def join(self, org: str, name: str, conn: Connection) -> Room:
+        """Load the room if needed and add ``conn`` to it.
+
+        Raises:
+            RoomLoadError: the stored state could not be loaded.
+            ShuttingDown: the server began shutting down while the room loaded.
+        """
+        if self.closing:
+            raise ShuttingDown("server shutting down")
         room = await self.get_room(org, name)
+        if self.closing:
+            self.release(room)
+            raise ShuttingDown("server shutting down")
         room.join(conn)
         return room
 
@@ -139,7 +154,14 @@ class RoomManager:
     def after_update(self, room: Room) -> None:
         """Called after a logged update: compact in the background when due."""
         if room.wants_compaction:
-            self.spawn(f"compact {room.name!r}", room.compact)
+
+            async def compact_while_due() -> None:
+                # Updates keep arriving while a compaction commits: if another one is
+                # due when it ends, run it now rather than wait for the next update.
+                while room.wants_compaction and room.state is RoomState.LOADED:
+                    await room.compact()
+
+            self.spawn(f"compact {room.name!r}", compact_while_due)
 
     def _store_failed(self, room: Room, exc: BaseException) -> None:
         """A commit holding updates of ``room`` failed: its clients must not believe
@@ -201,6 +223,10 @@ class RoomManager:
 
     async def unload_all(self) -> None:
         """Close every connection with 1001, persist and drop every room (shutdown)."""
+        self.closing = True
+        for room in list(self.rooms.values()):
+            if room.state in (RoomState.NEW, RoomState.LOADING):
+                await room.loaded.wait()  # joiners see ``closing`` and leave
         for room in list(self.rooms.values()):
             room.close_all(CloseCode.GOING_AWAY, "server shutting down")
         for key in list(self._unload_timers):

@@ -109,10 +109,12 @@ class Room:
         self.last_update_id = 0
         self.logged_since_snapshot = 0
         self.compacting = False
+        self.store_failed = False
         self.last_activity = time.monotonic()
         self._on_store_failure = on_store_failure
         self._integrated: list[bytes] = []
-        self.doc.observe(self._collect)
+        # Held by yrs, out of sight of Python's cycle collector: dropped in _release().
+        self._subscription = self.doc.observe(self._collect)
 
     def __repr__(self) -> str:
         return f"<Room {self.org}/{self.name!r} {self.state.value} conns={len(self.connections)}>"
@@ -161,6 +163,19 @@ class Room:
         self.state = RoomState.CLOSING
         self.unload_settled = anyio.Event()
 
+    def _release(self) -> None:
+        """Drop the doc observer so that the room and its doc can be freed."""
+        if self._subscription is not None:
+            self.doc.unobserve(self._subscription)
+            self._subscription = None
+
+    def mark_closed(self) -> None:
+        """A room that never loaded (or failed to) is done with: free it."""
+        self.state = RoomState.CLOSED
+        self._release()
+        self.closed.set()
+        self.unload_settled.set()
+
     def cancel_unload(self) -> None:
         """Back to LOADED: the state could not be stored, so the room must stay."""
         self._expect(RoomState.CLOSING)
@@ -168,13 +183,18 @@ class Room:
         self.unload_settled.set()
 
     async def persist_all(self) -> None:
-        """Make everything this room holds durable: flush the log, then compact."""
-        await self.store.flush()
-        await self.compact()
+        """Make everything this room holds durable: compact it into a snapshot.
+
+        The compaction is queued behind every earlier append of this room, and it
+        writes the whole state, so it also covers appends whose commit failed. (A
+        store-wide ``flush()`` would instead fail because of another room's writes.)
+        """
+        await self.compact(force=self.store_failed)
 
     def finish_unload(self) -> None:
         self._expect(RoomState.CLOSING)
         self.state = RoomState.CLOSED
+        self._release()
         self.closed.set()
         self.unload_settled.set()
 
@@ -298,6 +318,7 @@ class Room:
         return appended
 
     def _durable_failed(self, exc: BaseException) -> None:
+        self.store_failed = True
         if self._on_store_failure is not None:
             self._on_store_failure(self, exc)
 
@@ -305,11 +326,16 @@ class Room:
     def wants_compaction(self) -> bool:
         return not self.compacting and self.logged_since_snapshot >= self.compact_updates
 
-    async def compact(self) -> None:
-        """Fold the log into a snapshot of the current state (one store transaction)."""
+    async def compact(self, *, force: bool = False) -> None:
+        """Fold the log into a snapshot of the current state (one store transaction).
+
+        Args:
+            force: Write the snapshot even if nothing was logged since the last one
+                (after a failed commit, the log may lack what the doc holds).
+        """
         if self.compacting:
             return
-        if self.logged_since_snapshot == 0 and self.last_update_id != 0:
+        if not force and self.logged_since_snapshot == 0 and self.last_update_id != 0:
             return
         self.compacting = True
         try:
@@ -318,8 +344,11 @@ class Room:
             state = self.doc.get_update()
             if upto == 0 and state == EMPTY_UPDATE:
                 return  # never stored, nothing to store: do not create an empty doc
+            failed_before = self.store_failed
             await self.store.compact(self.org, self.name, state, upto)
             self.logged_since_snapshot -= covered
+            if failed_before:
+                self.store_failed = False
             log.debug("room=%r compacted %d updates up to id %d", self.name, covered, upto)
         finally:
             self.compacting = False
