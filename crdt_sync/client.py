@@ -1,19 +1,25 @@
 """A Python Yjs client for crdt-sync (or any y-websocket server).
 
-``pycrdt.Provider`` syncs a ``Doc`` over any ``Channel``; this module supplies a
-channel over the ``websockets`` library and keeps the awareness protocol, which
-``Provider`` ignores, on the side::
+It speaks the y-websocket protocol over the ``websockets`` library: sync (step1,
+step2, updates) and awareness (presence)::
 
     async with connect("ws://127.0.0.1:1234/yjs", "issue/123") as client:
         await client.synced()
         client.doc["body"] = text = Text()
         text += "hello"
         client.awareness.set_local_state({"user": {"name": "py"}})
+
+Unlike ``pycrdt.Provider``, which forwards every transaction of the doc, this client
+sends only local changes: updates received from the server are applied without
+being echoed back. When the server closes the connection (shutdown, ``kill -9``,
+a close code) the session simply ends: :attr:`YjsClient.closed` is set and
+:attr:`YjsClient.close_code` tells why; the caller's code is not cancelled.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,69 +27,51 @@ from urllib.parse import quote
 
 import anyio
 import websockets
-from pycrdt import Awareness, Doc, Provider
+from pycrdt import Awareness, Doc
 
-from .codec import AwarenessEntry, Reader, encode_awareness_update, write_var_bytes
+from .codec import (
+    AwarenessEntry,
+    AwarenessUpdate,
+    Reader,
+    SyncStep1,
+    SyncStep2,
+    SyncUpdate,
+    decode_message,
+    encode_awareness_update,
+    encode_sync_step1,
+    encode_sync_step2,
+    encode_sync_update,
+    write_var_bytes,
+)
 
 log = logging.getLogger(__name__)
 
-
-class WebSocketChannel:
-    """A ``pycrdt.Channel`` over a ``websockets`` connection.
-
-    Sync messages go to the ``Provider`` iterating this channel; awareness messages
-    are applied to ``awareness`` instead.
-    """
-
-    def __init__(self, websocket: Any, path: str, awareness: Awareness | None = None) -> None:
-        self._ws = websocket
-        self._path = path
-        self._awareness = awareness
-        self.closed = anyio.Event()
-
-    @property
-    def path(self) -> str:
-        return self._path
-
-    def __aiter__(self) -> WebSocketChannel:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return await self.recv()
-        except websockets.ConnectionClosed:
-            self.closed.set()
-            raise StopAsyncIteration from None
-
-    async def send(self, message: bytes) -> None:
-        await self._ws.send(message)
-
-    async def recv(self) -> bytes:
-        while True:
-            message = await self._ws.recv()
-            if isinstance(message, str):
-                raise ValueError("server sent a text frame")
-            if message[:1] == b"\x01" and self._awareness is not None:
-                payload = Reader(message[1:]).var_bytes()
-                self._awareness.apply_awareness_update(payload, "remote")
-                continue
-            if message[:1] in (b"\x01", b"\x02", b"\x03"):
-                continue  # awareness without a handler, auth, query: not the Provider's business
-            return message
+#: How long leaving a session may spend sending what is still queued.
+FLUSH_TIMEOUT = 5.0
 
 
 class YjsClient:
-    """A connected doc with its provider and awareness."""
+    """A doc kept in sync with one room, with its awareness."""
 
-    def __init__(self, doc: Doc, websocket: Any, provider: Provider, awareness: Awareness) -> None:
+    def __init__(self, doc: Doc, websocket: Any) -> None:
         self.doc = doc
         self.websocket = websocket
-        self.provider = provider
-        self.awareness = awareness
+        self.awareness = Awareness(doc)
+        self.awareness.set_local_state(None)  # nothing to show until the caller sets a state
+        self.closed = anyio.Event()
+        self.close_code: int | None = None
+        self._synced = anyio.Event()
+        self._outbox: deque[bytes] = deque()
+        self._wake = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._applying_remote = False
+        self._doc_subscription = doc.observe(self._local_change)
+        self._awareness_subscription = self.awareness.observe(self._local_awareness)
 
     async def synced(self) -> None:
         """Wait until the server's sync step2 has been applied (bound it with a timeout)."""
-        await self.provider.synced.wait()
+        await self._synced.wait()
 
     @property
     def remote_states(self) -> dict[int, dict[str, Any]]:
@@ -96,7 +84,87 @@ class YjsClient:
 
     async def send_awareness(self, entries: list[AwarenessEntry]) -> None:
         """Send raw awareness entries (tests, bridges)."""
-        await self.websocket.send(encode_awareness_update(entries))
+        self._send(encode_awareness_update(entries))
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far was handed to the socket (or it closed)."""
+        while not (self._idle.is_set() or self.closed.is_set()):
+            with anyio.move_on_after(0.05):
+                await self._idle.wait()
+
+    # -- internals ---------------------------------------------------------------
+
+    def _send(self, message: bytes) -> None:
+        if self.closed.is_set():
+            return
+        self._outbox.append(message)
+        self._idle = anyio.Event()
+        self._wake.set()
+
+    def _local_change(self, event: Any) -> None:
+        if not self._applying_remote:
+            self._send(encode_sync_update(event.update))
+
+    def _local_awareness(self, topic: str, changes: tuple[dict[str, Any], Any]) -> None:
+        change, origin = changes
+        if topic != "update" or origin != "local":
+            return
+        ids = change["added"] + change["updated"] + change["removed"]
+        self._send(b"\x01" + write_var_bytes(self.awareness.encode_awareness_update(ids)))
+
+    def _apply_remote(self, update: bytes) -> None:
+        self._applying_remote = True
+        try:
+            self.doc.apply_update(update)
+        finally:
+            self._applying_remote = False
+
+    async def _receive(self) -> None:
+        try:
+            async for frame in self.websocket:
+                if isinstance(frame, str):
+                    continue
+                match decode_message(frame):
+                    case SyncStep1(state_vector):
+                        self._send(encode_sync_step2(self.doc.get_update(state_vector)))
+                    case SyncStep2(update):
+                        self._apply_remote(update)
+                        self._synced.set()
+                    case SyncUpdate(update):
+                        self._apply_remote(update)
+                    case AwarenessUpdate():
+                        payload = Reader(frame[1:]).var_bytes()
+                        self.awareness.apply_awareness_update(payload, "remote")
+                    case _:
+                        pass  # auth, query-awareness: nothing a client must answer
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self._ended()
+
+    async def _send_loop(self) -> None:
+        try:
+            while True:
+                while self._outbox:
+                    await self.websocket.send(self._outbox.popleft())
+                self._idle.set()
+                self._wake = anyio.Event()
+                if not self._outbox:
+                    await self._wake.wait()
+        except websockets.ConnectionClosed:
+            self._ended()
+
+    def _ended(self) -> None:
+        if self.closed.is_set():
+            return
+        self.close_code = self.websocket.close_code  # None while the socket is open
+        self._outbox.clear()
+        self._idle.set()
+        self.closed.set()
+
+    def _detach(self) -> None:
+        self.doc.unobserve(self._doc_subscription)
+        self.awareness.unobserve(self._awareness_subscription)
 
 
 @asynccontextmanager
@@ -105,49 +173,26 @@ async def connect(
 ) -> AsyncIterator[YjsClient]:
     """Connect a ``Doc`` to ``server_url/doc_name`` (the name is URL-encoded).
 
-    Leaving the context sends what is queued, announces the local awareness state's
-    removal, and closes the socket.
+    Leaving the context sends what is still queued, announces the removal of the
+    local awareness state, and closes the socket.
     """
     doc = doc if doc is not None else Doc()
     url = server_url.rstrip("/") + "/" + quote(doc_name, safe="/")
     ws_options.setdefault("max_size", None)
     async with websockets.connect(url, **ws_options) as websocket:
-        awareness = Awareness(doc)
-        awareness.set_local_state(None)  # nothing to show until the caller sets a state
-
-        def send_local(topic: str, changes: tuple[dict[str, Any], Any]) -> None:
-            change, origin = changes
-            if topic != "update" or origin != "local":
-                return
-            ids = change["added"] + change["updated"] + change["removed"]
-            payload = awareness.encode_awareness_update(ids)
-            message = b"\x01" + write_var_bytes(payload)
-            pending.append(message)
-            wake.set()
-
-        pending: list[bytes] = []
-        wake = anyio.Event()
-        awareness.observe(send_local)
-        channel = WebSocketChannel(websocket, url, awareness)
-        provider = Provider(doc, channel, log=log)
-
-        async def pump_awareness() -> None:
-            nonlocal wake
-            while True:
-                await wake.wait()
-                wake = anyio.Event()
-                while pending:
-                    await websocket.send(pending.pop(0))
-
-        async with provider, anyio.create_task_group() as tg:
-            tg.start_soon(pump_awareness)
-            client = YjsClient(doc, websocket, provider, awareness)
-            try:
-                yield client
-            finally:
-                if awareness.get_local_state() is not None:
-                    awareness.set_local_state(None)
-                    with anyio.move_on_after(2):
-                        while pending:
-                            await websocket.send(pending.pop(0))
-                tg.cancel_scope.cancel()
+        client = YjsClient(doc, websocket)
+        try:
+            client._send(encode_sync_step1(doc.get_state()))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client._receive)
+                tg.start_soon(client._send_loop)
+                try:
+                    yield client
+                finally:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(FLUSH_TIMEOUT):
+                        if client.awareness.get_local_state() is not None:
+                            client.awareness.set_local_state(None)
+                        await client.flush()
+                    tg.cancel_scope.cancel()
+        finally:
+            client._detach()
