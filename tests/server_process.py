@@ -56,7 +56,13 @@ class ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env, cwd=self.workdir
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=env,
+            cwd=self.workdir,
+            preexec_fn=self.preexec,
         )
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
         self._pump_thread.start()
@@ -74,6 +80,9 @@ class ServerProcess:
                 return self
         self.stop(signal.SIGKILL)
         raise TimeoutError(f"server not ready within {timeout} s:\n{self.log()}")
+
+    def preexec(self) -> None:
+        """Runs in the child just before the server starts (override: resource limits)."""
 
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

@@ -16,15 +16,11 @@ vector *and* the same projected content (deletions are not in state vectors).
 from __future__ import annotations
 
 import os
-import queue
 import random
 import re
 import resource
 import signal
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
@@ -58,7 +54,7 @@ from tests.integration.test_yjs_server import (
     read_close_code,
     wait_for,
 )
-from tests.server_process import READY, ServerProcess
+from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -593,42 +589,10 @@ class FileSizeLimitedServer(ServerProcess):
         super().__init__(workdir, *args, "--log-level", "info", db=db)
         self.limit = limit
 
-    def _preexec(self) -> None:
+    def preexec(self) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.limit))
         # Python ignores SIGXFSZ anyway; without that the kernel would kill the process.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-    def start(self, timeout: float = 20.0) -> ServerProcess:
-        # Mirrors ServerProcess.start, plus preexec_fn.
-        cmd = [sys.executable, "-m", "crdt_sync", "serve", "--host", "127.0.0.1", "--port", "0"]
-        cmd += ["--db", str(self.db), "--log-level", "debug", *self.args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self._log = open(self.log_path, "w")  # closed by stop()
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env=env,
-            cwd=self.workdir,
-            preexec_fn=self._preexec,
-        )
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-        self._pump_thread.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                raise RuntimeError(f"server exited before ready:\n{self.log()}")
-            match = READY.search(line)
-            if match:
-                self.url = match.group(1)
-                return self
-        self.stop(signal.SIGKILL)
-        raise TimeoutError(f"server not ready within {timeout} s:\n{self.log()}")
 
 
 @pytest.fixture
