@@ -42,14 +42,10 @@ commit of updates.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import enum
-import json
 import logging
 import os
 import queue
-import re
 import sqlite3
 import threading
 import time
@@ -62,6 +58,8 @@ import anyio
 import anyio.to_thread
 from sqlite_utils import Database
 
+from persistence import sqlite_reads as reads
+from persistence import values
 from persistence.schema import migrate
 from persistence.store import (
     Appended,
@@ -292,10 +290,10 @@ class SQLiteStore:
             to await it: a failure is logged, and reported by the next :meth:`flush`.
         """
         self._check_open()
-        _check_key(org, name)
-        data = _as_bytes(update, "update")
-        _check_opt_text(actor, "actor")
-        _check_int(at, "at")
+        values.check_key(org, name)
+        data = values.as_bytes(update, "update")
+        values.check_opt_text(actor, "actor")
+        values.check_int(at, "at")
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
         with self._id_lock:
@@ -333,9 +331,9 @@ class SQLiteStore:
             StoreWriteError: the transaction failed (nothing changed).
         """
         self._check_open()
-        _check_key(org, name)
-        data = _as_bytes(state, "state")
-        _check_int(upto_update_id, "upto_update_id")
+        values.check_key(org, name)
+        data = values.as_bytes(state, "state")
+        values.check_int(upto_update_id, "upto_update_id")
         # An id this store has not handed out yet would hide later appends (load()
         # returns only log rows after the snapshot's id).
         if not 0 <= upto_update_id <= self._last_update_id:
@@ -343,7 +341,7 @@ class SQLiteStore:
                 f"upto_update_id {upto_update_id} is not an update id of this store "
                 f"(0..{self._last_update_id})"
             )
-        await self._submit(_Kind.COMPACT, (org, name, data, upto_update_id, _now_ms()))
+        await self._submit(_Kind.COMPACT, (org, name, data, upto_update_id, values.now_ms()))
 
     async def delete(self, org: str, name: str) -> bool:
         """Delete a doc with its snapshot and update log, in one transaction.
@@ -359,7 +357,7 @@ class SQLiteStore:
             StoreWriteError: the transaction failed (nothing deleted).
         """
         self._check_open()
-        _check_key(org, name)
+        values.check_key(org, name)
         return bool(await self._submit(_Kind.DELETE, (org, name)))
 
     async def append_frame(
@@ -394,10 +392,10 @@ class SQLiteStore:
         """
         self._check_open()
         for value, what in ((org, "org"), (t, "t"), (id, "id"), (op, "op")):
-            _check_text(value, what)
-        _check_opt_text(who, "who")
-        _check_int(at, "at")
-        args = (org, t, id, op, _dumps(p, "p"), who, at, _dumps(ctx, "ctx"))
+            values.check_text(value, what)
+        values.check_opt_text(who, "who")
+        values.check_int(at, "at")
+        args = (org, t, id, op, values.dumps(p, "p"), who, at, values.dumps(ctx, "ctx"))
         return int(await self._submit(_Kind.FRAME, args))
 
     async def trim_frames(self, org: str, keep: int) -> int:
@@ -414,8 +412,8 @@ class SQLiteStore:
             StoreWriteError: the transaction failed.
         """
         self._check_open()
-        _check_text(org, "org")
-        _check_int(keep, "keep")
+        values.check_text(org, "org")
+        values.check_int(keep, "keep")
         if keep < 0:
             raise ValueError(f"keep must be >= 0, got {keep}")
         return int(await self._submit(_Kind.TRIM, (org, keep)))
@@ -435,9 +433,11 @@ class SQLiteStore:
             StoreWriteError: the transaction failed.
         """
         self._check_open()
-        _check_text(org, "org")
-        _check_text(client_tx_id, "client_tx_id")
-        await self._submit(_Kind.MUTATION, (org, client_tx_id, _dumps(result, "result"), _now_ms()))
+        values.check_text(org, "org")
+        values.check_text(client_tx_id, "client_tx_id")
+        await self._submit(
+            _Kind.MUTATION, (org, client_tx_id, values.dumps(result, "result"), values.now_ms())
+        )
 
     async def run_in_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on the writer thread, between two transactions.
@@ -471,8 +471,8 @@ class SQLiteStore:
         Raises:
             StoreReadError: the rows exist but cannot be read (corrupt row or file).
         """
-        _check_key(org, name)
-        return await self._read(_load, org, name)
+        values.check_key(org, name)
+        return await self._read(reads.load_doc, org, name)
 
     async def list_docs(
         self, org: str, *, prefix: str = "", limit: int = 100, cursor: str | None = None
@@ -492,15 +492,17 @@ class SQLiteStore:
             ValueError: ``cursor`` is not one this store returned, or ``limit`` < 1.
             StoreReadError: the database cannot be read.
         """
-        _check_text(org, "org")
-        _check_text(prefix, "prefix")
-        _check_int(limit, "limit")
+        values.check_text(org, "org")
+        values.check_text(prefix, "prefix")
+        values.check_int(limit, "limit")
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        after = _decode_cursor(cursor) if cursor is not None else None
-        rows = await self._read(_list_docs, org, prefix, _prefix_end(prefix), after, limit + 1)
+        after = reads.decode_cursor(cursor) if cursor is not None else None
+        rows = await self._read(
+            reads.list_docs, org, prefix, reads.prefix_end(prefix), after, limit + 1
+        )
         page = rows[:limit]
-        next_cursor = _encode_cursor(page[-1].name) if len(rows) > limit else None
+        next_cursor = reads.encode_cursor(page[-1].name) if len(rows) > limit else None
         return page, next_cursor
 
     async def frames_since(
@@ -520,13 +522,13 @@ class SQLiteStore:
         Raises:
             StoreReadError: a frame row cannot be read.
         """
-        _check_text(org, "org")
-        _check_int(since, "since")
-        _check_int(limit, "limit")
+        values.check_text(org, "org")
+        values.check_int(since, "since")
+        values.check_int(limit, "limit")
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        _check_opt_text(t, "t")
-        return await self._read(_frames_since, org, since, limit, t)
+        values.check_opt_text(t, "t")
+        return await self._read(reads.frames_since, org, since, limit, t)
 
     async def frame_bounds(self, org: str) -> tuple[int, int]:
         """``(oldest retained sid - 1, newest sid)`` of ``org``; ``(0, 0)`` if it has none.
@@ -537,8 +539,8 @@ class SQLiteStore:
         Returns:
             The bounds: a client with ``since`` below the first value missed frames.
         """
-        _check_text(org, "org")
-        return await self._read(_frame_bounds, org)
+        values.check_text(org, "org")
+        return await self._read(reads.frame_bounds, org)
 
     async def get_mutation(self, org: str, client_tx_id: str) -> dict[str, Any] | None:
         """The stored result of a mutation with this idempotency key, if any.
@@ -553,9 +555,9 @@ class SQLiteStore:
         Raises:
             StoreReadError: the stored result cannot be read.
         """
-        _check_text(org, "org")
-        _check_text(client_tx_id, "client_tx_id")
-        return await self._read(_get_mutation, org, client_tx_id)
+        values.check_text(org, "org")
+        values.check_text(client_tx_id, "client_tx_id")
+        return await self._read(reads.get_mutation, org, client_tx_id)
 
     # -- event-loop side plumbing ------------------------------------------------------
 
@@ -950,129 +952,6 @@ def _rollback(conn: sqlite3.Connection, path: str) -> None:
 # -- SQL run by readers ------------------------------------------------------------------
 
 
-def _load(conn: sqlite3.Connection, org: str, name: str) -> StoredDoc | None:
-    # One read transaction: a compaction committed between the snapshot and the log
-    # queries would otherwise make us miss the updates it folded in.
-    conn.execute("BEGIN")
-    key = (org, name)
-    if conn.execute("SELECT 1 FROM documents WHERE org = ? AND name = ?", key).fetchone() is None:
-        return None
-    snap = conn.execute(
-        "SELECT data, upto_update_id FROM snapshots WHERE org = ? AND name = ?", key
-    ).fetchone()
-    snapshot: bytes | None = None
-    upto = 0
-    if snap is not None:
-        snapshot, upto = snap
-        if not isinstance(snapshot, bytes):
-            raise StoreReadError(
-                f"snapshot of {name!r} (org {org!r}) is unreadable: "
-                f"data is {type(snapshot).__name__}, not bytes"
-            )
-        if not isinstance(upto, int):
-            raise StoreReadError(f"snapshot of {name!r} (org {org!r}) has a bad upto_update_id")
-    rows = conn.execute(
-        "SELECT id, data FROM updates WHERE org = ? AND name = ? AND id > ? ORDER BY id",
-        (org, name, upto),
-    ).fetchall()
-    conn.execute("COMMIT")
-    updates: list[bytes] = []
-    for update_id, data in rows:
-        if not isinstance(data, bytes):
-            raise StoreReadError(
-                f"update {update_id} of {name!r} (org {org!r}) is unreadable: "
-                f"data is {type(data).__name__}, not bytes"
-            )
-        updates.append(data)
-    last = max(upto, rows[-1][0]) if rows else upto
-    return StoredDoc(snapshot=snapshot, updates=updates, last_update_id=last)
-
-
-def _list_docs(
-    conn: sqlite3.Connection,
-    org: str,
-    prefix: str,
-    prefix_end: str | None,
-    after: str | None,
-    limit: int,
-) -> list[DocInfo]:
-    where = ["d.org = ?", "d.name >= ?"]
-    params: list[Any] = [org, prefix]
-    if prefix_end is not None:
-        where.append("d.name < ?")
-        params.append(prefix_end)
-    if after is not None:
-        where.append("d.name > ?")
-        params.append(after)
-    params.append(limit)
-    rows = conn.execute(
-        "SELECT d.name, d.updated_at,"
-        " coalesce((SELECT length(s.data) FROM snapshots s"
-        "           WHERE s.org = d.org AND s.name = d.name), 0),"
-        " (SELECT coalesce(sum(length(u.data)), 0) FROM updates u"
-        "  WHERE u.org = d.org AND u.name = d.name),"
-        " (SELECT count(*) FROM updates u WHERE u.org = d.org AND u.name = d.name)"
-        f" FROM documents d WHERE {' AND '.join(where)} ORDER BY d.name LIMIT ?",
-        params,
-    ).fetchall()
-    return [
-        DocInfo(name=name, size=int(snap + logged), updated_at=int(updated_at), update_count=count)
-        for name, updated_at, snap, logged, count in rows
-    ]
-
-
-def _frames_since(
-    conn: sqlite3.Connection, org: str, since: int, limit: int, t: str | None
-) -> list[Frame]:
-    sql = "SELECT sid, org, t, id, op, p, who, at, ctx FROM frames WHERE org = ? AND sid > ?"
-    params: list[Any] = [org, since]
-    if t is not None:
-        sql += " AND t = ?"
-        params.append(t)
-    sql += " ORDER BY sid LIMIT ?"
-    params.append(limit)
-    frames = []
-    for sid, org_, t_, id_, op, p, who, at, ctx in conn.execute(sql, params).fetchall():
-        frames.append(
-            Frame(
-                sid=sid,
-                org=org_,
-                t=t_,
-                id=id_,
-                op=op,
-                p=_loads(p, f"frame {sid}"),
-                who=who,
-                at=at,
-                ctx=_loads(ctx, f"frame {sid}"),
-            )
-        )
-    return frames
-
-
-def _frame_bounds(conn: sqlite3.Connection, org: str) -> tuple[int, int]:
-    # Two subqueries, so that each is answered from the (org, sid) index alone.
-    lo, hi = conn.execute(
-        "SELECT (SELECT min(sid) FROM frames WHERE org = ?),"
-        " (SELECT max(sid) FROM frames WHERE org = ?)",
-        (org, org),
-    ).fetchone()
-    if lo is None:
-        return (0, 0)
-    return (int(lo) - 1, int(hi))
-
-
-def _get_mutation(conn: sqlite3.Connection, org: str, client_tx_id: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT result FROM mutations WHERE org = ? AND client_tx_id = ?", (org, client_tx_id)
-    ).fetchone()
-    if row is None:
-        return None
-    return _loads(row[0], f"mutation {client_tx_id!r} (org {org!r})")
-
-
-# -- helpers -----------------------------------------------------------------------------
-
-
 def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():
         return
@@ -1080,98 +959,3 @@ def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseExceptio
         future.set_result(result)
     else:
         future.set_exception(error)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _check_text(value: object, what: str) -> None:
-    # Checked before queueing: a value SQLite cannot bind (a lone surrogate cannot be
-    # encoded as UTF-8) would otherwise fail the whole batch it lands in.
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be str, got {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} is not valid Unicode text: {exc}") from None
-
-
-def _check_opt_text(value: object, what: str) -> None:
-    if value is not None:
-        _check_text(value, what)
-
-
-def _check_key(org: str, name: str) -> None:
-    _check_text(org, "org")
-    _check_text(name, "name")
-
-
-def _check_int(value: object, what: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{what} must be int, got {type(value).__name__}")
-
-
-def _as_bytes(value: object, what: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
-
-
-def _dumps(value: object, what: str) -> str:
-    if not isinstance(value, dict):
-        raise TypeError(f"{what} must be a dict, got {type(value).__name__}")
-    # ensure_ascii (the default) keeps lone surrogates out of the TEXT column;
-    # allow_nan=False refuses what JSON clients could not parse.
-    try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except ValueError as exc:
-        raise ValueError(f"{what} is not valid JSON: {exc}") from exc
-
-
-def _loads(text: object, what: str) -> Any:
-    if not isinstance(text, str):
-        raise StoreReadError(f"{what} is unreadable: JSON column is {type(text).__name__}")
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise StoreReadError(f"{what} is unreadable: {exc}") from exc
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix``.
-
-    SQLite's BINARY collation compares UTF-8 bytes, which orders like code points,
-    so ``prefix <= name < _prefix_end(prefix)`` selects exactly the names starting
-    with ``prefix`` and can use the primary key index (LIKE would need escaping and,
-    being case-insensitive for ASCII, could not).
-    """
-    chars = list(prefix)
-    while chars:
-        code = ord(chars.pop())
-        if code < 0x10FFFF:
-            code += 1
-            if 0xD800 <= code <= 0xDFFF:  # surrogates are not characters
-                code = 0xE000
-            return "".join(chars) + chr(code)
-    return None
-
-
-_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _encode_cursor(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    # urlsafe_b64decode silently drops characters outside the alphabet: check first.
-    if not cursor or not _CURSOR_CHARS.fullmatch(cursor):
-        raise ValueError(f"invalid cursor {cursor!r}")
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return raw.decode("utf-8")
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise ValueError(f"invalid cursor {cursor!r}") from exc

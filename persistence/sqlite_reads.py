@@ -1,0 +1,185 @@
+"""The read side of the SQLite store: queries run on read-only connections.
+
+Each function takes a ``sqlite3.Connection`` and runs in a worker thread (see
+:class:`persistence.sqlite.SQLiteStore`); none of them writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import sqlite3
+from typing import Any
+
+from persistence.store import DocInfo, Frame, StoredDoc, StoreReadError
+
+
+def load_doc(conn: sqlite3.Connection, org: str, name: str) -> StoredDoc | None:
+    # One read transaction: a compaction committed between the snapshot and the log
+    # queries would otherwise make us miss the updates it folded in.
+    conn.execute("BEGIN")
+    key = (org, name)
+    if conn.execute("SELECT 1 FROM documents WHERE org = ? AND name = ?", key).fetchone() is None:
+        return None
+    snap = conn.execute(
+        "SELECT data, upto_update_id FROM snapshots WHERE org = ? AND name = ?", key
+    ).fetchone()
+    snapshot: bytes | None = None
+    upto = 0
+    if snap is not None:
+        snapshot, upto = snap
+        if not isinstance(snapshot, bytes):
+            raise StoreReadError(
+                f"snapshot of {name!r} (org {org!r}) is unreadable: "
+                f"data is {type(snapshot).__name__}, not bytes"
+            )
+        if not isinstance(upto, int):
+            raise StoreReadError(f"snapshot of {name!r} (org {org!r}) has a bad upto_update_id")
+    rows = conn.execute(
+        "SELECT id, data FROM updates WHERE org = ? AND name = ? AND id > ? ORDER BY id",
+        (org, name, upto),
+    ).fetchall()
+    conn.execute("COMMIT")
+    updates: list[bytes] = []
+    for update_id, data in rows:
+        if not isinstance(data, bytes):
+            raise StoreReadError(
+                f"update {update_id} of {name!r} (org {org!r}) is unreadable: "
+                f"data is {type(data).__name__}, not bytes"
+            )
+        updates.append(data)
+    last = max(upto, rows[-1][0]) if rows else upto
+    return StoredDoc(snapshot=snapshot, updates=updates, last_update_id=last)
+
+
+def list_docs(
+    conn: sqlite3.Connection,
+    org: str,
+    prefix: str,
+    prefix_end: str | None,
+    after: str | None,
+    limit: int,
+) -> list[DocInfo]:
+    where = ["d.org = ?", "d.name >= ?"]
+    params: list[Any] = [org, prefix]
+    if prefix_end is not None:
+        where.append("d.name < ?")
+        params.append(prefix_end)
+    if after is not None:
+        where.append("d.name > ?")
+        params.append(after)
+    params.append(limit)
+    rows = conn.execute(
+        "SELECT d.name, d.updated_at,"
+        " coalesce((SELECT length(s.data) FROM snapshots s"
+        "           WHERE s.org = d.org AND s.name = d.name), 0),"
+        " (SELECT coalesce(sum(length(u.data)), 0) FROM updates u"
+        "  WHERE u.org = d.org AND u.name = d.name),"
+        " (SELECT count(*) FROM updates u WHERE u.org = d.org AND u.name = d.name)"
+        f" FROM documents d WHERE {' AND '.join(where)} ORDER BY d.name LIMIT ?",
+        params,
+    ).fetchall()
+    return [
+        DocInfo(name=name, size=int(snap + logged), updated_at=int(updated_at), update_count=count)
+        for name, updated_at, snap, logged, count in rows
+    ]
+
+
+def frames_since(
+    conn: sqlite3.Connection, org: str, since: int, limit: int, t: str | None
+) -> list[Frame]:
+    sql = "SELECT sid, org, t, id, op, p, who, at, ctx FROM frames WHERE org = ? AND sid > ?"
+    params: list[Any] = [org, since]
+    if t is not None:
+        sql += " AND t = ?"
+        params.append(t)
+    sql += " ORDER BY sid LIMIT ?"
+    params.append(limit)
+    frames = []
+    for sid, org_, t_, id_, op, p, who, at, ctx in conn.execute(sql, params).fetchall():
+        frames.append(
+            Frame(
+                sid=sid,
+                org=org_,
+                t=t_,
+                id=id_,
+                op=op,
+                p=loads(p, f"frame {sid}"),
+                who=who,
+                at=at,
+                ctx=loads(ctx, f"frame {sid}"),
+            )
+        )
+    return frames
+
+
+def frame_bounds(conn: sqlite3.Connection, org: str) -> tuple[int, int]:
+    # Two subqueries, so that each is answered from the (org, sid) index alone.
+    lo, hi = conn.execute(
+        "SELECT (SELECT min(sid) FROM frames WHERE org = ?),"
+        " (SELECT max(sid) FROM frames WHERE org = ?)",
+        (org, org),
+    ).fetchone()
+    if lo is None:
+        return (0, 0)
+    return (int(lo) - 1, int(hi))
+
+
+def get_mutation(conn: sqlite3.Connection, org: str, client_tx_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT result FROM mutations WHERE org = ? AND client_tx_id = ?", (org, client_tx_id)
+    ).fetchone()
+    if row is None:
+        return None
+    return loads(row[0], f"mutation {client_tx_id!r} (org {org!r})")
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def loads(text: object, what: str) -> Any:
+    if not isinstance(text, str):
+        raise StoreReadError(f"{what} is unreadable: JSON column is {type(text).__name__}")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise StoreReadError(f"{what} is unreadable: {exc}") from exc
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix``.
+
+    SQLite's BINARY collation compares UTF-8 bytes, which orders like code points,
+    so ``prefix <= name < prefix_end(prefix)`` selects exactly the names starting
+    with ``prefix`` and can use the primary key index (LIKE would need escaping and,
+    being case-insensitive for ASCII, could not).
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop())
+        if code < 0x10FFFF:
+            code += 1
+            if 0xD800 <= code <= 0xDFFF:  # surrogates are not characters
+                code = 0xE000
+            return "".join(chars) + chr(code)
+    return None
+
+
+_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def encode_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    # urlsafe_b64decode silently drops characters outside the alphabet: check first.
+    if not cursor or not _CURSOR_CHARS.fullmatch(cursor):
+        raise ValueError(f"invalid cursor {cursor!r}")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return raw.decode("utf-8")
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValueError(f"invalid cursor {cursor!r}") from exc
