@@ -45,6 +45,7 @@ __all__ = [
     "AwarenessEntry",
     "ProtocolError",
     "decode_message",
+    "decode_state_vector",
     "encode_message",
     "write_var_bytes",
     "write_var_uint",
@@ -214,6 +215,23 @@ def decode_awareness_update(payload: bytes) -> tuple[AwarenessEntry, ...]:
         entries.append(AwarenessEntry(client_id, clock, state))
     reader.end()
     return tuple(entries)
+
+
+def decode_state_vector(encoded: bytes) -> dict[int, int]:
+    """A Yjs state vector (varuint count, then client/clock pairs) as ``{client: clock}``.
+
+    Compare state vectors decoded: the encoding lists clients in no fixed order.
+
+    Raises:
+        ProtocolError: truncated, overlong, or trailing bytes.
+    """
+    reader = Reader(encoded)
+    count = reader.var_uint()
+    if count * 2 > reader.remaining:
+        raise ProtocolError(f"state vector claims {count} clients in {reader.remaining} bytes")
+    pairs = [(reader.var_uint(), reader.var_uint()) for _ in range(count)]
+    reader.end()
+    return dict(pairs)
 
 
 def encode_message(message: Message) -> bytes:

@@ -28,6 +28,7 @@ from starlette.routing import Route
 from persistence.store import StoreError
 from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
 
+from .codec import ProtocolError, decode_state_vector
 from .docnames import InvalidDocName, validate_doc_name
 from .errors import json_error
 from .projection import doc_to_json
@@ -164,6 +165,11 @@ class DocsApi:
         name = self.doc_name(request)
         raw_sv = request.query_params.get("sv")
         state_vector = decode_base64(raw_sv, "sv") if raw_sv else None
+        if state_vector is not None:
+            try:
+                decode_state_vector(state_vector)
+            except ProtocolError:
+                raise ApiError(400, "invalid_parameter", "sv is not a Yjs state vector") from None
         async with self.open_room(name, must_exist=True) as room:
             try:
                 update = room.doc.get_update(state_vector)

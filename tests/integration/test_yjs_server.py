@@ -20,10 +20,10 @@ from crdt_sync.client import connect
 from crdt_sync.codec import (
     AwarenessEntry,
     AwarenessUpdate,
-    Reader,
     SyncStep1,
     SyncStep2,
     decode_message,
+    decode_state_vector,
     encode_awareness_update,
     encode_sync_step1,
     encode_sync_update,
@@ -31,14 +31,6 @@ from crdt_sync.codec import (
 from crdt_sync.projection import doc_to_json as doc_json
 
 pytestmark = pytest.mark.anyio
-
-
-def state_vector(encoded: bytes) -> dict[int, int]:
-    """Decode a Yjs state vector: varuint count, then (client, clock) pairs."""
-    reader = Reader(encoded)
-    pairs = [(reader.var_uint(), reader.var_uint()) for _ in range(reader.var_uint())]
-    reader.end()
-    return dict(pairs)
 
 
 async def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
@@ -82,7 +74,7 @@ async def test_two_clients_converge(server) -> None:
         await wait_for(lambda: str(text_a) == "hello world")
         # State vectors encode clients in no fixed order: compare what they decode to.
         assert doc_json(a.doc) == doc_json(b.doc)
-        assert state_vector(a.doc.get_state()) == state_vector(b.doc.get_state())
+        assert decode_state_vector(a.doc.get_state()) == decode_state_vector(b.doc.get_state())
 
 
 async def test_late_joiner_gets_full_state(server) -> None:

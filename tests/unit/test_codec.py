@@ -123,3 +123,19 @@ def test_fuzz_mutated_valid_frames(message, data) -> None:
         decode_message(bytes(frame))
     except ProtocolError:
         pass
+
+
+def test_state_vector_decodes_to_clocks_and_rejects_trailing_bytes() -> None:
+    from crdt_sync.codec import decode_state_vector
+
+    a, b = Doc(), Doc()
+    a["t"] = ta = Text()
+    ta += "abc"
+    b.apply_update(a.get_update())
+    b["u"] = tb = Text()
+    tb += "xy"
+    assert decode_state_vector(b.get_state()) == {a.client_id: 3, b.client_id: 2}
+    assert decode_state_vector(b"\x00") == {}
+    for bad in (b"", b"\x00\x00\x00", b"\x05\x01", b"\x01\x01"):
+        with pytest.raises(ProtocolError):
+            decode_state_vector(bad)
