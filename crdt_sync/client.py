@@ -88,9 +88,7 @@ class YjsClient:
 
     async def flush(self) -> None:
         """Wait until everything queued so far was handed to the socket (or it closed)."""
-        while not (self._idle.is_set() or self.closed.is_set()):
-            with anyio.move_on_after(0.05):
-                await self._idle.wait()
+        await self._idle.wait()
 
     # -- internals ---------------------------------------------------------------
 
@@ -98,7 +96,8 @@ class YjsClient:
         if self.closed.is_set():
             return
         self._outbox.append(message)
-        self._idle = anyio.Event()
+        if self._idle.is_set():  # waiters on the current event stay valid until it is set
+            self._idle = anyio.Event()
         self._wake.set()
 
     def _local_change(self, event: Any) -> None:

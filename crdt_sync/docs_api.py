@@ -123,7 +123,7 @@ class DocsApi:
         except RoomLoadError as exc:
             raise ApiError(500, "doc_load_failed", f"document {name!r} cannot be loaded") from exc
         try:
-            if must_exist and room.last_update_id == 0 and room.doc.get_state() == b"\x00":
+            if must_exist and room.is_empty:
                 raise ApiError(404, "not_found", f"no document named {name!r}")
             yield room
         finally:

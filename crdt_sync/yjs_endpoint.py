@@ -98,17 +98,13 @@ class YjsEndpoint:
         manager: RoomManager = self.runtime.manager
         org = "default"
         try:
-            if self.runtime.shutting_down:
-                raise ShuttingDown("server shutting down")
             room = await manager.join(org, name, conn)
-        except RoomLoadError as exc:
-            log.error("conn=%s room=%r cannot be served: %s", conn.id, name, exc)
-            conn.close(CloseCode.LOAD_FAILED, "document failed to load")
-            await conn.run()
-            await self._drain(receive)
-            return
-        except ShuttingDown:
-            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        except (RoomLoadError, ShuttingDown) as exc:
+            if isinstance(exc, RoomLoadError):
+                log.error("conn=%s room=%r cannot be served: %s", conn.id, name, exc)
+                conn.close(CloseCode.LOAD_FAILED, "document failed to load")
+            else:
+                conn.close(CloseCode.GOING_AWAY, "server shutting down")
             await conn.run()
             await self._drain(receive)
             return

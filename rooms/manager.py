@@ -251,7 +251,7 @@ class RoomManager:
         if room.state in (RoomState.LOADED, RoomState.FAILED):
             room.begin_unload()
             room.finish_unload()
-        return room.last_update_id != 0 or room.doc.get_state() != b"\x00"
+        return not room.is_empty
 
     # -- liveness ----------------------------------------------------------------
 

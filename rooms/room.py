@@ -170,7 +170,7 @@ class Room:
             self._subscription = None
 
     def mark_closed(self) -> None:
-        """A room that never loaded (or failed to) is done with: free it."""
+        """The room is done with (unloaded, or never loaded): free it."""
         self.state = RoomState.CLOSED
         self._release()
         self.closed.set()
@@ -193,10 +193,7 @@ class Room:
 
     def finish_unload(self) -> None:
         self._expect(RoomState.CLOSING)
-        self.state = RoomState.CLOSED
-        self._release()
-        self.closed.set()
-        self.unload_settled.set()
+        self.mark_closed()
 
     # -- connections -------------------------------------------------------------
 
@@ -267,9 +264,9 @@ class Room:
             The log entry of the change, or ``None`` if the update changed nothing.
         """
         self._expect(RoomState.LOADED)
-        appended = None
         if update == EMPTY_UPDATE:
             return None
+        appended = None
         for change in self._apply(update, origin):
             self.broadcast(encode_sync_update(change))
             appended = await self._log(change, actor)
@@ -321,6 +318,11 @@ class Room:
         self.store_failed = True
         if self._on_store_failure is not None:
             self._on_store_failure(self, exc)
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing stored and nothing in the doc: the document does not exist yet."""
+        return self.last_update_id == 0 and self.doc.get_state() == b"\x00"
 
     @property
     def wants_compaction(self) -> bool:
