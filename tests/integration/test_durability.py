@@ -39,10 +39,10 @@ from websockets.protocol import State
 from crdt_sync.client import YjsClient, connect
 from crdt_sync.codec import (
     AwarenessEntry,
-    Reader,
     SyncStep2,
     SyncUpdate,
     decode_message,
+    decode_state_vector,
     encode_awareness_update,
     encode_sync_step1,
     encode_sync_update,
@@ -66,14 +66,18 @@ ORG = "default"
 
 def state_vector(doc_or_sv: Doc | bytes) -> dict[int, int]:
     """``{client id: clock}`` of a doc (or an encoded state vector), order-independent."""
-    raw = doc_or_sv.get_state() if isinstance(doc_or_sv, Doc) else doc_or_sv
-    reader = Reader(raw)
-    result = {}
-    for _ in range(reader.var_uint()):
-        client = reader.var_uint()
-        result[client] = reader.var_uint()
-    reader.end()
-    return result
+    return decode_state_vector(doc_or_sv.get_state() if isinstance(doc_or_sv, Doc) else doc_or_sv)
+
+
+def typed_text(pieces: list[str]) -> tuple[str, list[bytes]]:
+    """A Y.Text ``body`` typed piece by piece: its final text and one update per piece."""
+    source = Doc()
+    source["body"] = body = Text()
+    updates: list[bytes] = []
+    source.observe(lambda event: updates.append(event.update))
+    for piece in pieces:
+        body += piece
+    return str(body), updates
 
 
 def snapshot(doc: Doc) -> tuple[dict[int, int], dict[str, Any]]:
@@ -435,12 +439,7 @@ async def test_log_is_compacted_after_a_burst_even_if_no_update_follows(server_f
     """
     server = server_factory("--compact-updates", "50", "--commit-interval-ms", "200")
     name = "compact/burst"
-    source = Doc()
-    source["body"] = body = Text()
-    burst: list[bytes] = []
-    source.observe(lambda event: burst.append(event.update))
-    for i in range(400):
-        body += f"{i} "
+    body, burst = typed_text([f"{i} " for i in range(400)])
     async with (
         httpx.AsyncClient(base_url=server.url) as http,
         websockets.connect(f"{server.ws_url}/{name}") as ws,
@@ -449,7 +448,7 @@ async def test_log_is_compacted_after_a_burst_even_if_no_update_follows(server_f
         for update in burst:
             await ws.send(encode_sync_update(update))
         with anyio.fail_after(20):
-            while str((await server_copy(http, name)).get("body", type=Text)) != str(body):
+            while str((await server_copy(http, name)).get("body", type=Text)) != body:
                 await anyio.sleep(0.02)
         # Every update of the burst committed (in the log or under the snapshot).
         await wait_for(lambda: stored_upto(server.db, name) == len(burst), timeout=10)
@@ -465,7 +464,7 @@ async def test_log_is_compacted_after_a_burst_even_if_no_update_follows(server_f
     server.stop()
     restarted = server_factory()
     stored = await fresh_copy(restarted.ws_url, name)
-    assert str(stored.get("body", type=Text)) == str(body)
+    assert str(stored.get("body", type=Text)) == body
 
 
 # -- concurrent first loads --------------------------------------------------------------
@@ -714,12 +713,7 @@ async def test_a_client_joining_during_shutdown_is_closed_with_1001(server_facto
     server = server_factory()
     name = "shutdown/joining"
     # A log of a few thousand updates: loading takes a while (kill -9: no compaction).
-    source = Doc()
-    source["body"] = body = Text()
-    updates: list[bytes] = []
-    source.observe(lambda event: updates.append(event.update))
-    for i in range(3000):
-        body += f"{i},"
+    _, updates = typed_text([f"{i}," for i in range(3000)])
     async with websockets.connect(f"{server.ws_url}/{name}") as ws:
         await ws.recv()
         for update in updates:
