@@ -16,10 +16,23 @@ from pycrdt import Array, Doc, Map, Text, XmlFragment
 JSON = Any
 
 
-def _view(update: bytes, key: str, kind: type) -> Any:
-    copy: Doc = Doc()
-    copy.apply_update(update)
-    return copy.get(key, type=kind)
+class _Views:
+    """Throw-away copies of one doc state, one per probe type, made on first use.
+
+    Asking for a root's type fixes it only for that root, so one copy per type
+    serves every root: at most four decodes of the state, however many roots.
+    """
+
+    def __init__(self, update: bytes) -> None:
+        self._update = update
+        self._copies: dict[type, Doc] = {}
+
+    def of(self, key: str, kind: type) -> Any:
+        copy = self._copies.get(kind)
+        if copy is None:
+            copy = self._copies[kind] = Doc()
+            copy.apply_update(self._update)
+        return copy.get(key, type=kind)
 
 
 def plain(value: JSON) -> JSON:
@@ -33,16 +46,15 @@ def plain(value: JSON) -> JSON:
     return value
 
 
-def root_to_json(update: bytes, key: str) -> JSON:
-    """JSON of root ``key`` of the doc whose full state is ``update``."""
-    as_map = _view(update, key, Map)
+def _root_to_json(views: _Views, key: str) -> JSON:
+    as_map = views.of(key, Map)
     if len(as_map):
         return plain(as_map.to_py())
     try:
-        as_list = _view(update, key, Array).to_py()
+        as_list = views.of(key, Array).to_py()
     except Exception:
-        return str(_view(update, key, XmlFragment))
-    text = str(_view(update, key, Text))
+        return str(views.of(key, XmlFragment))
+    text = str(views.of(key, Text))
     if text or not as_list:
         return text
     return plain(as_list)
@@ -50,5 +62,5 @@ def root_to_json(update: bytes, key: str) -> JSON:
 
 def doc_to_json(doc: Doc) -> dict[str, JSON]:
     """Every root of ``doc`` by name, as JSON."""
-    update = doc.get_update()
-    return {key: root_to_json(update, key) for key in sorted(doc.keys())}
+    views = _Views(doc.get_update())
+    return {key: _root_to_json(views, key) for key in sorted(doc.keys())}
