@@ -22,11 +22,18 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from persistence.store import Store
+from rooms.close_codes import CloseCode
+from rooms.feed_hub import FeedHub
 from rooms.manager import RoomManager, RoomSettings
 
 from .docs_api import DocsApi
 from .errors import json_error
+from .frame_feed import RecordFeed
+from .presence import Presence
 from .settings import Settings
+from .sync_api import SyncApi
+from .sync_stream import FrameStreams
+from .throttle import ReadThrottle
 from .yjs_endpoint import YjsEndpoint
 
 log = logging.getLogger(__name__)
@@ -44,6 +51,24 @@ class Runtime:
         self._manager: RoomManager | None = None
         self.shutting_down = False
         self.started = anyio.Event()
+        self.hub = FeedHub()
+        self.throttle = ReadThrottle(
+            settings.delta_min_interval_ms, settings.delta_max_concurrency
+        )
+        self._feed: RecordFeed | None = None
+        self._presence: Presence | None = None
+
+    @property
+    def feed(self) -> RecordFeed:
+        if self._feed is None:
+            raise RuntimeError("expected STARTED, got NOT STARTED")
+        return self._feed
+
+    @property
+    def presence(self) -> Presence:
+        if self._presence is None:
+            raise RuntimeError("expected STARTED, got NOT STARTED")
+        return self._presence
 
     @property
     def manager(self) -> RoomManager:
@@ -69,11 +94,23 @@ class Runtime:
                 ping_interval=settings.ping_interval,
                 ping_timeout=settings.ping_timeout,
             )
-            async with RoomManager(store, room_settings) as manager:
+            feed = RecordFeed(
+                store,
+                self.hub,
+                coalesce_ms=settings.frame_coalesce_ms,
+                retention=settings.frame_retention,
+            )
+            async with RoomManager(store, room_settings, listener=feed) as manager:
                 self._manager = manager
-                self.started.set()
-                yield self
-                await self.shutdown()
+                self._feed = feed
+                self._presence = feed.presence = Presence(manager, self.hub)
+                async with anyio.create_task_group() as tg:
+                    await tg.start(feed.run, manager)
+                    tg.start_soon(self._presence.run)
+                    self.started.set()
+                    yield self
+                    await self.shutdown()
+                    tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await store.close()
@@ -86,6 +123,7 @@ class Runtime:
         rooms = len(self._manager.rooms)
         conns = self._manager.connection_count
         log.info("shutting down: closing %d connections in %d rooms", conns, rooms)
+        self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
         with anyio.move_on_after(self.settings.shutdown_timeout) as scope:
             await self._manager.unload_all()
         if scope.cancelled_caught:
@@ -135,6 +173,8 @@ def create_app(settings: Settings, on_ready: Callable[[], None] | None = None) -
         Route("/healthz", healthz),
         WebSocketRoute("/yjs/{doc:path}", YjsEndpoint(settings, runtime)),
         *DocsApi(runtime).routes(),
+        *SyncApi(runtime).routes(),
+        *FrameStreams(runtime).routes(),
     ]
     if WEB_DIR.is_dir():
         routes += [

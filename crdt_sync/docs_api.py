@@ -29,7 +29,7 @@ from persistence.store import StoreError
 from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
 
 from .codec import ProtocolError, decode_state_vector
-from .docnames import InvalidDocName, validate_doc_name
+from .docnames import InvalidDocName, split_record, validate_doc_name
 from .errors import json_error
 from .projection import doc_to_json
 
@@ -48,8 +48,12 @@ class ApiError(Exception):
         self.status = status
         self.error = error
         self.detail = detail
+        self.extra: dict[str, Any] = {}  # more members of the JSON body
 
     def response(self) -> Response:
+        if self.extra:
+            body = {"error": self.error, "detail": self.detail, **self.extra}
+            return JSONResponse(body, status_code=self.status)
         return json_error(self.status, self.error, self.detail)
 
 
@@ -205,9 +209,14 @@ class DocsApi:
 
     async def delete_doc(self, request: Request) -> Response:
         name = self.doc_name(request)
-        was_loaded = self.runtime.manager.delete_room(ORG, name)
         try:
-            existed = await self.runtime.store.delete(ORG, name)
+            if split_record(name) is not None:
+                # A record: its deletion is a "d" frame, logged in the same transaction.
+                sid = await self.runtime.feed.delete(ORG, name, actor=ACTOR)
+                existed = was_loaded = sid is not None
+            else:
+                was_loaded = self.runtime.manager.delete_room(ORG, name)
+                existed = await self.runtime.store.delete(ORG, name)
         except StoreError as exc:
             raise ApiError(503, "store_unavailable", f"delete not stored: {exc}") from None
         if not (existed or was_loaded):

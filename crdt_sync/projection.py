@@ -46,18 +46,40 @@ def plain(value: JSON) -> JSON:
     return value
 
 
-def _root_to_json(views: _Views, key: str) -> JSON:
-    as_map = views.of(key, Map)
-    if len(as_map):
-        return plain(as_map.to_py())
+def _infer(views: _Views, key: str) -> type | None:
+    """The type of root ``key``, or ``None`` while it is empty (any type would do)."""
+    if len(views.of(key, Map)):
+        return Map
+    # Text before Array: an array view of a long text would list every character.
+    # A text view of an array or XML root has a length but reads as "".
+    as_text = views.of(key, Text)
+    if len(as_text) and str(as_text):
+        return Text
     try:
         as_list = views.of(key, Array).to_py()
     except Exception:
-        return str(views.of(key, XmlFragment))
-    text = str(views.of(key, Text))
-    if text or not as_list:
-        return text
-    return plain(as_list)
+        return XmlFragment
+    return Array if as_list else None
+
+
+def root_value(root: Any) -> JSON:
+    """The JSON of a typed root: text and XML as strings, maps and arrays as JSON."""
+    if isinstance(root, Map | Array):
+        return plain(root.to_py())
+    return str(root)
+
+
+def infer_root_types(doc: Doc, keys: list[str]) -> dict[str, type | None]:
+    """The type of each root in ``keys``, inferred on copies (the live doc is not typed)."""
+    if not keys:
+        return {}
+    views = _Views(doc.get_update())
+    return {key: _infer(views, key) for key in keys}
+
+
+def _root_to_json(views: _Views, key: str) -> JSON:
+    kind = _infer(views, key)
+    return "" if kind is None else root_value(views.of(key, kind))
 
 
 def doc_to_json(doc: Doc) -> dict[str, JSON]:

@@ -66,6 +66,28 @@ class Settings:
     shutdown_timeout: float = _opt(
         5.0, "seconds to wait for connections and writes to finish on SIGINT/SIGTERM", minimum=0
     )
+    frame_coalesce_ms: float = _opt(
+        200.0,
+        "coalesce a record's Yjs updates into one SyncFrame per this many milliseconds",
+        minimum=0,
+        maximum=60_000,
+    )
+    frame_retention: int = _opt(
+        1_000_000,
+        "SyncFrames kept per tenant; a delta request from before them gets 410",
+        minimum=1,
+    )
+    delta_min_interval_ms: float = _opt(
+        100.0,
+        "at most one delta/records request per client per this many milliseconds (else 429)",
+        minimum=0,
+    )
+    delta_max_concurrency: int = _opt(
+        5, "delta/records requests in flight per tenant; more get 429", minimum=1
+    )
+    max_mutations: int = _opt(
+        1000, "most mutations in one POST /sync/v1/mutations request", minimum=1
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

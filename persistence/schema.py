@@ -102,10 +102,35 @@ def _v1(db: Database) -> None:
     )
 
 
+def _v2(db: Database) -> None:
+    """The SyncFrame feed: current record projections, per-record frame lookups,
+    and the sid a mutation produced (answered again on replay)."""
+    db.create_table(
+        "records",
+        {
+            "org": str,
+            "t": str,
+            "id": str,
+            "fields": str,
+            "sid": int,
+            "update_id": int,
+            "updated_at": int,
+        },
+        pk=("org", "t", "id"),
+        not_null=["org", "t", "id", "fields", "sid", "update_id", "updated_at"],
+        if_not_exists=True,
+    )
+    db["frames"].create_index(["org", "t", "id", "sid"], "idx_frames_record", if_not_exists=True)
+    if "sid" not in db["mutations"].columns_dict:
+        db.execute("ALTER TABLE mutations ADD COLUMN sid INTEGER")
+
+
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
-TABLES = frozenset({"documents", "updates", "snapshots", "frames", "mutations", "schema_version"})
+TABLES = frozenset(
+    {"documents", "updates", "snapshots", "frames", "mutations", "records", "schema_version"}
+)
 
 
 def read_version(db: Database, where: str = "database") -> int:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import os
 import queue
@@ -58,6 +59,7 @@ import anyio
 import anyio.to_thread
 from sqlite_utils import Database
 
+from persistence import sqlite_frames as frame_sql
 from persistence import sqlite_reads as reads
 from persistence import values
 from persistence.schema import migrate
@@ -65,6 +67,9 @@ from persistence.store import (
     Appended,
     DocInfo,
     Frame,
+    FrameBatch,
+    FramePage,
+    RecordRow,
     StoreClosedError,
     StoredDoc,
     StoreError,
@@ -88,6 +93,7 @@ class _Kind(enum.Enum):
     COMPACT = "compact"
     DELETE = "delete"
     FRAME = "frame"
+    FRAMES = "frames"  # a FrameBatch on its own (coalesced frames, idempotency keys)
     MUTATION = "mutation"
     TRIM = "trim"
     FLUSH = "flush"  # barrier: commit what came before, report failures
@@ -105,6 +111,8 @@ class _Op:
     future: asyncio.Future[Any] | None
     result: Any = None
     error: BaseException | None = None
+    batch: frame_sql.PreparedBatch | None = None  # frames logged in the same transaction
+    committed: list[Frame] | None = None  # those frames, with their sids, once written
 
 
 class SQLiteStore:
@@ -151,6 +159,7 @@ class SQLiteStore:
         self._failed_batches = 0
         self._last_batch_size = 0
         self._last_commit_seconds = 0.0
+        self._frame_listeners: list[Callable[[list[Frame]], None]] = []
 
     # -- metrics -----------------------------------------------------------------------
 
@@ -274,8 +283,20 @@ class SQLiteStore:
 
     # -- writes ------------------------------------------------------------------------
 
-    async def append(self, org: str, name: str, update: bytes, *, actor: str, at: int) -> Appended:
+    async def append(
+        self,
+        org: str,
+        name: str,
+        update: bytes,
+        *,
+        actor: str,
+        at: int,
+        frames: FrameBatch | None = None,
+    ) -> Appended:
         """Queue ``update`` for the next group commit and return its id at once.
+
+        Nothing here yields to the event loop: calls made one after the other are
+        committed in that order.
 
         Args:
             org: The tenant.
@@ -283,25 +304,63 @@ class SQLiteStore:
             update: A Yjs update (``bytes``, ``bytearray`` or ``memoryview``).
             actor: Who made the change (``who`` of the token).
             at: Epoch milliseconds of the change.
+            frames: SyncFrames (and an idempotency key) to log in the same transaction.
 
         Returns:
             The assigned update id and an awaitable that completes once the update is
-            committed (raises :class:`StoreWriteError` if that commit fails). Nobody has
-            to await it: a failure is logged, and reported by the next :meth:`flush`.
+            committed (raises :class:`StoreWriteError` if that commit fails) with the
+            sids of ``frames``. Nobody has to await it: a failure is logged, and
+            reported by the next :meth:`flush`.
         """
         self._check_open()
         values.check_key(org, name)
         data = values.as_bytes(update, "update")
         values.check_opt_text(actor, "actor")
         values.check_int(at, "at")
+        batch = frame_sql.prepare(org, frames) if frames is not None else None
         assert self._loop is not None
-        future: asyncio.Future[None] = self._loop.create_future()
+        future: asyncio.Future[list[int]] = self._loop.create_future()
         with self._id_lock:
             self._last_update_id += 1
             update_id = self._last_update_id
             # Inside the lock so that queue order is id order.
-            self._queue.put(_Op(_Kind.APPEND, (update_id, org, name, data, actor, at), future))
+            op = _Op(_Kind.APPEND, (update_id, org, name, data, actor, at), future, batch=batch)
+            self._queue.put(op)
         return Appended(update_id=update_id, durable=future)
+
+    def log_frames(
+        self, org: str, batch: FrameBatch, *, delete: str | None = None
+    ) -> asyncio.Future[list[int]]:
+        """Queue a batch of frames (and an idempotency key) for the next group commit.
+
+        Synchronous, so that a caller can draft frames and queue them without the
+        event loop running anything in between: frames queued one after the other
+        get increasing sids in that order.
+
+        Args:
+            org: The tenant.
+            batch: The frames, each with the record projection it leaves behind.
+            delete: A document to delete (with its snapshot and log) in the same
+                transaction: a record's ``d``.
+
+        Returns:
+            An awaitable of the frames' sids, completed once committed (raises
+            :class:`StoreWriteError` if the commit fails).
+        """
+        self._check_open()
+        values.check_text(org, "org")
+        if delete is not None:
+            values.check_key(org, delete)
+        prepared = frame_sql.prepare(org, batch)
+        assert self._loop is not None
+        future: asyncio.Future[list[int]] = self._loop.create_future()
+        self._queue.put(_Op(_Kind.FRAMES, (org, delete), future, batch=prepared))
+        return future
+
+    def add_frame_listener(self, listener: Callable[[list[Frame]], None]) -> None:
+        """Call ``listener(frames)`` on the event loop with the frames of every commit,
+        in sid order, before the writers' awaitables complete."""
+        self._frame_listeners.append(listener)
 
     async def flush(self) -> None:
         """Wait until every write queued before this call is committed.
@@ -530,6 +589,70 @@ class SQLiteStore:
         values.check_opt_text(t, "t")
         return await self._read(reads.frames_since, org, since, limit, t)
 
+    async def read_frames(
+        self, org: str, since: int, *, limit: int = 1000, t: str | None = None
+    ) -> FramePage:
+        """Frames with ``sid > since`` and the log's bounds, read in one transaction.
+
+        Args:
+            org: The tenant.
+            since: The last sid the caller has.
+            limit: Most frames returned (>= 1).
+            t: Only frames of this record type (the bounds are the tenant's).
+
+        Returns:
+            The page: when it holds fewer than ``limit`` frames, the caller has every
+            frame up to ``newest``.
+        """
+        values.check_text(org, "org")
+        values.check_int(since, "since")
+        values.check_int(limit, "limit")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_opt_text(t, "t")
+        return await self._read(reads.read_frames, org, since, limit, t)
+
+    async def record_frames(
+        self, org: str, t: str, id: str, since: int, *, limit: int = 10_000
+    ) -> list[Frame]:
+        """Frames of record ``(t, id)`` with ``sid > since``, oldest first (at most ``limit``)."""
+        for value, what in ((org, "org"), (t, "t"), (id, "id")):
+            values.check_text(value, what)
+        values.check_int(since, "since")
+        return await self._read(reads.record_frames, org, t, id, since, limit)
+
+    async def get_record(self, org: str, t: str, id: str) -> RecordRow | None:
+        """The stored projection of record ``(t, id)``, or ``None`` if it does not exist."""
+        for value, what in ((org, "org"), (t, "t"), (id, "id")):
+            values.check_text(value, what)
+        return await self._read(reads.get_record, org, t, id)
+
+    async def list_records(
+        self,
+        org: str,
+        *,
+        t: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 100,
+    ) -> tuple[list[RecordRow], int]:
+        """Records of ``org`` (of type ``t``) ordered by ``(t, id)``, after ``after``.
+
+        Returns:
+            ``(rows, newest sid)`` read in one transaction: the rows include every
+            frame up to that sid.
+        """
+        values.check_text(org, "org")
+        values.check_opt_text(t, "t")
+        values.check_int(limit, "limit")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        return await self._read(reads.list_records, org, t, after, limit)
+
+    async def stale_records(self, limit: int = 1000) -> list[tuple[str, str]]:
+        """``(org, name)`` of record docs whose stored projection lags their update log."""
+        values.check_int(limit, "limit")
+        return await self._read(reads.stale_records, limit)
+
     async def frame_bounds(self, org: str) -> tuple[int, int]:
         """``(oldest retained sid - 1, newest sid)`` of ``org``; ``(0, 0)`` if it has none.
 
@@ -568,11 +691,13 @@ class SQLiteStore:
             raise StoreError(f"SQLiteStore({self._path!r}) is not started; call start() first")
         raise StoreClosedError(f"SQLiteStore({self._path!r}) is closed")
 
-    async def _submit(self, kind: _Kind, args: tuple[Any, ...]) -> Any:
+    async def _submit(
+        self, kind: _Kind, args: tuple[Any, ...], batch: frame_sql.PreparedBatch | None = None
+    ) -> Any:
         self._check_open()
         assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put(_Op(kind, args, future))
+        self._queue.put(_Op(kind, args, future, batch=batch))
         # If the caller is cancelled the op still runs; only the wait is abandoned.
         return await future
 
@@ -580,9 +705,15 @@ class SQLiteStore:
         self._check_open()
         return await anyio.to_thread.run_sync(self._read_in_thread, fn, args)
 
-    @staticmethod
-    def _settle(ops: Sequence[_Op]) -> None:
-        """Runs on the event loop: complete the futures of ``ops``."""
+    def _settle(self, ops: Sequence[_Op]) -> None:
+        """Runs on the event loop: announce committed frames, complete the futures of ``ops``."""
+        committed = [frame for op in ops if op.committed for frame in op.committed]
+        if committed:
+            for listener in self._frame_listeners:
+                try:
+                    listener(committed)
+                except Exception:  # a subscriber's bug must not leave writers hanging
+                    logger.exception("store %s: frame listener failed", self._path)
         for op in ops:
             future = op.future
             if future is None or future.done():  # e.g. cancelled by an abandoned await
@@ -778,6 +909,7 @@ class SQLiteStore:
         if error is not None:
             for op in writes:
                 op.error = error
+                op.committed = None
         if barrier is not None and barrier.kind in (_Kind.FLUSH, _Kind.STOP):
             if error is not None:
                 barrier.error = error
@@ -863,6 +995,11 @@ def _apply(conn: sqlite3.Connection, ops: list[_Op]) -> None:
             while j < len(ops) and ops[j].kind is _Kind.APPEND:
                 j += 1
             _apply_appends(conn, ops[i:j])
+            for op in ops[i:j]:
+                if op.batch is not None:
+                    op.result = _apply_batch(conn, op, update_id=op.args[0])
+                else:
+                    op.result = []
             i = j
             continue
         if op.kind is _Kind.COMPACT:
@@ -882,11 +1019,12 @@ def _apply(conn: sqlite3.Connection, ops: list[_Op]) -> None:
                 "DELETE FROM updates WHERE org = ? AND name = ? AND id <= ?", (org, name, upto)
             )
         elif op.kind is _Kind.DELETE:
-            key = op.args
-            conn.execute("DELETE FROM updates WHERE org = ? AND name = ?", key)
-            conn.execute("DELETE FROM snapshots WHERE org = ? AND name = ?", key)
-            cur = conn.execute("DELETE FROM documents WHERE org = ? AND name = ?", key)
-            op.result = cur.rowcount > 0
+            op.result = _delete_doc(conn, *op.args)
+        elif op.kind is _Kind.FRAMES:
+            org, delete = op.args
+            if delete is not None:
+                _delete_doc(conn, org, delete)
+            op.result = _apply_batch(conn, op, update_id=None)
         elif op.kind is _Kind.FRAME:
             cur = conn.execute(
                 "INSERT INTO frames (org, t, id, op, p, who, at, ctx) "
@@ -894,6 +1032,10 @@ def _apply(conn: sqlite3.Connection, ops: list[_Op]) -> None:
                 op.args,
             )
             op.result = cur.lastrowid
+            org, t, id_, kind, p, who, at, ctx = op.args
+            op.committed = [
+                Frame(int(op.result), org, t, id_, kind, json.loads(p), who, at, json.loads(ctx))
+            ]
         elif op.kind is _Kind.MUTATION:
             conn.execute(
                 "INSERT INTO mutations (org, client_tx_id, result, at) VALUES (?, ?, ?, ?) "
@@ -928,6 +1070,20 @@ def _apply_appends(conn: sqlite3.Connection, ops: list[_Op]) -> None:
         "INSERT INTO updates (id, org, name, data, actor, at) VALUES (?, ?, ?, ?, ?, ?)",
         [op.args for op in ops],
     )
+
+
+def _delete_doc(conn: sqlite3.Connection, org: str, name: str) -> bool:
+    key = (org, name)
+    conn.execute("DELETE FROM updates WHERE org = ? AND name = ?", key)
+    conn.execute("DELETE FROM snapshots WHERE org = ? AND name = ?", key)
+    cur = conn.execute("DELETE FROM documents WHERE org = ? AND name = ?", key)
+    return cur.rowcount > 0
+
+
+def _apply_batch(conn: sqlite3.Connection, op: _Op, *, update_id: int | None) -> list[int]:
+    assert op.batch is not None
+    op.committed = frame_sql.write(conn, op.batch, update_id=update_id)
+    return [frame.sid for frame in op.committed]
 
 
 def _max_update_id(conn: sqlite3.Connection) -> int:

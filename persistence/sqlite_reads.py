@@ -13,7 +13,7 @@ import re
 import sqlite3
 from typing import Any
 
-from persistence.store import DocInfo, Frame, StoredDoc, StoreReadError
+from persistence.store import DocInfo, Frame, FramePage, RecordRow, StoredDoc, StoreReadError
 
 
 def load_doc(conn: sqlite3.Connection, org: str, name: str) -> StoredDoc | None:
@@ -87,32 +87,133 @@ def list_docs(
     ]
 
 
+_FRAME_COLUMNS = "sid, org, t, id, op, p, who, at, ctx"
+
+
+def _frames(rows: list[Any]) -> list[Frame]:
+    return [
+        Frame(
+            sid=sid,
+            org=org_,
+            t=t_,
+            id=id_,
+            op=op,
+            p=loads(p, f"frame {sid}"),
+            who=who,
+            at=at,
+            ctx=loads(ctx, f"frame {sid}"),
+        )
+        for sid, org_, t_, id_, op, p, who, at, ctx in rows
+    ]
+
+
 def frames_since(
     conn: sqlite3.Connection, org: str, since: int, limit: int, t: str | None
 ) -> list[Frame]:
-    sql = "SELECT sid, org, t, id, op, p, who, at, ctx FROM frames WHERE org = ? AND sid > ?"
+    sql = f"SELECT {_FRAME_COLUMNS} FROM frames WHERE org = ? AND sid > ?"
     params: list[Any] = [org, since]
     if t is not None:
         sql += " AND t = ?"
         params.append(t)
     sql += " ORDER BY sid LIMIT ?"
     params.append(limit)
-    frames = []
-    for sid, org_, t_, id_, op, p, who, at, ctx in conn.execute(sql, params).fetchall():
-        frames.append(
-            Frame(
-                sid=sid,
-                org=org_,
-                t=t_,
-                id=id_,
-                op=op,
-                p=loads(p, f"frame {sid}"),
-                who=who,
-                at=at,
-                ctx=loads(ctx, f"frame {sid}"),
-            )
-        )
-    return frames
+    return _frames(conn.execute(sql, params).fetchall())
+
+
+def read_frames(
+    conn: sqlite3.Connection, org: str, since: int, limit: int, t: str | None
+) -> FramePage:
+    # One read transaction: the bounds and the page describe the same snapshot, so a
+    # caller can advance to ``newest`` when the page is short without skipping a frame.
+    conn.execute("BEGIN")
+    try:
+        oldest, newest = frame_bounds(conn, org)
+        frames = frames_since(conn, org, since, limit, t)
+    finally:
+        conn.execute("COMMIT")
+    return FramePage(frames=frames, oldest=oldest, newest=newest)
+
+
+def record_frames(
+    conn: sqlite3.Connection, org: str, t: str, id: str, since: int, limit: int
+) -> list[Frame]:
+    rows = conn.execute(
+        f"SELECT {_FRAME_COLUMNS} FROM frames WHERE org = ? AND t = ? AND id = ? AND sid > ?"
+        " ORDER BY sid LIMIT ?",
+        (org, t, id, since, limit),
+    ).fetchall()
+    return _frames(rows)
+
+
+def _record(row: Any) -> RecordRow:
+    t, id_, fields, sid, update_id, updated_at = row
+    return RecordRow(
+        t=t,
+        id=id_,
+        fields=loads(fields, f"record {t}/{id_}"),
+        sid=sid,
+        update_id=update_id,
+        updated_at=updated_at,
+    )
+
+
+_RECORD_COLUMNS = "t, id, fields, sid, update_id, updated_at"
+
+
+def get_record(conn: sqlite3.Connection, org: str, t: str, id: str) -> RecordRow | None:
+    row = conn.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM records WHERE org = ? AND t = ? AND id = ?", (org, t, id)
+    ).fetchone()
+    return None if row is None else _record(row)
+
+
+def list_records(
+    conn: sqlite3.Connection,
+    org: str,
+    t: str | None,
+    after: tuple[str, str] | None,
+    limit: int,
+) -> tuple[list[RecordRow], int]:
+    where = ["org = ?"]
+    params: list[Any] = [org]
+    if t is not None:
+        where.append("t = ?")
+        params.append(t)
+    if after is not None:
+        where.append("(t, id) > (?, ?)")
+        params += after
+    params.append(limit)
+    conn.execute("BEGIN")
+    try:
+        newest = frame_bounds(conn, org)[1]
+        rows = conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE {' AND '.join(where)}"
+            " ORDER BY t, id LIMIT ?",
+            params,
+        ).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    return [_record(row) for row in rows], newest
+
+
+def stale_records(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
+    # A record doc (a name with a slash after a non-empty type) whose newest update
+    # is not covered by its stored projection: the frame of its last changes was
+    # lost (kill -9 inside the coalescing window), or it never had one.
+    rows = conn.execute(
+        "SELECT d.org, d.name FROM documents d"
+        " LEFT JOIN records r ON r.org = d.org"
+        "  AND r.t = substr(d.name, 1, instr(d.name, '/') - 1)"
+        "  AND r.id = substr(d.name, instr(d.name, '/') + 1)"
+        " WHERE instr(d.name, '/') > 1 AND length(d.name) > instr(d.name, '/')"
+        " AND coalesce(r.update_id, -1) < max("
+        "  coalesce((SELECT max(u.id) FROM updates u WHERE u.org = d.org AND u.name = d.name), 0),"
+        "  coalesce((SELECT s.upto_update_id FROM snapshots s"
+        "            WHERE s.org = d.org AND s.name = d.name), 0))"
+        " LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [(org, name) for org, name in rows]
 
 
 def frame_bounds(conn: sqlite3.Connection, org: str) -> tuple[int, int]:
@@ -129,11 +230,14 @@ def frame_bounds(conn: sqlite3.Connection, org: str) -> tuple[int, int]:
 
 def get_mutation(conn: sqlite3.Connection, org: str, client_tx_id: str) -> dict[str, Any] | None:
     row = conn.execute(
-        "SELECT result FROM mutations WHERE org = ? AND client_tx_id = ?", (org, client_tx_id)
+        "SELECT result, sid FROM mutations WHERE org = ? AND client_tx_id = ?", (org, client_tx_id)
     ).fetchone()
     if row is None:
         return None
-    return loads(row[0], f"mutation {client_tx_id!r} (org {org!r})")
+    result = loads(row[0], f"mutation {client_tx_id!r} (org {org!r})")
+    if row[1] is not None and isinstance(result, dict):
+        result["sid"] = row[1]
+    return result
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ Durability contract:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -65,11 +65,12 @@ class Appended:
 
     Attributes:
         update_id: The id assigned to the update (strictly increasing per store).
-        durable: Awaitable that completes when the update is committed.
+        durable: Awaitable that completes when the update is committed; its result
+            is the list of sids of the frames logged with it (empty if none).
     """
 
     update_id: int
-    durable: Awaitable[None]
+    durable: Awaitable[list[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,69 @@ class Frame:
     who: str | None
     at: int
     ctx: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameDraft:
+    """A SyncFrame to log, and the record projection it leaves behind.
+
+    Attributes:
+        record: The record's whole projection after this frame (``None`` for ``op="d"``:
+            the record is gone). Stored in ``records`` in the same transaction.
+        update_id: The newest update id this projection covers; ``None`` means the
+            id of the update the frame is logged with (see :meth:`Store.append`).
+    """
+
+    t: str
+    id: str
+    op: str
+    p: dict[str, Any]
+    who: str | None
+    at: int
+    ctx: dict[str, Any]
+    record: dict[str, Any] | None
+    update_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameBatch:
+    """Frames logged in one transaction with the write they ride on.
+
+    Attributes:
+        frames: Logged in order; each gets the next sid.
+        mutation: ``(client_tx_id, result)``: an idempotency key stored in the same
+            transaction, remembering the sid of the batch's last frame (if any).
+    """
+
+    frames: tuple[FrameDraft, ...] = ()
+    mutation: tuple[str, dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRow:
+    """The stored projection of a record: what its last frame left behind."""
+
+    t: str
+    id: str
+    fields: dict[str, Any]
+    sid: int
+    update_id: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class FramePage:
+    """A page of frames read in one transaction with the log's bounds.
+
+    Attributes:
+        frames: Frames with sid > ``since``, oldest first.
+        oldest: The oldest retained sid - 1 (a ``since`` below it missed frames).
+        newest: The newest sid of the tenant (0 if none).
+    """
+
+    frames: list[Frame]
+    oldest: int
+    newest: int
 
 
 @runtime_checkable
@@ -107,8 +171,27 @@ class Store(Protocol):
         """
         ...
 
-    async def append(self, org: str, name: str, update: bytes, *, actor: str, at: int) -> Appended:
-        """Queue ``update`` for the next group commit and return its id at once."""
+    async def append(
+        self,
+        org: str,
+        name: str,
+        update: bytes,
+        *,
+        actor: str,
+        at: int,
+        frames: FrameBatch | None = None,
+    ) -> Appended:
+        """Queue ``update`` (with ``frames``, same transaction) and return its id at once.
+
+        Queues without yielding to the event loop, so callers can order writes.
+        """
+        ...
+
+    def log_frames(
+        self, org: str, batch: FrameBatch, *, delete: str | None = None
+    ) -> Awaitable[list[int]]:
+        """Queue frames (and an idempotency key, and the deletion of doc ``delete``)
+        synchronously; the returned awaitable gives their sids once committed."""
         ...
 
     async def flush(self) -> None:
@@ -170,6 +253,36 @@ class Store(Protocol):
 
     async def get_mutation(self, org: str, client_tx_id: str) -> dict[str, Any] | None:
         """The stored result of a mutation with this idempotency key, if any."""
+        ...
+
+    async def read_frames(
+        self, org: str, since: int, *, limit: int = 1000, t: str | None = None
+    ) -> FramePage:
+        """Frames with sid > ``since`` and the log's bounds, from one read transaction."""
+        ...
+
+    async def record_frames(self, org: str, t: str, id: str, since: int) -> list[Frame]:
+        """Frames of one record with sid > ``since``, oldest first."""
+        ...
+
+    async def get_record(self, org: str, t: str, id: str) -> RecordRow | None:
+        """The stored projection of a record, or ``None`` if it does not exist."""
+        ...
+
+    async def list_records(
+        self, org: str, *, t: str | None = None, after: tuple[str, str] | None = None, limit: int
+    ) -> tuple[list[RecordRow], int]:
+        """Records ordered by ``(t, id)`` after ``after``, and the newest sid, in one
+        read transaction."""
+        ...
+
+    async def stale_records(self, limit: int = 1000) -> list[tuple[str, str]]:
+        """``(org, doc name)`` of record docs whose stored projection lags their
+        update log (a crash between an update and its frame)."""
+        ...
+
+    def add_frame_listener(self, listener: Callable[[list[Frame]], None]) -> None:
+        """Call ``listener`` on the event loop with every committed frame, in sid order."""
         ...
 
     async def put_mutation(self, org: str, client_tx_id: str, result: dict[str, Any]) -> None:

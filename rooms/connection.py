@@ -67,6 +67,8 @@ class Connection:
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._wake = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
         self._send_scope: anyio.CancelScope | None = None
         self.close_code: int | None = None
         self.close_reason = ""
@@ -115,7 +117,13 @@ class Connection:
             return False
         if len(queue) == 1:
             self._wake.set()
+            if self._idle.is_set():
+                self._idle = anyio.Event()
         return True
+
+    async def wait_idle(self) -> None:
+        """Wait until everything queued was handed to the transport (or it closed)."""
+        await self._idle.wait()
 
     def touch(self) -> None:
         """Note that something arrived from the client (it is alive)."""
@@ -130,6 +138,7 @@ class Connection:
         self.close_reason = reason
         self._queue.clear()
         self._queued_bytes = 0
+        self._idle.set()
         if self._send_scope is not None:
             # The sender may be blocked on a client that does not read: stop waiting.
             self._send_scope.cancel()
@@ -170,6 +179,7 @@ class Connection:
             self._wake = anyio.Event()
             if queue:  # filled while we were creating the event
                 continue
+            self._idle.set()
             await self._wake.wait()
             if self.close_code is not None:
                 return

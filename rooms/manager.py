@@ -20,6 +20,7 @@ from persistence.store import Store, StoreError
 
 from .close_codes import CloseCode
 from .connection import Connection
+from .listener import RoomListener
 from .room import Room, RoomLoadError, RoomState
 from .wire import encode_sync_step1
 
@@ -45,9 +46,15 @@ class RoomManager:
     Use as an async context manager; leaving it persists and unloads every room.
     """
 
-    def __init__(self, store: Store, settings: RoomSettings | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: RoomSettings | None = None,
+        listener: RoomListener | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings or RoomSettings()
+        self.listener = listener
         self.rooms: dict[tuple[str, str], Room] = {}
         self._tg: TaskGroup | None = None
         self._unload_timers: dict[tuple[str, str], anyio.CancelScope] = {}
@@ -104,10 +111,16 @@ class RoomManager:
                     compact_updates=self.settings.compact_updates,
                     awareness_timeout=self.settings.awareness_timeout,
                     on_store_failure=self._store_failed,
+                    listener=self.listener,
                 )
                 self.rooms[key] = room
                 try:
                     await room.load()
+                    if room.state is RoomState.LOADED and self.listener is not None:
+                        try:
+                            await self.listener.room_loaded(room)
+                        except Exception:
+                            log.exception("room=%r listener failed after load", name)
                 finally:
                     if room.state is not RoomState.LOADED and self.rooms.get(key) is room:
                         # Do not cache a failure: the next connection tries again.
@@ -148,8 +161,25 @@ class RoomManager:
     def release(self, room: Room) -> None:
         """Someone (a connection, an HTTP request) is done with ``room``: unload it later
         if nobody else uses it."""
-        if not room.connections and room.state is RoomState.LOADED:
+        if not room.connections and not room.holds and room.state is RoomState.LOADED:
             self._schedule_unload(room)
+
+    async def hold(self, org: str, name: str) -> Room:
+        """Load the room and keep it loaded until :meth:`unhold` (a frame-feed viewer).
+
+        Raises:
+            RoomLoadError: the stored state could not be loaded.
+            ShuttingDown: the server is shutting down.
+        """
+        if self.closing:
+            raise ShuttingDown("server shutting down")
+        room = await self.get_room(org, name)
+        room.holds += 1
+        return room
+
+    def unhold(self, room: Room) -> None:
+        room.holds = max(0, room.holds - 1)
+        self.release(room)
 
     def after_update(self, room: Room) -> None:
         """Called after a logged update: compact in the background when due."""
@@ -202,11 +232,13 @@ class RoomManager:
 
     async def unload(self, room: Room) -> bool:
         """Persist and drop ``room`` if nobody is connected; ``False`` if kept."""
-        if room.connections or room.state is not RoomState.LOADED:
+        if room.connections or room.holds or room.state is not RoomState.LOADED:
             return False
         room.begin_unload()
         try:
             with anyio.CancelScope(shield=True):
+                if self.listener is not None:
+                    await self.listener.room_unloading(room)
                 await room.persist_all()
         except StoreError as exc:
             # Keep it: its state is the only copy of what failed to commit.
@@ -218,6 +250,8 @@ class RoomManager:
         if self.rooms.get(key) is room:
             del self.rooms[key]
         room.finish_unload()
+        if self.listener is not None:
+            self.listener.room_unloaded(room)
         log.debug("room=%r unloaded", room.name)
         return True
 
@@ -233,6 +267,7 @@ class RoomManager:
             self._cancel_unload(key)
         for room in list(self.rooms.values()):
             room.connections.clear()
+            room.holds = 0
             if room.state is RoomState.LOADED:
                 await self.unload(room)
 
@@ -251,6 +286,8 @@ class RoomManager:
         if room.state in (RoomState.LOADED, RoomState.FAILED):
             room.begin_unload()
             room.finish_unload()
+        if self.listener is not None:
+            self.listener.room_unloaded(room)
         return not room.is_empty
 
     # -- liveness ----------------------------------------------------------------

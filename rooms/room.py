@@ -17,15 +17,16 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
-from pycrdt import Doc
+from pycrdt import Doc, merge_updates
 
-from persistence.store import Appended, Store, StoreError
+from persistence.store import Appended, FrameBatch, Store, StoreError
 
 from .awareness import RoomAwareness
 from .connection import Connection
+from .listener import RoomListener
 from .wire import (
     AwarenessEntry,
     encode_awareness_update,
@@ -35,6 +36,8 @@ from .wire import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: An update that changes nothing (no structs, empty delete set).
 EMPTY_UPDATE = b"\x00\x00"
@@ -67,6 +70,7 @@ class Origin(enum.Enum):
     CLIENT = "client"
     HTTP = "http"
     STORE = "store"
+    MUTATION = "mutation"  # a SyncFrame mutation: framed by the feed itself
 
 
 def now_ms() -> int:
@@ -82,6 +86,7 @@ class Room:
         store: Where updates are logged and snapshots kept.
         compact_updates: Fold the log into a snapshot after this many updates.
         on_store_failure: Called (once per failure) when a write could not be made durable.
+        listener: Told about changes and awareness (the SyncFrame feed).
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class Room:
         compact_updates: int = 500,
         awareness_timeout: float = 30.0,
         on_store_failure: Callable[[Room, BaseException], None] | None = None,
+        listener: RoomListener | None = None,
     ) -> None:
         self.org = org
         self.name = name
@@ -112,6 +118,10 @@ class Room:
         self.store_failed = False
         self.last_activity = time.monotonic()
         self._on_store_failure = on_store_failure
+        self._listener = listener
+        #: Users of the room that are not connections (frame-feed viewers): while
+        #: any hold it, it is not unloaded.
+        self.holds = 0
         self._integrated: list[bytes] = []
         # Held by yrs, out of sight of Python's cycle collector: dropped in _release().
         self._subscription = self.doc.observe(self._collect)
@@ -213,9 +223,21 @@ class Room:
         if self.connections.pop(conn.id, None) is None:
             return
         self.last_activity = time.monotonic()
-        removals = self.awareness.remove_owner(conn.id)
+        self.drop_presence(conn.id)
+
+    def set_presence(self, owner: int, entry: AwarenessEntry) -> None:
+        """Publish an awareness state that no connection sent (a frame-feed viewer)."""
+        accepted = self.awareness.apply(owner, (entry,))
+        if accepted:
+            self.broadcast(encode_awareness_update(accepted))
+            self._awareness_changed()
+
+    def drop_presence(self, owner: int) -> None:
+        """Broadcast the removal of every awareness state ``owner`` carried."""
+        removals = self.awareness.remove_owner(owner)
         if removals:
             self.broadcast(encode_awareness_update(removals))
+            self._awareness_changed()
 
     def broadcast(self, message: bytes, exclude: Connection | None = None) -> int:
         """Queue the same ``message`` bytes on every connection but ``exclude``."""
@@ -252,10 +274,13 @@ class Room:
         """
         if update == EMPTY_UPDATE:
             return
-        for change in self._apply(update, Origin.CLIENT):
+        changes = self._apply(update, Origin.CLIENT)
+        for change in changes:
             message = frame if frame is not None and change == update else None
             self.broadcast(message or encode_sync_update(change), exclude=conn)
             await self._log(change, conn.actor)
+        if changes and self._listener is not None:
+            self._listener.room_changed(self, conn.actor, Origin.CLIENT)
 
     async def apply_update(self, update: bytes, *, actor: str, origin: Origin) -> Appended | None:
         """Apply an update that did not come through a connection (HTTP); broadcast to all.
@@ -267,10 +292,48 @@ class Room:
         if update == EMPTY_UPDATE:
             return None
         appended = None
-        for change in self._apply(update, origin):
+        changes = self._apply(update, origin)
+        for change in changes:
             self.broadcast(encode_sync_update(change))
             appended = await self._log(change, actor)
+        if changes and self._listener is not None:
+            self._listener.room_changed(self, actor, origin)
         return appended
+
+    async def change(
+        self,
+        fn: Callable[[Doc], T],
+        *,
+        actor: str,
+        origin: Origin = Origin.MUTATION,
+        frames: Callable[[], FrameBatch | None] | None = None,
+    ) -> tuple[T, Appended | None]:
+        """Run ``fn(doc)`` in one transaction; broadcast and log what it changed.
+
+        Nothing between the change and the store append yields to the event loop, so
+        ``frames()`` (called after the change) sees exactly this change, and the frames
+        it returns are committed in the update's transaction. The listener is not told:
+        whoever calls this frames the change itself.
+
+        Returns:
+            ``fn``'s result and the log entry, or ``None`` if nothing changed.
+        """
+        self._expect(RoomState.LOADED)
+        self._integrated = []
+        try:
+            with self.doc.transaction(origin=origin):
+                result = fn(self.doc)
+        finally:
+            # Yjs has no rollback: if fn failed half-way, what it did is still shared.
+            integrated, self._integrated = self._integrated, []
+            if integrated:
+                self.last_activity = time.monotonic()
+                update = integrated[0] if len(integrated) == 1 else merge_updates(*integrated)
+                self.broadcast(encode_sync_update(update))
+        if not integrated:
+            return result, None
+        batch = frames() if frames is not None else None
+        return result, await self._log(update, actor, frames=batch)
 
     def on_awareness(self, conn: Connection, entries: tuple[AwarenessEntry, ...], frame: bytes):
         """Record and relay awareness to every connection, the sender included.
@@ -278,13 +341,19 @@ class Room:
         The sender gets its own update back: y-websocket clients treat any incoming
         message as a keep-alive and reconnect after 30 s of silence.
         """
-        self.awareness.apply(conn.id, entries)
+        accepted = self.awareness.apply(conn.id, entries)
         self.broadcast(frame)
+        if accepted:
+            self._awareness_changed()
 
     def on_query_awareness(self, conn: Connection) -> None:
         conn.enqueue(encode_awareness_update(self.awareness.current()))
 
     # -- internals ---------------------------------------------------------------
+
+    def _awareness_changed(self) -> None:
+        if self._listener is not None:
+            self._listener.room_awareness(self)
 
     def _collect(self, event: Any) -> None:
         self._integrated.append(event.update)
@@ -307,8 +376,10 @@ class Room:
         integrated, self._integrated = self._integrated, []
         return integrated
 
-    async def _log(self, update: bytes, actor: str) -> Appended:
-        appended = await self.store.append(self.org, self.name, update, actor=actor, at=now_ms())
+    async def _log(self, update: bytes, actor: str, frames: FrameBatch | None = None) -> Appended:
+        appended = await self.store.append(
+            self.org, self.name, update, actor=actor, at=now_ms(), frames=frames
+        )
         self.last_update_id = appended.update_id
         self.logged_since_snapshot += 1
         watch_durable(appended, self._durable_failed)

@@ -1,0 +1,550 @@
+"""The SyncFrame feed: record docs projected into frames, and mutations written back.
+
+:class:`RecordFeed` is the rooms' :class:`~rooms.listener.RoomListener`. For every
+loaded record room it keeps the *baseline*: the projection its last frame left
+behind (the row of ``records``). A change marks the record pending; after
+``--frame-coalesce-ms`` (or at once when another actor writes, a mutation comes,
+or the room unloads) the projection is compared with the baseline and the
+difference is logged as one frame.
+
+Ordering: drafting a frame (project, diff, move the baseline) and queueing it in
+the store never yield to the event loop, and the store commits in queue order, so
+baselines and sids advance together. The store announces committed frames to the
+:class:`~rooms.feed_hub.FeedHub` in sid order.
+
+Crashes: a record's stored projection remembers the newest update it covers. A
+room that loads with a projection different from its stored one (its last frame
+was lost to ``kill -9`` inside the coalescing window) emits the difference at once,
+and at start-up the feed loads every record whose log is ahead of its projection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from persistence.store import FrameBatch, FrameDraft, Store, StoreError
+from rooms.feed_hub import FeedHub
+from rooms.manager import RoomManager
+from rooms.room import Origin, Room, now_ms
+
+from .docnames import split_record
+from .records import FieldError, RootTypes, diff, plan_write, project, same
+
+log = logging.getLogger(__name__)
+
+#: A baseline not read from the store yet.
+UNKNOWN: Any = object()
+
+#: Trim the frame log when it holds this much more than --frame-retention.
+TRIM_SLACK = 0.1
+
+
+class MutationError(Exception):
+    """One mutation of a batch failed; the others go on."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """One entry of ``POST /sync/v1/mutations`` (already checked for shape)."""
+
+    t: str
+    id: str
+    op: str
+    p: dict[str, Any]
+    client_tx_id: str | None = None
+    base_sid: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.t}/{self.id}"
+
+
+@dataclass(slots=True, eq=False)
+class _Record:
+    """What the feed knows of one loaded record room."""
+
+    room: Room
+    t: str
+    id: str
+    types: RootTypes = field(default_factory=RootTypes)
+    baseline: Any = UNKNOWN  # dict of fields, None (no record) or UNKNOWN
+    pending: bool = False
+    actor: str | None = None  # who made the pending changes (None: recovered)
+    due: float = 0.0
+    loading: anyio.Event | None = None
+
+
+class RecordFeed:
+    """Frames for every change of a record; mutations; deletes. See the module docstring.
+
+    Args:
+        store: Where frames and projections are logged.
+        hub: Where committed frames are fanned out (registered as a store listener).
+        coalesce_ms: The coalescing window of Yjs updates.
+        retention: Frames kept per tenant.
+    """
+
+    def __init__(
+        self, store: Store, hub: FeedHub, *, coalesce_ms: float = 200, retention: int = 1_000_000
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.coalesce = coalesce_ms / 1000
+        self.retention = retention
+        self._manager: RoomManager | None = None
+        self._records: dict[tuple[str, str], _Record] = {}
+        self._due: deque[_Record] = deque()
+        self._wake = anyio.Event()
+        self._in_flight: dict[tuple[str, str], anyio.Event] = {}
+        self._since_trim: dict[str, int] = {}
+        self.presence: Any = None  # crdt_sync.presence.Presence, told of awareness changes
+        self.frames_logged = 0
+        store.add_frame_listener(self._committed)
+
+    @property
+    def manager(self) -> RoomManager:
+        if self._manager is None:
+            raise RuntimeError("expected STARTED, got NOT STARTED")
+        return self._manager
+
+    async def run(self, manager: RoomManager, task_status: Any = anyio.TASK_STATUS_IGNORED):
+        """Flush due records until cancelled; reconcile stale records first."""
+        self._manager = manager
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            tg.start_soon(self._reconcile_stale, tg)
+            await self._flush_loop()
+
+    # -- RoomListener --------------------------------------------------------------
+
+    async def room_loaded(self, room: Room) -> None:
+        rec = self._record(room)
+        if rec is None:
+            return
+        await self._ensure_baseline(rec)
+        if rec.baseline is None and room.is_empty:
+            return
+        if rec.baseline is None or not same(rec.baseline, project(room.doc, rec.types)):
+            log.info("record %s/%s: stored projection is behind its doc, re-framing", rec.t, rec.id)
+            self._mark(rec, None)
+
+    def room_changed(self, room: Room, actor: str, origin: Origin) -> None:
+        if origin is Origin.STORE:
+            return
+        rec = self._record(room)
+        if rec is not None:
+            self._mark(rec, actor)
+
+    def room_awareness(self, room: Room) -> None:
+        if self.presence is not None:
+            self.presence.changed(room)
+
+    async def room_unloading(self, room: Room) -> None:
+        rec = self._records.get((room.org, room.name))
+        if rec is not None and rec.pending:
+            await self._flush_now(rec)
+
+    def room_unloaded(self, room: Room) -> None:
+        key = (room.org, room.name)
+        rec = self._records.get(key)
+        if rec is not None and rec.room is room:
+            del self._records[key]
+            rec.pending = False
+        if self.presence is not None:
+            self.presence.room_gone(room)
+
+    # -- coalescing ----------------------------------------------------------------
+
+    def _record(self, room: Room) -> _Record | None:
+        key = (room.org, room.name)
+        rec = self._records.get(key)
+        if rec is not None and rec.room is room:
+            return rec
+        split = split_record(room.name)
+        if split is None:
+            return None
+        rec = self._records[key] = _Record(room, *split)
+        return rec
+
+    def _mark(self, rec: _Record, actor: str | None) -> None:
+        """Note a change by ``actor``; a pending change by someone else is framed first."""
+        if rec.pending and rec.actor != actor and rec.baseline is not UNKNOWN:
+            self._queue(rec.room.org, [self._draft(rec)])
+        if not rec.pending:
+            rec.pending = True
+            rec.actor = actor
+            rec.due = time.monotonic() + self.coalesce
+            self._due.append(rec)
+            self._wake.set()
+
+    def _draft(self, rec: _Record, *, who: str | Any | None = UNKNOWN) -> FrameDraft | None:
+        """The frame from the baseline to the doc now; moves the baseline. No I/O."""
+        assert rec.baseline is not UNKNOWN
+        rec.pending = False
+        room = rec.room
+        if rec.baseline is None and room.is_empty:
+            return None
+        after = project(room.doc, rec.types)
+        p = diff(rec.baseline, after)
+        if rec.baseline is not None and not p:
+            return None
+        op = "i" if rec.baseline is None else "u"
+        rec.baseline = after
+        return FrameDraft(
+            t=rec.t,
+            id=rec.id,
+            op=op,
+            p=p,
+            who=rec.actor if who is UNKNOWN else who,
+            at=now_ms(),
+            ctx={"client_tx_id": None},
+            record=after,
+            update_id=room.last_update_id,
+        )
+
+    def _queue(
+        self, org: str, drafts: list[FrameDraft | None], **batch: Any
+    ) -> Awaitable[list[int]] | None:
+        """Queue drafts (None: nothing to frame) in the store, in order; no yield."""
+        frames = tuple(d for d in drafts if d is not None)
+        if not frames and not batch:
+            return None
+        future = self.store.log_frames(
+            org, FrameBatch(frames, batch.pop("mutation", None)), **batch
+        )
+        self._watch(org, frames, future)
+        return future
+
+    def _watch(self, org: str, frames: tuple[FrameDraft, ...], future: Any) -> None:
+        if not frames:
+            return
+        names = {f"{f.t}/{f.id}" for f in frames}
+
+        def done(fut: Any) -> None:
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is None:
+                return
+            # The baselines moved on without their frames: read them again from the
+            # store, so the next change (or reload) frames the difference.
+            log.error("frames of %d records not stored: %s", len(names), exc)
+            for name in names:
+                rec = self._records.get((org, name))
+                if rec is not None:
+                    rec.baseline = UNKNOWN
+                    self._mark(rec, None)
+
+        future.add_done_callback(done)
+
+    async def _ensure_baseline(self, rec: _Record) -> None:
+        while rec.baseline is UNKNOWN:
+            if rec.loading is not None:
+                await rec.loading.wait()
+                continue
+            rec.loading = anyio.Event()
+            try:
+                row = await self.store.get_record(rec.room.org, rec.t, rec.id)
+                if rec.baseline is UNKNOWN:
+                    rec.baseline = None if row is None else row.fields
+            finally:
+                rec.loading.set()
+                rec.loading = None
+
+    async def _flush_now(self, rec: _Record) -> None:
+        """Frame ``rec``'s pending change now and wait until it is stored."""
+        await self._ensure_baseline(rec)
+        if rec.pending:
+            future = self._queue(rec.room.org, [self._draft(rec)])
+            if future is not None:
+                await future
+
+    async def _flush_loop(self) -> None:
+        while True:
+            while not self._due:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+            wait = self._due[0].due - time.monotonic()
+            if wait > 0:
+                await anyio.sleep(wait)
+            now = time.monotonic()
+            by_org: dict[str, list[FrameDraft | None]] = {}
+            while self._due and self._due[0].due <= now:
+                rec = self._due.popleft()
+                if not rec.pending or self._records.get((rec.room.org, rec.room.name)) is not rec:
+                    continue
+                if rec.baseline is UNKNOWN:
+                    try:
+                        await self._ensure_baseline(rec)
+                    except StoreError as exc:
+                        log.error(
+                            "record %s/%s: stored projection unreadable: %s", rec.t, rec.id, exc
+                        )
+                        rec.due = time.monotonic() + 1.0
+                        self._due.append(rec)
+                        continue
+                    if not rec.pending:
+                        continue
+                by_org.setdefault(rec.room.org, []).append(self._draft(rec))
+            for org, drafts in by_org.items():
+                self._queue(org, drafts)
+
+    async def _reconcile_stale(self, tg: TaskGroup) -> None:
+        """Load every record whose stored projection lags its log (see the docstring)."""
+        try:
+            stale = await self.store.stale_records(limit=100_000)
+        except StoreError as exc:
+            log.error("cannot look for records with lost frames: %s", exc)
+            return
+        if stale:
+            log.info("re-framing %d records whose last frames were not stored", len(stale))
+        for org, name in stale:
+            try:
+                room = await self.manager.get_room(org, name)
+            except Exception as exc:
+                log.error("record doc %r cannot be loaded to re-frame it: %s", name, exc)
+                continue
+            rec = self._record(room)
+            if rec is not None and rec.pending:
+                try:
+                    await self._flush_now(rec)
+                except StoreError as exc:
+                    log.error("record doc %r: re-framing failed: %s", name, exc)
+            self.manager.release(room)
+
+    # -- committed frames ----------------------------------------------------------
+
+    def _committed(self, frames: list[Any]) -> None:
+        self.frames_logged += len(frames)
+        self.hub.publish(frames)
+        for frame in frames:
+            self._since_trim[frame.org] = self._since_trim.get(frame.org, 0) + 1
+        for org, count in list(self._since_trim.items()):
+            if count > max(1, int(self.retention * TRIM_SLACK)) and self._manager is not None:
+                self._since_trim[org] = 0
+                self._manager.spawn(f"trim frames of {org!r}", self._trimmer(org))
+
+    def _trimmer(self, org: str) -> Any:
+        async def trim() -> None:
+            deleted = await self.store.trim_frames(org, self.retention)
+            if deleted:
+                log.info("org=%s trimmed %d frames (keeping %d)", org, deleted, self.retention)
+
+        return trim
+
+    # -- mutations -----------------------------------------------------------------
+
+    async def mutate(
+        self, org: str, mutation: Mutation, *, actor: str, client_id: str | None
+    ) -> dict[str, Any]:
+        """Apply one mutation to its record's doc; frame and store it in one transaction.
+
+        Returns:
+            The result: ``sid``, ``conflicts`` (fields overwritten that another writer
+            set since ``base_sid``) and, on a replayed ``client_tx_id``, the original.
+
+        Raises:
+            MutationError: 404 / 409 / 422 for this mutation alone.
+        """
+        tx = mutation.client_tx_id
+        if tx is None:
+            return await self._mutate(org, mutation, actor, client_id)
+        key = (org, tx)
+        while (running := self._in_flight.get(key)) is not None:
+            await running.wait()  # the same tx replayed while the first is in flight
+        stored = await self.store.get_mutation(org, tx)
+        if stored is not None:
+            return {**stored, "replayed": True}
+        self._in_flight[key] = anyio.Event()
+        try:
+            return await self._mutate(org, mutation, actor, client_id)
+        finally:
+            self._in_flight.pop(key).set()
+
+    async def _mutate(
+        self, org: str, m: Mutation, actor: str, client_id: str | None
+    ) -> dict[str, Any]:
+        ctx = {"client_tx_id": m.client_tx_id}
+        if client_id is not None:
+            ctx["client_id"] = client_id
+        if m.op == "d":
+            return await self._delete(org, m, actor, ctx)
+        manager = self.manager
+        room = await manager.hold(org, m.name)
+        try:
+            rec = self._record(room)
+            assert rec is not None
+            await self._flush_now(rec)
+            if m.op == "i" and not room.is_empty:
+                raise MutationError(409, "exists", f"record {m.t}/{m.id} already exists")
+            if m.op == "u" and room.is_empty:
+                raise MutationError(404, "not_found", f"no record {m.t}/{m.id}")
+            if m.op == "i" and all(v is None for v in m.p.values()):
+                raise MutationError(422, "empty_insert", "an insert needs a non-null field")
+            others = []
+            if m.base_sid is not None:
+                frames = await self.store.record_frames(org, m.t, m.id, m.base_sid)
+                others = [
+                    f for f in frames if (f.who, f.ctx.get("client_id")) != (actor, client_id)
+                ]
+            await self._ensure_baseline(rec)
+            # -- from here to the store append nothing yields ---------------------------
+            pending = self._draft(rec) if rec.pending else None
+            if pending is not None and (pending.who, None) != (actor, client_id):
+                others.append(pending)
+            try:
+                write = plan_write(room.doc, rec.types, m.p)
+            except FieldError as exc:
+                self._queue(org, [pending])
+                raise MutationError(exc.status, "invalid_field", f"p.{exc.field}: {exc}") from None
+            before = rec.baseline or {}
+            result: dict[str, Any] = {
+                "t": m.t,
+                "id": m.id,
+                "op": m.op,
+                "status": 201 if m.op == "i" else 200,
+                "client_tx_id": m.client_tx_id,
+            }
+            overwritten = _overwritten(others, m.p, before)
+            result["conflicts"] = sorted(overwritten)
+            result["overwritten"] = overwritten
+            drafts: list[FrameDraft | None] = [pending]
+
+            def frames() -> FrameBatch:
+                drafts.append(self._draft(rec, who=actor))
+                if drafts[-1] is not None:
+                    drafts[-1] = _with_ctx(drafts[-1], ctx)
+                return FrameBatch(
+                    tuple(d for d in drafts if d is not None),
+                    (m.client_tx_id, result) if m.client_tx_id else None,
+                )
+
+            _, appended = await room.change(write, actor=actor, frames=frames)
+            if appended is None:  # nothing changed: no frame, but remember the answer
+                future = self._queue(
+                    org, drafts, mutation=(m.client_tx_id, result) if m.client_tx_id else None
+                )
+                sids = await future if future is not None else []
+                result["sid"] = None
+            else:
+                self._watch(org, tuple(d for d in drafts if d is not None), appended.durable)
+                sids = await appended.durable
+                result["sid"] = sids[-1] if drafts[-1] is not None else None
+                manager.after_update(room)
+            return result
+        finally:
+            manager.unhold(room)
+
+    async def _delete(
+        self, org: str, m: Mutation, actor: str, ctx: dict[str, Any]
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "t": m.t,
+            "id": m.id,
+            "op": "d",
+            "status": 200,
+            "client_tx_id": m.client_tx_id,
+            "conflicts": [],
+            "overwritten": {},
+        }
+        sid = await self.delete(org, m.name, actor=actor, ctx=ctx, mutation=result)
+        if sid is None:
+            raise MutationError(404, "not_found", f"no record {m.t}/{m.id}")
+        result["sid"] = sid
+        return result
+
+    async def delete(
+        self,
+        org: str,
+        name: str,
+        *,
+        actor: str,
+        ctx: dict[str, Any] | None = None,
+        mutation: dict[str, Any] | None = None,
+    ) -> int | None:
+        """Delete record doc ``name`` with a ``d`` frame, in one transaction.
+
+        Its Yjs clients are closed with 4404. Returns the frame's sid, or ``None`` if
+        there was no such record.
+        """
+        split = split_record(name)
+        assert split is not None, f"{name!r} is not a record"
+        t, record_id = split
+        key = (org, name)
+        rec = self._records.get(key)
+        if rec is not None:
+            await self._ensure_baseline(rec)
+            baseline = rec.baseline
+            exists = baseline is not None or not rec.room.is_empty
+        else:
+            row = await self.store.get_record(org, t, record_id)
+            exists = row is not None
+        room_had_doc = self.manager.delete_room(org, name)  # closes editors with 4404
+        if not exists and not room_had_doc:
+            # A doc may still be stored without a projection (never framed).
+            if not await self.store.delete(org, name):
+                return None
+        draft = FrameDraft(
+            t=t,
+            id=record_id,
+            op="d",
+            p={},
+            who=actor,
+            at=now_ms(),
+            ctx=ctx or {"client_tx_id": None},
+            record=None,
+        )
+        tx = mutation.get("client_tx_id") if mutation else None
+        future = self._queue(
+            org, [draft], delete=name, mutation=(tx, mutation) if tx and mutation else None
+        )
+        assert future is not None
+        sids = await future
+        return sids[-1]
+
+
+def _with_ctx(draft: FrameDraft, ctx: dict[str, Any]) -> FrameDraft:
+    return FrameDraft(
+        t=draft.t,
+        id=draft.id,
+        op=draft.op,
+        p=draft.p,
+        who=draft.who,
+        at=draft.at,
+        ctx=ctx,
+        record=draft.record,
+        update_id=None,  # the mutation's own update
+    )
+
+
+def _overwritten(
+    others: list[Any], p: dict[str, Any], before: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Fields of ``p`` that another writer set (in ``others``: frames or drafts) and that
+    this mutation changes, with the value it replaces and who wrote it last."""
+    found: dict[str, dict[str, Any]] = {}
+    for frame in others:
+        touched = p.keys() if frame.op == "d" else p.keys() & frame.p.keys()
+        for name in touched:
+            if same(before.get(name), p[name]):
+                continue  # not overwritten: it already holds this value
+            found[name] = {
+                "value": before.get(name),
+                "who": frame.who,
+                "sid": getattr(frame, "sid", None),
+            }
+    return found

@@ -1,0 +1,185 @@
+"""Presence for frame clients: who is in a record's room, and viewers Yjs editors can see.
+
+A record's presence is its room's awareness: the states Yjs editors publish
+(``{"user": {...}, "cursor": ...}``) plus the states of frame-feed clients that
+announced themselves as viewers. A viewer gets an awareness client ID of its own
+and a state ``{"user": {"name": actor}, ..., "viewer": true}``, so y-websocket
+editors list it like any other peer. Yjs clients drop remote states not renewed
+for 30 s, so viewer states are renewed every :data:`RENEW_SECONDS`; when a viewer
+leaves or its connection ends, its removal is broadcast.
+
+Changes are pushed to the frame clients watching the record as
+``{"type": "presence", "t", "id", "present": [...]}``, at most one per record per
+:data:`PUSH_INTERVAL` seconds (cursors move often).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from rooms.feed_hub import FeedHub, FeedSubscriber
+from rooms.manager import RoomManager
+from rooms.room import Room, RoomState
+from rooms.wire import AwarenessEntry
+
+from .docnames import split_record
+
+log = logging.getLogger(__name__)
+
+RENEW_SECONDS = 15.0
+PUSH_INTERVAL = 0.1
+MAX_VIEWER_STATE_BYTES = 4096
+
+
+@dataclass(slots=True, eq=False)
+class _Viewer:
+    sub: FeedSubscriber
+    room: Room
+    client_id: int
+    clock: int
+    state: str
+
+
+def _states(room: Room) -> list[dict[str, Any]]:
+    present = []
+    for entry in room.awareness.current():
+        try:
+            state = json.loads(entry.state)
+        except ValueError:  # the codec only lets JSON through; be safe anyway
+            continue
+        viewer = isinstance(state, dict) and state.get("viewer") is True
+        present.append({"client_id": entry.client_id, "state": state, "viewer": viewer})
+    present.sort(key=lambda item: item["client_id"])
+    return present
+
+
+class Presence:
+    """Presence of records for frame clients (see the module docstring)."""
+
+    def __init__(self, manager: RoomManager, hub: FeedHub) -> None:
+        self.manager = manager
+        self.hub = hub
+        self._viewers: dict[tuple[int, str, str], _Viewer] = {}  # (sub conn id, org, name)
+        self._dirty: dict[tuple[str, str], Room] = {}
+        self._wake = anyio.Event()
+
+    def list(self, org: str, name: str) -> list[dict[str, Any]]:
+        """Who is in the room of doc ``name`` now (empty if it is not loaded)."""
+        room = self.manager.rooms.get((org, name))
+        if room is None or room.state is not RoomState.LOADED:
+            return []
+        return _states(room)
+
+    # -- listener side -------------------------------------------------------------
+
+    def changed(self, room: Room) -> None:
+        if split_record(room.name) is None:
+            return
+        self._dirty[(room.org, room.name)] = room
+        self._wake.set()
+
+    def room_gone(self, room: Room) -> None:
+        for key, viewer in list(self._viewers.items()):
+            if viewer.room is room:
+                del self._viewers[key]
+                viewer.sub.watching.discard(_record(room.name))
+
+    async def run(self) -> None:
+        """Push presence changes and renew viewer states until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._renew_loop)
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                dirty, self._dirty = self._dirty, {}
+                for (org, name), room in dirty.items():
+                    if room.state is RoomState.LOADED:
+                        t, record_id = _record(name)
+                        event = {"type": "presence", "t": t, "id": record_id}
+                        event["present"] = _states(room)
+                        self.hub.publish_event(org, (t, record_id), event)
+                await anyio.sleep(PUSH_INTERVAL)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await anyio.sleep(RENEW_SECONDS)
+            for viewer in list(self._viewers.values()):
+                if viewer.room.state is RoomState.LOADED:
+                    viewer.clock += 1
+                    viewer.room.set_presence(
+                        viewer.sub.conn.id,
+                        AwarenessEntry(viewer.client_id, viewer.clock, viewer.state),
+                    )
+
+    # -- frame clients -------------------------------------------------------------
+
+    def watch(self, sub: FeedSubscriber, t: str, record_id: str) -> dict[str, Any]:
+        """Push presence changes of ``t/id`` to ``sub``; returns the presence now."""
+        sub.watching.add((t, record_id))
+        name = f"{t}/{record_id}"
+        return {"type": "presence", "t": t, "id": record_id, "present": self.list(sub.org, name)}
+
+    async def view(
+        self, sub: FeedSubscriber, t: str, record_id: str, *, actor: str, state: dict[str, Any]
+    ) -> None:
+        """Show ``sub`` in the record's awareness (loading its room) and watch it.
+
+        Raises:
+            ValueError: the state is too large.
+            rooms.room.RoomLoadError, rooms.manager.ShuttingDown: the room cannot be used.
+        """
+        name = f"{t}/{record_id}"
+        key = (sub.conn.id, sub.org, name)
+        full = {"user": {"name": actor}, **state, "viewer": True}
+        text = json.dumps(full, separators=(",", ":"))
+        if len(text) > MAX_VIEWER_STATE_BYTES:
+            raise ValueError(f"state larger than {MAX_VIEWER_STATE_BYTES} bytes")
+        viewer = self._viewers.get(key)
+        if viewer is None:
+            room = await self.manager.hold(sub.org, name)
+            if key in self._viewers:  # the same client asked twice meanwhile
+                self.manager.unhold(room)
+                viewer = self._viewers[key]
+            else:
+                taken = {entry.client_id for entry in room.awareness.current()}
+                client_id = random.getrandbits(32)
+                while client_id in taken:
+                    client_id = random.getrandbits(32)
+                viewer = _Viewer(sub, room, client_id, 0, text)
+                self._viewers[key] = viewer
+        viewer.clock += 1
+        viewer.state = text
+        sub.watching.add((t, record_id))
+        viewer.room.set_presence(
+            sub.conn.id, AwarenessEntry(viewer.client_id, viewer.clock, viewer.state)
+        )
+        log.info("conn=%s record=%r actor=%s viewing", sub.conn.id, name, actor)
+
+    def leave(self, sub: FeedSubscriber, t: str, record_id: str) -> None:
+        """Stop viewing and watching ``t/id``."""
+        sub.watching.discard((t, record_id))
+        viewer = self._viewers.pop((sub.conn.id, sub.org, f"{t}/{record_id}"), None)
+        if viewer is not None:
+            viewer.room.drop_presence(sub.conn.id)
+            self.manager.unhold(viewer.room)
+
+    def leave_all(self, sub: FeedSubscriber) -> None:
+        """``sub`` is gone: remove it from every record it viewed."""
+        for key, viewer in list(self._viewers.items()):
+            if viewer.sub is sub:
+                del self._viewers[key]
+                viewer.room.drop_presence(sub.conn.id)
+                self.manager.unhold(viewer.room)
+        sub.watching.clear()
+
+
+def _record(name: str) -> tuple[str, str]:
+    split = split_record(name)
+    assert split is not None
+    return split

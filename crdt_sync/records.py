@@ -1,0 +1,254 @@
+"""Records: a record doc projected into fields, field diffs, and mutations applied to it.
+
+A record ``(t, id)`` is the doc ``t/id`` (DESIGN.md). Its fields are the entries of
+the root ``Y.Map`` named ``fields`` plus every other root type by name (``Y.Text``
+as a string, ``Y.Array``/``Y.Map`` as JSON, XML as its string). Where a root and an
+entry of ``fields`` share a name, the root wins: it is what editors see.
+
+Everything here is pure (no I/O): :func:`project` reads a doc, :func:`diff` compares
+two projections into a SyncFrame ``p``, :func:`plan_write` checks a mutation's
+fields against the doc and returns the function that applies it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from pycrdt import Array, Doc, Map, Text
+
+from .projection import JSON, infer_root_types, plain, root_value
+
+FIELDS_ROOT = "fields"
+
+#: Yjs numbers are doubles: integers past this lose precision in every JS client.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+class FieldError(ValueError):
+    """A mutation field that cannot be written.
+
+    Attributes:
+        field: The field's name.
+        status: The HTTP status that says why (422: wrong type or value).
+    """
+
+    def __init__(self, field: str, detail: str, status: int = 422) -> None:
+        super().__init__(detail)
+        self.field = field
+        self.status = status
+
+
+class RootTypes:
+    """The type of each root of one record doc, inferred once it has content.
+
+    A root's type cannot change once it holds something, so it is inferred on a
+    throw-away copy the first time it is seen non-empty and then read live.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, type] = {}
+
+    def of(self, doc: Doc) -> dict[str, type]:
+        """Types of the roots of ``doc`` that hold something (empty roots are left out)."""
+        unknown = [key for key in doc.keys() if key not in self._known]
+        for key, kind in infer_root_types(doc, unknown).items():
+            if kind is not None:
+                self._known[key] = kind
+        return self._known
+
+
+def project(doc: Doc, types: RootTypes) -> dict[str, JSON]:
+    """The fields of a record doc (see the module docstring)."""
+    known = types.of(doc)
+    fields: dict[str, JSON] = {}
+    if known.get(FIELDS_ROOT) is Map:
+        fields.update(plain(doc.get(FIELDS_ROOT, type=Map).to_py()))
+    for key, kind in known.items():
+        if key == FIELDS_ROOT and kind is Map:
+            continue
+        fields[key] = root_value(doc.get(key, type=kind))
+    return fields
+
+
+def same(a: JSON, b: JSON) -> bool:
+    """JSON equality that tells ``true`` from ``1`` (Python's ``==`` does not)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def diff(before: dict[str, JSON] | None, after: dict[str, JSON]) -> dict[str, JSON]:
+    """The SyncFrame ``p`` from ``before`` to ``after``: changed fields, removed ones as null.
+
+    With no ``before`` (a new record) it is the whole of ``after``.
+    """
+    if before is None:
+        return dict(after)
+    p = {
+        key: value
+        for key, value in after.items()
+        if key not in before or not same(before[key], value)
+    }
+    for key in before.keys() - after.keys():
+        p[key] = None
+    return p
+
+
+def check_value(field: str, value: Any, depth: int = 0) -> None:
+    """Refuse what a Yjs client could not hold exactly (deep nesting, unsafe numbers)."""
+    if depth > 32:
+        raise FieldError(field, "value nested deeper than 32 levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise FieldError(field, "integer outside the safe range of JS numbers (2**53)")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise FieldError(field, "number is not finite")
+        return
+    if isinstance(value, list):
+        for item in value:
+            check_value(field, item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise FieldError(field, "object keys must be strings")
+            check_value(field, item, depth + 1)
+        return
+    raise FieldError(field, f"{type(value).__name__} is not a JSON value")
+
+
+def replace_text(text: Text, old: str, new: str) -> None:
+    """Turn ``old`` (the text's content) into ``new`` with one delete and one insert,
+    keeping the common prefix and suffix (and so editors' cursors around them)."""
+    n = min(len(old), len(new))
+    start = 0
+    while start < n and old[start] == new[start]:
+        start += 1
+    tail = 0
+    while tail < n - start and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    # pycrdt indexes text by UTF-8 byte offsets.
+    begin = len(old[:start].encode("utf-8"))
+    end = len(old[: len(old) - tail].encode("utf-8"))
+    if end > begin:
+        del text[begin:end]
+    inserted = new[start : len(new) - tail]
+    if inserted:
+        text.insert(begin, inserted)
+
+
+def plan_write(doc: Doc, types: RootTypes, p: dict[str, Any]) -> Callable[[Doc], None]:
+    """Check every field of ``p`` against ``doc``; return what writes them all.
+
+    A field that is a root of the doc is written into that root (text replaced with a
+    minimal edit, arrays and maps replaced); any other field is an entry of the
+    ``fields`` map, removed when set to ``null``. Nothing is written unless every
+    field is valid.
+
+    Raises:
+        FieldError: a field cannot be written (nothing was).
+    """
+    known = types.of(doc)
+    fields_kind = known.get(FIELDS_ROOT, Map)
+    steps: list[Callable[[Doc], None]] = []
+    for field, value in p.items():
+        if not field:
+            raise FieldError(field, "field names must not be empty", status=400)
+        check_value(field, value)
+        kind = known.get(field)
+        if field == FIELDS_ROOT and kind is Map:
+            kind = None  # the map of fields is not a field; "fields" is an entry of it
+        if kind is None:
+            if fields_kind is not Map:
+                raise FieldError(field, "the record's 'fields' root is not a map")
+            steps.append(_set_entry(field, value))
+        elif kind is Text:
+            if value is not None and not isinstance(value, str):
+                raise FieldError(field, "this field is a text: its value must be a string")
+            steps.append(_set_text(field, value or ""))
+        elif kind is Array:
+            if value is not None and not isinstance(value, list):
+                raise FieldError(field, "this field is an array: its value must be a list")
+            steps.append(_set_array(field, value or []))
+        elif kind is Map:
+            if value is not None and not isinstance(value, dict):
+                raise FieldError(field, "this field is a map: its value must be an object")
+            steps.append(_set_map(field, value or {}))
+        else:
+            raise FieldError(field, f"this field is a {kind.__name__} and cannot be written")
+
+    def write(doc: Doc) -> None:
+        for step in steps:
+            step(doc)
+
+    return write
+
+
+def _set_entry(field: str, value: Any) -> Callable[[Doc], None]:
+    def step(doc: Doc) -> None:
+        fields = doc.get(FIELDS_ROOT, type=Map)
+        if value is None:
+            if field in fields:
+                del fields[field]
+        elif field not in fields or not same(plain(_py(fields[field])), value):
+            fields[field] = value
+
+    return step
+
+
+def _py(value: Any) -> Any:
+    return value.to_py() if isinstance(value, Map | Array) else value
+
+
+def _set_text(field: str, value: str) -> Callable[[Doc], None]:
+    def step(doc: Doc) -> None:
+        text = doc.get(field, type=Text)
+        replace_text(text, str(text), value)
+
+    return step
+
+
+def _set_array(field: str, value: list[Any]) -> Callable[[Doc], None]:
+    def step(doc: Doc) -> None:
+        array = doc.get(field, type=Array)
+        if same(plain(array.to_py()), value):
+            return
+        del array[:]
+        array.extend(value)
+
+    return step
+
+
+def _set_map(field: str, value: dict[str, Any]) -> Callable[[Doc], None]:
+    def step(doc: Doc) -> None:
+        ymap = doc.get(field, type=Map)
+        for key in list(ymap.keys()):
+            if key not in value:
+                del ymap[key]
+        for key, item in value.items():
+            if key not in ymap or not same(plain(_py(ymap[key])), item):
+                ymap[key] = item
+
+    return step
+
+
+__all__ = [
+    "FIELDS_ROOT",
+    "FieldError",
+    "RootTypes",
+    "diff",
+    "plan_write",
+    "project",
+    "replace_text",
+    "same",
+]

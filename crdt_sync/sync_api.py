@@ -1,0 +1,335 @@
+"""The SyncFrame HTTP API: mutations, delta catch-up, record bootstrap, presence.
+
+=================================  ==================================================
+``POST /sync/v1/mutations``        ``{"mutations": [{t, id, op, p, client_tx_id}]}``
+``GET /sync/v1/delta``             ``?since=&limit=&t=`` → ``{frames, next, more}``; 410
+``GET /sync/v1/records``           ``?t=&cursor=&limit=`` → ``{records, sid, next_cursor}``
+``GET /sync/v1/presence/{t}/{id}`` who is in the record's room
+=================================  ==================================================
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from persistence.store import StoreError
+from rooms.feed_hub import frame_dict
+from rooms.manager import ShuttingDown
+from rooms.room import RoomLoadError
+
+from .docnames import InvalidDocName, validate_doc_name
+from .docs_api import ApiError, int_param
+from .frame_feed import Mutation, MutationError
+from .throttle import Throttled
+
+log = logging.getLogger(__name__)
+
+ORG = "default"
+ACTOR = "anonymous"
+MAX_DELTA_LIMIT = 1000
+MAX_RECORDS_LIMIT = 1000
+MAX_TX_ID_CHARS = 256
+OPS = ("i", "u", "d")
+
+
+def client_key(request: Request) -> str:
+    """Who a request comes from, for the per-client limits: its ``client_id`` if it
+    names one (query or ``X-Client-Id``), else its address."""
+    named = request.query_params.get("client_id") or request.headers.get("x-client-id")
+    if named:
+        return "id:" + named[:200]
+    client = request.client
+    return "addr:" + (client.host if client else "-")
+
+
+def since_param(request: Request, *, header: str | None = None) -> int | None:
+    """``since`` (or a header such as ``Last-Event-ID``, which wins): a sid >= 0."""
+    raw = request.headers.get(header) if header else None
+    name = header or "since"
+    if not raw:
+        raw, name = request.query_params.get("since"), "since"
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, "invalid_parameter", f"{name} must be a non-negative integer sid")
+    return int(raw)
+
+
+def type_param(request: Request) -> str | None:
+    t = request.query_params.get("t")
+    if t is None or t == "":
+        return None
+    if "/" in t or len(t) > 256 or not t.isprintable():
+        raise ApiError(400, "invalid_parameter", "t must be a record type (no '/')")
+    return t
+
+
+def too_old(since: int, oldest: int, newest: int, t: str | None) -> ApiError:
+    bootstrap = "/sync/v1/records" + (f"?t={t}" if t else "")
+    if since > newest:
+        detail = f"since={since} is ahead of the newest frame ({newest}): the log was reset"
+    else:
+        detail = f"frames after sid {since} are no longer retained (oldest kept: {oldest + 1})"
+    error = ApiError(410, "since_too_old", f"{detail}; bootstrap from {bootstrap}")
+    error.extra = {"oldest_sid": oldest, "newest_sid": newest, "bootstrap": bootstrap}
+    return error
+
+
+def _encode_cursor(t: str, record_id: str) -> str:
+    raw = json.dumps([t, record_id], separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        t, record_id = json.loads(raw.decode("utf-8"))
+        if isinstance(t, str) and isinstance(record_id, str):
+            return t, record_id
+    except (binascii.Error, ValueError, TypeError):
+        pass
+    raise ApiError(400, "invalid_parameter", "cursor is not one this server returned")
+
+
+class SyncApi:
+    """Handlers of the SyncFrame HTTP API, sharing the app's runtime."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/sync/v1/mutations", self.wrap(self.mutations), methods=["POST"]),
+            Route("/sync/v1/delta", self.wrap(self.delta), methods=["GET"]),
+            Route("/sync/v1/records", self.wrap(self.records), methods=["GET"]),
+            Route("/sync/v1/presence/{t}/{id:path}", self.wrap(self.presence), methods=["GET"]),
+        ]
+
+    def wrap(self, handler: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            if self.runtime.shutting_down:
+                return ApiError(503, "shutting_down", "the server is shutting down").response()
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                log.info(
+                    "%s %s -> %d %s: %s",
+                    request.method,
+                    request.url.path,
+                    exc.status,
+                    exc.error,
+                    exc.detail,
+                )
+                return exc.response()
+            except Throttled as exc:
+                log.debug("%s %s -> 429: %s", request.method, request.url.path, exc.detail)
+                return JSONResponse(
+                    {
+                        "error": "too_many_requests",
+                        "detail": exc.detail,
+                        "retry_after_ms": round(exc.retry_after * 1000),
+                    },
+                    status_code=429,
+                    headers={"Retry-After": exc.retry_after_header},
+                )
+            except StoreError as exc:
+                log.error("%s %s -> 503: %s", request.method, request.url.path, exc)
+                return ApiError(503, "store_unavailable", f"store failed: {exc}").response()
+
+        return endpoint
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def delta(self, request: Request) -> Response:
+        since = since_param(request) or 0
+        limit = int_param(request, "limit", 100, 1, MAX_DELTA_LIMIT)
+        t = type_param(request)
+        with self.runtime.throttle.request(ORG, client_key(request)):
+            page = await self.runtime.store.read_frames(ORG, since, limit=limit, t=t)
+        if since < page.oldest or since > page.newest:
+            raise too_old(since, page.oldest, page.newest, t)
+        more = len(page.frames) == limit
+        if more:
+            next_sid = page.frames[-1].sid
+        else:  # every frame up to the newest was seen, of type t or not
+            next_sid = max(since, page.newest, page.frames[-1].sid if page.frames else 0)
+        return JSONResponse(
+            {"frames": [frame_dict(f) for f in page.frames], "next": next_sid, "more": more}
+        )
+
+    async def records(self, request: Request) -> Response:
+        t = type_param(request)
+        limit = int_param(request, "limit", 100, 1, MAX_RECORDS_LIMIT)
+        cursor = request.query_params.get("cursor") or None
+        after = _decode_cursor(cursor) if cursor else None
+        with self.runtime.throttle.request(ORG, client_key(request)):
+            rows, newest = await self.runtime.store.list_records(
+                ORG, t=t, after=after, limit=limit + 1
+            )
+        page = rows[:limit]
+        next_cursor = _encode_cursor(page[-1].t, page[-1].id) if len(rows) > limit else None
+        return JSONResponse(
+            {
+                "records": [
+                    {"t": r.t, "id": r.id, "fields": r.fields, "sid": r.sid} for r in page
+                ],
+                "sid": newest,
+                "next_cursor": next_cursor,
+            }
+        )
+
+    async def presence(self, request: Request) -> Response:
+        t = request.path_params["t"]
+        record_id = request.path_params["id"]
+        try:
+            name = validate_doc_name(f"{t}/{record_id}")
+        except InvalidDocName as exc:
+            raise ApiError(400, "invalid_record", str(exc)) from None
+        present = self.runtime.presence.list(ORG, name)
+        return JSONResponse({"t": t, "id": record_id, "present": present})
+
+    # -- mutations -------------------------------------------------------------------
+
+    async def mutations(self, request: Request) -> Response:
+        settings = self.runtime.settings
+        body = await read_json(request, settings.max_message_bytes)
+        mutations, client_id = parse_mutations(body, settings.max_mutations)
+        feed = self.runtime.feed
+        results = []
+        for index, mutation in enumerate(mutations):
+            try:
+                result = await feed.mutate(ORG, mutation, actor=ACTOR, client_id=client_id)
+            except MutationError as exc:
+                result = _failed(mutation, exc.status, exc.error, exc.detail)
+            except RoomLoadError:
+                result = _failed(mutation, 500, "doc_load_failed", "the record cannot be loaded")
+            except StoreError as exc:
+                result = _failed(mutation, 503, "store_unavailable", f"not stored: {exc}")
+            except ShuttingDown:
+                result = _failed(mutation, 503, "shutting_down", "the server is shutting down")
+            if "error" in result:
+                log.info(
+                    "mutation %s %s/%s -> %d %s: %s",
+                    mutation.op,
+                    mutation.t,
+                    mutation.id,
+                    result["status"],
+                    result["error"],
+                    result["detail"],
+                )
+            results.append({"index": index, **result})
+        return JSONResponse({"results": results})
+
+
+def _failed(m: Mutation, status: int, error: str, detail: str) -> dict[str, Any]:
+    return {
+        "t": m.t,
+        "id": m.id,
+        "op": m.op,
+        "status": status,
+        "error": error,
+        "detail": detail,
+        "client_tx_id": m.client_tx_id,
+    }
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON, at most ``limit`` bytes (413 past it, 400 if not JSON)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"body of {declared} bytes exceeds {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"body is not JSON: {exc}") from None
+
+
+def _bad(field: str, detail: str) -> ApiError:
+    error = ApiError(400, "invalid_mutation", f"{field}: {detail}")
+    error.extra = {"field": field}
+    return error
+
+
+def _optional_sid(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _bad(field, "must be a non-negative integer sid")
+    return value
+
+
+def parse_mutations(body: Any, max_mutations: int) -> tuple[list[Mutation], str | None]:
+    """Check the whole request before anything is applied.
+
+    Returns:
+        The mutations and the request's ``client_id`` (tells writers of one actor apart).
+
+    Raises:
+        ApiError: 400 naming the first bad field.
+    """
+    if not isinstance(body, dict):
+        raise _bad("body", "must be an object {\"mutations\": [...]}")
+    unknown = body.keys() - {"mutations", "base_sid", "client_id"}
+    if unknown:
+        raise _bad(sorted(unknown)[0], "unknown field")
+    items = body.get("mutations")
+    if not isinstance(items, list):
+        raise _bad("mutations", "must be a list")
+    if not 1 <= len(items) <= max_mutations:
+        raise _bad("mutations", f"must hold 1 to {max_mutations} mutations")
+    base_sid = _optional_sid(body.get("base_sid"), "base_sid")
+    client_id = body.get("client_id")
+    if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= 200):
+        raise _bad("client_id", "must be a string of 1 to 200 characters")
+    parsed = []
+    for i, item in enumerate(items):
+        where = f"mutations[{i}]"
+        if not isinstance(item, dict):
+            raise _bad(where, "must be an object")
+        unknown = item.keys() - {"t", "id", "op", "p", "client_tx_id", "base_sid"}
+        if unknown:
+            raise _bad(f"{where}.{sorted(unknown)[0]}", "unknown field")
+        t, record_id, op = item.get("t"), item.get("id"), item.get("op")
+        if not isinstance(t, str) or not t or "/" in t:
+            raise _bad(f"{where}.t", "must be a non-empty string without '/'")
+        if not isinstance(record_id, str) or not record_id:
+            raise _bad(f"{where}.id", "must be a non-empty string")
+        try:
+            validate_doc_name(f"{t}/{record_id}")
+        except InvalidDocName as exc:
+            raise _bad(f"{where}.id", str(exc)) from None
+        if op not in OPS:
+            raise _bad(f"{where}.op", "must be one of i, u, d")
+        p = item.get("p", {} if op == "d" else None)
+        if not isinstance(p, dict):
+            raise _bad(f"{where}.p", "must be an object of fields")
+        if op == "d" and p:
+            raise _bad(f"{where}.p", "must be empty for a delete")
+        tx = item.get("client_tx_id")
+        if tx is not None and (not isinstance(tx, str) or not 0 < len(tx) <= MAX_TX_ID_CHARS):
+            raise _bad(f"{where}.client_tx_id", f"must be a string of 1 to {MAX_TX_ID_CHARS}")
+        own_base = _optional_sid(item.get("base_sid"), f"{where}.base_sid")
+        parsed.append(
+            Mutation(
+                t=t,
+                id=record_id,
+                op=op,
+                p=p,
+                client_tx_id=tx,
+                base_sid=own_base if own_base is not None else base_sid,
+            )
+        )
+    return parsed, client_id

@@ -1,0 +1,447 @@
+"""The live SyncFrame feed: ``WS /sync/v1/ws`` and ``GET /sync/v1/events`` (SSE).
+
+Both take ``?since=SID`` (SSE: or ``Last-Event-ID``, which wins) and ``?t=TYPE``,
+send every frame after ``since`` from the store, then live frames, with no gap and
+no duplicate across the boundary (see :mod:`rooms.feed_hub`). Without ``since``
+they start at the newest frame. A ``since`` older than the retained log (or ahead
+of it) gets ``since_too_old``: HTTP 410 for SSE; on the WebSocket an error message
+and close 4410, which browsers can read (they cannot read a refused handshake).
+
+WebSocket messages, text JSON both ways:
+
+* server → client: a JSON **array** of frames, or an **object** with a ``type``:
+  ``pong``, ``presence`` (``{t, id, present}``), ``error`` (``{error, detail}``);
+* client → server: ``{"type": "ping"}``; ``{"type": "view", "t", "id", "state"?}``
+  (appear in the record's awareness and receive its presence); ``{"type": "watch",
+  "t", "id"}`` (receive its presence only); ``{"type": "leave", "t", "id"}``.
+
+A client silent for ``--ping-timeout`` seconds is closed with 4408 (clients ping
+every 15 s). A subscriber that does not read is closed with 4429 (WebSocket) or its
+stream ended (SSE); it resumes with ``since``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio
+
+from persistence.store import StoreError
+from rooms.close_codes import CloseCode
+from rooms.connection import CLOSE_TIMEOUT, Connection
+from rooms.feed_hub import (
+    FeedSubscriber,
+    encode_json_array,
+    encode_json_event,
+    encode_sse,
+    encode_sse_event,
+)
+from rooms.manager import ShuttingDown
+from rooms.room import RoomLoadError
+
+from .docnames import InvalidDocName, validate_doc_name
+from .errors import json_error_body
+
+log = logging.getLogger(__name__)
+
+ORG = "default"
+ACTOR = "anonymous"
+#: Frames per catch-up read (and per catch-up message).
+CATCHUP_PAGE = 500
+#: Largest client message on the frame WebSocket.
+MAX_CLIENT_MESSAGE = 64 * 1024
+#: SSE keep-alive comment interval (proxies drop idle streams after 30-60 s).
+SSE_KEEPALIVE_SECONDS = 15.0
+
+Scope = dict[str, Any]
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, error: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.extra = extra
+
+    def event(self) -> dict[str, Any]:
+        return {"type": "error", "error": self.error, "detail": self.detail, **self.extra}
+
+
+class WsTextTransport:
+    """``rooms.Transport`` sending each queued message as one WebSocket text frame."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+
+    async def send(self, message: bytes) -> None:
+        await self._send({"type": "websocket.send", "text": message.decode("utf-8")})
+
+    async def close(self, code: int, reason: str) -> None:
+        reason = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+class SseTransport:
+    """``rooms.Transport`` writing queued messages into a streaming HTTP response."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+
+    async def send(self, message: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": message, "more_body": True})
+
+    async def close(self, code: int, reason: str) -> None:
+        body = encode_sse_event({"type": "error", "error": f"closed_{code}", "detail": reason})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    raw = scope.get("query_string", b"").decode("latin-1")
+    return dict(parse_qsl(raw, keep_blank_values=True))
+
+
+def _parse_sid(raw: str | None, name: str) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest(400, "invalid_parameter", f"{name} must be a non-negative integer sid")
+    return int(raw)
+
+
+def _parse_type(raw: str | None) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if "/" in raw or len(raw) > 256 or not raw.isprintable():
+        raise BadRequest(400, "invalid_parameter", "t must be a record type (no '/')")
+    return raw
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "-"
+
+
+class AsgiApp:
+    """Wraps a bound method so that Starlette routes call it as a raw ASGI app
+    (a plain method would be wrapped as a request handler)."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await self._fn(scope, receive, send)
+
+
+class FrameStreams:
+    """The two live feed endpoints, sharing the app's runtime."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    def routes(self) -> list[Any]:
+        from starlette.routing import Route, WebSocketRoute
+
+        return [
+            WebSocketRoute("/sync/v1/ws", AsgiApp(self.websocket)),
+            Route("/sync/v1/events", AsgiApp(self.sse), methods=["GET"]),
+        ]
+
+    # -- shared --------------------------------------------------------------------
+
+    async def _start_point(self, since: int | None, t: str | None) -> int:
+        """``since`` checked against the retained log (the newest sid if ``None``)."""
+        oldest, newest = await self.runtime.store.frame_bounds(ORG)
+        if since is None:
+            return newest
+        if since < oldest or since > newest:
+            bootstrap = "/sync/v1/records" + (f"?t={t}" if t else "")
+            raise BadRequest(
+                410,
+                "since_too_old",
+                f"frames after sid {since} are not available (kept: {oldest + 1}..{newest}); "
+                f"bootstrap from {bootstrap}",
+                oldest_sid=oldest,
+                newest_sid=newest,
+                bootstrap=bootstrap,
+            )
+        return since
+
+    async def _catch_up(self, sub: FeedSubscriber) -> None:
+        """Send what ``sub`` missed from the store, then switch it to live frames."""
+        store = self.runtime.store
+        hub = self.runtime.hub
+        hub.subscribe(sub)
+        while not sub.conn.closing:
+            page = await store.read_frames(ORG, sub.last_sid, limit=CATCHUP_PAGE, t=sub.t)
+            if page.frames:
+                sub.send(page.frames)
+            if len(page.frames) < CATCHUP_PAGE:
+                sub.caught_up_to(page.newest)
+                if sub.go_live():
+                    return
+            # Let the client read before the next page: never queue a whole log.
+            await sub.conn.wait_idle()
+
+    # -- WebSocket -------------------------------------------------------------------
+
+    async def websocket(self, scope: Scope, receive: Any, send: Any) -> None:
+        event = await receive()
+        if event["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        settings = self.runtime.settings
+        conn = Connection(
+            WsTextTransport(send),
+            actor=ACTOR,
+            peer=_peer(scope),
+            max_messages=settings.send_queue_messages,
+            max_bytes=settings.send_queue_bytes,
+        )
+        conn.room_name = "sync/v1/ws"
+        query = _query(scope)
+        sub: FeedSubscriber | None = None
+        try:
+            t = _parse_type(query.get("t"))
+            since = _parse_sid(query.get("since"), "since")
+            if self.runtime.shutting_down:
+                raise ShuttingDown("server shutting down")
+            start = await self._start_point(since, t)
+            sub = FeedSubscriber(
+                conn,
+                ORG,
+                t=t,
+                since=start,
+                encode=encode_json_array,
+                encode_event=encode_json_event,
+            )
+            sub.all_presence = query.get("presence") == "all"
+        except BadRequest as exc:
+            log.info("conn=%s peer=%s frame feed refused: %s", conn.id, conn.peer, exc.detail)
+            conn.enqueue(encode_json_event(exc.event()))
+            conn.close(4000 + exc.status, exc.error)
+        except ShuttingDown:
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        except StoreError as exc:
+            log.error("conn=%s frame feed cannot read the store: %s", conn.id, exc)
+            conn.close(CloseCode.STORE_UNAVAILABLE, "frame log unavailable")
+        if sub is None:
+            # The close frame follows the error message once the sender drains.
+            await self._finish_refused(conn, receive)
+            return
+        log.info(
+            "conn=%s peer=%s frame feed since=%s t=%s connected", conn.id, conn.peer, start, t
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._receive_loop, receive, sub)
+                tg.start_soon(self._catch_up_or_close, sub)
+                await conn.run()
+                tg.cancel_scope.cancel()
+            if not conn.closed_by_peer:
+                await _drain(receive)
+        finally:
+            self.runtime.hub.unsubscribe(sub)
+            self.runtime.presence.leave_all(sub)
+            log.info(
+                "conn=%s frame feed %s code=%s",
+                conn.id,
+                "disconnected" if conn.closed_by_peer else "closed by server",
+                conn.close_code,
+            )
+
+    async def _finish_refused(self, conn: Connection, receive: Any) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_drain, receive)
+            await conn.run()
+
+    async def _catch_up_or_close(self, sub: FeedSubscriber) -> None:
+        try:
+            await self._catch_up(sub)
+        except StoreError as exc:
+            log.error("conn=%s frame catch-up failed: %s", sub.conn.id, exc)
+            sub.conn.close(CloseCode.STORE_UNAVAILABLE, "frame log unavailable")
+
+    async def _receive_loop(self, receive: Any, sub: FeedSubscriber) -> None:
+        conn = sub.conn
+        timeout = self.runtime.settings.ping_timeout
+        while not conn.closing:
+            with anyio.move_on_after(timeout) as scope:
+                event = await receive()
+            if scope.cancelled_caught:
+                log.info("conn=%s frame feed silent for %.0f s, closing", conn.id, timeout)
+                conn.close(CloseCode.TIMEOUT, f"nothing received for {timeout:g} s")
+                return
+            if event["type"] == "websocket.disconnect":
+                conn.peer_closed(event.get("code", CloseCode.NORMAL))
+                return
+            text = event.get("text")
+            if text is None:
+                self._refuse(conn, CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
+                return
+            if len(text) > MAX_CLIENT_MESSAGE:
+                self._refuse(conn, CloseCode.MESSAGE_TOO_BIG, "message too large")
+                return
+            try:
+                message = json.loads(text)
+            except ValueError:
+                self._refuse(conn, CloseCode.INVALID_PAYLOAD, "message is not JSON")
+                return
+            try:
+                await self._handle(sub, message)
+            except BadRequest as exc:
+                conn.enqueue(encode_json_event(exc.event()))
+                self._refuse(conn, CloseCode.BAD_REQUEST, exc.detail)
+                return
+
+    def _refuse(self, conn: Connection, code: int, reason: str) -> None:
+        log.warning("conn=%s peer=%s frame feed closing %d: %s", conn.id, conn.peer, code, reason)
+        conn.close(code, reason)
+
+    async def _handle(self, sub: FeedSubscriber, message: Any) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise BadRequest(400, "invalid_message", 'messages are objects with a "type"')
+        kind = message["type"]
+        if kind == "ping":
+            sub.conn.enqueue(b'{"type":"pong"}')
+            return
+        if kind not in ("view", "watch", "leave"):
+            raise BadRequest(400, "invalid_message", f"unknown message type {kind[:40]!r}")
+        t, record_id = message.get("t"), message.get("id")
+        if not isinstance(t, str) or not t or "/" in t:
+            raise BadRequest(400, "invalid_message", f"{kind}: t must be a record type")
+        if not isinstance(record_id, str) or not record_id:
+            raise BadRequest(400, "invalid_message", f"{kind}: id must be a non-empty string")
+        try:
+            validate_doc_name(f"{t}/{record_id}")
+        except InvalidDocName as exc:
+            raise BadRequest(400, "invalid_message", f"{kind}: {exc}") from None
+        presence = self.runtime.presence
+        if kind == "leave":
+            presence.leave(sub, t, record_id)
+            return
+        if kind == "watch":
+            sub.conn.enqueue(encode_json_event(presence.watch(sub, t, record_id)))
+            return
+        state = message.get("state", {})
+        if not isinstance(state, dict):
+            raise BadRequest(400, "invalid_message", "view: state must be an object")
+        try:
+            await presence.view(sub, t, record_id, actor=sub.conn.actor, state=state)
+        except ValueError as exc:
+            raise BadRequest(400, "invalid_message", f"view: {exc}") from None
+        except (RoomLoadError, ShuttingDown, StoreError) as exc:
+            # Not the client's fault: say so, keep the feed open.
+            error = {"type": "error", "error": "view_failed", "detail": str(exc)}
+            sub.conn.enqueue(encode_json_event({**error, "t": t, "id": record_id}))
+            return
+        sub.conn.enqueue(encode_json_event(presence.watch(sub, t, record_id)))
+
+    # -- Server-Sent Events -----------------------------------------------------------
+
+    async def sse(self, scope: Scope, receive: Any, send: Any) -> None:
+        query = _query(scope)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            if self.runtime.shutting_down:
+                raise BadRequest(503, "shutting_down", "the server is shutting down")
+            t = _parse_type(query.get("t"))
+            since = _parse_sid(headers.get("last-event-id"), "Last-Event-ID")
+            if since is None:
+                since = _parse_sid(query.get("since"), "since")
+            start = await self._start_point(since, t)
+        except BadRequest as exc:
+            log.info("peer=%s SSE feed refused %d: %s", _peer(scope), exc.status, exc.detail)
+            await _json_response(send, exc.status, exc.error, exc.detail, exc.extra)
+            return
+        except StoreError as exc:
+            log.error("SSE feed cannot read the store: %s", exc)
+            await _json_response(send, 503, "store_unavailable", str(exc), {})
+            return
+        settings = self.runtime.settings
+        conn = Connection(
+            SseTransport(send),
+            actor=ACTOR,
+            peer=_peer(scope),
+            max_messages=settings.send_queue_messages,
+            max_bytes=settings.send_queue_bytes,
+        )
+        conn.room_name = "sync/v1/events"
+        sub = FeedSubscriber(
+            conn, ORG, t=t, since=start, encode=encode_sse, encode_event=encode_sse_event
+        )
+        sub.all_presence = query.get("presence") == "all"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                ],
+            }
+        )
+        # Tell EventSource how soon to reconnect, before any frame.
+        conn.enqueue(b"retry: 2000\n\n")
+        log.info("conn=%s peer=%s SSE feed since=%s t=%s connected", conn.id, conn.peer, start, t)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_disconnect, receive, conn)
+                tg.start_soon(_keep_alive, conn)
+                tg.start_soon(self._catch_up_or_close, sub)
+                await conn.run()
+                tg.cancel_scope.cancel()
+        finally:
+            self.runtime.hub.unsubscribe(sub)
+            log.info("conn=%s SSE feed ended code=%s", conn.id, conn.close_code)
+
+
+async def _drain(receive: Any) -> None:
+    with anyio.move_on_after(CLOSE_TIMEOUT):
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+
+async def _watch_disconnect(receive: Any, conn: Connection) -> None:
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            conn.peer_closed(CloseCode.NORMAL)
+            return
+
+
+async def _keep_alive(conn: Connection) -> None:
+    while not conn.closing:
+        await anyio.sleep(SSE_KEEPALIVE_SECONDS)
+        conn.enqueue(b": keep-alive\n\n")
+
+
+async def _json_response(
+    send: Any, status: int, error: str, detail: str, extra: dict[str, Any]
+) -> None:
+    body = (
+        json_error_body(error, detail)
+        if not extra
+        else json.dumps({"error": error, "detail": detail, **extra}).encode()
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,104 @@
+"""The SyncFrame side of the SQLite writer: frames, record projections, idempotency keys.
+
+A :class:`~persistence.store.FrameBatch` is checked and serialised on the event loop
+(:func:`prepare`, so a bad value fails only its own call) and written by the writer
+thread inside the transaction of the op it rides on (:func:`write`): each frame gets
+the next ``sid`` (AUTOINCREMENT: never reused), its record's row in ``records`` is
+replaced by the projection the frame leaves behind (or deleted with ``op="d"``), and
+the batch's idempotency key remembers the sid of its last frame.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from persistence import values
+from persistence.store import Frame, FrameBatch, FrameDraft
+
+OPS = frozenset({"i", "u", "d"})
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedFrame:
+    draft: FrameDraft
+    p: str
+    ctx: str
+    record: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    org: str
+    frames: tuple[PreparedFrame, ...]
+    mutation: tuple[str, str] | None  # (client_tx_id, result JSON)
+
+
+def prepare(org: str, batch: FrameBatch) -> PreparedBatch:
+    """Check and serialise ``batch`` before it is queued.
+
+    Raises:
+        TypeError, ValueError: a value the store cannot hold.
+    """
+    values.check_text(org, "org")
+    frames = []
+    for draft in batch.frames:
+        for value, what in ((draft.t, "t"), (draft.id, "id"), (draft.op, "op")):
+            values.check_text(value, what)
+        if draft.op not in OPS:
+            raise ValueError(f"op must be one of i, u, d; got {draft.op!r}")
+        values.check_opt_text(draft.who, "who")
+        values.check_int(draft.at, "at")
+        if draft.update_id is not None:
+            values.check_int(draft.update_id, "update_id")
+        if (draft.record is None) != (draft.op == "d"):
+            raise ValueError("a frame leaves a record projection unless op is 'd'")
+        record = None if draft.record is None else values.dumps(draft.record, "record")
+        frames.append(
+            PreparedFrame(draft, values.dumps(draft.p, "p"), values.dumps(draft.ctx, "ctx"), record)
+        )
+    mutation = None
+    if batch.mutation is not None:
+        client_tx_id, result = batch.mutation
+        values.check_text(client_tx_id, "client_tx_id")
+        mutation = (client_tx_id, values.dumps(result, "result"))
+    return PreparedBatch(org, tuple(frames), mutation)
+
+
+def write(conn: sqlite3.Connection, batch: PreparedBatch, *, update_id: int | None) -> list[Frame]:
+    """Write ``batch`` inside the caller's transaction; return the frames with their sids.
+
+    Args:
+        update_id: The update the batch rides on: the covered update id of records
+            whose draft leaves it ``None``.
+    """
+    org = batch.org
+    committed = []
+    for prepared in batch.frames:
+        d = prepared.draft
+        cur = conn.execute(
+            "INSERT INTO frames (org, t, id, op, p, who, at, ctx) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (org, d.t, d.id, d.op, prepared.p, d.who, d.at, prepared.ctx),
+        )
+        sid = int(cur.lastrowid or 0)
+        if prepared.record is None:
+            conn.execute("DELETE FROM records WHERE org = ? AND t = ? AND id = ?", (org, d.t, d.id))
+        else:
+            covered = d.update_id if d.update_id is not None else (update_id or 0)
+            conn.execute(
+                "INSERT INTO records (org, t, id, fields, sid, update_id, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org, t, id) DO UPDATE SET "
+                "fields = excluded.fields, sid = excluded.sid, "
+                "update_id = max(records.update_id, excluded.update_id), "
+                "updated_at = excluded.updated_at",
+                (org, d.t, d.id, prepared.record, sid, covered, d.at),
+            )
+        committed.append(Frame(sid, org, d.t, d.id, d.op, d.p, d.who, d.at, d.ctx))
+    if batch.mutation is not None:
+        client_tx_id, result = batch.mutation
+        conn.execute(
+            "INSERT INTO mutations (org, client_tx_id, result, at, sid) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (org, client_tx_id) DO NOTHING",
+            (org, client_tx_id, result, values.now_ms(), committed[-1].sid if committed else None),
+        )
+    return committed

@@ -1,0 +1,211 @@
+"""Fan-out of committed SyncFrames to the frame subscribers of this node.
+
+The store calls :meth:`FeedHub.publish` with the frames of every commit, in sid
+order, on the event loop. Each subscriber (a WebSocket or SSE client of the frame
+feed) has a bounded :class:`~rooms.connection.Connection` queue, so a subscriber
+that stops reading is closed with 4429 and never slows anybody down.
+
+Catch-up without gaps or duplicates: a new subscriber is registered *before* it
+reads the frames it missed from the store, and buffers what is published
+meanwhile; :meth:`FeedSubscriber.go_live` then sends the buffered frames past the
+last one it read. Because the hub sees frames only after they are committed, every
+frame is either in that read or in the buffer, and the sid filter drops the overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from persistence.store import Frame
+
+from .connection import Connection
+
+log = logging.getLogger(__name__)
+
+#: Frames a subscriber buffers while it catches up; past it, it reads the store again.
+MAX_BUFFERED = 10_000
+
+Encoder = Callable[[list[Frame]], bytes]
+EventEncoder = Callable[[dict[str, Any]], bytes]
+
+
+def frame_dict(frame: Frame) -> dict[str, Any]:
+    """The SyncFrame wire shape: ``{sid, t, id, op, p, who, at, ctx: {client_tx_id}}``."""
+    ctx = frame.ctx if "client_tx_id" in frame.ctx else {"client_tx_id": None, **frame.ctx}
+    return {
+        "sid": frame.sid,
+        "t": frame.t,
+        "id": frame.id,
+        "op": frame.op,
+        "p": frame.p,
+        "who": frame.who,
+        "at": frame.at,
+        "ctx": ctx,
+    }
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_json_array(frames: list[Frame]) -> bytes:
+    """One WebSocket message: a JSON array of frames."""
+    return dumps([frame_dict(f) for f in frames]).encode("utf-8")
+
+
+def encode_json_event(event: dict[str, Any]) -> bytes:
+    """One WebSocket message: a JSON object such as ``{"type": "presence", ...}``."""
+    return dumps(event).encode("utf-8")
+
+
+def encode_sse(frames: list[Frame]) -> bytes:
+    """Server-Sent Events, one per frame, ``id:`` = sid (resumable with Last-Event-ID)."""
+    return "".join(f"id: {f.sid}\ndata: {dumps(frame_dict(f))}\n\n" for f in frames).encode("utf-8")
+
+
+def encode_sse_event(event: dict[str, Any]) -> bytes:
+    """A named Server-Sent Event (``event: presence``) without an id."""
+    return f"event: {event['type']}\ndata: {dumps(event)}\n\n".encode()
+
+
+class FeedSubscriber:
+    """One client of the frame feed.
+
+    Args:
+        conn: Its bounded send queue and transport.
+        org: Its tenant.
+        t: Only frames of this record type, or all.
+        since: The last sid it has.
+        encode: How frames are put on its wire.
+        encode_event: How other events (presence) are put on its wire.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        org: str,
+        *,
+        t: str | None,
+        since: int,
+        encode: Encoder,
+        encode_event: EventEncoder,
+    ) -> None:
+        self.conn = conn
+        self.org = org
+        self.t = t
+        self.last_sid = since
+        self.encode = encode
+        self.encode_event = encode_event
+        self._buffer: list[Frame] | None = []
+        self.overflowed = False
+        self.watching: set[tuple[str, str]] = set()
+        self.all_presence = False
+
+    @property
+    def live(self) -> bool:
+        return self._buffer is None
+
+    def wants(self, frame: Frame) -> bool:
+        return frame.sid > self.last_sid and (self.t is None or frame.t == self.t)
+
+    def send(self, frames: list[Frame], message: bytes | None = None) -> None:
+        """Queue ``frames`` (already filtered, in order), encoded unless given."""
+        if not frames:
+            return
+        self.conn.enqueue(message if message is not None else self.encode(frames))
+        self.last_sid = frames[-1].sid
+
+    def caught_up_to(self, sid: int) -> None:
+        """Everything up to ``sid`` was read (frames of other types included)."""
+        self.last_sid = max(self.last_sid, sid)
+
+    def go_live(self) -> bool:
+        """Send what was buffered during catch-up and receive live frames from now on.
+
+        Returns:
+            ``False`` if the buffer overflowed: read the store again, then retry.
+        """
+        if self.overflowed:
+            self.overflowed = False
+            self._buffer = []
+            return False
+        buffered, self._buffer = self._buffer or [], None
+        self.send([f for f in buffered if self.wants(f)])
+        return True
+
+    def _buffer_frames(self, frames: Iterable[Frame]) -> None:
+        assert self._buffer is not None
+        if self.overflowed:
+            return
+        self._buffer.extend(frames)
+        if len(self._buffer) > MAX_BUFFERED:
+            self._buffer = []
+            self.overflowed = True
+
+
+class FeedHub:
+    """The frame subscribers of this node, by tenant."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[FeedSubscriber]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(subs) for subs in self._subs.values())
+
+    def subscribe(self, sub: FeedSubscriber) -> None:
+        self._subs.setdefault(sub.org, set()).add(sub)
+
+    def unsubscribe(self, sub: FeedSubscriber) -> None:
+        subs = self._subs.get(sub.org)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.org]
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every subscriber (shutdown)."""
+        for subs in self._subs.values():
+            for sub in list(subs):
+                sub.conn.close(code, reason)
+
+    def publish(self, frames: list[Frame]) -> None:
+        """Deliver committed ``frames`` (sid order) to every subscriber that wants them."""
+        by_org: dict[str, list[Frame]] = {}
+        for frame in frames:
+            by_org.setdefault(frame.org, []).append(frame)
+        for org, org_frames in by_org.items():
+            subs = self._subs.get(org)
+            if not subs:
+                continue
+            # Subscribers with the same encoder and filter get the very same bytes.
+            encoded: dict[tuple[Encoder, str | None], tuple[list[Frame], bytes]] = {}
+            for sub in list(subs):
+                if not sub.live:
+                    sub._buffer_frames(org_frames)
+                    continue
+                key = (sub.encode, sub.t)
+                cached = encoded.get(key)
+                if cached is None:
+                    wanted = [f for f in org_frames if sub.t is None or f.t == sub.t]
+                    cached = encoded[key] = (wanted, sub.encode(wanted) if wanted else b"")
+                wanted, message = cached
+                if wanted and wanted[0].sid > sub.last_sid:
+                    sub.send(wanted, message)
+                else:  # it read some of these itself: send only the rest
+                    sub.send([f for f in wanted if sub.wants(f)])
+
+    def publish_event(self, org: str, record: tuple[str, str], event: dict[str, Any]) -> int:
+        """Send ``event`` (presence) to the subscribers watching ``record``."""
+        sent = 0
+        encoded: dict[EventEncoder, bytes] = {}
+        for sub in list(self._subs.get(org, ())):
+            if sub.live and (sub.all_presence or record in sub.watching):
+                message = encoded.get(sub.encode_event)
+                if message is None:
+                    message = encoded[sub.encode_event] = sub.encode_event(event)
+                if sub.conn.enqueue(message):
+                    sent += 1
+        return sent
