@@ -111,6 +111,8 @@ class RecordFeed:
         self._wake = anyio.Event()
         self._in_flight: dict[tuple[str, str], anyio.Event] = {}
         self._since_trim: dict[str, int] = {}
+        self._trim_due: set[str] = set()
+        self._trim_wake = anyio.Event()
         self.presence: Any = None  # crdt_sync.presence.Presence, told of awareness changes
         self.frames_logged = 0
         store.add_frame_listener(self._committed)
@@ -127,6 +129,7 @@ class RecordFeed:
         async with anyio.create_task_group() as tg:
             task_status.started()
             tg.start_soon(self._reconcile_stale, tg)
+            tg.start_soon(self._trim_loop)
             await self._flush_loop()
 
     # -- RoomListener --------------------------------------------------------------
@@ -329,22 +332,31 @@ class RecordFeed:
     # -- committed frames ----------------------------------------------------------
 
     def _committed(self, frames: list[Any]) -> None:
+        """Store listener (runs in an event-loop callback, outside any task)."""
         self.frames_logged += len(frames)
         self.hub.publish(frames)
         for frame in frames:
             self._since_trim[frame.org] = self._since_trim.get(frame.org, 0) + 1
         for org, count in list(self._since_trim.items()):
-            if count > max(1, int(self.retention * TRIM_SLACK)) and self._manager is not None:
+            if count > max(1, int(self.retention * TRIM_SLACK)):
                 self._since_trim[org] = 0
-                self._manager.spawn(f"trim frames of {org!r}", self._trimmer(org))
+                self._trim_due.add(org)
+                self._trim_wake.set()
 
-    def _trimmer(self, org: str) -> Any:
-        async def trim() -> None:
-            deleted = await self.store.trim_frames(org, self.retention)
-            if deleted:
-                log.info("org=%s trimmed %d frames (keeping %d)", org, deleted, self.retention)
-
-        return trim
+    async def _trim_loop(self) -> None:
+        """Keep each tenant's frame log near ``--frame-retention`` frames."""
+        while True:
+            await self._trim_wake.wait()
+            self._trim_wake = anyio.Event()
+            due, self._trim_due = self._trim_due, set()
+            for org in sorted(due):
+                try:
+                    deleted = await self.store.trim_frames(org, self.retention)
+                except StoreError as exc:
+                    log.error("org=%s frames not trimmed: %s", org, exc)
+                    continue
+                if deleted:
+                    log.info("org=%s trimmed %d frames (keeping %d)", org, deleted, self.retention)
 
     # -- mutations -----------------------------------------------------------------
 
@@ -366,14 +378,15 @@ class RecordFeed:
         key = (org, tx)
         while (running := self._in_flight.get(key)) is not None:
             await running.wait()  # the same tx replayed while the first is in flight
-        stored = await self.store.get_mutation(org, tx)
-        if stored is not None:
-            return {**stored, "replayed": True}
-        self._in_flight[key] = anyio.Event()
+        done = self._in_flight[key] = anyio.Event()
         try:
+            stored = await self.store.get_mutation(org, tx)
+            if stored is not None:
+                return {**stored, "replayed": True}
             return await self._mutate(org, mutation, actor, client_id)
         finally:
-            self._in_flight.pop(key).set()
+            del self._in_flight[key]
+            done.set()
 
     async def _mutate(
         self, org: str, m: Mutation, actor: str, client_id: str | None

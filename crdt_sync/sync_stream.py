@@ -227,8 +227,7 @@ class FrameStreams:
             sub.all_presence = query.get("presence") == "all"
         except BadRequest as exc:
             log.info("conn=%s peer=%s frame feed refused: %s", conn.id, conn.peer, exc.detail)
-            conn.enqueue(encode_json_event(exc.event()))
-            conn.close(4000 + exc.status, exc.error)
+            conn.close_after(encode_json_event(exc.event()), 4000 + exc.status, exc.error)
         except ShuttingDown:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
         except StoreError as exc:
@@ -299,8 +298,10 @@ class FrameStreams:
             try:
                 await self._handle(sub, message)
             except BadRequest as exc:
-                conn.enqueue(encode_json_event(exc.event()))
-                self._refuse(conn, CloseCode.BAD_REQUEST, exc.detail)
+                log.warning(
+                    "conn=%s peer=%s frame feed closing 4400: %s", conn.id, conn.peer, exc.detail
+                )
+                conn.close_after(encode_json_event(exc.event()), CloseCode.BAD_REQUEST, exc.error)
                 return
 
     def _refuse(self, conn: Connection, code: int, reason: str) -> None:

@@ -73,6 +73,7 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason = ""
         self._peer_closed = False
+        self._close_when_sent: tuple[int, str] | None = None
         self.last_received = time.monotonic()
         self.probed = False
         self.messages_out = 0
@@ -125,6 +126,14 @@ class Connection:
         """Wait until everything queued was handed to the transport (or it closed)."""
         await self._idle.wait()
 
+    def close_after(self, message: bytes, code: int, reason: str = "") -> None:
+        """Send ``message`` (an error that says why), then close with ``code``."""
+        if self.close_code is not None:
+            return
+        self._close_when_sent = (int(code), reason)
+        if not self.enqueue(message) or len(self._queue) == 1:
+            self._wake.set()
+
     def touch(self) -> None:
         """Note that something arrived from the client (it is alive)."""
         self.last_received = time.monotonic()
@@ -156,6 +165,10 @@ class Connection:
             if self.close_code is None:
                 await self._drain()
         self._send_scope = None
+        await self._close_transport()
+
+    async def _close_transport(self) -> None:
+        self._send_scope = None
         if self._peer_closed or self.close_code is None:
             return
         with anyio.move_on_after(CLOSE_TIMEOUT):
@@ -175,6 +188,9 @@ class Connection:
                 self.messages_out += 1
                 self.bytes_out += len(message)
             if self.close_code is not None:
+                return
+            if self._close_when_sent is not None:
+                self.close(*self._close_when_sent)
                 return
             self._wake = anyio.Event()
             if queue:  # filled while we were creating the event
