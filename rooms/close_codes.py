@@ -20,6 +20,7 @@ class CloseCode(IntEnum):
     BAD_REQUEST = 4400  # invalid document name
     NOT_FOUND = 4404  # the document was deleted while connected
     TIMEOUT = 4408  # nothing received (no pong, no reply to a sync probe) for --ping-timeout
+    SINCE_TOO_OLD = 4410  # frame feed: since is older than the retained frames (bootstrap)
     SLOW_CLIENT = 4429  # outbound queue full: the client stopped reading
     LOAD_FAILED = 4500  # the stored document could not be loaded
     STORE_UNAVAILABLE = 4503  # updates cannot be persisted (disk full, read-only)
