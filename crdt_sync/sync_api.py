@@ -263,6 +263,11 @@ def _bad(field: str, detail: str) -> ApiError:
     return error
 
 
+def _key(name: str) -> str:
+    """A member name as a field path component (quoted unless it is a plain word)."""
+    return name if name.isidentifier() else json.dumps(name)
+
+
 def _optional_sid(value: Any, field: str) -> int | None:
     if value is None:
         return None
@@ -284,7 +289,7 @@ def parse_mutations(body: Any, max_mutations: int) -> tuple[list[Mutation], str 
         raise _bad("body", "must be an object {\"mutations\": [...]}")
     unknown = body.keys() - {"mutations", "base_sid", "client_id"}
     if unknown:
-        raise _bad(sorted(unknown)[0], "unknown field")
+        raise _bad(_key(sorted(unknown)[0]), "unknown field")
     items = body.get("mutations")
     if not isinstance(items, list):
         raise _bad("mutations", "must be a list")
@@ -301,7 +306,7 @@ def parse_mutations(body: Any, max_mutations: int) -> tuple[list[Mutation], str 
             raise _bad(where, "must be an object")
         unknown = item.keys() - {"t", "id", "op", "p", "client_tx_id", "base_sid"}
         if unknown:
-            raise _bad(f"{where}.{sorted(unknown)[0]}", "unknown field")
+            raise _bad(f"{where}.{_key(sorted(unknown)[0])}", "unknown field")
         t, record_id, op = item.get("t"), item.get("id"), item.get("op")
         if not isinstance(t, str) or not t or "/" in t:
             raise _bad(f"{where}.t", "must be a non-empty string without '/'")
