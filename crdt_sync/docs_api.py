@@ -30,7 +30,7 @@ from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
 
 from .codec import ProtocolError, decode_state_vector
 from .docnames import InvalidDocName, split_record, validate_doc_name
-from .errors import json_error
+from .http_api import ApiError, int_param, read_body, routes
 from .projection import doc_to_json
 
 log = logging.getLogger(__name__)
@@ -38,36 +38,6 @@ log = logging.getLogger(__name__)
 ORG = "default"
 ACTOR = "anonymous"
 MAX_LIST_LIMIT = 1000
-
-
-class ApiError(Exception):
-    """Raised inside a handler; becomes a JSON error response."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-        self.detail = detail
-        self.extra: dict[str, Any] = {}  # more members of the JSON body
-
-    def response(self) -> Response:
-        if self.extra:
-            body = {"error": self.error, "detail": self.detail, **self.extra}
-            return JSONResponse(body, status_code=self.status)
-        return json_error(self.status, self.error, self.detail)
-
-
-def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}")
-    return value
 
 
 def decode_base64(raw: str, name: str) -> bytes:
@@ -85,32 +55,16 @@ class DocsApi:
         self.runtime = runtime
 
     def routes(self) -> list[Route]:
-        return [
-            Route("/docs", self.wrap(self.list_docs), methods=["GET"]),
-            Route("/docs/{doc:path}/update", self.wrap(self.get_update), methods=["GET"]),
-            Route("/docs/{doc:path}/update", self.wrap(self.post_update), methods=["POST"]),
-            Route("/docs/{doc:path}", self.wrap(self.get_doc), methods=["GET"]),
-            Route("/docs/{doc:path}", self.wrap(self.delete_doc), methods=["DELETE"]),
-        ]
-
-    def wrap(self, handler: Any) -> Any:
-        async def endpoint(request: Request) -> Response:
-            if self.runtime.shutting_down:
-                return json_error(503, "shutting_down", "the server is shutting down")
-            try:
-                return await handler(request)
-            except ApiError as exc:
-                log.info(
-                    "%s %s -> %d %s: %s",
-                    request.method,
-                    request.url.path,
-                    exc.status,
-                    exc.error,
-                    exc.detail,
-                )
-                return exc.response()
-
-        return endpoint
+        return routes(
+            self.runtime,
+            [
+                ("GET", "/docs", self.list_docs),
+                ("GET", "/docs/{doc:path}/update", self.get_update),
+                ("POST", "/docs/{doc:path}/update", self.post_update),
+                ("GET", "/docs/{doc:path}", self.get_doc),
+                ("DELETE", "/docs/{doc:path}", self.delete_doc),
+            ],
+        )
 
     def doc_name(self, request: Request) -> str:
         try:
@@ -184,19 +138,12 @@ class DocsApi:
     async def post_update(self, request: Request) -> Response:
         name = self.doc_name(request)
         limit = self.runtime.settings.max_message_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, "too_large", f"body of {declared} bytes exceeds {limit}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
+        body = await read_body(request, limit)
         if not body:
             raise ApiError(400, "invalid_update", "empty body: expected a binary Yjs update")
         async with self.open_room(name, must_exist=False) as room:
             try:
-                appended = await room.apply_update(bytes(body), actor=ACTOR, origin=Origin.HTTP)
+                appended = await room.apply_update(body, actor=ACTOR, origin=Origin.HTTP)
                 if appended is None:
                     return JSONResponse({"name": name, "update_id": None, "applied": False})
                 await appended.durable

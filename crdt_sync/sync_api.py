@@ -26,9 +26,8 @@ from rooms.manager import ShuttingDown
 from rooms.room import RoomLoadError
 
 from .docnames import InvalidDocName, validate_doc_name
-from .docs_api import ApiError, int_param
 from .frame_feed import Mutation, MutationError
-from .throttle import Throttled
+from .http_api import ApiError, int_param, read_body, routes
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +77,14 @@ def too_old(since: int, oldest: int, newest: int, t: str | None) -> ApiError:
         detail = f"since={since} is ahead of the newest frame ({newest}): the log was reset"
     else:
         detail = f"frames after sid {since} are no longer retained (oldest kept: {oldest + 1})"
-    error = ApiError(410, "since_too_old", f"{detail}; bootstrap from {bootstrap}")
-    error.extra = {"oldest_sid": oldest, "newest_sid": newest, "bootstrap": bootstrap}
-    return error
+    return ApiError(
+        410,
+        "since_too_old",
+        f"{detail}; bootstrap from {bootstrap}",
+        oldest_sid=oldest,
+        newest_sid=newest,
+        bootstrap=bootstrap,
+    )
 
 
 def _encode_cursor(t: str, record_id: str) -> str:
@@ -106,45 +110,15 @@ class SyncApi:
         self.runtime = runtime
 
     def routes(self) -> list[Route]:
-        return [
-            Route("/sync/v1/mutations", self.wrap(self.mutations), methods=["POST"]),
-            Route("/sync/v1/delta", self.wrap(self.delta), methods=["GET"]),
-            Route("/sync/v1/records", self.wrap(self.records), methods=["GET"]),
-            Route("/sync/v1/presence/{t}/{id:path}", self.wrap(self.presence), methods=["GET"]),
-        ]
-
-    def wrap(self, handler: Any) -> Any:
-        async def endpoint(request: Request) -> Response:
-            if self.runtime.shutting_down:
-                return ApiError(503, "shutting_down", "the server is shutting down").response()
-            try:
-                return await handler(request)
-            except ApiError as exc:
-                log.info(
-                    "%s %s -> %d %s: %s",
-                    request.method,
-                    request.url.path,
-                    exc.status,
-                    exc.error,
-                    exc.detail,
-                )
-                return exc.response()
-            except Throttled as exc:
-                log.debug("%s %s -> 429: %s", request.method, request.url.path, exc.detail)
-                return JSONResponse(
-                    {
-                        "error": "too_many_requests",
-                        "detail": exc.detail,
-                        "retry_after_ms": round(exc.retry_after * 1000),
-                    },
-                    status_code=429,
-                    headers={"Retry-After": exc.retry_after_header},
-                )
-            except StoreError as exc:
-                log.error("%s %s -> 503: %s", request.method, request.url.path, exc)
-                return ApiError(503, "store_unavailable", f"store failed: {exc}").response()
-
-        return endpoint
+        return routes(
+            self.runtime,
+            [
+                ("POST", "/sync/v1/mutations", self.mutations),
+                ("GET", "/sync/v1/delta", self.delta),
+                ("GET", "/sync/v1/records", self.records),
+                ("GET", "/sync/v1/presence/{t}/{id:path}", self.presence),
+            ],
+        )
 
     # -- reads -----------------------------------------------------------------------
 
@@ -243,14 +217,7 @@ def _failed(m: Mutation, status: int, error: str, detail: str) -> dict[str, Any]
 
 async def read_json(request: Request, limit: int) -> Any:
     """The request body as JSON, at most ``limit`` bytes (413 past it, 400 if not JSON)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too_large", f"body of {declared} bytes exceeds {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
+    body = await read_body(request, limit)
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -258,9 +225,7 @@ async def read_json(request: Request, limit: int) -> Any:
 
 
 def _bad(field: str, detail: str) -> ApiError:
-    error = ApiError(400, "invalid_mutation", f"{field}: {detail}")
-    error.extra = {"field": field}
-    return error
+    return ApiError(400, "invalid_mutation", f"{field}: {detail}", field=field)
 
 
 def _key(name: str) -> str:

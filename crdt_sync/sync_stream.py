@@ -25,13 +25,12 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import parse_qsl
 
 import anyio
 
 from persistence.store import StoreError
 from rooms.close_codes import CloseCode
-from rooms.connection import CLOSE_TIMEOUT, Connection
+from rooms.connection import Connection
 from rooms.feed_hub import (
     FeedSubscriber,
     encode_json_array,
@@ -42,8 +41,17 @@ from rooms.feed_hub import (
 from rooms.manager import ShuttingDown
 from rooms.room import RoomLoadError
 
+from .asgi import (
+    AsgiApp,
+    Scope,
+    WsTextTransport,
+    drain_websocket,
+    json_body,
+    peer,
+    query_params,
+    send_json_response,
+)
 from .docnames import InvalidDocName, validate_doc_name
-from .errors import json_error_body
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +64,6 @@ MAX_CLIENT_MESSAGE = 64 * 1024
 #: SSE keep-alive comment interval (proxies drop idle streams after 30-60 s).
 SSE_KEEPALIVE_SECONDS = 15.0
 
-Scope = dict[str, Any]
-
 
 class BadRequest(Exception):
     def __init__(self, status: int, error: str, detail: str, **extra: Any) -> None:
@@ -69,22 +75,6 @@ class BadRequest(Exception):
 
     def event(self) -> dict[str, Any]:
         return {"type": "error", "error": self.error, "detail": self.detail, **self.extra}
-
-
-class WsTextTransport:
-    """``rooms.Transport`` sending each queued message as one WebSocket text frame."""
-
-    __slots__ = ("_send",)
-
-    def __init__(self, send: Any) -> None:
-        self._send = send
-
-    async def send(self, message: bytes) -> None:
-        await self._send({"type": "websocket.send", "text": message.decode("utf-8")})
-
-    async def close(self, code: int, reason: str) -> None:
-        reason = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
-        await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 class SseTransport:
@@ -103,11 +93,6 @@ class SseTransport:
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _query(scope: Scope) -> dict[str, str]:
-    raw = scope.get("query_string", b"").decode("latin-1")
-    return dict(parse_qsl(raw, keep_blank_values=True))
-
-
 def _parse_sid(raw: str | None, name: str) -> int | None:
     if raw is None or raw == "":
         return None
@@ -122,24 +107,6 @@ def _parse_type(raw: str | None) -> str | None:
     if "/" in raw or len(raw) > 256 or not raw.isprintable():
         raise BadRequest(400, "invalid_parameter", "t must be a record type (no '/')")
     return raw
-
-
-def _peer(scope: Scope) -> str:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else "-"
-
-
-class AsgiApp:
-    """Wraps a bound method so that Starlette routes call it as a raw ASGI app
-    (a plain method would be wrapped as a request handler)."""
-
-    __slots__ = ("_fn",)
-
-    def __init__(self, fn: Any) -> None:
-        self._fn = fn
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        await self._fn(scope, receive, send)
 
 
 class FrameStreams:
@@ -157,6 +124,19 @@ class FrameStreams:
         ]
 
     # -- shared --------------------------------------------------------------------
+
+    def _connection(self, transport: Any, scope: Scope, what: str) -> Connection:
+        """A subscriber's bounded send queue, with the same bounds as an editor's."""
+        settings = self.runtime.settings
+        conn = Connection(
+            transport,
+            actor=ACTOR,
+            peer=peer(scope),
+            max_messages=settings.send_queue_messages,
+            max_bytes=settings.send_queue_bytes,
+        )
+        conn.room_name = what
+        return conn
 
     async def _start_point(self, since: int | None, t: str | None) -> int:
         """``since`` checked against the retained log (the newest sid if ``None``)."""
@@ -199,16 +179,8 @@ class FrameStreams:
         if event["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        settings = self.runtime.settings
-        conn = Connection(
-            WsTextTransport(send),
-            actor=ACTOR,
-            peer=_peer(scope),
-            max_messages=settings.send_queue_messages,
-            max_bytes=settings.send_queue_bytes,
-        )
-        conn.room_name = "sync/v1/ws"
-        query = _query(scope)
+        conn = self._connection(WsTextTransport(send), scope, "sync/v1/ws")
+        query = query_params(scope)
         sub: FeedSubscriber | None = None
         try:
             t = _parse_type(query.get("t"))
@@ -237,9 +209,7 @@ class FrameStreams:
             # The close frame follows the error message once the sender drains.
             await self._finish_refused(conn, receive)
             return
-        log.info(
-            "conn=%s peer=%s frame feed since=%s t=%s connected", conn.id, conn.peer, start, t
-        )
+        log.info("conn=%s peer=%s frame feed since=%s t=%s connected", conn.id, conn.peer, start, t)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._receive_loop, receive, sub)
@@ -247,7 +217,7 @@ class FrameStreams:
                 await conn.run()
                 tg.cancel_scope.cancel()
             if not conn.closed_by_peer:
-                await _drain(receive)
+                await drain_websocket(receive)
         finally:
             self.runtime.hub.unsubscribe(sub)
             self.runtime.presence.leave_all(sub)
@@ -260,7 +230,7 @@ class FrameStreams:
 
     async def _finish_refused(self, conn: Connection, receive: Any) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_drain, receive)
+            tg.start_soon(drain_websocket, receive)
             await conn.run()
 
     async def _catch_up_or_close(self, sub: FeedSubscriber) -> None:
@@ -350,7 +320,7 @@ class FrameStreams:
     # -- Server-Sent Events -----------------------------------------------------------
 
     async def sse(self, scope: Scope, receive: Any, send: Any) -> None:
-        query = _query(scope)
+        query = query_params(scope)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             if self.runtime.shutting_down:
@@ -361,22 +331,14 @@ class FrameStreams:
                 since = _parse_sid(query.get("since"), "since")
             start = await self._start_point(since, t)
         except BadRequest as exc:
-            log.info("peer=%s SSE feed refused %d: %s", _peer(scope), exc.status, exc.detail)
-            await _json_response(send, exc.status, exc.error, exc.detail, exc.extra)
+            log.info("peer=%s SSE feed refused %d: %s", peer(scope), exc.status, exc.detail)
+            await send_json_response(send, exc.status, json_body(exc.error, exc.detail, exc.extra))
             return
         except StoreError as exc:
             log.error("SSE feed cannot read the store: %s", exc)
-            await _json_response(send, 503, "store_unavailable", str(exc), {})
+            await send_json_response(send, 503, json_body("store_unavailable", str(exc)))
             return
-        settings = self.runtime.settings
-        conn = Connection(
-            SseTransport(send),
-            actor=ACTOR,
-            peer=_peer(scope),
-            max_messages=settings.send_queue_messages,
-            max_bytes=settings.send_queue_bytes,
-        )
-        conn.room_name = "sync/v1/events"
+        conn = self._connection(SseTransport(send), scope, "sync/v1/events")
         sub = FeedSubscriber(
             conn, ORG, t=t, since=start, encode=encode_sse, encode_event=encode_sse_event
         )
@@ -407,12 +369,6 @@ class FrameStreams:
             log.info("conn=%s SSE feed ended code=%s", conn.id, conn.close_code)
 
 
-async def _drain(receive: Any) -> None:
-    with anyio.move_on_after(CLOSE_TIMEOUT):
-        while (await receive())["type"] != "websocket.disconnect":
-            pass
-
-
 async def _watch_disconnect(receive: Any, conn: Connection) -> None:
     while True:
         event = await receive()
@@ -425,24 +381,3 @@ async def _keep_alive(conn: Connection) -> None:
     while not conn.closing:
         await anyio.sleep(SSE_KEEPALIVE_SECONDS)
         conn.enqueue(b": keep-alive\n\n")
-
-
-async def _json_response(
-    send: Any, status: int, error: str, detail: str, extra: dict[str, Any]
-) -> None:
-    body = (
-        json_error_body(error, detail)
-        if not extra
-        else json.dumps({"error": error, "detail": detail, **extra}).encode()
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -16,10 +16,11 @@ import anyio
 
 from persistence.store import StoreError
 from rooms.close_codes import CloseCode
-from rooms.connection import CLOSE_TIMEOUT, Connection
+from rooms.connection import Connection
 from rooms.manager import RoomManager, ShuttingDown
 from rooms.room import InvalidUpdate, Room, RoomLoadError
 
+from .asgi import Scope, WsBinaryTransport, drain_websocket, json_body, peer, send_json_response
 from .codec import (
     Auth,
     AwarenessUpdate,
@@ -31,40 +32,9 @@ from .codec import (
     decode_message,
 )
 from .docnames import InvalidDocName, validate_doc_name
-from .errors import json_error_body
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-Scope = dict[str, Any]
-
-
-class AsgiTransport:
-    """``rooms.Transport`` over an ASGI WebSocket ``send``."""
-
-    __slots__ = ("_send",)
-
-    def __init__(self, send: Any) -> None:
-        self._send = send
-
-    async def send(self, message: bytes) -> None:
-        await self._send({"type": "websocket.send", "bytes": message})
-
-    async def close(self, code: int, reason: str) -> None:
-        # RFC 6455 caps the reason at 123 bytes of UTF-8.
-        reason_bytes = reason.encode("utf-8")[:123]
-        await self._send(
-            {
-                "type": "websocket.close",
-                "code": code,
-                "reason": reason_bytes.decode("utf-8", "ignore"),
-            }
-        )
-
-
-def _peer(scope: Scope) -> str:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else "-"
 
 
 class YjsEndpoint:
@@ -82,15 +52,15 @@ class YjsEndpoint:
         try:
             name = validate_doc_name(raw_name)
         except InvalidDocName as exc:
-            log.warning("peer=%s refused ws for doc %r: %s", _peer(scope), raw_name[:100], exc)
+            log.warning("peer=%s refused ws for doc %r: %s", peer(scope), raw_name[:100], exc)
             await self._deny(scope, send, 400, "invalid_doc_name", str(exc))
             return
         await send({"type": "websocket.accept"})
         settings = self.settings
         conn = Connection(
-            AsgiTransport(send),
+            WsBinaryTransport(send),
             actor="anonymous",
-            peer=_peer(scope),
+            peer=peer(scope),
             max_messages=settings.send_queue_messages,
             max_bytes=settings.send_queue_bytes,
         )
@@ -106,7 +76,7 @@ class YjsEndpoint:
             else:
                 conn.close(CloseCode.GOING_AWAY, "server shutting down")
             await conn.run()
-            await self._drain(receive)
+            await drain_websocket(receive)
             return
         log.info("conn=%s room=%r actor=%s peer=%s connected", conn.id, name, conn.actor, conn.peer)
         try:
@@ -115,7 +85,7 @@ class YjsEndpoint:
                 await conn.run()
                 tg.cancel_scope.cancel()
             if not conn.closed_by_peer:
-                await self._drain(receive)
+                await drain_websocket(receive)
         finally:
             manager.leave(room, conn)
             if conn.closed_by_peer:
@@ -130,31 +100,11 @@ class YjsEndpoint:
                     conn.close_reason,
                 )
 
-    async def _drain(self, receive: Any) -> None:
-        """After the server closed: read and drop what the client still sends until it
-        disconnects (bounded). ASGI servers queue a few messages per connection and
-        stop reading the socket when that queue is full, so an app that returns
-        without draining can leave a chatty client's connection, and shutdown, hanging.
-        """
-        with anyio.move_on_after(CLOSE_TIMEOUT):
-            while (await receive())["type"] != "websocket.disconnect":
-                pass
-
     async def _deny(self, scope: Scope, send: Any, status: int, error: str, detail: str) -> None:
         """Refuse the handshake with an HTTP JSON error where the server supports it."""
         if "websocket.http.response" in scope.get("extensions", {}):
-            body = json_error_body(error, detail)
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "websocket.http.response.body", "body": body})
+            body = json_body(error, detail)
+            await send_json_response(send, status, body, prefix="websocket.http.response")
         else:
             await send({"type": "websocket.close", "code": CloseCode.BAD_REQUEST})
 

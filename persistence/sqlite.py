@@ -581,13 +581,7 @@ class SQLiteStore:
         Raises:
             StoreReadError: a frame row cannot be read.
         """
-        values.check_text(org, "org")
-        values.check_int(since, "since")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        values.check_opt_text(t, "t")
-        return await self._read(reads.frames_since, org, since, limit, t)
+        return (await self.read_frames(org, since, limit=limit, t=t)).frames
 
     async def read_frames(
         self, org: str, since: int, *, limit: int = 1000, t: str | None = None
@@ -616,15 +610,13 @@ class SQLiteStore:
         self, org: str, t: str, id: str, since: int, *, limit: int = 10_000
     ) -> list[Frame]:
         """Frames of record ``(t, id)`` with ``sid > since``, oldest first (at most ``limit``)."""
-        for value, what in ((org, "org"), (t, "t"), (id, "id")):
-            values.check_text(value, what)
+        values.check_record(org, t, id)
         values.check_int(since, "since")
         return await self._read(reads.record_frames, org, t, id, since, limit)
 
     async def get_record(self, org: str, t: str, id: str) -> RecordRow | None:
         """The stored projection of record ``(t, id)``, or ``None`` if it does not exist."""
-        for value, what in ((org, "org"), (t, "t"), (id, "id")):
-            values.check_text(value, what)
+        values.check_record(org, t, id)
         return await self._read(reads.get_record, org, t, id)
 
     async def list_records(

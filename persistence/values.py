@@ -35,6 +35,11 @@ def check_key(org: str, name: str) -> None:
     check_text(name, "name")
 
 
+def check_record(org: str, t: str, id: str) -> None:
+    for value, what in ((org, "org"), (t, "t"), (id, "id")):
+        check_text(value, what)
+
+
 def check_int(value: object, what: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{what} must be int, got {type(value).__name__}")
