@@ -29,6 +29,7 @@ from rooms.manager import RoomManager, RoomSettings
 from .docs_api import DocsApi
 from .errors import json_error
 from .frame_feed import RecordFeed
+from .metrics import Metrics
 from .presence import Presence
 from .settings import Settings
 from .sync_api import SyncApi
@@ -57,6 +58,7 @@ class Runtime:
         )
         self._feed: RecordFeed | None = None
         self._presence: Presence | None = None
+        self.metrics = Metrics(self)
 
     @property
     def feed(self) -> RecordFeed:
@@ -85,6 +87,7 @@ class Runtime:
     async def running(self) -> AsyncIterator[Runtime]:
         settings = self.settings
         store = self.open_store()
+        store.add_commit_listener(self.metrics.observe_commit)
         await store.start()
         try:
             self.store = store
@@ -171,6 +174,7 @@ def create_app(settings: Settings, on_ready: Callable[[], None] | None = None) -
 
     routes: list = [
         Route("/healthz", healthz),
+        Route("/metrics", runtime.metrics.endpoint),
         WebSocketRoute("/yjs/{doc:path}", YjsEndpoint(settings, runtime)),
         *DocsApi(runtime).routes(),
         *SyncApi(runtime).routes(),

@@ -189,6 +189,7 @@ class SyncApi:
                 result = _failed(mutation, 503, "store_unavailable", f"not stored: {exc}")
             except ShuttingDown:
                 result = _failed(mutation, 503, "shutting_down", "the server is shutting down")
+            self.runtime.metrics.mutations.labels(str(result["status"])).inc()
             if "error" in result:
                 log.info(
                     "mutation %s %s/%s -> %d %s: %s",

@@ -19,6 +19,7 @@ from rooms.close_codes import CloseCode
 from rooms.connection import Connection
 from rooms.manager import RoomManager, ShuttingDown
 from rooms.room import InvalidUpdate, Room, RoomLoadError
+from rooms.stats import TRAFFIC
 
 from .asgi import Scope, WsBinaryTransport, drain_websocket, json_body, peer, send_json_response
 from .codec import (
@@ -134,6 +135,7 @@ class YjsEndpoint:
                 self._refuse(conn, CloseCode.UNSUPPORTED_DATA, "text frames are not supported")
                 return
             conn.touch()
+            TRAFFIC.count_received(frame)
             if len(frame) > max_bytes:
                 self._refuse(
                     conn, CloseCode.MESSAGE_TOO_BIG, f"message of {len(frame)} bytes > {max_bytes}"

@@ -160,6 +160,7 @@ class SQLiteStore:
         self._last_batch_size = 0
         self._last_commit_seconds = 0.0
         self._frame_listeners: list[Callable[[list[Frame]], None]] = []
+        self._commit_listeners: list[Callable[[int, float], None]] = []
 
     # -- metrics -----------------------------------------------------------------------
 
@@ -356,6 +357,14 @@ class SQLiteStore:
         future: asyncio.Future[list[int]] = self._loop.create_future()
         self._queue.put(_Op(_Kind.FRAMES, (org, delete), future, batch=prepared))
         return future
+
+    def add_commit_listener(self, listener: Callable[[int, float], None]) -> None:
+        """Call ``listener(ops, seconds)`` after every committed transaction.
+
+        It runs on the writer thread, between commits: it must be quick and thread-safe
+        (a metrics histogram).
+        """
+        self._commit_listeners.append(listener)
 
     def add_frame_listener(self, listener: Callable[[list[Frame]], None]) -> None:
         """Call ``listener(frames)`` on the event loop with the frames of every commit,
@@ -955,6 +964,11 @@ class SQLiteStore:
         self._commits += 1
         self._last_batch_size = len(ops)
         self._last_commit_seconds = time.monotonic() - began
+        for listener in self._commit_listeners:
+            try:
+                listener(len(ops), self._last_commit_seconds)
+            except Exception:
+                logger.exception("store %s: commit listener failed", self._path)
         return None
 
     def _resync_ids(self, conn: sqlite3.Connection) -> None:

@@ -281,6 +281,10 @@ class Store(Protocol):
         update log (a crash between an update and its frame)."""
         ...
 
+    def add_commit_listener(self, listener: Callable[[int, float], None]) -> None:
+        """Call ``listener(ops, seconds)`` after every committed transaction (any thread)."""
+        ...
+
     def add_frame_listener(self, listener: Callable[[list[Frame]], None]) -> None:
         """Call ``listener`` on the event loop with every committed frame, in sid order."""
         ...

@@ -21,6 +21,10 @@ from typing import Protocol
 import anyio
 
 from .close_codes import CloseCode
+from .stats import SAMPLE_EVERY, TRAFFIC, message_type
+
+#: Delivery latency samples kept until /metrics takes them.
+MAX_SAMPLES = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +80,7 @@ class Connection:
         self._close_when_sent: tuple[int, str] | None = None
         self.last_received = time.monotonic()
         self.probed = False
-        self.messages_out = 0
-        self.bytes_out = 0
+        self._sample: tuple[bytes, float] | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.room_name!r} {self.actor}>"
@@ -95,10 +98,20 @@ class Connection:
         """(messages, bytes) waiting to be sent."""
         return len(self._queue), self._queued_bytes
 
-    def enqueue(self, message: bytes) -> bool:
-        """Queue ``message``; returns ``False`` if the connection is (now) closing."""
+    def enqueue(self, message: bytes, received_at: float | None = None) -> bool:
+        """Queue ``message``; returns ``False`` if the connection is (now) closing.
+
+        Args:
+            received_at: When the server received what this relays (monotonic): one
+                delivery in :data:`~rooms.stats.SAMPLE_EVERY` is timed up to its write.
+        """
         if self.close_code is not None:
             return False
+        if received_at is not None:
+            TRAFFIC.sample_countdown -= 1
+            if TRAFFIC.sample_countdown <= 0:
+                TRAFFIC.sample_countdown = SAMPLE_EVERY
+                self._sample = (message, received_at)
         queue = self._queue
         queue.append(message)
         self._queued_bytes += len(message)
@@ -114,6 +127,7 @@ class Connection:
                 len(queue),
                 self._queued_bytes,
             )
+            TRAFFIC.overflows += 1
             self.close(CloseCode.SLOW_CLIENT, "send queue full: client is not reading")
             return False
         if len(queue) == 1:
@@ -145,6 +159,8 @@ class Connection:
             return
         self.close_code = int(code)
         self.close_reason = reason
+        if not self._peer_closed:
+            TRAFFIC.count_close(self.close_code)
         self._queue.clear()
         self._queued_bytes = 0
         self._idle.set()
@@ -183,10 +199,17 @@ class Connection:
         while True:
             while queue:
                 message = queue.popleft()
-                self._queued_bytes -= len(message)
+                size = len(message)
+                self._queued_bytes -= size
                 await transport.send(message)
-                self.messages_out += 1
-                self.bytes_out += len(message)
+                kind = message_type(message)
+                TRAFFIC.sent[kind] += 1
+                TRAFFIC.sent_bytes[kind] += size
+                sample = self._sample
+                if sample is not None and sample[0] is message:
+                    self._sample = None
+                    if len(TRAFFIC.deliveries) < MAX_SAMPLES:
+                        TRAFFIC.deliveries.append(time.monotonic() - sample[1])
             if self.close_code is not None:
                 return
             if self._close_when_sent is not None:

@@ -239,11 +239,20 @@ class Room:
             self.broadcast(encode_awareness_update(removals))
             self._awareness_changed()
 
-    def broadcast(self, message: bytes, exclude: Connection | None = None) -> int:
-        """Queue the same ``message`` bytes on every connection but ``exclude``."""
+    def broadcast(
+        self,
+        message: bytes,
+        exclude: Connection | None = None,
+        received_at: float | None = None,
+    ) -> int:
+        """Queue the same ``message`` bytes on every connection but ``exclude``.
+
+        Args:
+            received_at: When the server received what this relays (for latency samples).
+        """
         sent = 0
         for conn in list(self.connections.values()):
-            if conn is not exclude and conn.enqueue(message):
+            if conn is not exclude and conn.enqueue(message, received_at):
                 sent += 1
         return sent
 
@@ -277,7 +286,7 @@ class Room:
         changes = self._apply(update, Origin.CLIENT)
         for change in changes:
             message = frame if frame is not None and change == update else None
-            self.broadcast(message or encode_sync_update(change), exclude=conn)
+            self.broadcast(message or encode_sync_update(change), conn, conn.last_received)
             await self._log(change, conn.actor)
         if changes and self._listener is not None:
             self._listener.room_changed(self, conn.actor, Origin.CLIENT)
@@ -342,7 +351,7 @@ class Room:
         message as a keep-alive and reconnect after 30 s of silence.
         """
         accepted = self.awareness.apply(conn.id, entries)
-        self.broadcast(frame)
+        self.broadcast(frame, None, conn.last_received)
         if accepted:
             self._awareness_changed()
 

@@ -1,0 +1,148 @@
+"""``GET /metrics``: Prometheus text exposition of what the node is doing.
+
+Hot-path counts are plain integers (:mod:`rooms.stats`) read at scrape time by a
+custom collector; histograms get observations that happen at most once per commit
+or per sampled delivery. Each app has its own registry (tests run several).
+
+=============================================  =========================================
+``crdt_sync_rooms``                            loaded rooms
+``crdt_sync_connections{kind}``                open Yjs connections / frame subscribers
+``crdt_sync_messages_received_total{type}``    messages from clients, by message type
+``crdt_sync_received_bytes_total{type}``       their bytes
+``crdt_sync_messages_sent_total{type}``        messages written to clients (a broadcast to
+                                               N clients counts N)
+``crdt_sync_sent_bytes_total{type}``           their bytes
+``crdt_sync_delivery_latency_seconds``         update received → written to a receiver's
+                                               socket (fan-out latency; 1 in 16 sampled)
+``crdt_sync_send_queue_overflows_total``       clients closed with 4429
+``crdt_sync_server_closes_total{code}``        connections closed by the server, by code
+``crdt_sync_store_commit_seconds``             one group commit, BEGIN to COMMIT (fsync)
+``crdt_sync_store_commit_ops``                 writes per group commit
+``crdt_sync_store_failed_batches_total``       group commits rolled back
+``crdt_sync_store_queue``                      writes waiting for the writer
+``crdt_sync_frames_total``                     SyncFrames logged
+``crdt_sync_mutations_total{status}``          HTTP mutations by result status
+``crdt_sync_throttled_total``                  delta/records requests refused with 429
+=============================================  =========================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+from rooms.stats import MESSAGE_TYPES, TRAFFIC
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+
+
+class _NodeCollector:
+    """Reads the node's counters and gauges at scrape time."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        runtime = self.runtime
+        rooms = GaugeMetricFamily("crdt_sync_rooms", "Loaded rooms.")
+        connections = GaugeMetricFamily(
+            "crdt_sync_connections", "Open connections.", labels=["kind"]
+        )
+        manager = runtime._manager
+        rooms.add_metric([], len(manager.rooms) if manager is not None else 0)
+        connections.add_metric(["yjs"], manager.connection_count if manager is not None else 0)
+        connections.add_metric(["frames"], len(runtime.hub))
+        yield rooms
+        yield connections
+        for name, help_text, values in (
+            ("crdt_sync_messages_received", "Messages received from clients.", TRAFFIC.received),
+            ("crdt_sync_received_bytes", "Bytes of messages received.", TRAFFIC.received_bytes),
+            ("crdt_sync_messages_sent", "Messages written to clients.", TRAFFIC.sent),
+            ("crdt_sync_sent_bytes", "Bytes of messages written.", TRAFFIC.sent_bytes),
+        ):
+            family = CounterMetricFamily(name, help_text, labels=["type"])
+            for kind, value in zip(MESSAGE_TYPES, values, strict=True):
+                family.add_metric([kind], value)
+            yield family
+        yield CounterMetricFamily(
+            "crdt_sync_send_queue_overflows",
+            "Clients closed because they stopped reading (4429).",
+            value=TRAFFIC.overflows,
+        )
+        closes = CounterMetricFamily(
+            "crdt_sync_server_closes", "Connections closed by the server.", labels=["code"]
+        )
+        for code, count in sorted(TRAFFIC.closes.items()):
+            closes.add_metric([str(code)], count)
+        yield closes
+        store = runtime.store
+        if store is not None:
+            yield CounterMetricFamily(
+                "crdt_sync_store_failed_batches",
+                "Group commits rolled back.",
+                value=getattr(store, "failed_batches", 0),
+            )
+            yield GaugeMetricFamily(
+                "crdt_sync_store_queue",
+                "Writes waiting for the store writer.",
+                value=getattr(store, "queued", 0),
+            )
+        feed = runtime._feed
+        yield CounterMetricFamily(
+            "crdt_sync_frames", "SyncFrames logged.", value=feed.frames_logged if feed else 0
+        )
+        yield CounterMetricFamily(
+            "crdt_sync_throttled",
+            "delta/records requests refused with 429.",
+            value=runtime.throttle.refused,
+        )
+
+
+class Metrics:
+    """The app's registry; :meth:`endpoint` serves it."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_NodeCollector(runtime))  # type: ignore[arg-type]
+        self.delivery = Histogram(
+            "crdt_sync_delivery_latency_seconds",
+            "Update received to written to a receiver's socket (sampled).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.commit_seconds = Histogram(
+            "crdt_sync_store_commit_seconds",
+            "One group commit, BEGIN to COMMIT.",
+            buckets=COMMIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.commit_ops = Histogram(
+            "crdt_sync_store_commit_ops",
+            "Writes per group commit.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.mutations = Counter(
+            "crdt_sync_mutations",
+            "HTTP mutations by result status.",
+            labelnames=["status"],
+            registry=self.registry,
+        )
+
+    def observe_commit(self, ops: int, seconds: float) -> None:
+        """Store commit listener (runs on the writer thread; histograms are thread-safe)."""
+        self.commit_seconds.observe(seconds)
+        self.commit_ops.observe(ops)
+
+    async def endpoint(self, request: Request) -> Response:
+        for seconds in TRAFFIC.take_deliveries():
+            self.delivery.observe(seconds)
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
