@@ -1,0 +1,537 @@
+"""The live record board (``web/board.html``) in real browsers against a real server.
+
+The board knows nothing about CRDTs: it bootstraps from ``/sync/v1/records``,
+follows the SyncFrame WebSocket and writes with ``POST /sync/v1/mutations``. The
+tests check it against what the server says over HTTP, against a second browser,
+and against a Python Yjs editor typing into a record. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import httpx
+import pytest
+from pycrdt import Text
+
+from crdt_sync.client import connect
+from tests.server_process import ServerProcess
+
+if not os.environ.get("CI"):
+    pytest.importorskip("playwright", reason="the Python package `playwright` is not installed")
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Route,
+    WebSocketRoute,
+    expect,
+)
+
+pytestmark = pytest.mark.anyio
+
+FAST = ("--delta-min-interval-ms", "0", "--frame-coalesce-ms", "50")
+WAIT_MS = 10_000
+COLUMNS = ("open", "doing", "done", "other")
+
+
+class Board:
+    """One browser context with the board open on record type ``t``."""
+
+    def __init__(self, context: BrowserContext, page: Page) -> None:
+        self.context = context
+        self.page = page
+        self.errors: list[str] = []
+        page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
+        page.on("console", self._on_console)
+
+    def _on_console(self, message: ConsoleMessage) -> None:
+        # Chromium logs the requests the tests abort on purpose and the 429s the page
+        # waits out; neither is a page bug.
+        expected = ("net::ERR_FAILED", "responded with a status of 429")
+        if message.type == "error" and not any(text in message.text for text in expected):
+            self.errors.append(f"console error: {message.text}")
+
+    @classmethod
+    async def open(
+        cls,
+        browser: Browser,
+        server: ServerProcess,
+        name: str,
+        t: str = "task",
+        before: Callable[[Page], Awaitable[None]] | None = None,
+    ) -> Board:
+        """The board, live; ``before`` runs first (routes, a fake clock)."""
+        context = await browser.new_context(viewport={"width": 1280, "height": 760})
+        context.set_default_timeout(WAIT_MS)
+        board = cls(context, await context.new_page())
+        if before is not None:
+            await before(board.page)
+        await board.goto(server, t)
+        await board.page.fill("#user-name", name)
+        await board.page.press("#user-name", "Tab")  # commits the name (`change`)
+        return board
+
+    async def goto(self, server: ServerProcess, t: str = "task") -> None:
+        await self.page.goto(f"{server.url}/web/board.html?t={t}")
+        await self.wait_live()
+
+    async def wait_live(self) -> None:
+        await expect(self.status).to_have_attribute("data-synced", "true", timeout=WAIT_MS)
+        await expect(self.status).to_have_attribute("data-status", "connected")
+
+    @property
+    def status(self) -> Any:
+        return self.page.locator("#status")
+
+    def card(self, record_id: str) -> Any:
+        return self.page.locator(f'.rec[data-id="{record_id}"]')
+
+    def in_column(self, column: str, record_id: str) -> Any:
+        return self.page.locator(f'.column[data-column="{column}"] .rec[data-id="{record_id}"]')
+
+    async def ids_by_column(self) -> dict[str, list[str]]:
+        return await self.page.evaluate(
+            """() => Object.fromEntries([...document.querySelectorAll('.column')].map(
+                (col) => [col.dataset.column,
+                          [...col.querySelectorAll('.rec')].map((card) => card.dataset.id)]))"""
+        )
+
+    async def client_id(self) -> str:
+        return await self.page.evaluate("() => window.crdtBoard.clientId")
+
+    async def last_sid(self) -> int:
+        return int(await self.page.locator("#last-sid").get_attribute("data-sid") or "-1")
+
+    async def close(self) -> None:
+        assert self.errors == []
+        await self.context.close()
+
+
+async def mutate(http: httpx.AsyncClient, *mutations: dict) -> list[dict]:
+    response = await http.post("/sync/v1/mutations", json={"mutations": list(mutations)})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert all(r["status"] in (200, 201) for r in results), results
+    return results
+
+
+async def records(http: httpx.AsyncClient, t: str = "task") -> dict[str, dict]:
+    response = await http.get("/sync/v1/records", params={"t": t, "limit": 1000})
+    assert response.status_code == 200, response.text
+    return {r["id"]: r["fields"] for r in response.json()["records"]}
+
+
+async def frames(http: httpx.AsyncClient, t: str = "task") -> list[dict]:
+    response = await http.get("/sync/v1/delta", params={"since": 0, "limit": 1000, "t": t})
+    assert response.status_code == 200, response.text
+    return response.json()["frames"]
+
+
+async def wait_until(check: Any, timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not await check():
+            await anyio.sleep(0.05)
+
+
+def insert(record_id: str, **fields: Any) -> dict:
+    return {"t": "task", "id": record_id, "op": "i", "p": fields}
+
+
+# -- (a) + (b): columns, live inserts, moves as mutations seen by a second page -------------
+
+
+async def test_cards_in_columns_and_moves_are_live(
+    browser: Browser, server_factory: Any, artifacts: Path
+) -> None:
+    server = server_factory(*FAST)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await mutate(
+            http,
+            insert(
+                "1",
+                title="Write the spec",
+                status="open",
+                owner="ann",
+                points=3,
+                body="Columns by status.\nCards update as frames arrive.",
+            ),
+            insert("2", title="Build the board", status="doing", tags=["web", "ui"]),
+            insert("3", title="Ship it", status="done"),
+            insert("4", title="Waiting on legal", status="blocked"),
+            insert("5", estimate=2),  # no title, no status
+            {"t": "note", "id": "x", "op": "i", "p": {"title": "another type", "status": "open"}},
+        )
+        alice = await Board.open(browser, server, "alice")
+        assert await alice.ids_by_column() == {
+            "open": ["1"],
+            "doing": ["2"],
+            "done": ["3"],
+            "other": ["4", "5"],
+        }
+        await expect(alice.card("1").locator(".rec-title")).to_have_text("Write the spec")
+        await expect(alice.card("1").locator('.chip[data-field="owner"]')).to_contain_text("ann")
+        await expect(alice.card("2").locator('.chip[data-field="tags"]')).to_contain_text("web")
+        await expect(alice.card("5").locator(".rec-title")).to_have_text("5")  # no title: the id
+        await expect(alice.card("1").locator("a.rec-open")).to_have_attribute(
+            "href", "./?doc=task%2F1"
+        )
+
+        # Created and changed over HTTP after the page loaded: live.
+        await mutate(http, insert("10", title="Late arrival", status="doing"))
+        await expect(alice.in_column("doing", "10")).to_be_visible()
+        [unowned] = await mutate(http, {"t": "task", "id": "1", "op": "u", "p": {"owner": None}})
+        await expect(alice.card("1").locator('.chip[data-field="owner"]')).to_have_count(0)
+        await expect(alice.page.locator("#last-sid")).to_have_text(str(unowned["sid"]))
+
+        # Bob watches while Alice moves card 2 with its select: a mutation, seen live.
+        bob = await Board.open(browser, server, "bob")
+        await expect(bob.in_column("doing", "2")).to_be_visible()
+        await alice.card("2").locator("select.rec-move").select_option("done")
+        await expect(alice.in_column("done", "2")).to_be_visible()
+        await expect(bob.in_column("done", "2")).to_be_visible()
+        await expect(bob.in_column("doing", "2")).to_have_count(0)
+        await wait_until(lambda: _status_is(http, "2", "done"))
+        [moved] = [f for f in await frames(http) if f["id"] == "2" and f["op"] == "u"]
+        assert moved["p"] == {"status": "done"}
+        assert moved["ctx"]["client_id"] == await alice.client_id()
+        assert moved["ctx"]["client_tx_id"].startswith(await alice.client_id())
+
+        # Opened, card 1 shows who is looking at it: Alice herself.
+        await alice.card("1").locator(".rec-toggle").click()
+        await expect(alice.card("1").locator(".peer.self")).to_contain_text("alice")
+        await alice.page.mouse.move(0, 0)
+        await alice.page.screenshot(path=str(artifacts / "board.png"))
+        await bob.close()
+        await alice.close()
+
+
+async def _status_is(http: httpx.AsyncClient, record_id: str, status: str) -> bool:
+    return (await records(http)).get(record_id, {}).get("status") == status
+
+
+# -- (c): a Yjs editor typing into `body`; presence on the expanded card --------------------
+
+
+async def test_yjs_editor_typing_shows_live_with_presence(
+    browser: Browser, server_factory: Any
+) -> None:
+    server = server_factory(*FAST)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await mutate(http, insert("7", title="Typed live", status="doing"))
+    board = await Board.open(browser, server, "carol")
+    card = board.card("7")
+    await expect(card).to_be_visible()
+    await expect(card.locator(".rec-body")).to_be_hidden()  # no body field yet
+
+    with anyio.fail_after(30):
+        async with connect(server.ws_url, "task/7") as editor:
+            await editor.synced()
+            editor.awareness.set_local_state({"user": {"name": "py-editor", "color": "#2f8fd8"}})
+            editor.doc["body"] = body = Text()
+            for char in "Hello from":
+                body += char
+                await anyio.sleep(0.01)
+            await expect(card.locator(".rec-body")).to_have_text("Hello from")
+            # Expanding the card makes the page a viewer of the record: it sees the
+            # editor, and the editor sees it as an awareness peer.
+            await card.locator(".rec-toggle").click()
+            await expect(card).to_have_attribute("data-expanded", "true")
+            presence = card.locator(".rec-presence .peer")
+            await expect(presence).to_have_count(2)
+            await expect(presence.filter(has_text="py-editor")).to_have_attribute(
+                "data-kind", "editor"
+            )
+            await expect(presence.filter(has_text="carol")).to_have_attribute("data-kind", "viewer")
+            await expect(card.locator(".peer.self .name")).to_have_text("carol")
+            while not any(s.get("viewer") for s in editor.remote_states.values()):
+                await anyio.sleep(0.05)
+            [viewer] = [s for s in editor.remote_states.values() if s.get("viewer")]
+            assert viewer["user"]["name"] == "carol"
+
+            for char in " Python, line one\nand line two.":
+                body += char
+                await anyio.sleep(0.01)
+            text = "Hello from Python, line one\nand line two."
+            await expect(card.locator(".rec-body")).to_have_text(text)
+
+            # Collapsing leaves: the editor no longer sees the viewer.
+            await card.locator(".rec-toggle").click()
+            await expect(card).to_have_attribute("data-expanded", "false")
+            while any(s.get("viewer") for s in editor.remote_states.values()):
+                await anyio.sleep(0.05)
+    # The editor leaves; the card keeps the last text.
+    await expect(card.locator(".rec-body")).to_have_text(text)
+    await board.close()
+
+
+# -- (d): delete --------------------------------------------------------------------------
+
+
+async def test_delete_removes_the_card_in_both_pages(browser: Browser, server_factory: Any) -> None:
+    server = server_factory(*FAST)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await mutate(http, insert("a", title="Keep", status="open"), insert("b", title="Drop"))
+        alice = await Board.open(browser, server, "alice")
+        bob = await Board.open(browser, server, "bob")
+        await expect(bob.in_column("other", "b")).to_be_visible()
+        await alice.card("b").locator("button.rec-delete").click()
+        await expect(alice.card("b")).to_have_count(0)
+        await expect(bob.card("b")).to_have_count(0)
+        await expect(bob.card("a")).to_be_visible()
+        assert set(await records(http)) == {"a"}
+        # Created in one page, it shows in the other.
+        await alice.page.fill("#new-id", "c")
+        await alice.page.fill("#new-title", "From the form")
+        await alice.page.press("#new-title", "Enter")
+        await expect(bob.in_column("open", "c")).to_contain_text("From the form")
+        assert (await records(http))["c"] == {"title": "From the form", "status": "open"}
+        await bob.close()
+        await alice.close()
+
+
+# -- (e): the offline queue -----------------------------------------------------------------
+
+
+async def test_offline_queue_is_kept_and_replayed_once(
+    browser: Browser, server_factory: Any
+) -> None:
+    server = server_factory(*FAST)
+    board = await Board.open(browser, server, "dana")
+    reached_server: list[str] = []
+
+    async def response_lost(route: Route) -> None:
+        # The first request reaches the server (which applies it) but its answer is
+        # lost; every later one fails outright: the server is "unreachable".
+        if not reached_server:
+            reached_server.append(route.request.post_data or "")
+            await route.fetch()
+        await route.abort()
+
+    await board.page.route("**/sync/v1/mutations", response_lost)
+    for record_id, title in (("q1", "Made offline"), ("q2", "Also offline")):
+        await board.page.fill("#new-id", record_id)
+        await board.page.fill("#new-title", title)
+        await board.page.press("#new-title", "Enter")
+    for record_id in ("q1", "q2"):
+        await expect(board.card(record_id)).to_have_attribute("data-pending", "create")
+    await expect(board.page.locator("#outbox")).to_have_attribute("data-count", "2")
+    await expect(board.page.locator("#outbox")).to_have_attribute("data-state", "offline")
+
+    # The queue is in localStorage: a reload (still offline) shows the cards pending.
+    await board.page.reload()
+    await board.wait_live()
+    await expect(board.card("q2")).to_have_attribute("data-pending", "create")
+    queued = await board.page.evaluate(
+        "() => JSON.parse(localStorage.getItem('crdt-sync.board.outbox'))"
+    )
+    assert [m["id"] for m in queued] == ["q1", "q2"]
+    assert len({m["client_tx_id"] for m in queued}) == 2
+
+    # Back online: the replay is applied once, q1 (already applied) is not applied again.
+    await board.page.unroute("**/sync/v1/mutations")
+    await board.page.click("#outbox-retry")
+    await expect(board.page.locator("#outbox")).to_be_hidden()
+    for record_id in ("q1", "q2"):
+        await expect(board.in_column("open", record_id)).not_to_have_attribute(
+            "data-pending", "create"
+        )
+    assert "q1" in reached_server[0]
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        fields = await records(http)
+        assert fields == {
+            "q1": {"title": "Made offline", "status": "open"},
+            "q2": {"title": "Also offline", "status": "open"},
+        }
+        inserts = [f["id"] for f in await frames(http) if f["op"] == "i"]
+        assert sorted(inserts) == ["q1", "q2"], "each record inserted exactly once"
+    await board.close()
+
+
+async def test_conflicting_offline_move_shows_a_notice(
+    browser: Browser, server_factory: Any
+) -> None:
+    server = server_factory(*FAST)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await mutate(http, insert("k", title="Contested", status="open"))
+        board = await Board.open(browser, server, "erin")
+        await expect(board.in_column("open", "k")).to_be_visible()
+        await board.page.route("**/sync/v1/mutations", lambda route: route.abort())
+        await board.card("k").locator("select.rec-move").select_option("doing")
+        await expect(board.in_column("doing", "k")).to_have_attribute("data-pending", "change")
+        # Meanwhile someone else moves it: the page sees that frame, its own move still on top.
+        await mutate(http, {"t": "task", "id": "k", "op": "u", "p": {"status": "done"}})
+        await board.page.unroute("**/sync/v1/mutations")
+        await board.page.click("#outbox-retry")
+        notice = board.card("k").locator(".notice.conflict")
+        await expect(notice).to_contain_text("status was changed by someone else")
+        await expect(board.in_column("doing", "k")).not_to_have_attribute("data-pending", "change")
+        assert (await records(http))["k"]["status"] == "doing"
+        await notice.locator("button.dismiss").click()
+        await expect(notice).to_have_count(0)
+        await board.close()
+
+
+# -- bootstrap: pages and 429 ----------------------------------------------------------------
+
+
+async def test_bootstrap_pages_and_obeys_retry_after(browser: Browser, server_factory: Any) -> None:
+    # One records request per client per 500 ms: the second page is refused with 429.
+    server = server_factory("--delta-min-interval-ms", "500", "--frame-coalesce-ms", "50")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await http.post(
+            "/sync/v1/mutations",
+            json={
+                "mutations": [
+                    {"t": "bulk", "id": f"{i:03}", "op": "i", "p": {"status": COLUMNS[i % 4]}}
+                    for i in range(130)
+                ]
+            },
+        )
+    statuses: list[int] = []
+
+    async def before(page: Page) -> None:
+        page.on(
+            "response",
+            lambda r: statuses.append(r.status) if "/sync/v1/records" in r.url else None,
+        )
+
+    board = await Board.open(browser, server, "hal", t="bulk", before=before)
+    await expect(board.page.locator(".rec")).to_have_count(130)
+    for column in COLUMNS:
+        await expect(board.page.locator(f'.column[data-column="{column}"] .rec')).to_have_count(
+            33 if column in ("open", "doing") else 32
+        )
+    assert statuses.count(429) >= 1 and statuses.count(200) == 2, statuses
+    await board.close()
+
+
+# -- the frame socket: resume with since, bootstrap after 4410, heartbeat --------------------
+
+
+def since_of(route: WebSocketRoute) -> int:
+    query = parse_qs(urlsplit(route.url).query)
+    assert query["t"] == ["task"], route.url
+    return int(query["since"][0])
+
+
+async def test_resumes_with_since_and_bootstraps_again_after_4410(
+    browser: Browser, server_factory: Any
+) -> None:
+    """The page's frame sockets pass through Playwright, which can drop them and hold
+    the next one back (the page sees it open, nothing arrives) while frames happen."""
+    server = server_factory(*FAST, "--frame-retention", "5")
+    routes: list[WebSocketRoute] = []
+    upstream: list[WebSocketRoute] = []
+    hold = [False]
+    bootstraps: list[str] = []
+
+    def route_socket(ws: WebSocketRoute) -> None:
+        routes.append(ws)
+        if not hold[0]:
+            upstream.append(ws.connect_to_server())
+
+    async def before(page: Page) -> None:
+        await page.route_web_socket("**/sync/v1/ws*", route_socket)
+        page.on(
+            "request", lambda r: bootstraps.append(r.url) if "/sync/v1/records" in r.url else None
+        )
+
+    async def drop_and_hold() -> WebSocketRoute:
+        """Close the page's socket (as a server shutting down would); hold the next one."""
+        hold[0] = True
+        count = len(routes)
+        await upstream[-1].close(code=1000)
+        await routes[-1].close(code=1001, reason="going away")
+        with anyio.fail_after(10):
+            while len(routes) == count:
+                await anyio.sleep(0.05)
+        return routes[-1]
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await mutate(http, insert("r1", title="First", status="open"))
+        board = await Board.open(browser, server, "fay", before=before)
+        await expect(board.in_column("open", "r1")).to_be_visible()
+        assert len(bootstraps) == 1
+
+        # Dropped: the page comes back with since = the last sid it applied, and
+        # gets what it missed from the feed, without bootstrapping again.
+        seen = await board.last_sid()
+        held = await drop_and_hold()
+        assert since_of(held) == seen
+        await mutate(
+            http,
+            insert("r2", title="Missed", status="doing"),
+            {"t": "task", "id": "r1", "op": "u", "p": {"title": "First, renamed"}},
+        )
+        upstream.append(held.connect_to_server())
+        await expect(board.in_column("doing", "r2")).to_be_visible()
+        await expect(board.card("r1").locator(".rec-title")).to_have_text("First, renamed")
+        assert len(bootstraps) == 1
+
+        # Dropped again, and away until the frames it needs are trimmed: the server
+        # answers since_too_old + 4410 and the page bootstraps from /records again.
+        seen = await board.last_sid()
+        held = await drop_and_hold()
+        assert since_of(held) == seen
+        await mutate(http, {"t": "task", "id": "r2", "op": "d"}, insert("r3", status="done"))
+        await mutate(http, *[insert(f"n{i}", status="open") | {"t": "noise"} for i in range(8)])
+        await wait_until(lambda: _too_old(http, seen))
+        hold[0] = False
+        upstream.append(held.connect_to_server())
+        await expect(board.in_column("done", "r3")).to_be_visible()
+        await expect(board.card("r2")).to_have_count(0)
+        await board.wait_live()
+        assert len(bootstraps) == 2
+        assert since_of(routes[-1]) >= seen + 10
+        await expect(board.in_column("open", "r1")).to_be_visible()
+        await board.close()
+
+
+async def _too_old(http: httpx.AsyncClient, since: int) -> bool:
+    response = await http.get("/sync/v1/delta", params={"since": since})
+    return response.status_code == 410
+
+
+async def test_pings_and_replaces_a_silent_socket(browser: Browser, server_factory: Any) -> None:
+    """With the page's clock under control: a ping every 15 s, and after 30 s without a
+    message the socket is given up and replaced (with since = the last sid applied)."""
+    server = server_factory(*FAST)
+    routes: list[WebSocketRoute] = []
+    from_page: list[str | bytes] = []
+
+    def route_socket(ws: WebSocketRoute) -> None:
+        routes.append(ws)
+        if len(routes) == 1:  # a socket that opens and then says nothing at all
+            ws.on_message(lambda message: from_page.append(message))
+        else:
+            ws.connect_to_server()
+
+    async def before(page: Page) -> None:
+        await page.clock.install()
+        await page.route_web_socket("**/sync/v1/ws*", route_socket)
+
+    board = await Board.open(browser, server, "gil", before=before)
+    await board.page.clock.run_for(15_500)
+    await wait_until(lambda: _true(from_page))
+    assert from_page == ['{"type":"ping"}']
+    await expect(board.status).to_have_attribute("data-status", "connected")
+    await board.page.clock.run_for(15_000)  # 30.5 s without a message
+    await expect(board.status).to_have_attribute("data-status", "disconnected")
+    await board.page.clock.run_for(1_000)  # the reconnect backoff (at most 0.5 s)
+    await board.wait_live()
+    assert len(routes) == 2 and since_of(routes[1]) == await board.last_sid()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await mutate(http, insert("h1", title="After the heartbeat", status="open"))
+    await expect(board.in_column("open", "h1")).to_be_visible()
+    await board.close()
+
+
+async def _true(value: Any) -> bool:
+    return bool(value)
