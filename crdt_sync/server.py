@@ -1,9 +1,18 @@
-"""Run the app on hypercorn: pre-bound socket, ready line, graceful signals.
+"""Run the app on an ASGI server: pre-bound socket, ready line, graceful signals.
 
-The socket is bound here, before hypercorn starts, so that ``--port 0`` works and
-the ready line can name the real port. On SIGINT/SIGTERM the shutdown trigger
-first lets the app close every WebSocket with 1001 and persist its rooms, then
-returns so hypercorn stops accepting and exits.
+``--server`` picks hypercorn, uvicorn or granian (the benchmark in ``bench/`` shows
+why the default is what it is). For hypercorn and uvicorn the socket is bound here,
+before the server starts, so that ``--port 0`` works and the ready line names the
+real port; granian binds its own socket, so ``--port 0`` picks a free port first.
+
+On SIGINT/SIGTERM the app first closes every WebSocket with 1001 and persists its
+rooms (:meth:`Runtime.shutdown`), then the server stops accepting and exits. A
+second signal during that stops at once.
+
+No server pings: ASGI never shows the app a pong (and hypercorn's ping task outlived
+closed sockets). The room manager probes silent clients at the Yjs level instead.
+WebSocket compression (permessage-deflate) is off where the server lets us: every
+receiver would compress its own copy of a broadcast, undoing "encode once".
 """
 
 from __future__ import annotations
@@ -13,10 +22,9 @@ import logging
 import signal
 import socket
 import sys
+from typing import Any
 
 import anyio
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from .app import Runtime, create_app
 from .settings import Settings
@@ -39,25 +47,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def hypercorn_config(settings: Settings, fd: int) -> Config:
-    config = Config()
-    config.bind = [f"fd://{fd}"]
-    # The app refuses frames over --max-message-bytes itself (close 1009 plus a log
-    # line); hypercorn's own limit only stops a frame far past it from being buffered.
-    config.websocket_max_message_size = settings.max_message_bytes + 1024 * 1024
-    # No hypercorn pings: its ping task outlives a closed socket by up to one interval
-    # (holding shutdown for graceful_timeout) and ASGI never shows the app a pong. The
-    # room manager probes silent clients at the Yjs level instead (see rooms.manager).
-    config.websocket_ping_interval = None
-    config.graceful_timeout = settings.shutdown_timeout
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    return config
-
-
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def frame_limit(settings: Settings) -> int:
+    # The app refuses frames over --max-message-bytes itself (close 1009 plus a log
+    # line); the server's own limit only stops a frame far past it from being buffered.
+    return settings.max_message_bytes + 1024 * 1024
 
 
 def run(settings: Settings) -> int:
@@ -68,14 +66,38 @@ def run(settings: Settings) -> int:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror)
         return 1
     url = url_of(sock)
-    config = hypercorn_config(settings, sock.detach())
 
     def ready() -> None:
         ws = url.replace("http://", "ws://", 1)
-        print(f"crdt-sync ready on {url} (Yjs: {ws}/yjs/<doc>, db: {settings.db})", flush=True)
+        print(
+            f"crdt-sync ready on {url} (Yjs: {ws}/yjs/<doc>, db: {settings.db}, "
+            f"server: {settings.server})",
+            flush=True,
+        )
 
     app = create_app(settings, on_ready=ready)
     runtime: Runtime = app.state.runtime
+    serve = {"hypercorn": _hypercorn, "uvicorn": _uvicorn, "granian": _granian}[settings.server]
+    try:
+        serve(app, runtime, settings, sock)
+    except Exception as exc:
+        log.error("server failed: %s", exc, exc_info=sys.exc_info())
+        return 1
+    log.info("stopped")
+    return 0
+
+
+def _hypercorn(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket) -> None:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]
+    config.websocket_max_message_size = frame_limit(settings)
+    config.websocket_ping_interval = None
+    config.graceful_timeout = settings.shutdown_timeout
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
 
     async def shutdown_trigger() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -84,10 +106,84 @@ def run(settings: Settings) -> int:
                 break
         await runtime.shutdown()
 
-    try:
-        asyncio.run(serve(app, config, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
-    except Exception as exc:
-        log.error("server failed: %s", exc, exc_info=sys.exc_info())
-        return 1
-    log.info("stopped")
-    return 0
+    asyncio.run(serve(app, config, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
+
+
+def _uvicorn(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        ws="websockets-sansio",
+        ws_max_size=frame_limit(settings),
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
+        server_header=False,
+    )
+
+    class Server(uvicorn.Server):
+        """Shuts the app down (1001, rooms stored) before uvicorn stops serving."""
+
+        stopping: asyncio.Task[None] | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Not uvicorn's: it re-raises the signal after a graceful stop, so the
+            # process would die by it (exit -15) instead of exiting 0.
+            if self.stopping is not None:  # a second signal: stop now
+                self.should_exit = self.force_exit = True
+                return
+            asyncio.get_event_loop().call_soon_threadsafe(self._begin, sig)
+
+        def _begin(self, sig: int) -> None:
+            if self.stopping is None:
+                log.info("received %s", signal.Signals(sig).name)
+                self.stopping = asyncio.ensure_future(self._stop())
+
+        async def _stop(self) -> None:
+            await runtime.shutdown()
+            self.should_exit = True
+
+    asyncio.run(Server(config).serve(sockets=[sock]))
+
+
+def _granian(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket) -> None:
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    host, port = sock.getsockname()[:2]
+    sock.close()  # granian binds its own socket: hand the port over
+    server = Server(
+        app,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        websockets=True,
+        backlog=2048,
+        log_enabled=False,
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task[None]] = []
+
+        async def stop_all() -> None:
+            await runtime.shutdown()
+            server.stop()
+
+        def on_signal(sig: int) -> None:
+            log.info("received %s", signal.Signals(sig).name)
+            if stopping:  # a second signal: stop now
+                server.stop()
+            else:
+                stopping.append(asyncio.ensure_future(stop_all()))
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        await server.serve()
+
+    asyncio.run(main())

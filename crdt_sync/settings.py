@@ -15,6 +15,7 @@ from typing import Any
 
 ENV_PREFIX = "CRDT_SYNC_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+SERVERS = ("hypercorn", "uvicorn", "granian")
 
 
 class SettingsError(ValueError):
@@ -28,6 +29,11 @@ def _opt(default: Any, help: str, *, minimum: float | None = None, **extra: Any)
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = _opt("127.0.0.1", "address to listen on")
+    server: str = _opt(
+        "hypercorn",
+        "the ASGI server that runs the app",
+        choices=SERVERS,
+    )
     port: int = _opt(1234, "TCP port to listen on (0 = any free port)", minimum=0, maximum=65535)
     db: str = _opt("./crdt-sync.db", "SQLite database file (created if missing)")
     log_level: str = _opt("info", "log level", choices=LOG_LEVELS)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import time
 from collections import deque
 from typing import Protocol
@@ -81,6 +82,9 @@ class Connection:
         self.last_received = time.monotonic()
         self.probed = False
         self._sample: tuple[bytes, float] | None = None
+        #: Spreads liveness probes: connections that went silent together are not all
+        #: probed in the same sweep (a burst of answers would stall the room).
+        self.probe_jitter = random.random()
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.room_name!r} {self.actor}>"

@@ -297,13 +297,16 @@ class RoomManager:
 
         ASGI servers do not pass WebSocket pongs to the app, so liveness is judged
         by what the app does see: any message. A connection silent for
-        ``ping_interval`` is sent sync step1, which every Yjs client must answer
-        with step2; one silent for ``ping_timeout`` is closed with 4408.
+        ``ping_interval`` (plus up to half of it, per connection, so that clients that
+        went silent together are not all probed at once) is sent sync step1, which every
+        Yjs client must answer with step2; one silent for ``ping_timeout`` is closed
+        with 4408.
         """
         interval = self.settings.ping_interval
         timeout = self.settings.ping_timeout
+        spread = min(interval / 2, max(0.0, timeout - interval) / 2)
         while True:
-            await anyio.sleep(min(interval, timeout) / 2)
+            await anyio.sleep(min(interval, timeout) / 8)
             now = time.monotonic()
             for room in list(self.rooms.values()):
                 if room.state is not RoomState.LOADED:
@@ -320,7 +323,7 @@ class RoomManager:
                             silent,
                         )
                         conn.close(CloseCode.TIMEOUT, f"nothing received for {timeout:g} s")
-                    elif silent >= interval and not conn.probed:
+                    elif silent >= interval + spread * conn.probe_jitter and not conn.probed:
                         if probe is None:
                             probe = encode_sync_step1(room.doc.get_state())
                         conn.probed = True
