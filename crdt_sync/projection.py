@@ -37,7 +37,7 @@ class _Views:
 
 def plain(value: JSON) -> JSON:
     """Yjs numbers are doubles: give integral ones back as ints (``3``, not ``3.0``)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}

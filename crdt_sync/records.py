@@ -49,18 +49,31 @@ class RootTypes:
 
     def __init__(self) -> None:
         self._known: dict[str, type] = {}
+        self._empty_at: bytes | None = None  # state when the unknown roots were all empty
 
     def of(self, doc: Doc) -> dict[str, type]:
-        """Types of the roots of ``doc`` that hold something (empty roots are left out)."""
+        """Types of the roots of ``doc`` that ever held something (empty ones left out)."""
         unknown = [key for key in doc.keys() if key not in self._known]
+        if not unknown:
+            return self._known
+        state = doc.get_state()
+        if state == self._empty_at:  # nothing changed since they were found empty
+            return self._known
         for key, kind in infer_root_types(doc, unknown).items():
             if kind is not None:
                 self._known[key] = kind
+        still_empty = any(key not in self._known for key in unknown)
+        self._empty_at = state if still_empty else None
         return self._known
 
 
 def project(doc: Doc, types: RootTypes) -> dict[str, JSON]:
-    """The fields of a record doc (see the module docstring)."""
+    """The fields of a record doc (see the module docstring).
+
+    A root with nothing in it is not a field (an emptied text is removed: ``null`` in
+    a frame): emptiness is a property of the content, so the projection is the same
+    whether the room was just loaded or has been live all along.
+    """
     known = types.of(doc)
     fields: dict[str, JSON] = {}
     if known.get(FIELDS_ROOT) is Map:
@@ -68,7 +81,9 @@ def project(doc: Doc, types: RootTypes) -> dict[str, JSON]:
     for key, kind in known.items():
         if key == FIELDS_ROOT and kind is Map:
             continue
-        fields[key] = root_value(doc.get(key, type=kind))
+        value = root_value(doc.get(key, type=kind))
+        if value:
+            fields[key] = value
     return fields
 
 
@@ -159,6 +174,7 @@ def plan_write(doc: Doc, types: RootTypes, p: dict[str, Any]) -> Callable[[Doc],
         FieldError: a field cannot be written (nothing was).
     """
     known = types.of(doc)
+    roots = set(doc.keys())
     fields_kind = known.get(FIELDS_ROOT, Map)
     steps: list[Callable[[Doc], None]] = []
     for field, value in p.items():
@@ -166,8 +182,16 @@ def plan_write(doc: Doc, types: RootTypes, p: dict[str, Any]) -> Callable[[Doc],
             raise FieldError(field, "field names must not be empty", status=400)
         check_value(field, value)
         kind = known.get(field)
-        if field == FIELDS_ROOT and kind is Map:
+        if field == FIELDS_ROOT and kind in (Map, None):
             kind = None  # the map of fields is not a field; "fields" is an entry of it
+        elif kind is None and field in roots:
+            # An empty root (emptied, or from before a reload): its type is unknown,
+            # so the value says it. Clearing it is a no-op.
+            if value is None:
+                continue
+            kind = {str: Text, list: Array, dict: Map}.get(type(value))
+            if kind is None:
+                raise FieldError(field, "this field is a text, array or map: not a scalar")
         if kind is None:
             if fields_kind is not Map:
                 raise FieldError(field, "the record's 'fields' root is not a map")
@@ -200,7 +224,7 @@ def _set_entry(field: str, value: Any) -> Callable[[Doc], None]:
         if value is None:
             if field in fields:
                 del fields[field]
-        elif field not in fields or not same(plain(_py(fields[field])), value):
+        elif field not in fields or not same(plain(_py(fields[field])), plain(value)):
             fields[field] = value
 
     return step
@@ -221,7 +245,7 @@ def _set_text(field: str, value: str) -> Callable[[Doc], None]:
 def _set_array(field: str, value: list[Any]) -> Callable[[Doc], None]:
     def step(doc: Doc) -> None:
         array = doc.get(field, type=Array)
-        if same(plain(array.to_py()), value):
+        if same(plain(array.to_py()), plain(value)):
             return
         del array[:]
         array.extend(value)
@@ -236,7 +260,7 @@ def _set_map(field: str, value: dict[str, Any]) -> Callable[[Doc], None]:
             if key not in value:
                 del ymap[key]
         for key, item in value.items():
-            if key not in ymap or not same(plain(_py(ymap[key])), item):
+            if key not in ymap or not same(plain(_py(ymap[key])), plain(item)):
                 ymap[key] = item
 
     return step
