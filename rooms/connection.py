@@ -12,12 +12,13 @@ y-websocket reconnects and resyncs).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import random
 import time
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -30,6 +31,9 @@ MAX_SAMPLES = 10_000
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
+
+#: RFC 6455 1006: the connection dropped without a close frame (never sent, only noted).
+ABNORMAL_CLOSURE = 1006
 
 #: How long a close handshake may take before the transport is abandoned.
 CLOSE_TIMEOUT = 2.0
@@ -79,6 +83,8 @@ class Connection:
         self.close_reason = ""
         self._peer_closed = False
         self._close_when_sent: tuple[int, str] | None = None
+        self._waiting = False  # the sender task waits for work: enqueue may write itself
+        self._suspended: tuple[Any, Any, bytes] | None = None  # an inline send that blocked
         self.last_received = time.monotonic()
         self.probed = False
         self._sample: tuple[bytes, float] | None = None
@@ -117,6 +123,10 @@ class Connection:
                 TRAFFIC.sample_countdown = SAMPLE_EVERY
                 self._sample = (message, received_at)
         queue = self._queue
+        if self._waiting and not queue:
+            # The sender is idle: write now, in this task, instead of waking it.
+            self._send_inline(message)
+            return self.close_code is None
         queue.append(message)
         self._queued_bytes += len(message)
         # One message of any size may wait (a big doc's step2 is not a slow client).
@@ -140,6 +150,67 @@ class Connection:
                 self._idle = anyio.Event()
         return True
 
+    def _send_inline(self, message: bytes) -> None:
+        """Run the transport's ``send`` right here; hand it to the sender if it blocks.
+
+        With an idle sender, waking its task for every message costs more than the
+        write itself (a task switch per receiver per broadcast). ASGI servers write
+        without suspending unless the socket is backed up, so the coroutine is stepped
+        once: done, it is counted; suspended (on a future, or a bare yield), the
+        sender task awaits what it waits for and drives it to the end, before anything
+        queued after it, so order is kept.
+        """
+        coro = self._transport.send(message)
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            self._sent(message)
+            return
+        except Exception as exc:  # the client is gone: what the sender would have met
+            log.debug("conn=%s send failed: %r", self.id, exc)
+            self.peer_closed(ABNORMAL_CLOSURE)
+            return
+        self._suspended = (coro, waiting_on, message)
+        self._waiting = False  # everything after this one queues behind it
+        self._idle = anyio.Event()
+        self._wake.set()
+
+    async def _resume_suspended(self) -> None:
+        """Drive the send :meth:`_send_inline` left suspended to its end."""
+        assert self._suspended is not None
+        coro, waiting_on, message = self._suspended
+        self._suspended = None
+        try:
+            while True:
+                if waiting_on is None:
+                    await asyncio.sleep(0)
+                else:
+                    # As asyncio's Task does for the future a coroutine yields: wait for
+                    # it, then resume the coroutine, which reads its outcome itself.
+                    waiting_on._asyncio_future_blocking = False
+                    try:
+                        await waiting_on
+                    except BaseException:
+                        pass  # the coroutine reads the outcome (and re-raises) itself
+                try:
+                    waiting_on = coro.send(None)
+                except StopIteration:
+                    break
+        finally:
+            coro.close()
+        self._sent(message)
+
+    def _sent(self, message: bytes) -> None:
+        size = len(message)
+        kind = message_type(message)
+        TRAFFIC.sent[kind] += 1
+        TRAFFIC.sent_bytes[kind] += size
+        sample = self._sample
+        if sample is not None and sample[0] is message:
+            self._sample = None
+            if len(TRAFFIC.deliveries) < MAX_SAMPLES:
+                TRAFFIC.deliveries.append(time.monotonic() - sample[1])
+
     async def wait_idle(self) -> None:
         """Wait until everything queued was handed to the transport (or it closed)."""
         await self._idle.wait()
@@ -149,8 +220,8 @@ class Connection:
         if self.close_code is not None:
             return
         self._close_when_sent = (int(code), reason)
-        if not self.enqueue(message) or len(self._queue) == 1:
-            self._wake.set()
+        self.enqueue(message)
+        self._wake.set()  # the sender closes once the message is out (or was written inline)
 
     def touch(self) -> None:
         """Note that something arrived from the client (it is alive)."""
@@ -201,19 +272,13 @@ class Connection:
         queue = self._queue
         transport = self._transport
         while True:
+            if self._suspended is not None:
+                await self._resume_suspended()
             while queue:
                 message = queue.popleft()
-                size = len(message)
-                self._queued_bytes -= size
+                self._queued_bytes -= len(message)
                 await transport.send(message)
-                kind = message_type(message)
-                TRAFFIC.sent[kind] += 1
-                TRAFFIC.sent_bytes[kind] += size
-                sample = self._sample
-                if sample is not None and sample[0] is message:
-                    self._sample = None
-                    if len(TRAFFIC.deliveries) < MAX_SAMPLES:
-                        TRAFFIC.deliveries.append(time.monotonic() - sample[1])
+                self._sent(message)
             if self.close_code is not None:
                 return
             if self._close_when_sent is not None:
@@ -223,6 +288,10 @@ class Connection:
             if queue:  # filled while we were creating the event
                 continue
             self._idle.set()
-            await self._wake.wait()
+            self._waiting = True
+            try:
+                await self._wake.wait()
+            finally:
+                self._waiting = False
             if self.close_code is not None:
                 return

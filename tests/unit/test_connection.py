@@ -20,7 +20,8 @@ class RecordingTransport:
             self.unblock.set()
 
     async def send(self, message: bytes) -> None:
-        await self.unblock.wait()
+        if not self.unblock.is_set():  # as an ASGI server: no yield unless backed up
+            await self.unblock.wait()
         self.sent.append(message)
 
     async def close(self, code: int, reason: str) -> None:
@@ -74,3 +75,81 @@ async def test_peer_close_sends_no_close_frame() -> None:
         await conn.run()
     assert transport.closed is None
     assert not conn.enqueue(b"late")
+
+
+class GatedTransport(RecordingTransport):
+    """Writes at once, except the messages in ``gated``, which wait for ``unblock``."""
+
+    def __init__(self, gated: set[bytes]) -> None:
+        super().__init__(block=True)
+        self.gated = gated
+
+    async def send(self, message: bytes) -> None:
+        if message in self.gated:
+            await self.unblock.wait()
+        self.sent.append(message)
+
+
+async def wait_sent(transport: RecordingTransport, count: int) -> None:
+    with anyio.fail_after(5):
+        while len(transport.sent) < count:
+            await anyio.sleep(0.001)
+
+
+async def test_an_idle_connection_writes_in_the_enqueuing_task() -> None:
+    transport = RecordingTransport()
+    conn = Connection(transport)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(conn.run)
+        await anyio.sleep(0.01)  # the sender is idle now
+        conn.enqueue(b"now")
+        assert transport.sent == [b"now"], "written before enqueue returned"
+        conn.close(CloseCode.NORMAL)
+
+
+async def test_an_inline_write_that_blocks_is_finished_first_in_order() -> None:
+    transport = GatedTransport({b"b"})
+    conn = Connection(transport)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(conn.run)
+        await anyio.sleep(0.01)
+        for message in (b"a", b"b", b"c", b"d"):
+            assert conn.enqueue(message)
+        assert transport.sent == [b"a"]
+        assert conn.queued == (2, 2)  # c and d wait behind the blocked b
+        transport.unblock.set()
+        await wait_sent(transport, 4)
+        assert transport.sent == [b"a", b"b", b"c", b"d"]
+        with anyio.fail_after(5):
+            await conn.wait_idle()
+        conn.close(CloseCode.NORMAL)
+    assert transport.closed == (1000, "")
+
+
+async def test_close_while_an_inline_write_is_blocked_stops_it() -> None:
+    transport = GatedTransport({b"stuck"})
+    conn = Connection(transport)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.run)
+            await anyio.sleep(0.01)
+            conn.enqueue(b"stuck")
+            conn.close(CloseCode.SLOW_CLIENT, "not reading")
+    assert transport.sent == []
+    assert transport.closed == (4429, "not reading")
+
+
+class FailingTransport(RecordingTransport):
+    async def send(self, message: bytes) -> None:
+        raise ConnectionResetError("peer gone")
+
+
+async def test_a_write_to_a_vanished_client_ends_the_connection_quietly() -> None:
+    transport = FailingTransport()
+    conn = Connection(transport)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(conn.run)
+        await anyio.sleep(0.01)
+        assert conn.enqueue(b"x") is False
+    assert conn.closed_by_peer
+    assert transport.closed is None
