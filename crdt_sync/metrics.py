@@ -15,6 +15,7 @@ or per sampled delivery. Each app has its own registry (tests run several).
 ``crdt_sync_delivery_latency_seconds``         update received → written to a receiver's
                                                socket (fan-out latency; 1 in 16 sampled)
 ``crdt_sync_send_queue_overflows_total``       clients closed with 4429
+``crdt_sync_blocked_writes_total``             writes that waited for a client's socket
 ``crdt_sync_server_closes_total{code}``        connections closed by the server, by code
 ``crdt_sync_store_commit_seconds``             one group commit, BEGIN to COMMIT (fsync)
 ``crdt_sync_store_commit_ops``                 writes per group commit
@@ -76,6 +77,11 @@ class _NodeCollector:
             "crdt_sync_send_queue_overflows",
             "Clients closed because they stopped reading (4429).",
             value=TRAFFIC.overflows,
+        )
+        yield CounterMetricFamily(
+            "crdt_sync_blocked_writes",
+            "Writes that had to wait for a client's socket to drain.",
+            value=TRAFFIC.blocked_writes,
         )
         closes = CounterMetricFamily(
             "crdt_sync_server_closes", "Connections closed by the server.", labels=["code"]

@@ -2,9 +2,10 @@
 
 A raw ASGI app (no per-message Starlette wrapper objects on the hot path). For each
 connection: validate the doc name, accept, join the room (which waits for the
-stored state), then run two loops until either ends: the connection's sender
-(``rooms.Connection.run``) and the receive loop below, which decodes each frame
-and hands it to the room in arrival order.
+stored state), then read: the receive loop below decodes each frame and hands it
+to the room in arrival order, until the client leaves or the connection is closed
+(a close from any task cancels the read). The connection's writes need no task of
+their own (``rooms.connection``): an idle connection costs no task but this one.
 """
 
 from __future__ import annotations
@@ -81,10 +82,12 @@ class YjsEndpoint:
             return
         log.info("conn=%s room=%r actor=%s peer=%s connected", conn.id, name, conn.actor, conn.peer)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._receive_loop, receive, conn, room, manager)
-                await conn.run()
-                tg.cancel_scope.cancel()
+            # This task reads; writes happen in whichever task relays (see
+            # rooms.connection). A close from anywhere stops the reading.
+            with anyio.CancelScope() as reading:
+                conn.on_close(reading.cancel)
+                await self._receive_loop(receive, conn, room, manager)
+            await conn.run()  # closed by now: finish a pending write, send the close frame
             if not conn.closed_by_peer:
                 await drain_websocket(receive)
         finally:

@@ -880,23 +880,23 @@ class SQLiteStore:
             time.sleep(0.005)
 
     def _collect(self) -> list[_Op]:
-        """Block for the first op, then gather more for up to the commit interval."""
+        """Block for the first op, let the commit interval pass, take what came meanwhile.
+
+        The writer sleeps through the interval instead of waiting on the queue: every
+        op put on a waiting queue wakes this thread, and at thousands of appends per
+        second those wake-ups contend with the event loop for the GIL.
+        """
         first = self._queue.get()
         batch = [first]
         if first.kind in _BARRIERS:
             return batch
-        deadline = time.monotonic() + self._interval
+        if self._interval > 0:
+            time.sleep(self._interval)
         while len(batch) < self._max_batch:
             try:
                 op = self._queue.get_nowait()
             except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    op = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
+                break
             batch.append(op)
             if op.kind in _BARRIERS:  # somebody waits on it: commit now
                 break

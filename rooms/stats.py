@@ -42,6 +42,7 @@ class Traffic:
     """Messages and bytes in and out by type; closes by code; sampled delivery latency."""
 
     __slots__ = (
+        "blocked_writes",
         "closes",
         "deliveries",
         "overflows",
@@ -59,6 +60,7 @@ class Traffic:
         self.sent = [0] * n
         self.sent_bytes = [0] * n
         self.overflows = 0  # connections closed because their queue was full (4429)
+        self.blocked_writes = 0  # writes that waited for a client's socket to drain
         self.closes: dict[int, int] = {}  # server-initiated closes by code
         # Seconds from receiving an update to writing it to a receiver's socket,
         # one in SAMPLE_EVERY deliveries; drained by /metrics.

@@ -116,7 +116,7 @@ async def test_an_inline_write_that_blocks_is_finished_first_in_order() -> None:
         for message in (b"a", b"b", b"c", b"d"):
             assert conn.enqueue(message)
         assert transport.sent == [b"a"]
-        assert conn.queued == (2, 2)  # c and d wait behind the blocked b
+        assert conn.queued == (2, 3)  # c and d wait behind the blocked b (counted too)
         transport.unblock.set()
         await wait_sent(transport, 4)
         assert transport.sent == [b"a", b"b", b"c", b"d"]

@@ -46,6 +46,13 @@ class MemorySocket:
         self.closed = (code, reason)
 
 
+class StuckSocket(MemorySocket):
+    """A client that stopped reading: every write blocks."""
+
+    async def send(self, message: bytes) -> None:
+        await anyio.Event().wait()
+
+
 def frame(sid: int, t: str = "issue", id: str = "1", *, org: str = ORG, **ctx: Any) -> Frame:
     return Frame(sid, org, t, id, "u", {"n": sid}, "alice", 1000 + sid, ctx)
 
@@ -232,7 +239,7 @@ async def test_unsubscribed_subscribers_get_nothing() -> None:
 async def test_slow_subscriber_is_closed_without_affecting_others() -> None:
     async with running_feed() as feed:
         fast, fast_socket = feed.subscribe()
-        slow_conn = Connection(MemorySocket(), max_messages=2)  # never run: never drains
+        slow_conn = Connection(StuckSocket(), max_messages=2)  # its client never reads
         slow = FeedSubscriber(
             slow_conn,
             ORG,
