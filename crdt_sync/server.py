@@ -152,8 +152,16 @@ def _uvicorn(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket
 
 
 def _granian(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket) -> None:
-    from granian.constants import Interfaces
-    from granian.server.embed import Server
+    try:
+        from granian.constants import Interfaces
+        from granian.server.embed import Server
+    except ImportError:
+        hint = "pip install 'crdt-sync[granian]'"
+        raise RuntimeError(f"--server granian needs granian: {hint}") from None
+    log.warning(
+        "granian is experimental here: it loses close frames and codes (1001 on shutdown, "
+        "4429, 1003) and slow-client handling; see README"
+    )
 
     host, port = sock.getsockname()[:2]
     sock.close()  # granian binds its own socket: hand the port over

@@ -15,7 +15,7 @@ from typing import Any
 
 ENV_PREFIX = "CRDT_SYNC_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-SERVERS = ("hypercorn", "uvicorn", "granian")
+SERVERS = ("uvicorn", "hypercorn", "granian")
 
 
 class SettingsError(ValueError):
@@ -30,8 +30,8 @@ def _opt(default: Any, help: str, *, minimum: float | None = None, **extra: Any)
 class Settings:
     host: str = _opt("127.0.0.1", "address to listen on")
     server: str = _opt(
-        "hypercorn",
-        "the ASGI server that runs the app",
+        "uvicorn",
+        "the ASGI server that runs the app (granian: experimental, see README)",
         choices=SERVERS,
     )
     port: int = _opt(1234, "TCP port to listen on (0 = any free port)", minimum=0, maximum=65535)
