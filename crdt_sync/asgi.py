@@ -25,13 +25,92 @@ def _close_reason(reason: str) -> str:
     return reason.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
-class WsBinaryTransport:
-    """``rooms.Transport``: each queued message is one binary WebSocket frame."""
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One unfragmented server-to-client WebSocket frame (RFC 6455 5.2: FIN set, not
+    masked): the same bytes for every receiver of a broadcast."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x80 | opcode, n))
+    elif n < 1 << 16:
+        header = bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big")
+    return header + payload
 
-    __slots__ = ("_send",)
+
+class _FrameCache:
+    """The frame of the last message written: a broadcast writes the same ``bytes``
+    object to every receiver in a row, so it is framed once."""
+
+    __slots__ = ("frame", "message", "opcode")
+
+    def __init__(self) -> None:
+        self.message: bytes | None = None
+        self.opcode = 0
+        self.frame = b""
+
+    def get(self, opcode: int, message: bytes) -> bytes:
+        if message is not self.message or opcode != self.opcode:
+            self.frame = ws_frame(opcode, message)
+            self.message = message  # held, so its id cannot be reused meanwhile
+            self.opcode = opcode
+        return self.frame
+
+
+_FRAMES = _FrameCache()
+
+
+def direct_writer(send: Any) -> Any | None:
+    """The uvicorn WebSocket protocol behind ``send``, if its socket may be written
+    directly: uvicorn's sans-I/O implementation with no extension negotiated (we turn
+    permessage-deflate off), so a data frame on the wire is just header + payload.
+
+    Any other server (hypercorn, granian, a test double) gets ``None``: the ASGI path.
+    """
+    protocol = getattr(send, "__self__", None)
+    if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+        return None
+    if not all(hasattr(protocol, a) for a in ("transport", "writable", "close_sent", "conn")):
+        return None
+    if getattr(protocol.conn, "extensions", None):
+        return None
+    return protocol
+
+
+class WsBinaryTransport:
+    """``rooms.Transport``: each message is one binary WebSocket frame.
+
+    On uvicorn (see :func:`direct_writer`) :meth:`write_now` puts the pre-framed
+    message straight on the socket: per receiver that is a buffer append and a
+    ``send()``, where the ASGI path builds an event, a frame object and its bytes
+    again for every receiver of the same broadcast. It declines (and the ASGI
+    ``send`` takes over, which waits) when the socket is backed up or closing.
+    """
+
+    __slots__ = ("_direct", "_open", "_send")
+    OPCODE = 0x2
 
     def __init__(self, send: Any) -> None:
         self._send = send
+        self._direct = direct_writer(send)
+        self._open: Any = None
+        if self._direct is not None:
+            from websockets.protocol import State
+
+            self._open = State.OPEN
+
+    def write_now(self, message: bytes) -> bool:
+        """Write ``message`` without suspending if the socket takes it; ``False`` if not."""
+        protocol = self._direct
+        if protocol is None or protocol.close_sent or not protocol.writable.is_set():
+            return False
+        transport = protocol.transport
+        # Past a close frame either way (ours, or the peer's that websockets answered),
+        # no data frame may follow: the ASGI path knows how to refuse.
+        if protocol.conn.state is not self._open or transport.is_closing():
+            return False
+        transport.write(_FRAMES.get(self.OPCODE, message))
+        return True
 
     async def send(self, message: bytes) -> None:
         await self._send({"type": "websocket.send", "bytes": message})
@@ -41,9 +120,10 @@ class WsBinaryTransport:
 
 
 class WsTextTransport(WsBinaryTransport):
-    """``rooms.Transport``: each queued message (UTF-8) is one text WebSocket frame."""
+    """``rooms.Transport``: each message (UTF-8) is one text WebSocket frame."""
 
     __slots__ = ()
+    OPCODE = 0x1
 
     async def send(self, message: bytes) -> None:
         await self._send({"type": "websocket.send", "text": message.decode("utf-8")})

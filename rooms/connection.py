@@ -44,7 +44,11 @@ CLOSE_TIMEOUT = 2.0
 
 
 class Transport(Protocol):
-    """What a connection needs from a WebSocket (Starlette, a test double, a bridge)."""
+    """What a connection needs from a WebSocket (Starlette, a test double, a bridge).
+
+    A transport may also have ``write_now(message) -> bool``: write without suspending
+    if the socket takes the message at once (``False``: use :meth:`send`).
+    """
 
     async def send(self, message: bytes) -> None: ...
 
@@ -76,6 +80,7 @@ class Connection:
         "_sender",
         "_suspended",
         "_transport",
+        "_write_now",
         "actor",
         "close_code",
         "close_reason",
@@ -101,6 +106,7 @@ class Connection:
         self.peer = peer
         self.room_name = "-"
         self._transport = transport
+        self._write_now: Callable[[bytes], bool] | None = getattr(transport, "write_now", None)
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._max_messages = max_messages
@@ -189,6 +195,17 @@ class Connection:
         bare yield), a sender task awaits what it waits for and drives it to the end
         before anything queued after it, so order is kept.
         """
+        write_now = self._write_now
+        if write_now is not None:
+            try:
+                written = write_now(message)
+            except Exception as exc:  # the client is gone
+                log.debug("conn=%s write failed: %r", self.id, exc)
+                self.peer_closed(ABNORMAL_CLOSURE)
+                return
+            if written:
+                self._sent(message)
+                return
         coro = self._transport.send(message)
         try:
             waiting_on = coro.send(None)

@@ -139,3 +139,25 @@ def test_state_vector_decodes_to_clocks_and_rejects_trailing_bytes() -> None:
     for bad in (b"", b"\x00\x00\x00", b"\x05\x01", b"\x01\x01"):
         with pytest.raises(ProtocolError):
             decode_state_vector(bad)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 200_000])
+def test_server_frames_parse_as_websockets_reads_them(size: int) -> None:
+    """The pre-framed broadcast path writes frames a client library accepts as-is."""
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    from crdt_sync.asgi import ws_frame
+
+    payload = bytes(i % 251 for i in range(size))
+    for opcode, expected in ((0x2, Opcode.BINARY), (0x1, Opcode.TEXT)):
+        reader = StreamReader()
+        reader.feed_data(ws_frame(opcode, payload))
+        parser = Frame.parse(reader.read_exact, mask=False)
+        try:
+            next(parser)
+        except StopIteration as done:
+            frame = done.value
+        else:
+            raise AssertionError("incomplete frame")
+        assert frame.opcode is expected and frame.fin and frame.data == payload
