@@ -157,6 +157,7 @@ def create_app(settings: Settings, on_ready: Callable[[], None] | None = None) -
                 "status": "shutting_down" if runtime.shutting_down else "ok",
                 "rooms": len(manager.rooms),
                 "connections": manager.connection_count,
+                "frame_subscribers": len(runtime.hub),
             },
             status_code=503 if runtime.shutting_down else 200,
         )

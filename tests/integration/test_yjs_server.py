@@ -200,13 +200,21 @@ async def test_healthz_counts_rooms_and_connections(server) -> None:
             "status": "ok",
             "rooms": 0,
             "connections": 0,
+            "frame_subscribers": 0,
         }
-        async with connect(server.ws_url, "h1") as a, connect(server.ws_url, "h2") as b:
+        feed_url = server.url.replace("http://", "ws://", 1) + "/sync/v1/ws"
+        async with (
+            connect(server.ws_url, "h1") as a,
+            connect(server.ws_url, "h2") as b,
+            websockets.connect(feed_url) as feed,
+        ):
             with anyio.fail_after(10):
                 await a.synced()
                 await b.synced()
+                await feed.send('{"type": "ping"}')
+                assert json.loads(await feed.recv()) == {"type": "pong"}
             body = (await http.get("/healthz")).json()
-            assert body == {"status": "ok", "rooms": 2, "connections": 2}
+            assert body == {"status": "ok", "rooms": 2, "connections": 2, "frame_subscribers": 1}
         unknown = await http.get("/nope")
         assert unknown.status_code == 404
         assert unknown.json()["error"] == "not_found"
