@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from persistence.store import Store, StoreError
@@ -21,10 +22,14 @@ from persistence.store import Store, StoreError
 from .close_codes import CloseCode
 from .connection import Connection
 from .listener import RoomListener
+from .memory import release_freed_memory, trim_available
 from .room import Room, RoomLoadError, RoomState
 from .wire import encode_sync_step1
 
 log = logging.getLogger(__name__)
+
+#: Seconds after an unload before freed memory is handed back (unloads come in waves).
+TRIM_DELAY = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,7 @@ class RoomManager:
         self._unload_timers: dict[tuple[str, str], anyio.CancelScope] = {}
         self.store_failures = 0
         self.closing = False
+        self._trim_scheduled = False
 
     async def __aenter__(self) -> RoomManager:
         self._tg = anyio.create_task_group()
@@ -253,7 +259,24 @@ class RoomManager:
         if self.listener is not None:
             self.listener.room_unloaded(room)
         log.debug("room=%r unloaded", room.name)
+        self._schedule_trim()
         return True
+
+    def _schedule_trim(self) -> None:
+        """Once the current wave of unloads is over, hand freed memory back to the OS."""
+        if self._trim_scheduled or self.closing or not trim_available():
+            return
+        self._trim_scheduled = True
+
+        async def trim_later() -> None:
+            try:
+                await anyio.sleep(TRIM_DELAY)
+                released = await anyio.to_thread.run_sync(release_freed_memory)
+                log.debug("freed memory of unloaded rooms returned to the OS: %s", released)
+            finally:
+                self._trim_scheduled = False
+
+        self.spawn("release freed memory", trim_later)
 
     async def unload_all(self) -> None:
         """Close every connection with 1001, persist and drop every room (shutdown)."""
