@@ -57,6 +57,7 @@ except ImportError:  # orjson only lightens the subscribers' load
     from json import loads
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.procstat import cpu_seconds, mib, rss_kib
 from tests.server_process import ServerProcess
 
 HOST = "127.0.0.1"
@@ -70,21 +71,7 @@ GRACE = 0.2
 # -- process figures ---------------------------------------------------------------------
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def mib(kib: float) -> str:
-    return f"{kib / 1024:.1f} MiB"
 
 
 def pct(values: list[float], q: float) -> float:

@@ -13,18 +13,9 @@ import websockets
 from pycrdt import Text
 
 from crdt_sync.client import connect
+from tests.integration.test_yjs_server import closed_with
 
 pytestmark = pytest.mark.anyio
-
-
-async def closed_with(ws, timeout: float = 10.0) -> int:
-    with anyio.fail_after(timeout):
-        try:
-            while True:
-                await ws.recv()
-        except websockets.ConnectionClosed as exc:
-            assert exc.rcvd is not None, "closed without a close frame"
-            return exc.rcvd.code
 
 
 @pytest.mark.parametrize("asgi_server", ["uvicorn", "hypercorn"])
@@ -42,7 +33,7 @@ async def test_each_server_syncs_refuses_and_stops_gracefully(server_factory, as
                 await anyio.sleep(0.01)
     async with websockets.connect(server.ws_url + "/srv/2") as ws:
         await ws.send("text is not the protocol")
-        assert await closed_with(ws) == 1003
+        assert (await closed_with(ws))[0] == 1003
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         assert (await http.get("/docs/srv/1")).json()["content"]["body"].startswith("hello")
         response = await http.post(
@@ -56,7 +47,7 @@ async def test_each_server_syncs_refuses_and_stops_gracefully(server_factory, as
         await ws.recv()  # synced: the room is open
         assert server.proc is not None
         server.proc.send_signal(signal.SIGTERM)
-        assert await closed_with(ws) == 1001
+        assert (await closed_with(ws))[0] == 1001
     with anyio.fail_after(15):
         while server.proc.poll() is None:
             await anyio.sleep(0.02)
