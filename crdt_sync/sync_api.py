@@ -176,19 +176,12 @@ class SyncApi:
         settings = self.runtime.settings
         body = await read_json(request, settings.max_message_bytes)
         mutations, client_id = parse_mutations(body, settings.max_mutations)
-        feed = self.runtime.feed
+        outcomes = await self.runtime.feed.mutate_many(
+            ORG, mutations, actor=ACTOR, client_id=client_id
+        )
         results = []
-        for index, mutation in enumerate(mutations):
-            try:
-                result = await feed.mutate(ORG, mutation, actor=ACTOR, client_id=client_id)
-            except MutationError as exc:
-                result = _failed(mutation, exc.status, exc.error, exc.detail)
-            except RoomLoadError:
-                result = _failed(mutation, 500, "doc_load_failed", "the record cannot be loaded")
-            except StoreError as exc:
-                result = _failed(mutation, 503, "store_unavailable", f"not stored: {exc}")
-            except ShuttingDown:
-                result = _failed(mutation, 503, "shutting_down", "the server is shutting down")
+        for index, (mutation, outcome) in enumerate(zip(mutations, outcomes, strict=True)):
+            result = outcome if isinstance(outcome, dict) else _failure(mutation, outcome)
             self.runtime.metrics.mutations.labels(str(result["status"])).inc()
             if "error" in result:
                 log.info(
@@ -202,6 +195,19 @@ class SyncApi:
                 )
             results.append({"index": index, **result})
         return JSONResponse({"results": results})
+
+
+def _failure(m: Mutation, exc: Exception) -> dict[str, Any]:
+    """The result of a mutation that failed alone (the batch goes on)."""
+    if isinstance(exc, MutationError):
+        return _failed(m, exc.status, exc.error, exc.detail)
+    if isinstance(exc, RoomLoadError):
+        return _failed(m, 500, "doc_load_failed", "the record cannot be loaded")
+    if isinstance(exc, StoreError):
+        return _failed(m, 503, "store_unavailable", f"not stored: {exc}")
+    if isinstance(exc, ShuttingDown):
+        return _failed(m, 503, "shutting_down", "the server is shutting down")
+    raise exc
 
 
 def _failed(m: Mutation, status: int, error: str, detail: str) -> dict[str, Any]:

@@ -648,3 +648,27 @@ async def test_presence_of_editors_and_frame_viewers(server_factory) -> None:
             )
             response = await http.get("/sync/v1/presence/none/here")
             assert response.json() == {"t": "none", "id": "here", "present": []}
+
+
+async def test_a_batch_is_applied_in_order_and_committed_together(server_factory) -> None:
+    server = server_factory(*FAST)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        batch = [{"t": "task", "id": "1", "op": "i", "p": {"n": 0}, "client_tx_id": "b-0"}]
+        batch += [
+            {"t": "task", "id": "1", "op": "u", "p": {"n": i}, "client_tx_id": f"b-{i}"}
+            for i in range(1, 50)
+        ]
+        batch.append(batch[10])  # an offline queue that holds one entry twice
+        batch.append({"t": "task", "id": "404", "op": "u", "p": {"n": 1}})
+        results = await mutate(http, *batch)
+        sids = [r["sid"] for r in results[:50]]
+        assert sids == sorted(sids) and len(set(sids)) == 50
+        assert results[50] == {**results[10], "index": 50, "replayed": True}
+        assert results[51]["status"] == 404
+        frames = await all_frames(http)
+        assert [f["p"]["n"] for f in frames] == list(range(50))
+        assert [f["sid"] for f in frames] == sids
+        # Replaying the whole batch changes nothing and answers the same.
+        again = await mutate(http, *batch[:50])
+        assert [r["sid"] for r in again] == sids and all(r["replayed"] for r in again)
+        assert len(await all_frames(http)) == 50
