@@ -220,15 +220,19 @@ class RecordFeed:
         )
 
     def _queue(
-        self, org: str, drafts: list[FrameDraft | None], **batch: Any
+        self,
+        org: str,
+        drafts: list[FrameDraft | None],
+        *,
+        mutation: tuple[str, dict[str, Any]] | None = None,
+        delete: str | None = None,
     ) -> Awaitable[list[int]] | None:
-        """Queue drafts (None: nothing to frame) in the store, in order; no yield."""
+        """Queue drafts (None: nothing to frame), an idempotency key and a doc deletion
+        in the store, in one transaction, in order; no yield. ``None``: nothing to queue."""
         frames = tuple(d for d in drafts if d is not None)
-        if not frames and not batch:
+        if not frames and mutation is None and delete is None:
             return None
-        future = self.store.log_frames(
-            org, FrameBatch(frames, batch.pop("mutation", None)), **batch
-        )
+        future = self.store.log_frames(org, FrameBatch(frames, mutation), delete=delete)
         self._watch(org, frames, future)
         return future
 
@@ -360,32 +364,18 @@ class RecordFeed:
 
     # -- mutations -----------------------------------------------------------------
 
-    async def mutate(
-        self, org: str, mutation: Mutation, *, actor: str, client_id: str | None
-    ) -> dict[str, Any]:
-        """Apply one mutation to its record's doc; frame and store it in one transaction.
-
-        Returns:
-            The result: ``sid``, ``conflicts`` (fields overwritten that another writer
-            set since ``base_sid``) and, on a replayed ``client_tx_id``, the original.
-
-        Raises:
-            MutationError: 404 / 409 / 422 for this mutation alone.
-        """
-        [outcome] = await self.mutate_many(org, [mutation], actor=actor, client_id=client_id)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
     async def mutate_many(
         self, org: str, mutations: list[Mutation], *, actor: str, client_id: str | None
     ) -> list[dict[str, Any] | Exception]:
-        """Apply mutations in order, each in its own transaction, and wait for their
-        commits together: a batch of 50 shares one group commit, not 50 in a row.
+        """Apply mutations in order, each to its record's doc in one CRDT transaction,
+        framed and stored in one store transaction; then wait for their commits
+        together: a batch of 50 shares group commits, not 50 commits in a row.
 
         Returns:
-            Per mutation, its result or the exception that failed it alone
-            (:class:`MutationError`, a store or load error).
+            Per mutation, its result (``sid``; ``conflicts``: fields overwritten that
+            another writer set since ``base_sid``; on a replayed ``client_tx_id``, the
+            original answer) or the exception that failed it alone
+            (:class:`MutationError`: 404 / 409 / 422, a store or load error).
         """
         started: list[_Started | Exception] = []
         in_batch: dict[str, int] = {}
