@@ -49,12 +49,8 @@ def client_key(request: Request) -> str:
     return "addr:" + (client.host if client else "-")
 
 
-def since_param(request: Request, *, header: str | None = None) -> int | None:
-    """``since`` (or a header such as ``Last-Event-ID``, which wins): a sid >= 0."""
-    raw = request.headers.get(header) if header else None
-    name = header or "since"
-    if not raw:
-        raw, name = request.query_params.get("since"), "since"
+def parse_sid(raw: str | None, name: str) -> int | None:
+    """A sid from a query parameter or header (``None`` if absent): an integer >= 0."""
     if raw is None or raw == "":
         return None
     if not raw.isdigit() or len(raw) > 18:
@@ -62,13 +58,13 @@ def since_param(request: Request, *, header: str | None = None) -> int | None:
     return int(raw)
 
 
-def type_param(request: Request) -> str | None:
-    t = request.query_params.get("t")
-    if t is None or t == "":
+def parse_type(raw: str | None) -> str | None:
+    """A record type filter (``None`` if absent)."""
+    if raw is None or raw == "":
         return None
-    if "/" in t or len(t) > 256 or not t.isprintable():
+    if "/" in raw or len(raw) > 256 or not raw.isprintable():
         raise ApiError(400, "invalid_parameter", "t must be a record type (no '/')")
-    return t
+    return raw
 
 
 def too_old(since: int, oldest: int, newest: int, t: str | None) -> ApiError:
@@ -123,9 +119,9 @@ class SyncApi:
     # -- reads -----------------------------------------------------------------------
 
     async def delta(self, request: Request) -> Response:
-        since = since_param(request) or 0
+        since = parse_sid(request.query_params.get("since"), "since") or 0
         limit = int_param(request, "limit", 100, 1, MAX_DELTA_LIMIT)
-        t = type_param(request)
+        t = parse_type(request.query_params.get("t"))
         with self.runtime.throttle.request(ORG, client_key(request)):
             page = await self.runtime.store.read_frames(ORG, since, limit=limit, t=t)
         if since < page.oldest or since > page.newest:
@@ -140,7 +136,7 @@ class SyncApi:
         )
 
     async def records(self, request: Request) -> Response:
-        t = type_param(request)
+        t = parse_type(request.query_params.get("t"))
         limit = int_param(request, "limit", 100, 1, MAX_RECORDS_LIMIT)
         cursor = request.query_params.get("cursor") or None
         after = _decode_cursor(cursor) if cursor else None

@@ -52,6 +52,8 @@ from .asgi import (
     send_json_response,
 )
 from .docnames import InvalidDocName, validate_doc_name
+from .http_api import ApiError
+from .sync_api import parse_sid, parse_type, too_old
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +67,9 @@ MAX_CLIENT_MESSAGE = 64 * 1024
 SSE_KEEPALIVE_SECONDS = 15.0
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, error: str, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-        self.detail = detail
-        self.extra = extra
-
-    def event(self) -> dict[str, Any]:
-        return {"type": "error", "error": self.error, "detail": self.detail, **self.extra}
+def error_event(exc: ApiError) -> dict[str, Any]:
+    """An :class:`ApiError` as a message on the frame WebSocket."""
+    return {"type": "error", "error": exc.error, "detail": exc.detail, **exc.extra}
 
 
 class SseTransport:
@@ -91,22 +86,6 @@ class SseTransport:
     async def close(self, code: int, reason: str) -> None:
         body = encode_sse_event({"type": "error", "error": f"closed_{code}", "detail": reason})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def _parse_sid(raw: str | None, name: str) -> int | None:
-    if raw is None or raw == "":
-        return None
-    if not raw.isdigit() or len(raw) > 18:
-        raise BadRequest(400, "invalid_parameter", f"{name} must be a non-negative integer sid")
-    return int(raw)
-
-
-def _parse_type(raw: str | None) -> str | None:
-    if raw is None or raw == "":
-        return None
-    if "/" in raw or len(raw) > 256 or not raw.isprintable():
-        raise BadRequest(400, "invalid_parameter", "t must be a record type (no '/')")
-    return raw
 
 
 class FrameStreams:
@@ -144,16 +123,7 @@ class FrameStreams:
         if since is None:
             return newest
         if since < oldest or since > newest:
-            bootstrap = "/sync/v1/records" + (f"?t={t}" if t else "")
-            raise BadRequest(
-                410,
-                "since_too_old",
-                f"frames after sid {since} are not available (kept: {oldest + 1}..{newest}); "
-                f"bootstrap from {bootstrap}",
-                oldest_sid=oldest,
-                newest_sid=newest,
-                bootstrap=bootstrap,
-            )
+            raise too_old(since, oldest, newest, t)
         return since
 
     async def _catch_up(self, sub: FeedSubscriber) -> None:
@@ -183,8 +153,8 @@ class FrameStreams:
         query = query_params(scope)
         sub: FeedSubscriber | None = None
         try:
-            t = _parse_type(query.get("t"))
-            since = _parse_sid(query.get("since"), "since")
+            t = parse_type(query.get("t"))
+            since = parse_sid(query.get("since"), "since")
             if self.runtime.shutting_down:
                 raise ShuttingDown("server shutting down")
             start = await self._start_point(since, t)
@@ -197,9 +167,9 @@ class FrameStreams:
                 encode_event=encode_json_event,
             )
             sub.all_presence = query.get("presence") == "all"
-        except BadRequest as exc:
+        except ApiError as exc:
             log.info("conn=%s peer=%s frame feed refused: %s", conn.id, conn.peer, exc.detail)
-            conn.close_after(encode_json_event(exc.event()), 4000 + exc.status, exc.error)
+            conn.close_after(encode_json_event(error_event(exc)), 4000 + exc.status, exc.error)
         except ShuttingDown:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
         except StoreError as exc:
@@ -267,11 +237,12 @@ class FrameStreams:
                 return
             try:
                 await self._handle(sub, message)
-            except BadRequest as exc:
+            except ApiError as exc:
                 log.warning(
                     "conn=%s peer=%s frame feed closing 4400: %s", conn.id, conn.peer, exc.detail
                 )
-                conn.close_after(encode_json_event(exc.event()), CloseCode.BAD_REQUEST, exc.error)
+                message = encode_json_event(error_event(exc))
+                conn.close_after(message, CloseCode.BAD_REQUEST, exc.error)
                 return
 
     def _refuse(self, conn: Connection, code: int, reason: str) -> None:
@@ -280,22 +251,22 @@ class FrameStreams:
 
     async def _handle(self, sub: FeedSubscriber, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            raise BadRequest(400, "invalid_message", 'messages are objects with a "type"')
+            raise ApiError(400, "invalid_message", 'messages are objects with a "type"')
         kind = message["type"]
         if kind == "ping":
             sub.conn.enqueue(b'{"type":"pong"}')
             return
         if kind not in ("view", "watch", "leave"):
-            raise BadRequest(400, "invalid_message", f"unknown message type {kind[:40]!r}")
+            raise ApiError(400, "invalid_message", f"unknown message type {kind[:40]!r}")
         t, record_id = message.get("t"), message.get("id")
         if not isinstance(t, str) or not t or "/" in t:
-            raise BadRequest(400, "invalid_message", f"{kind}: t must be a record type")
+            raise ApiError(400, "invalid_message", f"{kind}: t must be a record type")
         if not isinstance(record_id, str) or not record_id:
-            raise BadRequest(400, "invalid_message", f"{kind}: id must be a non-empty string")
+            raise ApiError(400, "invalid_message", f"{kind}: id must be a non-empty string")
         try:
             validate_doc_name(f"{t}/{record_id}")
         except InvalidDocName as exc:
-            raise BadRequest(400, "invalid_message", f"{kind}: {exc}") from None
+            raise ApiError(400, "invalid_message", f"{kind}: {exc}") from None
         presence = self.runtime.presence
         if kind == "leave":
             presence.leave(sub, t, record_id)
@@ -305,11 +276,11 @@ class FrameStreams:
             return
         state = message.get("state", {})
         if not isinstance(state, dict):
-            raise BadRequest(400, "invalid_message", "view: state must be an object")
+            raise ApiError(400, "invalid_message", "view: state must be an object")
         try:
             await presence.view(sub, t, record_id, actor=sub.conn.actor, state=state)
         except ValueError as exc:
-            raise BadRequest(400, "invalid_message", f"view: {exc}") from None
+            raise ApiError(400, "invalid_message", f"view: {exc}") from None
         except (RoomLoadError, ShuttingDown, StoreError) as exc:
             # Not the client's fault: say so, keep the feed open.
             error = {"type": "error", "error": "view_failed", "detail": str(exc)}
@@ -324,13 +295,13 @@ class FrameStreams:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             if self.runtime.shutting_down:
-                raise BadRequest(503, "shutting_down", "the server is shutting down")
-            t = _parse_type(query.get("t"))
-            since = _parse_sid(headers.get("last-event-id"), "Last-Event-ID")
+                raise ApiError(503, "shutting_down", "the server is shutting down")
+            t = parse_type(query.get("t"))
+            since = parse_sid(headers.get("last-event-id"), "Last-Event-ID")
             if since is None:
-                since = _parse_sid(query.get("since"), "since")
+                since = parse_sid(query.get("since"), "since")
             start = await self._start_point(since, t)
-        except BadRequest as exc:
+        except ApiError as exc:
             log.info("peer=%s SSE feed refused %d: %s", peer(scope), exc.status, exc.detail)
             await send_json_response(send, exc.status, json_body(exc.error, exc.detail, exc.extra))
             return
