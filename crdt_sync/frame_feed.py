@@ -32,7 +32,7 @@ from anyio.abc import TaskGroup
 
 from persistence.store import FrameBatch, FrameDraft, Store, StoreError
 from rooms.feed_hub import FeedHub
-from rooms.manager import RoomManager
+from rooms.manager import RoomManager, ShuttingDown
 from rooms.room import Origin, Room, now_ms
 
 from .docnames import split_record
@@ -322,6 +322,8 @@ class RecordFeed:
         for org, name in stale:
             try:
                 room = await self.manager.get_room(org, name)
+            except ShuttingDown:
+                return
             except Exception as exc:
                 log.error("record doc %r cannot be loaded to re-frame it: %s", name, exc)
                 continue

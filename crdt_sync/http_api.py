@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from persistence.store import StoreError
+from rooms.manager import ShuttingDown
 
 from .errors import json_error
 from .throttle import Throttled
@@ -96,6 +97,8 @@ def endpoint(runtime: Any, handler: Handler) -> Handler:
         except StoreError as exc:
             log.error("%s %s -> 503: %s", request.method, request.url.path, exc)
             return json_error(503, "store_unavailable", f"the store failed: {exc}")
+        except ShuttingDown:  # the shutdown began while this request waited for a room
+            return json_error(503, "shutting_down", "the server is shutting down")
 
     return handle
 

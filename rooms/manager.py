@@ -105,11 +105,14 @@ class RoomManager:
 
         Raises:
             RoomLoadError: the stored state could not be loaded.
+            ShuttingDown: the room is not loaded and the manager is closing.
         """
         key = (org, name)
         while True:
             room = self.rooms.get(key)
             if room is None:
+                if self.closing:  # no new room once unload_all has begun
+                    raise ShuttingDown("server shutting down")
                 room = Room(
                     org,
                     name,
@@ -122,16 +125,18 @@ class RoomManager:
                 self.rooms[key] = room
                 try:
                     await room.load()
-                    if room.state is RoomState.LOADED and self.listener is not None:
-                        try:
-                            await self.listener.room_loaded(room)
-                        except Exception:
-                            log.exception("room=%r listener failed after load", name)
                 finally:
                     if room.state is not RoomState.LOADED and self.rooms.get(key) is room:
                         # Do not cache a failure: the next connection tries again.
                         del self.rooms[key]
                         room.mark_closed()
+                # After the check above: while the listener awaits, the room may
+                # legitimately begin to unload (shutdown), which is not a failed load.
+                if room.state is RoomState.LOADED and self.listener is not None:
+                    try:
+                        await self.listener.room_loaded(room)
+                    except Exception:
+                        log.exception("room=%r listener failed after load", name)
             elif room.state in (RoomState.NEW, RoomState.LOADING):
                 await room.loaded.wait()
             elif room.state is RoomState.CLOSING:
