@@ -440,6 +440,14 @@ async def drive(
     return run
 
 
+async def prepare(server: ServerProcess, records: int) -> tuple[int, int]:
+    """The started server's pid, after creating ``records`` records; and the newest sid."""
+    assert server.proc is not None
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+        newest = await create_records(http, records)
+    return server.proc.pid, newest
+
+
 # -- (a) mutations end to end --------------------------------------------------------------
 
 
@@ -452,10 +460,7 @@ async def bench_mutations(workdir: Path, args: argparse.Namespace, out: dict) ->
     server = ServerProcess(workdir, "--log-level", "warning").start()
     subs: Subscribers | None = None
     try:
-        assert server.proc is not None
-        pid = server.proc.pid
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
-            newest = await create_records(http, args.records)
+        pid, newest = await prepare(server, args.records)
         rss_before = rss_kib(pid)
         subs = Subscribers(server.url, newest, [(1, 0)], track=True)
         if await subs.ready() != 1:
@@ -559,10 +564,7 @@ async def bench_fanout(workdir: Path, args: argparse.Namespace, out: dict) -> No
     server = ServerProcess(workdir, "--log-level", "warning").start()
     subs: Subscribers | None = None
     try:
-        assert server.proc is not None
-        pid = server.proc.pid
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
-            newest = await create_records(http, args.records)
+        pid, newest = await prepare(server, args.records)
         rss_before = rss_kib(pid)
         subs = Subscribers(server.url, newest, split, track=False)
         connected = await subs.ready()
