@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 try:
-    from playwright.async_api import Browser, async_playwright
+    from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
 except ImportError:  # the dev extra not installed: reported by the fixture below
     async_playwright = None  # type: ignore[assignment]
 
@@ -68,3 +68,21 @@ async def browser(anyio_backend: Any, chromium_path: Path) -> AsyncIterator[Brow
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+class PageUnderTest:
+    """A page in its own browser context, collecting its errors: uncaught exceptions
+    and console errors, except those whose text contains one of ``EXPECTED_CONSOLE``."""
+
+    EXPECTED_CONSOLE: tuple[str, ...] = ()
+
+    def __init__(self, context: BrowserContext, page: Page) -> None:
+        self.context = context
+        self.page = page
+        self.errors: list[str] = []
+        page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
+        page.on("console", self._on_console)
+
+    def _on_console(self, message: ConsoleMessage) -> None:
+        if message.type == "error" and not any(t in message.text for t in self.EXPECTED_CONSOLE):
+            self.errors.append(f"console error: {message.text}")

@@ -20,14 +20,13 @@ import pytest
 from pycrdt import Text
 
 from crdt_sync.client import connect
+from tests.browser.conftest import PageUnderTest
 from tests.server_process import ServerProcess
 
 if not os.environ.get("CI"):
     pytest.importorskip("playwright", reason="the Python package `playwright` is not installed")
 from playwright.async_api import (
     Browser,
-    BrowserContext,
-    ConsoleMessage,
     Page,
     Route,
     WebSocketRoute,
@@ -41,22 +40,12 @@ WAIT_MS = 10_000
 COLUMNS = ("open", "doing", "done", "other")
 
 
-class Board:
+class Board(PageUnderTest):
     """One browser context with the board open on record type ``t``."""
 
-    def __init__(self, context: BrowserContext, page: Page) -> None:
-        self.context = context
-        self.page = page
-        self.errors: list[str] = []
-        page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
-        page.on("console", self._on_console)
-
-    def _on_console(self, message: ConsoleMessage) -> None:
-        # Chromium logs the requests the tests abort on purpose and the 429s the page
-        # waits out; neither is a page bug.
-        expected = ("net::ERR_FAILED", "responded with a status of 429")
-        if message.type == "error" and not any(text in message.text for text in expected):
-            self.errors.append(f"console error: {message.text}")
+    # Chromium logs the requests the tests abort on purpose and the 429s the page
+    # waits out; neither is a page bug.
+    EXPECTED_CONSOLE = ("net::ERR_FAILED", "responded with a status of 429")
 
     @classmethod
     async def open(

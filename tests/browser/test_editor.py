@@ -16,11 +16,12 @@ import pytest
 from pycrdt import Text
 
 from crdt_sync.client import connect
+from tests.browser.conftest import PageUnderTest
 from tests.server_process import ServerProcess
 
 if not os.environ.get("CI"):
     pytest.importorskip("playwright", reason="the Python package `playwright` is not installed")
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, expect
+from playwright.async_api import Browser, expect
 
 pytestmark = pytest.mark.anyio
 
@@ -28,19 +29,8 @@ DOC = "notes/browser-test"
 WAIT_MS = 10_000
 
 
-class Editor:
+class Editor(PageUnderTest):
     """One browser context with the editor page open on ``doc``."""
-
-    def __init__(self, context: BrowserContext, page: Page) -> None:
-        self.context = context
-        self.page = page
-        self.errors: list[str] = []
-        page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
-        page.on("console", self._on_console)
-
-    def _on_console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            self.errors.append(f"console error: {message.text}")
 
     @classmethod
     async def open(cls, browser: Browser, server: ServerProcess, name: str) -> Editor:
