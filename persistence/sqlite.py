@@ -880,7 +880,8 @@ class SQLiteStore:
             time.sleep(0.005)
 
     def _collect(self) -> list[_Op]:
-        """Block for the first op, let the commit interval pass, take what came meanwhile.
+        """Block for the first op, let the commit interval pass (when the last commit
+        was not alone), take what came meanwhile.
 
         The writer sleeps through the interval instead of waiting on the queue: every
         op put on a waiting queue wakes this thread, and at thousands of appends per
@@ -890,7 +891,10 @@ class SQLiteStore:
         batch = [first]
         if first.kind in _BARRIERS:
             return batch
-        if self._interval > 0:
+        # Wait for company only when writes come in company: after a commit of one op a
+        # lone writer gets its commit at once (what arrives during its fsync still
+        # forms the next batch), and a busy store keeps gathering for the interval.
+        if self._interval > 0 and self._last_batch_size > 1:
             time.sleep(self._interval)
         while len(batch) < self._max_batch:
             try:
