@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from persistence.store import FrameBatch, FrameDraft, Store, StoreError
 from rooms.feed_hub import FeedHub
@@ -128,7 +127,7 @@ class RecordFeed:
         self._manager = manager
         async with anyio.create_task_group() as tg:
             task_status.started()
-            tg.start_soon(self._reconcile_stale, tg)
+            tg.start_soon(self._reconcile_stale)
             tg.start_soon(self._trim_loop)
             await self._flush_loop()
 
@@ -289,12 +288,14 @@ class RecordFeed:
             if wait > 0:
                 await anyio.sleep(wait)
             now = time.monotonic()
-            by_org: dict[str, list[FrameDraft | None]] = {}
+            due: list[_Record] = []
             while self._due and self._due[0].due <= now:
-                rec = self._due.popleft()
-                if not rec.pending or self._records.get((rec.room.org, rec.room.name)) is not rec:
-                    continue
-                if rec.baseline is UNKNOWN:
+                due.append(self._due.popleft())
+            # Every await first: a draft and its queueing must not be separated by one,
+            # or a mutation of the same record could be framed in between, with an
+            # earlier sid than the older change it follows.
+            for rec in due:
+                if rec.pending and rec.baseline is UNKNOWN and self._is_current(rec):
                     try:
                         await self._ensure_baseline(rec)
                     except StoreError as exc:
@@ -303,14 +304,18 @@ class RecordFeed:
                         )
                         rec.due = time.monotonic() + 1.0
                         self._due.append(rec)
-                        continue
-                    if not rec.pending:
-                        continue
-                by_org.setdefault(rec.room.org, []).append(self._draft(rec))
+            by_org: dict[str, list[FrameDraft | None]] = {}
+            for rec in due:
+                if rec.pending and rec.baseline is not UNKNOWN and self._is_current(rec):
+                    by_org.setdefault(rec.room.org, []).append(self._draft(rec))
             for org, drafts in by_org.items():
                 self._queue(org, drafts)
 
-    async def _reconcile_stale(self, tg: TaskGroup) -> None:
+    def _is_current(self, rec: _Record) -> bool:
+        """``rec`` is still the record of a loaded room (not of an unloaded one)."""
+        return self._records.get((rec.room.org, rec.room.name)) is rec
+
+    async def _reconcile_stale(self) -> None:
         """Load every record whose stored projection lags its log (see the docstring)."""
         try:
             stale = await self.store.stale_records(limit=100_000)
@@ -494,7 +499,11 @@ class RecordFeed:
                     drafts[-1] = _with_ctx(drafts[-1], ctx)
                 return FrameBatch(tuple(d for d in drafts if d is not None), mutation_key)
 
-            _, appended = await room.change(write, actor=actor, frames=frames)
+            try:
+                appended = await room.change(write, actor=actor, frames=frames)
+            except Exception:
+                self._queue(org, [pending])  # framed by now, not queued: queue it still
+                raise
         except BaseException:
             manager.unhold(room)
             raise

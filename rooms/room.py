@@ -17,7 +17,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 from pycrdt import Doc, merge_updates
@@ -36,8 +36,6 @@ from .wire import (
 )
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: An update that changes nothing (no structs, empty delete set).
 EMPTY_UPDATE = b"\x00\x00"
@@ -311,12 +309,12 @@ class Room:
 
     async def change(
         self,
-        fn: Callable[[Doc], T],
+        fn: Callable[[Doc], None],
         *,
         actor: str,
         origin: Origin = Origin.MUTATION,
         frames: Callable[[], FrameBatch | None] | None = None,
-    ) -> tuple[T, Appended | None]:
+    ) -> Appended | None:
         """Run ``fn(doc)`` in one transaction; broadcast and log what it changed.
 
         Nothing between the change and the store append yields to the event loop, so
@@ -325,24 +323,35 @@ class Room:
         whoever calls this frames the change itself.
 
         Returns:
-            ``fn``'s result and the log entry, or ``None`` if nothing changed.
+            The log entry, or ``None`` if nothing changed.
+
+        Raises:
+            Whatever ``fn`` raised, once what it did before failing is shared and
+            logged (Yjs has no rollback) and the listener told of it.
         """
         self._expect(RoomState.LOADED)
         self._integrated = []
+        failure: Exception | None = None
         try:
             with self.doc.transaction(origin=origin):
-                result = fn(self.doc)
-        finally:
-            # Yjs has no rollback: if fn failed half-way, what it did is still shared.
-            integrated, self._integrated = self._integrated, []
-            if integrated:
-                self.last_activity = time.monotonic()
-                update = integrated[0] if len(integrated) == 1 else merge_updates(*integrated)
-                self.broadcast(encode_sync_update(update))
+                fn(self.doc)
+        except Exception as exc:
+            failure = exc
+        integrated, self._integrated = self._integrated, []
         if not integrated:
-            return result, None
+            if failure is not None:
+                raise failure
+            return None
+        self.last_activity = time.monotonic()
+        update = integrated[0] if len(integrated) == 1 else merge_updates(*integrated)
+        self.broadcast(encode_sync_update(update))
+        if failure is not None:
+            await self._log(update, actor)
+            if self._listener is not None:
+                self._listener.room_changed(self, actor, origin)
+            raise failure
         batch = frames() if frames is not None else None
-        return result, await self._log(update, actor, frames=batch)
+        return await self._log(update, actor, frames=batch)
 
     def on_awareness(self, conn: Connection, entries: tuple[AwarenessEntry, ...], frame: bytes):
         """Record and relay awareness to every connection, the sender included.
