@@ -692,13 +692,11 @@ class SQLiteStore:
             raise StoreError(f"SQLiteStore({self._path!r}) is not started; call start() first")
         raise StoreClosedError(f"SQLiteStore({self._path!r}) is closed")
 
-    async def _submit(
-        self, kind: _Kind, args: tuple[Any, ...], batch: frame_sql.PreparedBatch | None = None
-    ) -> Any:
+    async def _submit(self, kind: _Kind, args: tuple[Any, ...]) -> Any:
         self._check_open()
         assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put(_Op(kind, args, future, batch=batch))
+        self._queue.put(_Op(kind, args, future))
         # If the caller is cancelled the op still runs; only the wait is abandoned.
         return await future
 
