@@ -285,11 +285,6 @@ class Room:
         """
         if update == EMPTY_UPDATE:
             return
-        if self.state is RoomState.CLOSED:
-            # The doc was deleted and this client's close is under way: its update
-            # must not bring the doc back into the store.
-            log.debug("conn=%s room=%r closed, update dropped", conn.id, self.name)
-            return
         if self._listener is not None:
             self._listener.room_changing(self, conn.actor)
         changes = self._apply(update, Origin.CLIENT)
