@@ -116,6 +116,6 @@ async def test_delete_during_load_keeps_one_room(tmp_path: Path) -> None:
 
 def test_room_idle_seconds_zero_is_refused() -> None:
     """0 would unload a room between two requests of one client (churn, and races)."""
-    with pytest.raises(SettingsError, match="--room-idle-seconds must be >= 0.1"):
+    with pytest.raises(SettingsError, match=r"--room-idle-seconds must be >= 0\.1"):
         Settings(room_idle_seconds=0)
     assert Settings(room_idle_seconds=0.1).room_idle_seconds == 0.1
