@@ -89,6 +89,9 @@ class _Record:
     actor: str | None = None  # who made the pending changes (None: recovered)
     due: float = 0.0
     loading: anyio.Event | None = None
+    #: Its frames queued in the store and not committed yet (newest last): a
+    #: mutation's ``base_sid`` conflicts are read from the store, which cannot see them.
+    uncommitted: list[FrameDraft] = field(default_factory=list)
 
 
 class RecordFeed:
@@ -261,8 +264,17 @@ class RecordFeed:
         if not frames:
             return
         names = {f"{f.t}/{f.id}" for f in frames}
+        queued = [
+            (rec, draft)
+            for draft in frames
+            if (rec := self._records.get((org, f"{draft.t}/{draft.id}"))) is not None
+        ]
+        for rec, draft in queued:
+            rec.uncommitted.append(draft)
 
         def done(fut: Any) -> None:
+            for rec, draft in queued:
+                rec.uncommitted.remove(draft)
             if fut.cancelled():
                 return
             exc = fut.exception()
@@ -508,10 +520,9 @@ class RecordFeed:
         if rec is None:
             return None
         await self._flush_now(rec)
-        others = []
+        others: list[Any] = []
         if m.base_sid is not None:
-            frames = await self.store.record_frames(org, m.t, m.id, m.base_sid)
-            others = [f for f in frames if (f.who, f.ctx.get("client_id")) != (actor, client_id)]
+            others = await self.store.record_frames(org, m.t, m.id, m.base_sid)
         await self._ensure_baseline(rec)
         # -- from here to the store append nothing yields: what is checked here still
         # holds when the change is made (two inserts of one record: one finds the
@@ -524,6 +535,11 @@ class RecordFeed:
             raise MutationError(404, "not_found", f"no record {m.t}/{m.id}")
         if m.op == "i" and all(v is None for v in m.p.values()):
             raise MutationError(422, "empty_insert", "an insert needs a non-null field")
+        if m.base_sid is not None:
+            # Frames queued meanwhile (another mutation, a coalesced edit) are not in
+            # what was read, and are newer than all of it.
+            others += [d for d in rec.uncommitted if not any(_same_frame(f, d) for f in others)]
+        others = [f for f in others if (f.who, f.ctx.get("client_id")) != (actor, client_id)]
         # A pending change of the doc is framed before the mutation, in a batch of its
         # own: the idempotency key remembers the mutation's own sid, not this one's.
         pending = self._draft(rec) if rec.pending else None
@@ -689,6 +705,17 @@ def _own_error(m: Mutation, exc: Exception) -> Exception:
         return exc
     log.error("mutation %s %s/%s failed", m.op, m.t, m.id, exc_info=exc)
     return MutationError(500, "internal_error", "the server failed to apply this mutation")
+
+
+def _same_frame(frame: Any, draft: FrameDraft) -> bool:
+    """``frame`` (read from the store) is ``draft`` committed."""
+    return (frame.op, frame.who, frame.at, frame.p, frame.ctx) == (
+        draft.op,
+        draft.who,
+        draft.at,
+        draft.p,
+        draft.ctx,
+    )
 
 
 def _with_ctx(draft: FrameDraft, ctx: dict[str, Any]) -> FrameDraft:

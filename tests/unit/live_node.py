@@ -22,7 +22,7 @@ from pycrdt import Doc, Map
 
 from crdt_sync.frame_feed import RecordFeed
 from persistence.sqlite import SQLiteStore
-from persistence.store import RecordRow, StoredDoc
+from persistence.store import Appended, RecordRow, StoredDoc
 from rooms.connection import Connection
 from rooms.feed_hub import FeedHub
 from rooms.manager import RoomManager, RoomSettings
@@ -58,12 +58,30 @@ class PausingStore(SQLiteStore):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self._pauses: dict[str, list[tuple[Callable[..., bool], Pause]]] = {}
+        self._notices: dict[str, list[tuple[Callable[..., bool], anyio.Event]]] = {}
 
     def pause(self, method: str, when: Callable[..., bool] = lambda *args: True) -> Pause:
         """Stop the next call of ``method`` whose arguments satisfy ``when``."""
         pause = Pause()
         self._pauses.setdefault(method, []).append((when, pause))
         return pause
+
+    def notice(self, method: str, when: Callable[..., bool] = lambda *args: True) -> anyio.Event:
+        """An event set once a call of ``method`` whose arguments satisfy ``when`` is made
+        (for :meth:`append`: once the update is queued)."""
+        event = anyio.Event()
+        self._notices.setdefault(method, []).append((when, event))
+        return event
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for when, event in self._notices.get(method, []):
+            if when(*args):
+                event.set()
+
+    async def append(self, org: str, name: str, update: bytes, **kwargs: Any) -> Appended:
+        appended = await super().append(org, name, update, **kwargs)
+        self._notify("append", org, name, kwargs.get("actor"))
+        return appended
 
     async def _maybe_hold(self, method: str, *args: Any) -> None:
         waiting = self._pauses.get(method, [])

@@ -6,6 +6,7 @@ pauses only decide which request runs when.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,33 @@ async def test_new_change_is_credited_to_its_own_actor(tmp_path: Path) -> None:
             ("bob", {"status": "B"}),
             ("carol", {"size": 3}),
         ]
+
+
+async def test_base_sid_conflict_includes_a_concurrent_uncommitted_write(tmp_path: Path) -> None:
+    """Alice's update is queued but not committed when Bob's (with ``base_sid``) reads
+    the record's frames: Bob must still be told he overwrote Alice's field."""
+    async with live_node(tmp_path) as node:
+        made = ok((await mutate(node, Mutation("task", "c", "i", {"title": "t"})))[0])
+        release = threading.Event()
+        outcomes: dict[str, Any] = {}
+
+        async def update(actor: str, title: str, base_sid: int | None) -> None:
+            m = Mutation("task", "c", "u", {"title": title}, base_sid=base_sid)
+            [outcomes[actor]] = await mutate(node, m, actor=actor)
+
+        bob_queued = node.store.notice("append", lambda org, name, actor: actor == "bob")
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                await tg.start(node.store.hold_writer, release)  # no commit for now
+                alice_queued = node.store.notice("append", lambda o, n, actor: actor == "alice")
+                tg.start_soon(update, "alice", "A", None)
+                await alice_queued.wait()
+                tg.start_soon(update, "bob", "B", made["sid"])
+                await bob_queued.wait()  # bob read the frames (alice's not among them)
+                release.set()
+
+        alice, bob = ok(outcomes["alice"]), ok(outcomes["bob"])
+        assert bob["conflicts"] == ["title"]
+        assert bob["overwritten"]["title"]["value"] == "A"
+        assert bob["overwritten"]["title"]["who"] == "alice"
+        assert alice["sid"] < bob["sid"]
