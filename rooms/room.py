@@ -113,7 +113,7 @@ class Room:
         self.last_update_id = 0
         self.logged_since_snapshot = 0
         self.compacting = False
-        # One compaction at a time, and an unload's waits for a running one.
+        # One compaction at a time: an unload waits for a running one.
         self._compact_lock = anyio.Lock()
         self.store_failed = False
         self.last_activity = time.monotonic()
