@@ -159,14 +159,12 @@ class DocsApi:
         try:
             if split_record(name) is not None:
                 # A record: its deletion is a "d" frame, logged in the same transaction.
-                sid = await self.runtime.feed.delete(ORG, name, actor=ACTOR)
-                existed = was_loaded = sid is not None
+                existed = await self.runtime.feed.delete(ORG, name, actor=ACTOR) is not None
             else:
-                was_loaded = self.runtime.manager.delete_room(ORG, name)
-                existed = await self.runtime.store.delete(ORG, name)
+                existed = await self.runtime.manager.delete(ORG, name)
         except StoreError as exc:
             raise ApiError(503, "store_unavailable", f"delete not stored: {exc}") from None
-        if not (existed or was_loaded):
+        if not existed:
             raise ApiError(404, "not_found", f"no document named {name!r}")
         log.info("doc=%r deleted over HTTP by %s", name, ACTOR)
         return JSONResponse({"name": name, "deleted": True})

@@ -32,7 +32,7 @@ import anyio
 from persistence.store import FrameBatch, FrameDraft, Store, StoreError
 from rooms.feed_hub import FeedHub
 from rooms.manager import RoomManager, ShuttingDown
-from rooms.room import Origin, Room, now_ms
+from rooms.room import Origin, Room, RoomLoadError, RoomState, now_ms
 
 from .docnames import split_record
 from .records import FieldError, RootTypes, diff, plan_write, project, same
@@ -44,6 +44,10 @@ UNKNOWN: Any = object()
 
 #: Trim the frame log when it holds this much more than --frame-retention.
 TRIM_SLACK = 0.1
+
+#: Times a mutation starts again on the doc as it is after a delete that came in
+#: while it waited (for a load, a baseline or frames): the delete is ordered first.
+DELETED_RETRIES = 3
 
 
 class MutationError(Exception):
@@ -85,6 +89,9 @@ class _Record:
     actor: str | None = None  # who made the pending changes (None: recovered)
     due: float = 0.0
     loading: anyio.Event | None = None
+    #: Its frames queued in the store and not committed yet (newest last): a
+    #: mutation's ``base_sid`` conflicts are read from the store, which cannot see them.
+    uncommitted: list[FrameDraft] = field(default_factory=list)
 
 
 class RecordFeed:
@@ -144,6 +151,11 @@ class RecordFeed:
             log.info("record %s/%s: stored projection is behind its doc, re-framing", rec.t, rec.id)
             self._mark(rec, None)
 
+    def room_changing(self, room: Room, actor: str) -> None:
+        rec = self._records.get((room.org, room.name))
+        if rec is not None and rec.room is room and rec.pending and rec.actor != actor:
+            self._set_apart(rec)
+
     def room_changed(self, room: Room, actor: str, origin: Origin) -> None:
         if origin is Origin.STORE:
             return
@@ -176,22 +188,35 @@ class RecordFeed:
         rec = self._records.get(key)
         if rec is not None and rec.room is room:
             return rec
+        if room.state is not RoomState.LOADED:
+            return None  # deleted or unloaded: nothing of it is framed any more
         split = split_record(room.name)
         if split is None:
             return None
         rec = self._records[key] = _Record(room, *split)
         return rec
 
-    def _mark(self, rec: _Record, actor: str | None) -> None:
-        """Note a change by ``actor``; a pending change by someone else is framed first."""
-        if rec.pending and rec.actor != actor and rec.baseline is not UNKNOWN:
+    def _set_apart(self, rec: _Record) -> None:
+        """Before a change by another actor is applied: frame the pending one now, so
+        that neither is credited to the other's ``who``."""
+        if rec.baseline is not UNKNOWN:
             self._queue(rec.room.org, [self._draft(rec)])
-        if not rec.pending:
-            rec.pending = True
-            rec.actor = actor
-            rec.due = time.monotonic() + self.coalesce
-            self._due.append(rec)
-            self._wake.set()
+        else:
+            # Without a baseline it cannot be framed yet: the merged change is
+            # credited to nobody rather than to the wrong actor.
+            rec.actor = None
+
+    def _mark(self, rec: _Record, actor: str | None) -> None:
+        """Note a change by ``actor``, already applied to the doc (see :meth:`room_changing`)."""
+        if rec.pending:
+            if rec.actor != actor:
+                rec.actor = None  # merged with a change of someone else (or a recovery)
+            return
+        rec.pending = True
+        rec.actor = actor
+        rec.due = time.monotonic() + self.coalesce
+        self._due.append(rec)
+        self._wake.set()
 
     def _draft(self, rec: _Record, *, who: str | Any | None = UNKNOWN) -> FrameDraft | None:
         """The frame from the baseline to the doc now; moves the baseline. No I/O."""
@@ -239,8 +264,17 @@ class RecordFeed:
         if not frames:
             return
         names = {f"{f.t}/{f.id}" for f in frames}
+        queued = [
+            (rec, draft)
+            for draft in frames
+            if (rec := self._records.get((org, f"{draft.t}/{draft.id}"))) is not None
+        ]
+        for rec, draft in queued:
+            rec.uncommitted.append(draft)
 
         def done(fut: Any) -> None:
+            for rec, draft in queued:
+                rec.uncommitted.remove(draft)
             if fut.cancelled():
                 return
             exc = fut.exception()
@@ -395,7 +429,7 @@ class RecordFeed:
                 try:
                     begun = await self._begin(org, m, actor, client_id)
                 except Exception as exc:  # this mutation alone failed
-                    started.append(exc)
+                    started.append(_own_error(m, exc))
                     continue
                 if tx is not None:
                     in_batch[tx] = len(started)
@@ -408,17 +442,21 @@ class RecordFeed:
                 try:
                     outcomes.append(await item.complete(outcomes))
                 except Exception as exc:
-                    outcomes.append(exc)
+                    outcomes.append(_own_error(mutations[len(outcomes)], exc))
             return outcomes
         finally:
             for item in started:
                 if isinstance(item, _Started):
                     item.finish()
 
-    async def _begin(
-        self, org: str, m: Mutation, actor: str, client_id: str | None
-    ) -> _Started:
-        """Everything up to the store queue: idempotency, checks, the CRDT change."""
+    async def _begin(self, org: str, m: Mutation, actor: str, client_id: str | None) -> _Started:
+        """Everything up to the store queue: idempotency, checks, the CRDT change.
+
+        A ``client_tx_id`` is held from its lookup until its mutation's commit (which
+        stores the key) completes, never longer: a request never holds one key while
+        it waits for another, so batches naming the same keys in any order cannot
+        wait on each other.
+        """
         tx = m.client_tx_id
         if tx is None:
             return await self._begin_change(org, m, actor, client_id)
@@ -428,7 +466,8 @@ class RecordFeed:
         done = self._in_flight[key] = anyio.Event()
 
         def release() -> None:
-            del self._in_flight[key]
+            if self._in_flight.get(key) is done:
+                del self._in_flight[key]
             done.set()
 
         try:
@@ -440,7 +479,7 @@ class RecordFeed:
         except BaseException:
             release()
             raise
-        begun.on_finish(release)
+        begun.when_committed(release)
         return begun
 
     async def _begin_change(
@@ -452,68 +491,92 @@ class RecordFeed:
         if m.op == "d":
             return _Started(await self._delete(org, m, actor, ctx), None, False)
         manager = self.manager
-        room = await manager.hold(org, m.name)
-        try:
-            rec = self._record(room)
-            assert rec is not None
-            await self._flush_now(rec)
-            if m.op == "i" and not room.is_empty:
-                raise MutationError(409, "exists", f"record {m.t}/{m.id} already exists")
-            if m.op == "u" and room.is_empty:
-                raise MutationError(404, "not_found", f"no record {m.t}/{m.id}")
-            if m.op == "i" and all(v is None for v in m.p.values()):
-                raise MutationError(422, "empty_insert", "an insert needs a non-null field")
-            others = []
-            if m.base_sid is not None:
-                frames = await self.store.record_frames(org, m.t, m.id, m.base_sid)
-                others = [
-                    f for f in frames if (f.who, f.ctx.get("client_id")) != (actor, client_id)
-                ]
-            await self._ensure_baseline(rec)
-            # -- from here to the store append nothing yields ---------------------------
-            pending = self._draft(rec) if rec.pending else None
-            if pending is not None and (pending.who, None) != (actor, client_id):
-                others.append(pending)
+        for _ in range(DELETED_RETRIES):
+            room = await manager.hold(org, m.name)
             try:
-                write = plan_write(room.doc, rec.types, m.p)
-            except FieldError as exc:
-                self._queue(org, [pending])
-                raise MutationError(exc.status, "invalid_field", f"p.{exc.field}: {exc}") from None
-            before = rec.baseline or {}
-            result: dict[str, Any] = {
-                "t": m.t,
-                "id": m.id,
-                "op": m.op,
-                "status": 201 if m.op == "i" else 200,
-                "client_tx_id": m.client_tx_id,
-            }
-            overwritten = _overwritten(others, m.p, before)
-            result["conflicts"] = sorted(overwritten)
-            result["overwritten"] = overwritten
-            drafts: list[FrameDraft | None] = [pending]
-            mutation_key = (m.client_tx_id, result) if m.client_tx_id else None
-
-            def frames() -> FrameBatch:
-                drafts.append(self._draft(rec, who=actor))
-                if drafts[-1] is not None:
-                    drafts[-1] = _with_ctx(drafts[-1], ctx)
-                return FrameBatch(tuple(d for d in drafts if d is not None), mutation_key)
-
-            try:
-                appended = await room.change(write, actor=actor, frames=frames)
-            except Exception:
-                self._queue(org, [pending])  # framed by now, not queued: queue it still
+                begun = await self._change(org, m, room, actor, client_id, ctx)
+            except BaseException:
+                manager.unhold(room)
                 raise
-        except BaseException:
-            manager.unhold(room)
-            raise
+            if begun is not None:
+                begun.on_finish(lambda room=room: manager.unhold(room))
+                return begun
+            manager.unhold(room)  # deleted while this mutation waited: once more
+        raise MutationError(
+            409, "deleted", f"record {m.t}/{m.id} was deleted while this mutation was applied"
+        )
+
+    async def _change(
+        self,
+        org: str,
+        m: Mutation,
+        room: Room,
+        actor: str,
+        client_id: str | None,
+        ctx: dict[str, Any],
+    ) -> _Started | None:
+        """Check and apply ``m`` to ``room`` (held); ``None``: the room was deleted first."""
+        rec = self._record(room)
+        if rec is None:
+            return None
+        await self._flush_now(rec)
+        others: list[Any] = []
+        if m.base_sid is not None:
+            others = await self.store.record_frames(org, m.t, m.id, m.base_sid)
+        await self._ensure_baseline(rec)
+        # -- from here to the store append nothing yields: what is checked here still
+        # holds when the change is made (two inserts of one record: one finds the
+        # other's change; a delete: the room is no longer loaded) ----------------------
+        if room.state is not RoomState.LOADED or not self._is_current(rec):
+            return None
+        if m.op == "i" and not room.is_empty:
+            raise MutationError(409, "exists", f"record {m.t}/{m.id} already exists")
+        if m.op == "u" and room.is_empty:
+            raise MutationError(404, "not_found", f"no record {m.t}/{m.id}")
+        if m.op == "i" and all(v is None for v in m.p.values()):
+            raise MutationError(422, "empty_insert", "an insert needs a non-null field")
+        if m.base_sid is not None:
+            # Frames queued meanwhile (another mutation, a coalesced edit) are not in
+            # what was read, and are newer than all of it.
+            others += [d for d in rec.uncommitted if not any(_same_frame(f, d) for f in others)]
+        others = [f for f in others if (f.who, f.ctx.get("client_id")) != (actor, client_id)]
+        # A pending change of the doc is framed before the mutation, in a batch of its
+        # own: the idempotency key remembers the mutation's own sid, not this one's.
+        pending = self._draft(rec) if rec.pending else None
+        self._queue(org, [pending])
+        if pending is not None and (pending.who, None) != (actor, client_id):
+            others.append(pending)
+        try:
+            write = plan_write(room.doc, rec.types, m.p)
+        except FieldError as exc:
+            raise MutationError(exc.status, "invalid_field", f"p.{exc.field}: {exc}") from None
+        before = rec.baseline or {}
+        result: dict[str, Any] = {
+            "t": m.t,
+            "id": m.id,
+            "op": m.op,
+            "status": 201 if m.op == "i" else 200,
+            "client_tx_id": m.client_tx_id,
+        }
+        overwritten = _overwritten(others, m.p, before)
+        result["conflicts"] = sorted(overwritten)
+        result["overwritten"] = overwritten
+        own: list[FrameDraft] = []
+        mutation_key = (m.client_tx_id, result) if m.client_tx_id else None
+
+        def frames() -> FrameBatch:
+            draft = self._draft(rec, who=actor)
+            if draft is not None:
+                own.append(_with_ctx(draft, ctx))
+            return FrameBatch(tuple(own), mutation_key)
+
+        appended = await room.change(write, actor=actor, frames=frames)
         if appended is None:  # nothing changed: no frame, but remember the answer
-            begun = _Started(result, self._queue(org, drafts, mutation=mutation_key), False)
-        else:
-            self._watch(org, tuple(d for d in drafts if d is not None), appended.durable)
-            begun = _Started(result, appended.durable, drafts[-1] is not None)
-            begun.on_finish(lambda: manager.after_update(room))
-        begun.on_finish(lambda: manager.unhold(room))
+            return _Started(result, self._queue(org, [], mutation=mutation_key), False)
+        self._watch(org, tuple(own), appended.durable)
+        begun = _Started(result, appended.durable, bool(own))
+        manager = self.manager
+        begun.on_finish(lambda: manager.after_update(room))
         return begun
 
     async def _delete(
@@ -552,35 +615,36 @@ class RecordFeed:
         assert split is not None, f"{name!r} is not a record"
         t, record_id = split
         key = (org, name)
-        rec = self._records.get(key)
-        if rec is not None:
-            await self._ensure_baseline(rec)
-            baseline = rec.baseline
-            exists = baseline is not None or not rec.room.is_empty
-        else:
-            row = await self.store.get_record(org, t, record_id)
-            exists = row is not None
-        room_had_doc = self.manager.delete_room(org, name)  # closes editors with 4404
-        if not exists and not room_had_doc:
-            # A doc may still be stored without a projection (never framed).
-            if not await self.store.delete(org, name):
-                return None
-        draft = FrameDraft(
-            t=t,
-            id=record_id,
-            op="d",
-            p={},
-            who=actor,
-            at=now_ms(),
-            ctx=ctx or {"client_tx_id": None},
-            record=None,
-        )
-        tx = mutation.get("client_tx_id") if mutation else None
-        future = self._queue(
-            org, [draft], delete=name, mutation=(tx, mutation) if tx and mutation else None
-        )
-        assert future is not None
-        sids = await future
+        # No load of the doc and no new room until the deletion is committed.
+        async with self.manager.deleting(org, name) as room:
+            rec = self._records.get(key) if room is not None else None
+            if rec is not None and rec.room is room:
+                await self._ensure_baseline(rec)
+                exists = rec.baseline is not None or not rec.room.is_empty
+            else:
+                row = await self.store.get_record(org, t, record_id)
+                exists = row is not None
+            room_had_doc = self.manager.delete_room(org, name)  # closes editors with 4404
+            if not exists and not room_had_doc:
+                # A doc may still be stored without a projection (never framed).
+                if not await self.store.delete(org, name):
+                    return None
+            draft = FrameDraft(
+                t=t,
+                id=record_id,
+                op="d",
+                p={},
+                who=actor,
+                at=now_ms(),
+                ctx=ctx or {"client_tx_id": None},
+                record=None,
+            )
+            tx = mutation.get("client_tx_id") if mutation else None
+            future = self._queue(
+                org, [draft], delete=name, mutation=(tx, mutation) if tx and mutation else None
+            )
+            assert future is not None
+            sids = await future
         return sids[-1]
 
 
@@ -604,6 +668,17 @@ class _Started:
     def on_finish(self, callback: Callable[[], None]) -> None:
         self._finish.append(callback)
 
+    def when_committed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the commit is over (at once if nothing was written),
+        whether or not anybody awaits it."""
+        add_done_callback = getattr(self._commit, "add_done_callback", None)
+        if self._commit is None:
+            callback()
+        elif add_done_callback is not None:
+            add_done_callback(lambda _: callback())
+        else:  # a plain awaitable: when the batch is answered
+            self.on_finish(callback)
+
     async def complete(self, earlier: list[dict[str, Any] | Exception]) -> dict[str, Any]:
         """Wait for the commit; the result with its ``sid``."""
         if self._replay_of is not None:
@@ -621,6 +696,26 @@ class _Started:
         callbacks, self._finish = self._finish, []
         for callback in reversed(callbacks):
             callback()
+
+
+def _own_error(m: Mutation, exc: Exception) -> Exception:
+    """``exc`` as the failure of ``m`` alone: an error the API answers as such, or (a
+    bug) logged and answered 500 for this mutation only, never for its batch."""
+    if isinstance(exc, (MutationError, StoreError, RoomLoadError, ShuttingDown)):
+        return exc
+    log.error("mutation %s %s/%s failed", m.op, m.t, m.id, exc_info=exc)
+    return MutationError(500, "internal_error", "the server failed to apply this mutation")
+
+
+def _same_frame(frame: Any, draft: FrameDraft) -> bool:
+    """``frame`` (read from the store) is ``draft`` committed."""
+    return (frame.op, frame.who, frame.at, frame.p, frame.ctx) == (
+        draft.op,
+        draft.who,
+        draft.at,
+        draft.p,
+        draft.ctx,
+    )
 
 
 def _with_ctx(draft: FrameDraft, ctx: dict[str, Any]) -> FrameDraft:

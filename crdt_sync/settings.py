@@ -40,7 +40,7 @@ class Settings:
     room_idle_seconds: float = _opt(
         30.0,
         "unload a room this long after its last client left (state is stored first)",
-        minimum=0,
+        minimum=0.1,
     )
     max_message_bytes: int = _opt(
         16 * 1024 * 1024,

@@ -19,6 +19,14 @@ class RoomListener(Protocol):
         """The room's stored state is loaded (once per load, before it is unloaded)."""
         ...
 
+    def room_changing(self, room: Room, actor: str) -> None:
+        """An update from a client or HTTP by ``actor`` is about to be applied.
+
+        What others changed before it can be set apart now (credited to them), not
+        once their change and this one are merged in the doc.
+        """
+        ...
+
     def room_changed(self, room: Room, actor: str, origin: Origin) -> None:
         """An update from a client, HTTP or the store changed the doc."""
         ...

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -63,6 +64,8 @@ class RoomManager:
         self.rooms: dict[tuple[str, str], Room] = {}
         self._tg: TaskGroup | None = None
         self._unload_timers: dict[tuple[str, str], anyio.CancelScope] = {}
+        #: Docs being deleted: no room of them loads until the deletion is committed.
+        self._deleting: dict[tuple[str, str], anyio.Event] = {}
         self.store_failures = 0
         self.closing = False
         self._trim_scheduled = False
@@ -109,6 +112,12 @@ class RoomManager:
         """
         key = (org, name)
         while True:
+            deleting = self._deleting.get(key)
+            if deleting is not None:
+                # A load now could read the doc before its deletion commits (a second
+                # room of the doc, its deleted state served again): wait for it.
+                await deleting.wait()
+                continue
             room = self.rooms.get(key)
             if room is None:
                 if self.closing:  # no new room once unload_all has begun
@@ -242,9 +251,16 @@ class RoomManager:
             scope.cancel()
 
     async def unload(self, room: Room) -> bool:
-        """Persist and drop ``room`` if nobody is connected; ``False`` if kept."""
+        """Persist and drop ``room`` if nobody is connected; ``False`` if kept.
+
+        Returns only once everything the room logged is committed: the snapshot it
+        writes is queued behind every earlier append, and waits for a compaction
+        already running (see :meth:`Room.persist_all`).
+        """
         if room.connections or room.holds or room.state is not RoomState.LOADED:
             return False
+        if (room.org, room.name) in self._deleting:
+            return False  # the delete drops it; storing it now would bring it back
         room.begin_unload()
         try:
             with anyio.CancelScope(shield=True):
@@ -299,12 +315,49 @@ class RoomManager:
             if room.state is RoomState.LOADED:
                 await self.unload(room)
 
+    @asynccontextmanager
+    async def deleting(self, org: str, name: str) -> AsyncIterator[Room | None]:
+        """Exclusive access to doc ``(org, name)`` while it is deleted.
+
+        Waits until no load or unload of the doc is under way, and keeps every new
+        load of it waiting until the block exits: the caller deletes the doc in the
+        store inside the block and awaits the commit, so that no room can be loaded
+        from the state being deleted (or handed to clients after its deletion).
+        Deletes of one doc run one after the other.
+
+        Yields:
+            The doc's loaded room, or ``None``; drop it with :meth:`delete_room`.
+        """
+        key = (org, name)
+        while (other := self._deleting.get(key)) is not None:
+            await other.wait()
+        gate = self._deleting[key] = anyio.Event()
+        try:
+            self._cancel_unload(key)
+            while True:
+                room = self.rooms.get(key)
+                if room is None or room.state in (RoomState.LOADED, RoomState.FAILED):
+                    break
+                if room.state in (RoomState.NEW, RoomState.LOADING):
+                    await room.loaded.wait()
+                else:  # CLOSING: an unload is storing it; it may also be kept
+                    await room.unload_settled.wait()
+            yield room
+        finally:
+            del self._deleting[key]
+            gate.set()
+            room = self.rooms.get(key)
+            if room is not None:
+                self.release(room)  # not deleted after all: unload it when idle
+
     def delete_room(self, org: str, name: str) -> bool:
         """Close the connections of a deleted doc and drop its room without storing it.
 
-        Returns whether a room was loaded.
+        Only inside :meth:`deleting`. Returns whether the room held a doc.
         """
         key = (org, name)
+        if key not in self._deleting:
+            raise RuntimeError(f"expected DELETING, got no deletion of {name!r} under way")
         self._cancel_unload(key)
         room = self.rooms.pop(key, None)
         if room is None:
@@ -317,6 +370,18 @@ class RoomManager:
         if self.listener is not None:
             self.listener.room_unloaded(room)
         return not room.is_empty
+
+    async def delete(self, org: str, name: str) -> bool:
+        """Delete a doc that is not a record: close its clients, drop its room, delete
+        it in the store (awaited). Returns whether it existed.
+
+        Raises:
+            StoreError: the deletion could not be committed.
+        """
+        async with self.deleting(org, name):
+            was_loaded = self.delete_room(org, name)
+            existed = await self.store.delete(org, name)
+        return existed or was_loaded
 
     # -- liveness ----------------------------------------------------------------
 

@@ -113,6 +113,8 @@ class Room:
         self.last_update_id = 0
         self.logged_since_snapshot = 0
         self.compacting = False
+        # One compaction at a time: an unload waits for a running one.
+        self._compact_lock = anyio.Lock()
         self.store_failed = False
         self.last_activity = time.monotonic()
         self._on_store_failure = on_store_failure
@@ -196,8 +198,10 @@ class Room:
         The compaction is queued behind every earlier append of this room, and it
         writes the whole state, so it also covers appends whose commit failed. (A
         store-wide ``flush()`` would instead fail because of another room's writes.)
+        A compaction already running is waited for first: it covers only the updates
+        logged before it began, and the appends after it may still be queued.
         """
-        await self.compact(force=self.store_failed)
+        await self.compact()
 
     def finish_unload(self) -> None:
         self._expect(RoomState.CLOSING)
@@ -281,6 +285,8 @@ class Room:
         """
         if update == EMPTY_UPDATE:
             return
+        if self._listener is not None:
+            self._listener.room_changing(self, conn.actor)
         changes = self._apply(update, Origin.CLIENT)
         for change in changes:
             message = frame if frame is not None and change == update else None
@@ -299,6 +305,8 @@ class Room:
         if update == EMPTY_UPDATE:
             return None
         appended = None
+        if self._listener is not None:
+            self._listener.room_changing(self, actor)
         changes = self._apply(update, origin)
         for change in changes:
             self.broadcast(encode_sync_update(change))
@@ -420,29 +428,36 @@ class Room:
     async def compact(self, *, force: bool = False) -> None:
         """Fold the log into a snapshot of the current state (one store transaction).
 
+        Waits for a compaction already running, then compacts what is left. Returns
+        once the snapshot is committed, and with it every append of this room queued
+        before it.
+
         Args:
-            force: Write the snapshot even if nothing was logged since the last one
-                (after a failed commit, the log may lack what the doc holds).
+            force: Write the snapshot even if nothing was logged since the last one.
+                (Forced as well after a failed commit: the log may lack what the doc
+                holds.)
         """
-        if self.compacting:
-            return
-        if not force and self.logged_since_snapshot == 0 and self.last_update_id != 0:
-            return
-        self.compacting = True
-        try:
-            upto = self.last_update_id
-            covered = self.logged_since_snapshot
-            state = self.doc.get_update()
-            if upto == 0 and state == EMPTY_UPDATE:
-                return  # never stored, nothing to store: do not create an empty doc
-            failed_before = self.store_failed
-            await self.store.compact(self.org, self.name, state, upto)
-            self.logged_since_snapshot -= covered
-            if failed_before:
-                self.store_failed = False
-            log.debug("room=%r compacted %d updates up to id %d", self.name, covered, upto)
-        finally:
-            self.compacting = False
+        async with self._compact_lock:
+            if self.state is RoomState.CLOSED:
+                return  # unloaded or deleted meanwhile: a snapshot would bring it back
+            force = force or self.store_failed
+            if not force and self.logged_since_snapshot == 0 and self.last_update_id != 0:
+                return
+            self.compacting = True
+            try:
+                upto = self.last_update_id
+                covered = self.logged_since_snapshot
+                state = self.doc.get_update()
+                if upto == 0 and state == EMPTY_UPDATE:
+                    return  # never stored, nothing to store: do not create an empty doc
+                failed_before = self.store_failed
+                await self.store.compact(self.org, self.name, state, upto)
+                self.logged_since_snapshot -= covered
+                if failed_before:
+                    self.store_failed = False
+                log.debug("room=%r compacted %d updates up to id %d", self.name, covered, upto)
+            finally:
+                self.compacting = False
 
 
 def watch_durable(appended: Appended, on_error: Callable[[BaseException], None]) -> None:

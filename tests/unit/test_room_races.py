@@ -1,0 +1,121 @@
+"""Room lifecycle races: unload against a running compaction, delete against a load or a
+lingering client. Each interleaving is forced (a paused store call, a held writer)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+from pycrdt import Map
+
+from crdt_sync.frame_feed import Mutation
+from crdt_sync.settings import Settings, SettingsError
+from rooms.close_codes import CloseCode
+from rooms.room import Origin, Room, RoomState
+
+from .live_node import ORG, WAIT, fields_update, live_node, stored_fields
+
+pytestmark = pytest.mark.anyio
+
+
+def fields_of(room: Room) -> dict:
+    return room.doc.get("fields", type=Map).to_py()
+
+
+async def test_unload_waits_for_running_compaction(tmp_path: Path) -> None:
+    """A compaction is committing (slowly) when an edit comes and the room unloads: the
+    unload must return only once that edit is stored, so a rejoin sees it."""
+    async with live_node(tmp_path) as node:
+        room = await node.manager.get_room(ORG, "note")
+        first = await room.apply_update(
+            fields_update(room, text="hello"), actor="ann", origin=Origin.HTTP
+        )
+        assert first is not None
+        await first.durable
+        release = threading.Event()
+        seen: dict[str, object] = {}
+
+        async def unload_then_rejoin() -> None:
+            assert await node.manager.unload(room)
+            seen["edit stored"] = last.durable.done()  # type: ignore[attr-defined]
+            rejoined = await node.manager.get_room(ORG, "note")
+            seen["rejoined"] = fields_of(rejoined)
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                await tg.start(node.store.hold_writer, release)
+                tg.start_soon(room.compact)  # its commit waits behind the held writer
+                await wait_all_tasks_blocked()
+                assert room.compacting
+                last = await room.apply_update(
+                    fields_update(room, text="hello world!"), actor="ann", origin=Origin.HTTP
+                )
+                tg.start_soon(unload_then_rejoin)
+                await wait_all_tasks_blocked()
+                release.set()
+
+        assert seen["edit stored"], "unload returned before the edit was committed"
+        assert seen["rejoined"] == {"text": "hello world!"}
+        rejoined = node.manager.rooms[(ORG, "note")]
+        await rejoined.compact(force=True)  # the next compaction keeps it too
+        assert stored_fields(await node.store.load(ORG, "note")) == {"text": "hello world!"}
+
+
+async def test_delete_during_load_keeps_one_room(tmp_path: Path) -> None:
+    """A delete comes while a joiner's load has read the doc: the joiner must end up in
+    the one room of the doc, which holds nothing of the deleted state."""
+    key = (ORG, "task/1")
+    async with live_node(tmp_path) as node:
+        made = await node.feed.mutate_many(
+            ORG, [Mutation("task", "1", "i", {"title": "old"})], actor="ann", client_id=None
+        )
+        assert isinstance(made[0], dict) and made[0]["status"] == 201
+        assert await node.manager.unload(node.manager.rooms[key])
+        paused = node.store.pause("load")
+        first = node.connection()
+        joined: dict[str, Room] = {}
+        deleted: list[int | None] = []
+
+        async def join() -> None:
+            joined["first"] = await node.manager.join(*key, first)
+
+        async def delete() -> None:
+            deleted.append(await node.feed.delete(*key, actor="carol"))
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(join)
+                await paused.wait_reached()  # the load has read "old"
+                tg.start_soon(delete)
+                await wait_all_tasks_blocked()
+                paused.go()
+            later = node.connection()
+            joined["later"] = await node.manager.join(*key, later)
+
+        assert deleted[0] is not None
+        room = node.manager.rooms[key]
+        assert room.state is RoomState.LOADED
+        # The first joiner is either told its doc is gone (it joined before the delete)
+        # or is in the one room of the doc; never open in a room of the deleted doc.
+        if first.closing:
+            assert first.close_code == CloseCode.NOT_FOUND
+            assert joined["first"].state is RoomState.CLOSED
+        else:
+            assert joined["first"] is room and first.id in room.connections
+        assert joined["later"] is room and not later.closing
+        assert fields_of(room) == {}, "the deleted state is not served"
+        await room.on_update(later, fields_update(room, title="new"), None)
+        await node.store.flush()
+        assert stored_fields(await node.store.load(*key)) == {"title": "new"}
+        frames = (await node.store.read_frames(ORG, 0)).frames
+        assert [f.op for f in frames] == ["i", "d"]
+
+
+def test_room_idle_seconds_zero_is_refused() -> None:
+    """0 would unload a room between two requests of one client (churn, and races)."""
+    with pytest.raises(SettingsError, match=r"--room-idle-seconds must be >= 0\.1"):
+        Settings(room_idle_seconds=0)
+    assert Settings(room_idle_seconds=0.1).room_idle_seconds == 0.1
