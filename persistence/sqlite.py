@@ -380,17 +380,13 @@ class SQLiteStore:
         self._queue.put(_Op(_Kind.FRAMES, (org, delete), future, batch=prepared))
         return future
 
-    def _prepare(
-        self, org: str, name: str | None, batch: FrameBatch
-    ) -> frame_sql.PreparedBatch:
+    def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> frame_sql.PreparedBatch:
         """Check and serialise ``batch``; a refusal is logged and counted once here."""
         try:
             return frame_sql.prepare(org, batch)
         except values.UnstorableValue as exc:
             self._refused_batches += 1
-            logger.error(
-                "store %s: frames refused (org=%r doc=%r): %s", self._path, org, name, exc
-            )
+            logger.error("store %s: frames refused (org=%r doc=%r): %s", self._path, org, name, exc)
             raise
 
     def add_commit_listener(self, listener: Callable[[int, float], None]) -> None:
