@@ -139,7 +139,8 @@ class RecordFeed:
         async with anyio.create_task_group() as tg:
             tg.start_soon(supervisor.loop, "frame_flush", self._flush_loop)
             tg.start_soon(supervisor.loop, "frame_trim", self._trim_loop)
-            tg.start_soon(supervisor.task, "reconcile", "stale records", self._reconcile_stale)
+            what = "re-framing stale records"
+            tg.start_soon(supervisor.task, "reconcile", what, self._reconcile_stale)
             task_status.started()
 
     # -- RoomListener --------------------------------------------------------------

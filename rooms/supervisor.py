@@ -144,7 +144,7 @@ class Supervisor:
             if not is_failure(exc):
                 raise
             self.failures[kind] += 1
-            log.error("task %s %s failed", kind, what, exc_info=exc)
+            log.error("%s failed (task=%s)", what, kind, exc_info=exc)
             return False
         return True
 
@@ -152,7 +152,7 @@ class Supervisor:
         """A failure caught inside a loop that went on (one record's draft, one room's
         presence push): logged with ``what`` and counted like a task's."""
         self.failures[kind] += 1
-        log.error("task %s %s failed", kind, what, exc_info=exc)
+        log.error("%s failed (task=%s)", what, kind, exc_info=exc)
 
 
 def _describe(exc: BaseException) -> str:
