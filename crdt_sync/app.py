@@ -200,25 +200,25 @@ def create_app(settings: Settings, on_ready: Callable[[], None] | None = None) -
         """200 while the store takes writes and every loop runs; else 503 and why."""
         status, problems = await health()
         manager = runtime._manager
-        return JSONResponse(
-            {
-                "status": status,
-                "rooms": len(manager.rooms) if manager is not None else 0,
-                "connections": manager.connection_count if manager is not None else 0,
-                "frame_subscribers": len(runtime.hub),
-                "problems": problems,
-            },
-            status_code=200 if status == "ok" else 503,
-        )
+        body: dict[str, Any] = {
+            "status": status,
+            "rooms": len(manager.rooms) if manager is not None else 0,
+            "connections": manager.connection_count if manager is not None else 0,
+            "frame_subscribers": len(runtime.hub),
+        }
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     async def readyz(request: Request) -> Response:
         """For load balancers: 200 only when ready; 503 starting, shutting down, degraded."""
         status, problems = await health()
-        ready = status == "ok"
-        return JSONResponse(
-            {"status": "ready" if ready else status, "problems": problems},
-            status_code=200 if ready else 503,
-        )
+        if status == "ok":
+            return JSONResponse({"status": "ready"})
+        body: dict[str, Any] = {"status": status}
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body, status_code=503)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
