@@ -90,9 +90,14 @@ async def test_nan_in_a_record_does_not_stop_other_records_frames(server_factory
             await editor.flush()
             frames = await frames_of(http, "poison/1", 2)
             assert frames[1]["p"] == {"title": "edited"}
+            # And so is Infinity sent by an editor.
+            editor.doc.get("fields", type=Map)["high"] = float("inf")
+            await editor.flush()
+            frames = await frames_of(http, "poison/1", 3)
+            assert frames[2]["p"] == {"high": None}
         assert "problems" not in await healthy(http)
         metrics = (await http.get("/metrics")).text
-        assert 'crdt_sync_values_conformed_total{reason="non_finite"} 2.0' in metrics
+        assert 'crdt_sync_values_conformed_total{reason="non_finite"} 3.0' in metrics
         assert 'crdt_sync_values_conformed_total{reason="not_json"} 1.0' in metrics
     server.stop()
     assert "value outside the value model (non_finite), projected as null" in server.log()
