@@ -33,7 +33,7 @@ from persistence import values
 from persistence.store import FrameBatch, FrameDraft, Store, StoreError
 from rooms.feed_hub import FeedHub
 from rooms.manager import RoomManager, ShuttingDown
-from rooms.room import Origin, Room, now_ms
+from rooms.room import Origin, Room, RoomLoadError, now_ms
 from rooms.supervisor import Supervisor
 
 from .docnames import split_record
@@ -380,7 +380,9 @@ class RecordFeed:
             except ShuttingDown:
                 return
             except Exception as exc:
-                self.supervisor.note_failure("reconcile", f"loading record doc {name!r}", exc)
+                expected = isinstance(exc, RoomLoadError | StoreError)
+                what = f"loading record doc {name!r}"
+                self.supervisor.note_failure("reconcile", what, exc, traceback=not expected)
                 continue
             try:
                 rec = self._record(room)

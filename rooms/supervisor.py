@@ -148,11 +148,21 @@ class Supervisor:
             return False
         return True
 
-    def note_failure(self, kind: str, what: str, exc: BaseException) -> None:
+    def note_failure(
+        self, kind: str, what: str, exc: BaseException, *, traceback: bool = True
+    ) -> None:
         """A failure caught inside a loop that went on (one record's draft, one room's
-        presence push): logged with ``what`` and counted like a task's."""
+        presence push): logged with ``what`` and counted like a task's.
+
+        Args:
+            traceback: Log the traceback (not for an expected error, such as a stored
+                doc that cannot be loaded: its message says it all).
+        """
         self.failures[kind] += 1
-        log.error("%s failed (task=%s)", what, kind, exc_info=exc)
+        if traceback:
+            log.error("%s failed (task=%s)", what, kind, exc_info=exc)
+        else:
+            log.error("%s failed (task=%s): %s", what, kind, exc)
 
 
 def _describe(exc: BaseException) -> str:
