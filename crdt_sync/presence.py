@@ -150,7 +150,9 @@ class Presence:
         """
         name = f"{t}/{record_id}"
         key = (sub.conn.id, sub.org, name)
-        state = conform(state)[0]
+        state, reason = conform(state)
+        if not isinstance(state, dict):  # only when too large to project
+            raise ValueError(f"state larger than {MAX_VIEWER_STATE_BYTES} bytes ({reason})")
         # The server-set identity wins over whatever the state says.
         user = state.get("user")
         user = {**user, "name": actor} if isinstance(user, dict) else {"name": actor}
