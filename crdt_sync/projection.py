@@ -17,7 +17,6 @@ applied (``records.check_value``), so only Yjs clients can put them there.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from typing import Any
 
@@ -66,39 +65,48 @@ def conform(value: Any) -> tuple[JSON, str | None]:
     return out, reasons[0] if reasons else None
 
 
+_BASES = (bool, str, float, int, dict, list, tuple)
+
+
 def _conform(value: Any, depth: int, reasons: list[str], budget: list[int]) -> JSON:
-    if depth > MAX_DEPTH:
-        reasons.append(TOO_DEEP)
-        budget[0] += 4
-        return None
-    if value is None or isinstance(value, bool):
-        budget[0] += 5
-        return value
-    if isinstance(value, int):
-        budget[0] += 24 if -(10**22) < value < 10**22 else len(str(value))
-        return value
-    if isinstance(value, float):
+    # Dispatch on the exact type first: this runs for every value of every projection.
+    kind = type(value)
+    if kind is str:
+        return _text(value, reasons, budget)
+    if kind is float:
         budget[0] += 24
-        if not math.isfinite(value):
+        if value - value != 0.0:  # NaN or an infinity
             reasons.append(NON_FINITE)
             return None
-        if value.is_integer() and abs(value) < 2**53:
+        if value.is_integer() and -(2**53) < value < 2**53:
             return int(value)
         return value
-    if isinstance(value, str):
-        return _text(value, reasons, budget)
-    if isinstance(value, list | tuple):
-        budget[0] += 2 + len(value)
-        return [_conform(item, depth + 1, reasons, budget) for item in value]
-    if isinstance(value, dict):
+    if kind is int:
+        budget[0] += 24 if -(2**63) <= value < 2**63 else len(str(value))
+        return value
+    if value is None or kind is bool:
+        budget[0] += 5
+        return value
+    if kind is dict or kind is list or kind is tuple:
         budget[0] += 2 + 2 * len(value)
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                reasons.append(NOT_JSON)
-                continue
-            out[_text(key, reasons, budget)] = _conform(item, depth + 1, reasons, budget)
-        return out
+        if depth >= MAX_DEPTH:  # its items are deeper than the bound
+            if value:
+                reasons.append(TOO_DEEP)
+            if kind is dict:
+                return {_text(k, reasons, budget): None for k in value if type(k) is str}
+            return [None] * len(value)
+        if kind is dict:
+            out = {}
+            for key, item in value.items():
+                if type(key) is not str:
+                    reasons.append(NOT_JSON)
+                    continue
+                out[_text(key, reasons, budget)] = _conform(item, depth + 1, reasons, budget)
+            return out
+        return [_conform(item, depth + 1, reasons, budget) for item in value]
+    for base in _BASES:  # a subclass (an IntEnum, a str subclass): as its JSON base
+        if isinstance(value, base):
+            return _conform(base(value), depth, reasons, budget)
     reasons.append(NOT_JSON)  # binary, a sub-doc, ...
     budget[0] += 4
     return None
@@ -106,6 +114,8 @@ def _conform(value: Any, depth: int, reasons: list[str], budget: list[int]) -> J
 
 def _text(value: str, reasons: list[str], budget: list[int]) -> str:
     budget[0] += 6 * len(value) + 2  # JSON escapes take at most 6 bytes per character
+    if value.isascii():
+        return value
     fixed = valid_text(value)
     if fixed is not value:
         reasons.append(INVALID_UNICODE)

@@ -86,6 +86,8 @@ def dumps(value: object, what: str) -> str:
 
 def valid_text(text: str) -> str:
     """``text`` with every lone surrogate replaced by U+FFFD (valid pairs are joined)."""
+    if text.isascii():  # the common case, without encoding a copy
+        return text
     try:
         text.encode("utf-8")
         return text
