@@ -3,8 +3,9 @@
 A record's presence is its room's awareness: the states Yjs editors publish
 (``{"user": {...}, "cursor": ...}``) plus the states of frame-feed clients that
 announced themselves as viewers. A viewer gets an awareness client ID of its own
-and a state ``{"user": {"name": actor}, ..., "viewer": true}``, so y-websocket
-editors list it like any other peer. Yjs clients drop remote states not renewed
+and a state ``{..., "user": {"name": ...}, "actor": actor, "viewer": true}``, so
+y-websocket editors list it like any other peer (:func:`viewer_identity`: what its
+own state cannot override). Yjs clients drop remote states not renewed
 for 30 s, so viewer states are renewed every :data:`RENEW_SECONDS`; when a viewer
 leaves or its connection ends, its removal is broadcast.
 
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 RENEW_SECONDS = 15.0
 PUSH_INTERVAL = 0.1
 MAX_VIEWER_STATE_BYTES = 4096
+#: The actor of every request while authentication is off: not an identity.
+ANONYMOUS = "anonymous"
 
 
 @dataclass(slots=True, eq=False)
@@ -45,6 +48,17 @@ class _Viewer:
     client_id: int
     clock: int
     state: str
+
+
+def viewer_identity(state: dict[str, Any], actor: str) -> dict[str, Any]:
+    """What a viewer's state cannot override: ``actor`` and ``viewer`` always, and the
+    user name too when the actor is an identity (with auth off every actor is
+    ``anonymous``, and a viewer names itself as any Yjs editor does)."""
+    user = state.get("user")
+    user = dict(user) if isinstance(user, dict) else {}
+    if actor != ANONYMOUS or not isinstance(user.get("name"), str):
+        user["name"] = actor
+    return {"user": user, "actor": actor, "viewer": True}
 
 
 def _states(room: Room) -> list[dict[str, Any]]:
@@ -153,10 +167,7 @@ class Presence:
         state, reason = conform(state)
         if not isinstance(state, dict):  # only when too large to project
             raise ValueError(f"state larger than {MAX_VIEWER_STATE_BYTES} bytes ({reason})")
-        # The server-set identity wins over whatever the state says.
-        user = state.get("user")
-        user = {**user, "name": actor} if isinstance(user, dict) else {"name": actor}
-        full = {**state, "user": user, "viewer": True}
+        full = {**state, **viewer_identity(state, actor)}
         text = json.dumps(full, separators=(",", ":"), allow_nan=False)
         if len(text) > MAX_VIEWER_STATE_BYTES:
             raise ValueError(f"state larger than {MAX_VIEWER_STATE_BYTES} bytes")

@@ -49,8 +49,7 @@ async def test_js_typing_reaches_frame_clients_and_mutations_reach_the_editor(
         view = {"type": "view", "t": "task", "id": "42", "state": {"user": {"name": "bot"}}}
         await ws.send(json.dumps(view))
         saw_viewer = await anyio.to_thread.run_sync(editor.expect, "saw_viewer", 10.0)
-        # The server-set identity wins over the state's (auth off: "anonymous").
-        assert saw_viewer["state"]["user"] == {"name": "anonymous"}
+        assert saw_viewer["state"]["user"] == {"name": "bot"}
 
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             response = await http.post(
