@@ -22,10 +22,11 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from persistence.store import Store
+from persistence.store import Store, StoreError
 from rooms.close_codes import CloseCode
 from rooms.feed_hub import FeedHub
 from rooms.manager import RoomManager, RoomSettings
+from rooms.supervisor import Supervisor
 
 from .docs_api import DocsApi
 from .errors import json_error
@@ -39,6 +40,9 @@ from .throttle import ReadThrottle
 from .yjs_endpoint import YjsEndpoint
 
 log = logging.getLogger(__name__)
+
+#: Longest a health check waits for the store's write probe.
+PROBE_TIMEOUT = 2.0
 
 #: Static pages (editor, record board, inspector), served as files: no build step.
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -59,6 +63,8 @@ class Runtime:
         )
         self._feed: RecordFeed | None = None
         self._presence: Presence | None = None
+        self.supervisor = Supervisor()
+        self._probing = anyio.Lock()
         self.metrics = Metrics(self)
 
     @property
@@ -104,7 +110,9 @@ class Runtime:
                 coalesce_ms=settings.frame_coalesce_ms,
                 retention=settings.frame_retention,
             )
-            async with RoomManager(store, room_settings, listener=feed) as manager:
+            async with RoomManager(
+                store, room_settings, listener=feed, supervisor=self.supervisor
+            ) as manager:
                 self._manager = manager
                 self._feed = feed
                 self._presence = feed.presence = Presence(manager, self.hub)
@@ -118,6 +126,36 @@ class Runtime:
         finally:
             with anyio.CancelScope(shield=True):
                 await store.close()
+
+    async def problems(self) -> dict[str, str]:
+        """What keeps this node from serving fully now (empty: healthy).
+
+        The store must take writes (its writer alive and, after a failed commit, a
+        write probe committed) and every supervised loop must be running.
+        """
+        found: dict[str, str] = {}
+        store = self.store
+        if store is None:
+            return {"store": "not open"}
+        health = getattr(store, "health", None)
+        problem = health() if health is not None else None
+        if problem == "write failing":
+            # Cheap while all is well; after a failed commit, one probe at a time
+            # finds out whether writes succeed again (most checks wait for it).
+            async with self._probing:
+                problem = health()
+                if problem == "write failing":
+                    with anyio.move_on_after(PROBE_TIMEOUT) as scope:
+                        try:
+                            await store.probe()  # type: ignore[attr-defined]
+                        except StoreError as exc:
+                            log.warning("health: store write probe failed: %s", exc)
+                    problem = "write probe timed out" if scope.cancelled_caught else health()
+        if problem is not None:
+            found["store"] = problem
+        for name, why in self.supervisor.problems().items():
+            found[f"task {name}"] = why
+        return found
 
     async def shutdown(self) -> None:
         """Close every WebSocket with 1001 and persist every room (idempotent)."""
@@ -150,17 +188,37 @@ def create_app(settings: Settings, on_ready: Callable[[], None] | None = None) -
                 on_ready()
             yield
 
+    async def health() -> tuple[str, dict[str, str]]:
+        if runtime.shutting_down:
+            return "shutting_down", {}
+        if not runtime.started.is_set():
+            return "starting", {}
+        problems = await runtime.problems()
+        return ("degraded" if problems else "ok"), problems
+
     async def healthz(request: Request) -> Response:
-        manager = runtime.manager
-        return JSONResponse(
-            {
-                "status": "shutting_down" if runtime.shutting_down else "ok",
-                "rooms": len(manager.rooms),
-                "connections": manager.connection_count,
-                "frame_subscribers": len(runtime.hub),
-            },
-            status_code=503 if runtime.shutting_down else 200,
-        )
+        """200 while the store takes writes and every loop runs; else 503 and why."""
+        status, problems = await health()
+        manager = runtime._manager
+        body: dict[str, Any] = {
+            "status": status,
+            "rooms": len(manager.rooms) if manager is not None else 0,
+            "connections": manager.connection_count if manager is not None else 0,
+            "frame_subscribers": len(runtime.hub),
+        }
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
+
+    async def readyz(request: Request) -> Response:
+        """For load balancers: 200 only when ready; 503 starting, shutting down, degraded."""
+        status, problems = await health()
+        if status == "ok":
+            return JSONResponse({"status": "ready"})
+        body: dict[str, Any] = {"status": status}
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body, status_code=503)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -178,6 +236,7 @@ def create_app(settings: Settings, on_ready: Callable[[], None] | None = None) -
     streams = FrameStreams(runtime)
     routes: list = [
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
         Route("/metrics", runtime.metrics.endpoint),
         WebSocketRoute("/yjs/{doc:path}", yjs),
         *DocsApi(runtime).routes(),

@@ -29,10 +29,12 @@ from typing import Any
 
 import anyio
 
+from persistence import values
 from persistence.store import FrameBatch, FrameDraft, Store, StoreError
 from rooms.feed_hub import FeedHub
 from rooms.manager import RoomManager, ShuttingDown
 from rooms.room import Origin, Room, RoomLoadError, RoomState, now_ms
+from rooms.supervisor import Supervisor
 
 from .docnames import split_record
 from .records import FieldError, RootTypes, diff, plan_write, project, same
@@ -129,14 +131,24 @@ class RecordFeed:
             raise RuntimeError("expected STARTED, got NOT STARTED")
         return self._manager
 
+    @property
+    def supervisor(self) -> Supervisor:
+        return self.manager.supervisor
+
     async def run(self, manager: RoomManager, task_status: Any = anyio.TASK_STATUS_IGNORED):
-        """Flush due records until cancelled; reconcile stale records first."""
+        """Flush due records until cancelled; reconcile stale records first.
+
+        Each loop runs under the manager's supervisor: a failure is logged, counted
+        and the loop restarted, never left dead while the node serves.
+        """
         self._manager = manager
+        supervisor = manager.supervisor
         async with anyio.create_task_group() as tg:
+            tg.start_soon(supervisor.loop, "frame_flush", self._flush_loop)
+            tg.start_soon(supervisor.loop, "frame_trim", self._trim_loop)
+            what = "re-framing stale records"
+            tg.start_soon(supervisor.task, "reconcile", what, self._reconcile_stale)
             task_status.started()
-            tg.start_soon(self._reconcile_stale)
-            tg.start_soon(self._trim_loop)
-            await self._flush_loop()
 
     # -- RoomListener --------------------------------------------------------------
 
@@ -193,7 +205,7 @@ class RecordFeed:
         split = split_record(room.name)
         if split is None:
             return None
-        rec = self._records[key] = _Record(room, *split)
+        rec = self._records[key] = _Record(room, *split, types=RootTypes(room.name))
         return rec
 
     def _set_apart(self, rec: _Record) -> None:
@@ -314,6 +326,12 @@ class RecordFeed:
                 await future
 
     async def _flush_loop(self) -> None:
+        # A restart after a failure: records taken off the queue by the failed run
+        # are still pending; queue them again (none is ever left pending unqueued).
+        queued = {id(rec) for rec in self._due}
+        for rec in list(self._records.values()):
+            if rec.pending and id(rec) not in queued:
+                self._due.append(rec)
         while True:
             while not self._due:
                 await self._wake.wait()
@@ -341,21 +359,53 @@ class RecordFeed:
             by_org: dict[str, list[FrameDraft | None]] = {}
             for rec in due:
                 if rec.pending and rec.baseline is not UNKNOWN and self._is_current(rec):
-                    by_org.setdefault(rec.room.org, []).append(self._draft(rec))
+                    try:
+                        draft = self._draft(rec)
+                    except Exception as exc:
+                        # This record alone: it is framed again at its next change.
+                        what = f"record {rec.room.name!r}"
+                        self.supervisor.note_failure("frame_draft", what, exc)
+                        continue
+                    by_org.setdefault(rec.room.org, []).append(draft)
             for org, drafts in by_org.items():
-                self._queue(org, drafts)
+                self._queue_each(org, drafts)
+
+    def _queue_each(self, org: str, drafts: list[FrameDraft | None]) -> None:
+        """Queue ``drafts`` in one batch; if the store refuses the batch (a value it
+        could not read back), queue them one by one, so only the refused ones fail."""
+        try:
+            self._queue(org, drafts)
+            return
+        except values.UnstorableValue:
+            if len(drafts) == 1:
+                self._unframed(org, drafts[0])
+                return
+        for draft in drafts:
+            try:
+                self._queue(org, [draft])
+            except values.UnstorableValue:
+                self._unframed(org, draft)
+
+    def _unframed(self, org: str, draft: FrameDraft | None) -> None:
+        """``draft`` was refused by the store (logged there): its record's baseline moved
+        without it, so read it again from the store at the record's next change."""
+        if draft is None:
+            return
+        rec = self._records.get((org, f"{draft.t}/{draft.id}"))
+        if rec is not None:
+            rec.baseline = UNKNOWN
 
     def _is_current(self, rec: _Record) -> bool:
         """``rec`` is still the record of a loaded room (not of an unloaded one)."""
         return self._records.get((rec.room.org, rec.room.name)) is rec
 
     async def _reconcile_stale(self) -> None:
-        """Load every record whose stored projection lags its log (see the docstring)."""
-        try:
-            stale = await self.store.stale_records(limit=100_000)
-        except StoreError as exc:
-            log.error("cannot look for records with lost frames: %s", exc)
-            return
+        """Load every record whose stored projection lags its log (see the docstring).
+
+        A record that cannot be loaded or re-framed is logged and counted
+        (``task=reconcile``) and left for its next load; the others go on.
+        """
+        stale = await self.store.stale_records(limit=100_000)
         if stale:
             log.info("re-framing %d records whose last frames were not stored", len(stale))
         for org, name in stale:
@@ -364,22 +414,30 @@ class RecordFeed:
             except ShuttingDown:
                 return
             except Exception as exc:
-                log.error("record doc %r cannot be loaded to re-frame it: %s", name, exc)
+                expected = isinstance(exc, RoomLoadError | StoreError)
+                what = f"loading record doc {name!r}"
+                self.supervisor.note_failure("reconcile", what, exc, traceback=not expected)
                 continue
-            rec = self._record(room)
-            if rec is not None and rec.pending:
-                try:
+            try:
+                rec = self._record(room)
+                if rec is not None and rec.pending:
                     await self._flush_now(rec)
-                except StoreError as exc:
-                    log.error("record doc %r: re-framing failed: %s", name, exc)
-            self.manager.release(room)
+            except Exception as exc:
+                self.supervisor.note_failure("reconcile", f"re-framing record doc {name!r}", exc)
+            finally:
+                self.manager.release(room)
 
     # -- committed frames ----------------------------------------------------------
 
     def _committed(self, frames: list[Any]) -> None:
         """Store listener (runs in an event-loop callback, outside any task)."""
         self.frames_logged += len(frames)
-        self.hub.publish(frames)
+        try:
+            self.hub.publish(frames)
+        finally:  # the trim bookkeeping still counts them (the store logs the failure)
+            self._count_for_trim(frames)
+
+    def _count_for_trim(self, frames: list[Any]) -> None:
         for frame in frames:
             self._since_trim[frame.org] = self._since_trim.get(frame.org, 0) + 1
         for org, count in list(self._since_trim.items()):
@@ -488,6 +546,10 @@ class RecordFeed:
         ctx = {"client_tx_id": m.client_tx_id}
         if client_id is not None:
             ctx["client_id"] = client_id
+        try:  # before the doc changes: a frame the store refuses would fail after it
+            values.dumps(ctx, "ctx")
+        except values.UnstorableValue as exc:
+            raise MutationError(400, "invalid_mutation", str(exc)) from None
         if m.op == "d":
             return _Started(await self._delete(org, m, actor, ctx), None, False)
         manager = self.manager

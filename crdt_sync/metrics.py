@@ -24,6 +24,19 @@ or per sampled delivery. Each app has its own registry (tests run several).
 ``crdt_sync_frames_total``                     SyncFrames logged
 ``crdt_sync_mutations_total{status}``          HTTP mutations by result status
 ``crdt_sync_throttled_total``                  delta/records requests refused with 429
+``crdt_sync_task_failures_total{task}``        supervised tasks that failed, by task (loops
+                                               are restarted; per-room tasks are not)
+``crdt_sync_loop_up{task}``                    1 while a supervised loop runs, 0 while it
+                                               waits to restart
+``crdt_sync_values_conformed_total{reason}``   record values projected into the value
+                                               model (first time per field of a loaded
+                                               record): non_finite, invalid_unicode,
+                                               too_deep, too_large, not_json
+``crdt_sync_store_refused_frame_batches_total``  frame batches the store refused (a value
+                                               it could not read back)
+``crdt_sync_frame_listener_failures_total``    store frame-listener calls that raised
+``crdt_sync_frame_send_failures_total``        frame subscribers closed with 1011 because
+                                               their frames could not be encoded
 =============================================  =========================================
 """
 
@@ -39,6 +52,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from rooms.stats import MESSAGE_TYPES, TRAFFIC
+
+from .projection import CONFORMED
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
@@ -109,6 +124,47 @@ class _NodeCollector:
             "crdt_sync_throttled",
             "delta/records requests refused with 429.",
             value=runtime.throttle.refused,
+        )
+        yield from self._supervision()
+
+    def _supervision(self) -> Iterator[Metric]:
+        runtime = self.runtime
+        supervisor = runtime.supervisor
+        failures = CounterMetricFamily(
+            "crdt_sync_task_failures", "Supervised tasks that failed.", labels=["task"]
+        )
+        for task, count in sorted(supervisor.failures.items()):
+            failures.add_metric([task], count)
+        yield failures
+        up = GaugeMetricFamily(
+            "crdt_sync_loop_up", "1 while a supervised loop runs.", labels=["task"]
+        )
+        for name, state in sorted(supervisor.loops.items()):
+            up.add_metric([name], 1 if state.running else 0)
+        yield up
+        conformed = CounterMetricFamily(
+            "crdt_sync_values_conformed",
+            "Record values projected into the value model.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(CONFORMED.items()):
+            conformed.add_metric([reason], count)
+        yield conformed
+        store = runtime.store
+        yield CounterMetricFamily(
+            "crdt_sync_store_refused_frame_batches",
+            "Frame batches the store refused: a value it could not read back.",
+            value=getattr(store, "refused_batches", 0),
+        )
+        yield CounterMetricFamily(
+            "crdt_sync_frame_listener_failures",
+            "Store frame-listener calls that raised.",
+            value=getattr(store, "listener_failures", 0),
+        )
+        yield CounterMetricFamily(
+            "crdt_sync_frame_send_failures",
+            "Frame subscribers closed with 1011: their frames could not be encoded.",
+            value=runtime.hub.send_failures,
         )
 
 

@@ -3,8 +3,9 @@
 A record's presence is its room's awareness: the states Yjs editors publish
 (``{"user": {...}, "cursor": ...}``) plus the states of frame-feed clients that
 announced themselves as viewers. A viewer gets an awareness client ID of its own
-and a state ``{"user": {"name": actor}, ..., "viewer": true}``, so y-websocket
-editors list it like any other peer. Yjs clients drop remote states not renewed
+and a state ``{..., "user": {"name": ...}, "actor": actor, "viewer": true}``, so
+y-websocket editors list it like any other peer (:func:`viewer_identity`: what its
+own state cannot override). Yjs clients drop remote states not renewed
 for 30 s, so viewer states are renewed every :data:`RENEW_SECONDS`; when a viewer
 leaves or its connection ends, its removal is broadcast.
 
@@ -29,12 +30,15 @@ from rooms.room import Room, RoomState
 from rooms.wire import AwarenessEntry
 
 from .docnames import split_record
+from .projection import conform
 
 log = logging.getLogger(__name__)
 
 RENEW_SECONDS = 15.0
 PUSH_INTERVAL = 0.1
 MAX_VIEWER_STATE_BYTES = 4096
+#: The actor of every request while authentication is off: not an identity.
+ANONYMOUS = "anonymous"
 
 
 @dataclass(slots=True, eq=False)
@@ -46,12 +50,25 @@ class _Viewer:
     state: str
 
 
+def viewer_identity(state: dict[str, Any], actor: str) -> dict[str, Any]:
+    """What a viewer's state cannot override: ``actor`` and ``viewer`` always, and the
+    user name too when the actor is an identity (with auth off every actor is
+    ``anonymous``, and a viewer names itself as any Yjs editor does)."""
+    user = state.get("user")
+    user = dict(user) if isinstance(user, dict) else {}
+    if actor != ANONYMOUS or not isinstance(user.get("name"), str):
+        user["name"] = actor
+    return {"user": user, "actor": actor, "viewer": True}
+
+
 def _states(room: Room) -> list[dict[str, Any]]:
+    """Awareness states within the value model (any client may send NaN, lone
+    surrogates or deep nesting: they must not stop presence for anybody)."""
     present = []
     for entry in room.awareness.current():
         try:
-            state = json.loads(entry.state)
-        except ValueError:  # the codec only lets JSON through; be safe anyway
+            state = conform(json.loads(entry.state))[0]
+        except (ValueError, RecursionError):  # the codec only lets JSON through
             continue
         viewer = isinstance(state, dict) and state.get("viewer") is True
         present.append({"client_id": entry.client_id, "state": state, "viewer": viewer})
@@ -91,20 +108,31 @@ class Presence:
                 viewer.sub.watching.discard(_record(room.name))
 
     async def run(self) -> None:
-        """Push presence changes and renew viewer states until cancelled."""
+        """Push presence changes and renew viewer states until cancelled (both loops
+        supervised: restarted after a failure, which is logged and counted)."""
+        supervisor = self.manager.supervisor
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._renew_loop)
-            while True:
-                await self._wake.wait()
-                self._wake = anyio.Event()
-                dirty, self._dirty = self._dirty, {}
-                for (org, name), room in dirty.items():
-                    if room.state is RoomState.LOADED:
-                        t, record_id = _record(name)
-                        event = {"type": "presence", "t": t, "id": record_id}
-                        event["present"] = _states(room)
-                        self.hub.publish_event(org, (t, record_id), event)
-                await anyio.sleep(PUSH_INTERVAL)
+            tg.start_soon(supervisor.loop, "presence_renew", self._renew_loop)
+            tg.start_soon(supervisor.loop, "presence_push", self._push_loop)
+
+    async def _push_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            dirty, self._dirty = self._dirty, {}
+            for (org, name), room in dirty.items():
+                try:
+                    self._push(org, name, room)
+                except Exception as exc:  # this record's push alone
+                    self.manager.supervisor.note_failure("presence_push", f"record {name!r}", exc)
+            await anyio.sleep(PUSH_INTERVAL)
+
+    def _push(self, org: str, name: str, room: Room) -> None:
+        if room.state is RoomState.LOADED:
+            t, record_id = _record(name)
+            event = {"type": "presence", "t": t, "id": record_id}
+            event["present"] = _states(room)
+            self.hub.publish_event(org, (t, record_id), event)
 
     async def _renew_loop(self) -> None:
         while True:
@@ -136,8 +164,11 @@ class Presence:
         """
         name = f"{t}/{record_id}"
         key = (sub.conn.id, sub.org, name)
-        full = {"user": {"name": actor}, **state, "viewer": True}
-        text = json.dumps(full, separators=(",", ":"))
+        state, reason = conform(state)
+        if not isinstance(state, dict):  # only when too large to project
+            raise ValueError(f"state larger than {MAX_VIEWER_STATE_BYTES} bytes ({reason})")
+        full = {**state, **viewer_identity(state, actor)}
+        text = json.dumps(full, separators=(",", ":"), allow_nan=False)
         if len(text) > MAX_VIEWER_STATE_BYTES:
             raise ValueError(f"state larger than {MAX_VIEWER_STATE_BYTES} bytes")
         viewer = self._viewers.get(key)

@@ -5,15 +5,121 @@ fixes it. So the type of each root is inferred on throw-away copies of the state
 never on the live doc: a map view with entries is a ``Y.Map``; an array view that
 fails holds XML elements (``Y.XmlFragment``, as rich-text editors use); a text view
 with characters is a ``Y.Text``; otherwise it is a ``Y.Array`` (or empty text).
+
+The value model (README, "Record values"): whatever a doc holds, what leaves this
+module is strict JSON (:func:`conform`). A CRDT can hold what JSON cannot (NaN and
+infinities from any Yjs editor, binary, sub-docs, nesting of any depth, values of
+any size); those parts are projected as ``null``, lone surrogates as U+FFFD, and the
+CRDT itself is left as it is. HTTP mutations refuse the same values before they are
+applied (``records.check_value``), so only Yjs clients can put them there.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from typing import Any
 
 from pycrdt import Array, Doc, Map, Text, XmlFragment
 
+from persistence.values import valid_text
+
 JSON = Any
+
+#: A value nested deeper than this below a field (the field's value is level 0) is
+#: projected as ``null``; HTTP mutations refuse it.
+MAX_DEPTH = 32
+#: A field whose compact JSON text is longer than this (UTF-8 bytes) is projected as
+#: ``null``; HTTP mutations refuse it.
+MAX_VALUE_BYTES = 1 << 20
+
+#: Why a value was projected differently from what the doc holds (metrics labels).
+NON_FINITE = "non_finite"
+INVALID_UNICODE = "invalid_unicode"
+TOO_DEEP = "too_deep"
+TOO_LARGE = "too_large"
+NOT_JSON = "not_json"
+
+#: Values of record fields projected into the model, by reason (first time per field
+#: of a loaded record): ``crdt_sync_values_conformed_total{reason}``.
+CONFORMED: Counter[str] = Counter()
+
+
+def conform(value: Any) -> tuple[JSON, str | None]:
+    """``value`` within the value model, and why it had to change (``None``: it did not).
+
+    Integral doubles below 2**53 become ints (Yjs numbers are doubles). Never raises:
+    the result always serialises with ``allow_nan=False`` and encodes as UTF-8.
+    """
+    reasons: list[str] = []
+    budget = [0]  # an upper bound of the UTF-8 bytes of the JSON text
+    out = _conform(value, 0, reasons, budget)
+    if budget[0] > MAX_VALUE_BYTES:
+        if isinstance(out, str):
+            size = len(out.encode("utf-8")) + 2
+        else:
+            text = json.dumps(out, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            size = len(text.encode("utf-8"))
+        if size > MAX_VALUE_BYTES:
+            return None, TOO_LARGE
+    return out, reasons[0] if reasons else None
+
+
+_BASES = (bool, str, float, int, dict, list, tuple)
+
+
+def _conform(value: Any, depth: int, reasons: list[str], budget: list[int]) -> JSON:
+    # Dispatch on the exact type first: this runs for every value of every projection.
+    kind = type(value)
+    if kind is str:
+        return _text(value, reasons, budget)
+    if kind is float:
+        budget[0] += 24
+        if value - value != 0.0:  # NaN or an infinity
+            reasons.append(NON_FINITE)
+            return None
+        if value.is_integer() and -(2**53) < value < 2**53:
+            return int(value)
+        return value
+    if kind is int:
+        budget[0] += 24 if -(2**63) <= value < 2**63 else len(str(value))
+        return value
+    if value is None or kind is bool:
+        budget[0] += 5
+        return value
+    if kind is dict or kind is list or kind is tuple:
+        budget[0] += 2 + 2 * len(value)
+        if depth >= MAX_DEPTH:  # its items are deeper than the bound
+            if value:
+                reasons.append(TOO_DEEP)
+            if kind is dict:
+                return {_text(k, reasons, budget): None for k in value if type(k) is str}
+            return [None] * len(value)
+        if kind is dict:
+            out = {}
+            for key, item in value.items():
+                if type(key) is not str:
+                    reasons.append(NOT_JSON)
+                    continue
+                out[_text(key, reasons, budget)] = _conform(item, depth + 1, reasons, budget)
+            return out
+        return [_conform(item, depth + 1, reasons, budget) for item in value]
+    for base in _BASES:  # a subclass (an IntEnum, a str subclass): as its JSON base
+        if isinstance(value, base):
+            return _conform(base(value), depth, reasons, budget)
+    reasons.append(NOT_JSON)  # binary, a sub-doc, ...
+    budget[0] += 4
+    return None
+
+
+def _text(value: str, reasons: list[str], budget: list[int]) -> str:
+    budget[0] += 6 * len(value) + 2  # JSON escapes take at most 6 bytes per character
+    if value.isascii():
+        return value
+    fixed = valid_text(value)
+    if fixed is not value:
+        reasons.append(INVALID_UNICODE)
+    return fixed
 
 
 class _Views:
@@ -83,6 +189,6 @@ def _root_to_json(views: _Views, key: str) -> JSON:
 
 
 def doc_to_json(doc: Doc) -> dict[str, JSON]:
-    """Every root of ``doc`` by name, as JSON."""
+    """Every root of ``doc`` by name, as JSON within the value model (see :func:`conform`)."""
     views = _Views(doc.get_update())
-    return {key: _root_to_json(views, key) for key in sorted(doc.keys())}
+    return {valid_text(key): conform(_root_to_json(views, key))[0] for key in sorted(doc.keys())}

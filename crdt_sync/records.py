@@ -12,13 +12,27 @@ fields against the doc and returns the function that applies it.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
 
 from pycrdt import Array, Doc, Map, Text
 
-from .projection import JSON, infer_root_types, plain, root_value
+from persistence.values import valid_text
+
+from .projection import (
+    CONFORMED,
+    JSON,
+    MAX_DEPTH,
+    MAX_VALUE_BYTES,
+    conform,
+    infer_root_types,
+    plain,
+    root_value,
+)
+
+log = logging.getLogger(__name__)
 
 FIELDS_ROOT = "fields"
 
@@ -45,11 +59,31 @@ class RootTypes:
 
     A root's type cannot change once it holds something, so it is inferred on a
     throw-away copy the first time it is seen non-empty and then read live.
+
+    Args:
+        name: The record's doc name, for the log line of a value projected into the
+            value model (one per field and reason while the record is loaded).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name
         self._known: dict[str, type] = {}
         self._empty_at: bytes | None = None  # state when the unknown roots were all empty
+        self._conformed: set[tuple[str, str]] = set()
+
+    def conformed(self, field: str, reason: str) -> None:
+        """Field ``field`` was projected into the value model: log and count it once."""
+        if (field, reason) in self._conformed:
+            return
+        self._conformed.add((field, reason))
+        CONFORMED[reason] += 1
+        log.warning(
+            "record %r field %r: value outside the value model (%s), projected as %s",
+            self.name,
+            field,
+            reason,
+            "U+FFFD" if reason == "invalid_unicode" else "null",
+        )
 
     def of(self, doc: Doc) -> dict[str, type]:
         """Types of the roots of ``doc`` that ever held something (empty ones left out)."""
@@ -75,15 +109,24 @@ def project(doc: Doc, types: RootTypes) -> dict[str, JSON]:
     whether the room was just loaded or has been live all along.
     """
     known = types.of(doc)
-    fields: dict[str, JSON] = {}
+    raw: dict[str, JSON] = {}
     if known.get(FIELDS_ROOT) is Map:
-        fields.update(plain(doc.get(FIELDS_ROOT, type=Map).to_py()))
+        raw.update(doc.get(FIELDS_ROOT, type=Map).to_py())
     for key, kind in known.items():
         if key == FIELDS_ROOT and kind is Map:
             continue
         value = root_value(doc.get(key, type=kind))
         if value:
-            fields[key] = value
+            raw[key] = value
+    # The value model's one boundary for records: what is framed and stored.
+    fields: dict[str, JSON] = {}
+    for key, value in raw.items():
+        name = valid_text(key)
+        if name is not key:
+            types.conformed(name, "invalid_unicode")
+        fields[name], reason = conform(value)
+        if reason is not None:
+            types.conformed(name, reason)
     return fields
 
 
@@ -116,10 +159,27 @@ def diff(before: dict[str, JSON] | None, after: dict[str, JSON]) -> dict[str, JS
 
 
 def check_value(field: str, value: Any, depth: int = 0) -> None:
-    """Refuse what a Yjs client could not hold exactly (deep nesting, unsafe numbers)."""
-    if depth > 32:
-        raise FieldError(field, "value nested deeper than 32 levels")
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    """Refuse what is outside the value model (see :mod:`crdt_sync.projection`) or
+    what a Yjs client could not hold exactly: non-finite numbers, lone surrogates,
+    nesting deeper than :data:`MAX_DEPTH`, more than :data:`MAX_VALUE_BYTES` of JSON,
+    integers past 2**53.
+
+    Raises:
+        FieldError: 422, nothing was applied.
+    """
+    _check(field, value, depth)
+    if depth == 0 and conform(value)[1] == "too_large":
+        raise FieldError(field, f"value larger than {MAX_VALUE_BYTES} bytes of JSON")
+
+
+def _check(field: str, value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise FieldError(field, f"value nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if valid_text(value) is not value:
+            raise FieldError(field, "string is not valid Unicode (lone surrogate)")
+        return
+    if isinstance(value, bool) or value is None:
         return
     if isinstance(value, int):
         if abs(value) > MAX_SAFE_INTEGER:
@@ -131,13 +191,15 @@ def check_value(field: str, value: Any, depth: int = 0) -> None:
         return
     if isinstance(value, list):
         for item in value:
-            check_value(field, item, depth + 1)
+            _check(field, item, depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise FieldError(field, "object keys must be strings")
-            check_value(field, item, depth + 1)
+            if valid_text(key) is not key:
+                raise FieldError(field, "object key is not valid Unicode (lone surrogate)")
+            _check(field, item, depth + 1)
         return
     raise FieldError(field, f"{type(value).__name__} is not a JSON value")
 
@@ -180,6 +242,8 @@ def plan_write(doc: Doc, types: RootTypes, p: dict[str, Any]) -> Callable[[Doc],
     for field, value in p.items():
         if not field:
             raise FieldError(field, "field names must not be empty", status=400)
+        if valid_text(field) is not field:
+            raise FieldError(field, "field name is not valid Unicode", status=400)
         check_value(field, value)
         kind = known.get(field)
         if field == FIELDS_ROOT and kind in (Map, None):

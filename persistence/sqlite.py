@@ -159,6 +159,9 @@ class SQLiteStore:
         self._failed_batches = 0
         self._last_batch_size = 0
         self._last_commit_seconds = 0.0
+        self._write_failing = False  # the last write batch (or probe) failed
+        self._refused_batches = 0
+        self._listener_failures = 0
         self._frame_listeners: list[Callable[[list[Frame]], None]] = []
         self._commit_listeners: list[Callable[[int, float], None]] = []
 
@@ -188,6 +191,16 @@ class SQLiteStore:
     def last_commit_seconds(self) -> float:
         """Wall time of the last committed transaction, ``BEGIN`` to ``COMMIT`` (with fsync)."""
         return self._last_commit_seconds
+
+    @property
+    def refused_batches(self) -> int:
+        """Frame batches refused before queueing: a value in them is not strict JSON."""
+        return self._refused_batches
+
+    @property
+    def listener_failures(self) -> int:
+        """Frame listener calls that raised (their subscribers are told by the listener)."""
+        return self._listener_failures
 
     @property
     def queued(self) -> int:
@@ -312,13 +325,17 @@ class SQLiteStore:
             committed (raises :class:`StoreWriteError` if that commit fails) with the
             sids of ``frames``. Nobody has to await it: a failure is logged, and
             reported by the next :meth:`flush`.
+
+        Raises:
+            persistence.values.UnstorableValue: a value of ``frames`` is not strict
+                JSON (see :func:`persistence.values.dumps`); nothing was queued.
         """
         self._check_open()
         values.check_key(org, name)
         data = values.as_bytes(update, "update")
         values.check_opt_text(actor, "actor")
         values.check_int(at, "at")
-        batch = frame_sql.prepare(org, frames) if frames is not None else None
+        batch = self._prepare(org, name, frames) if frames is not None else None
         assert self._loop is not None
         future: asyncio.Future[list[int]] = self._loop.create_future()
         with self._id_lock:
@@ -347,16 +364,30 @@ class SQLiteStore:
         Returns:
             An awaitable of the frames' sids, completed once committed (raises
             :class:`StoreWriteError` if the commit fails).
+
+        Raises:
+            persistence.values.UnstorableValue: a value of ``batch`` is not strict
+                JSON; nothing was queued (the store never holds a frame it could not
+                read back and encode).
         """
         self._check_open()
         values.check_text(org, "org")
         if delete is not None:
             values.check_key(org, delete)
-        prepared = frame_sql.prepare(org, batch)
+        prepared = self._prepare(org, delete, batch)
         assert self._loop is not None
         future: asyncio.Future[list[int]] = self._loop.create_future()
         self._queue.put(_Op(_Kind.FRAMES, (org, delete), future, batch=prepared))
         return future
+
+    def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> frame_sql.PreparedBatch:
+        """Check and serialise ``batch``; a refusal is logged and counted once here."""
+        try:
+            return frame_sql.prepare(org, batch)
+        except values.UnstorableValue as exc:
+            self._refused_batches += 1
+            logger.error("store %s: frames refused (org=%r doc=%r): %s", self._path, org, name, exc)
+            raise
 
     def add_commit_listener(self, listener: Callable[[int, float], None]) -> None:
         """Call ``listener(ops, seconds)`` after every committed transaction.
@@ -506,6 +537,43 @@ class SQLiteStore:
         await self._submit(
             _Kind.MUTATION, (org, client_tx_id, values.dumps(result, "result"), values.now_ms())
         )
+
+    def health(self) -> str | None:
+        """What stops this store from taking writes now, or ``None`` (cheap, no I/O).
+
+        ``"write failing"`` after a failed batch, until a later batch or
+        :meth:`probe` commits.
+        """
+        if self._state != "open":
+            return f"store {self._state}"
+        if self._writer is None or not self._writer.is_alive():
+            return "store writer thread stopped"
+        if self._write_failing:
+            return "write failing"
+        return None
+
+    async def probe(self) -> None:
+        """Commit a one-row write (``schema_version`` set to itself): the store takes writes.
+
+        Queued behind every earlier write. On success the failing state of
+        :meth:`health` is cleared.
+
+        Raises:
+            StoreWriteError: the probe could not be committed.
+        """
+
+        def write(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("UPDATE schema_version SET version = version")
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(conn, self._path)
+                self._write_failing = True
+                raise StoreWriteError(f"write to {self._path} failed: {exc}") from exc
+            self._write_failing = False
+
+        await self.run_in_writer(write)
 
     async def run_in_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on the writer thread, between two transactions.
@@ -711,8 +779,17 @@ class SQLiteStore:
             for listener in self._frame_listeners:
                 try:
                     listener(committed)
-                except Exception:  # a subscriber's bug must not leave writers hanging
-                    logger.exception("store %s: frame listener failed", self._path)
+                except Exception:
+                    # Writers must not hang on a listener's bug; it is counted (metrics,
+                    # /healthz) and logged with the sids whose announcement it broke.
+                    self._listener_failures += 1
+                    logger.exception(
+                        "store %s: frame listener failed on sids %d..%d (%r)",
+                        self._path,
+                        committed[0].sid,
+                        committed[-1].sid,
+                        listener,
+                    )
         for op in ops:
             future = op.future
             if future is None or future.done():  # e.g. cancelled by an abandoned await
@@ -952,6 +1029,7 @@ class SQLiteStore:
         except Exception as exc:  # sqlite3.Error, or a bug: either way nothing is durable
             _rollback(conn, self._path)
             self._failed_batches += 1
+            self._write_failing = True
             logger.error(
                 "store %s: write batch of %d ops failed and was rolled back: %s",
                 self._path,
@@ -964,6 +1042,7 @@ class SQLiteStore:
             error.__cause__ = exc
             return error
         self._commits += 1
+        self._write_failing = False
         self._last_batch_size = len(ops)
         self._last_commit_seconds = time.monotonic() - began
         for listener in self._commit_listeners:

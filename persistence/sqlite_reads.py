@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import sqlite3
 from typing import Any
 
+from persistence import values
 from persistence.store import DocInfo, Frame, FramePage, RecordRow, StoredDoc, StoreReadError
 
 
@@ -247,7 +247,7 @@ def loads(text: object, what: str) -> Any:
     if not isinstance(text, str):
         raise StoreReadError(f"{what} is unreadable: JSON column is {type(text).__name__}")
     try:
-        return json.loads(text)
+        return values.loads(text)
     except ValueError as exc:
         raise StoreReadError(f"{what} is unreadable: {exc}") from exc
 

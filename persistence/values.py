@@ -8,6 +8,15 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
+
+
+class UnstorableValue(ValueError):
+    """A value the store refuses to hold: it could not be read back as strict JSON.
+
+    Not a :class:`~persistence.store.StoreError`: nothing is wrong with the store, and
+    the write it came with may still be committed (see ``SQLiteStore.append``).
+    """
 
 
 def now_ms() -> int:
@@ -22,7 +31,7 @@ def check_text(value: object, what: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} is not valid Unicode text: {exc}") from None
+        raise UnstorableValue(f"{what} is not valid Unicode text: {exc}") from None
 
 
 def check_opt_text(value: object, what: str) -> None:
@@ -54,11 +63,58 @@ def as_bytes(value: object, what: str) -> bytes:
 
 
 def dumps(value: object, what: str) -> str:
+    """``value`` as strict JSON text, exactly what a reader gets back.
+
+    Strict: no NaN or infinities (``allow_nan=False``), every string valid Unicode
+    (a lone surrogate has no UTF-8 encoding, so it is refused rather than escaped:
+    escaped, it would be read back as the same unencodable string), nesting within
+    Python's recursion limit, JSON types only.
+
+    Raises:
+        TypeError: ``value`` is not a dict.
+        UnstorableValue: anything inside it is not strict JSON.
+    """
     if not isinstance(value, dict):
         raise TypeError(f"{what} must be a dict, got {type(value).__name__}")
-    # ensure_ascii (the default) keeps lone surrogates out of the TEXT column;
-    # allow_nan=False refuses what JSON clients could not parse.
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except ValueError as exc:
-        raise ValueError(f"{what} is not valid JSON: {exc}") from exc
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text.encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError included
+        raise UnstorableValue(f"{what} is not strict JSON: {exc}") from None
+    return text
+
+
+def valid_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (valid pairs are joined)."""
+    if text.isascii():  # the common case, without encoding a copy
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _valid_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, list):
+        return [_valid_strings(item) for item in value]
+    if isinstance(value, dict):
+        return {valid_text(k): _valid_strings(v) for k, v in value.items()}
+    return value
+
+
+def loads(text: str) -> Any:
+    """Parse a stored JSON column.
+
+    Rows written before :func:`dumps` was strict may hold lone surrogates as ``\\udXXX``
+    escapes; they are read back as U+FFFD, so that every frame read can be encoded.
+
+    Raises:
+        ValueError: ``text`` is not JSON.
+    """
+    value = json.loads(text)
+    if "\\ud" in text or "\\uD" in text:
+        value = _valid_strings(value)
+    return value

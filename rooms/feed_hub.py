@@ -21,9 +21,12 @@ from typing import Any
 
 from persistence.store import Frame
 
+from .close_codes import CloseCode
 from .connection import Connection
 
 log = logging.getLogger(__name__)
+
+CLOSE_INTERNAL_ERROR = CloseCode.INTERNAL_ERROR
 
 #: Frames a subscriber buffers while it catches up; past it, it reads the store again.
 MAX_BUFFERED = 10_000
@@ -47,28 +50,43 @@ def frame_dict(frame: Frame) -> dict[str, Any]:
     }
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def dumps(value: Any, *, ascii: bool = False) -> str:
+    """Strict JSON text (NaN and infinities raise ``ValueError``: they are not JSON)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=ascii, allow_nan=False)
+
+
+def _utf8(render: Callable[[bool], str]) -> bytes:
+    """``render(ascii=False)`` as UTF-8; if a lone surrogate has no UTF-8 encoding, the
+    JSON is rendered ASCII-escaped instead: still valid JSON and valid UTF-8. (The
+    store holds no such string; this keeps every encoder total all the same.)"""
+    try:
+        return render(False).encode("utf-8")
+    except UnicodeEncodeError:
+        return render(True).encode("ascii")
 
 
 def encode_json_array(frames: list[Frame]) -> bytes:
     """One WebSocket message: a JSON array of frames."""
-    return dumps([frame_dict(f) for f in frames]).encode("utf-8")
+    wire = [frame_dict(f) for f in frames]
+    return _utf8(lambda ascii: dumps(wire, ascii=ascii))
 
 
 def encode_json_event(event: dict[str, Any]) -> bytes:
     """One WebSocket message: a JSON object such as ``{"type": "presence", ...}``."""
-    return dumps(event).encode("utf-8")
+    return _utf8(lambda ascii: dumps(event, ascii=ascii))
 
 
 def encode_sse(frames: list[Frame]) -> bytes:
     """Server-Sent Events, one per frame, ``id:`` = sid (resumable with Last-Event-ID)."""
-    return "".join(f"id: {f.sid}\ndata: {dumps(frame_dict(f))}\n\n" for f in frames).encode("utf-8")
+    wire = [(f.sid, frame_dict(f)) for f in frames]
+    return _utf8(
+        lambda ascii: "".join(f"id: {sid}\ndata: {dumps(d, ascii=ascii)}\n\n" for sid, d in wire)
+    )
 
 
 def encode_sse_event(event: dict[str, Any]) -> bytes:
     """A named Server-Sent Event (``event: presence``) without an id."""
-    return f"event: {event['type']}\ndata: {dumps(event)}\n\n".encode()
+    return _utf8(lambda ascii: f"event: {event['type']}\ndata: {dumps(event, ascii=ascii)}\n\n")
 
 
 class FeedSubscriber:
@@ -151,6 +169,7 @@ class FeedHub:
 
     def __init__(self) -> None:
         self._subs: dict[str, set[FeedSubscriber]] = {}
+        self.send_failures = 0  # subscribers closed because their frames failed to encode
 
     def __len__(self) -> int:
         return sum(len(subs) for subs in self._subs.values())
@@ -187,15 +206,26 @@ class FeedHub:
                     sub._buffer_frames(org_frames)
                     continue
                 key = (sub.encode, sub.t)
-                cached = encoded.get(key)
-                if cached is None:
-                    wanted = [f for f in org_frames if sub.t is None or f.t == sub.t]
-                    cached = encoded[key] = (wanted, sub.encode(wanted) if wanted else b"")
-                wanted, message = cached
-                if wanted and wanted[0].sid > sub.last_sid:
-                    sub.send(wanted, message)
-                else:  # it read some of these itself: send only the rest
-                    sub.send([f for f in wanted if sub.wants(f)])
+                try:
+                    cached = encoded.get(key)
+                    if cached is None:
+                        wanted = [f for f in org_frames if sub.t is None or f.t == sub.t]
+                        cached = encoded[key] = (wanted, sub.encode(wanted) if wanted else b"")
+                    wanted, message = cached
+                    if wanted and wanted[0].sid > sub.last_sid:
+                        sub.send(wanted, message)
+                    else:  # it read some of these itself: send only the rest
+                        sub.send([f for f in wanted if sub.wants(f)])
+                except Exception:
+                    # Never a silent gap: it is closed and resumes from its last sid.
+                    log.exception(
+                        "conn=%s frames %d..%d could not be sent, closing with 1011",
+                        sub.conn.id,
+                        org_frames[0].sid,
+                        org_frames[-1].sid,
+                    )
+                    self.send_failures += 1
+                    sub.conn.close(CLOSE_INTERNAL_ERROR, "frames could not be encoded")
 
     def publish_event(self, org: str, record: tuple[str, str], event: dict[str, Any]) -> int:
         """Send ``event`` (presence) to the subscribers watching ``record``."""

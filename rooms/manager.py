@@ -25,6 +25,7 @@ from .connection import Connection
 from .listener import RoomListener
 from .memory import release_freed_memory, trim_available
 from .room import Room, RoomLoadError, RoomState
+from .supervisor import Supervisor
 from .wire import encode_sync_step1
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,9 @@ class RoomManager:
         store: Store,
         settings: RoomSettings | None = None,
         listener: RoomListener | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
+        self.supervisor = supervisor or Supervisor()
         self.store = store
         self.settings = settings or RoomSettings()
         self.listener = listener
@@ -73,7 +76,7 @@ class RoomManager:
     async def __aenter__(self) -> RoomManager:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._sweep_liveness)
+        self._tg.start_soon(self.supervisor.loop, "liveness", self._sweep_liveness)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -89,17 +92,13 @@ class RoomManager:
     def connection_count(self) -> int:
         return sum(len(room.connections) for room in self.rooms.values())
 
-    def spawn(self, name: str, func: Callable[[], Awaitable[None]]) -> None:
-        """Run ``func`` in the background; log (never propagate) its failure."""
+    def spawn(self, name: str, func: Callable[[], Awaitable[None]], *, kind: str = "") -> None:
+        """Run ``func`` in the background under the supervisor: its failure is logged
+        with ``name`` (the room) and counted under ``kind`` (default: the first word of
+        ``name``, e.g. ``compact``), never propagated to other rooms."""
         assert self._tg is not None, "RoomManager not started"
-
-        async def guarded() -> None:
-            try:
-                await func()
-            except Exception:
-                log.exception("background task %s failed", name)
-
-        self._tg.start_soon(guarded, name=name)
+        kind = kind or name.split(" ", 1)[0]
+        self._tg.start_soon(self.supervisor.task, kind, name, func, name=name)
 
     # -- rooms -------------------------------------------------------------------
 
@@ -404,20 +403,30 @@ class RoomManager:
             for room in list(self.rooms.values()):
                 if room.state is not RoomState.LOADED:
                     continue
-                probe: bytes | None = None
-                for conn in list(room.connections.values()):
-                    silent = now - conn.last_received
-                    if silent >= timeout:
-                        log.info(
-                            "conn=%s room=%r actor=%s silent for %.0f s, closing",
-                            conn.id,
-                            room.name,
-                            conn.actor,
-                            silent,
-                        )
-                        conn.close(CloseCode.TIMEOUT, f"nothing received for {timeout:g} s")
-                    elif silent >= interval + spread * conn.probe_jitter and not conn.probed:
-                        if probe is None:
-                            probe = encode_sync_step1(room.doc.get_state())
-                        conn.probed = True
-                        conn.enqueue(probe)
+                try:
+                    self._probe_room(room, now, interval, timeout, spread)
+                except Exception as exc:  # one room's failure must not stop the sweep
+                    self.supervisor.note_failure("liveness", f"room={room.name!r}", exc)
+
+    def _probe_room(
+        self, room: Room, now: float, interval: float, timeout: float, spread: float
+    ) -> None:
+        """Close ``room``'s connections silent for ``timeout``; probe those silent for
+        ``interval`` (plus their share of ``spread``)."""
+        probe: bytes | None = None
+        for conn in list(room.connections.values()):
+            silent = now - conn.last_received
+            if silent >= timeout:
+                log.info(
+                    "conn=%s room=%r actor=%s silent for %.0f s, closing",
+                    conn.id,
+                    room.name,
+                    conn.actor,
+                    silent,
+                )
+                conn.close(CloseCode.TIMEOUT, f"nothing received for {timeout:g} s")
+            elif silent >= interval + spread * conn.probe_jitter and not conn.probed:
+                if probe is None:
+                    probe = encode_sync_step1(room.doc.get_state())
+                conn.probed = True
+                conn.enqueue(probe)
