@@ -23,7 +23,6 @@ bits (``Number.MAX_SAFE_INTEGER``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import assert_never
@@ -41,8 +40,11 @@ from rooms.wire import (
     write_var_uint,
 )
 
+from .inputs import InputError, parse_json
+
 __all__ = [
     "AwarenessEntry",
+    "InvalidPayload",
     "ProtocolError",
     "decode_message",
     "decode_state_vector",
@@ -55,7 +57,13 @@ _MAX_VARINT_BYTES = 8  # 8 * 7 = 56 bits >= 53
 
 
 class ProtocolError(ValueError):
-    """A frame that is not a well-formed y-websocket message."""
+    """A frame that is not a well-formed y-websocket message (close 1002)."""
+
+
+class InvalidPayload(ProtocolError):
+    """A well-framed message whose content is refused (close 1007): an awareness
+    state that is not JSON under the input contract (:func:`inputs.parse_json`:
+    bounded depth, valid Unicode, no NaN)."""
 
 
 class MessageType(IntEnum):
@@ -196,7 +204,9 @@ def decode_awareness_update(payload: bytes) -> tuple[AwarenessEntry, ...]:
     """Decode a y-protocols awareness update; every state must be JSON.
 
     Raises:
-        ProtocolError: malformed update or a state that is not valid JSON.
+        ProtocolError: malformed update.
+        InvalidPayload: a state that is not JSON, nests deeper than
+            :data:`inputs.MAX_JSON_DEPTH` or holds a lone surrogate.
     """
     reader = Reader(payload)
     count = reader.var_uint()
@@ -209,9 +219,11 @@ def decode_awareness_update(payload: bytes) -> tuple[AwarenessEntry, ...]:
         clock = reader.var_uint()
         state = reader.var_string()
         try:
-            json.loads(state)
-        except ValueError:
-            raise ProtocolError(f"awareness state of client {client_id} is not JSON") from None
+            parse_json(state, max_bytes=len(payload), what="awareness state")
+        except InputError as exc:
+            raise InvalidPayload(
+                f"awareness state of client {client_id} is not JSON: {exc.detail}"
+            ) from None
         entries.append(AwarenessEntry(client_id, clock, state))
     reader.end()
     return tuple(entries)

@@ -31,6 +31,7 @@ from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
 from .codec import ProtocolError, decode_state_vector
 from .docnames import InvalidDocName, split_record, validate_doc_name
 from .http_api import ApiError, int_param, read_body, routes
+from .inputs import InputError, check_name
 from .projection import doc_to_json
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,12 @@ class DocsApi:
     # -- handlers ----------------------------------------------------------------
 
     async def list_docs(self, request: Request) -> Response:
-        prefix = request.query_params.get("prefix", "")
+        try:
+            prefix = check_name(
+                request.query_params.get("prefix", ""), "prefix", max_chars=512, allow_empty=True
+            )
+        except InputError as exc:
+            raise ApiError(400, "invalid_parameter", exc.detail) from None
         limit = int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
         cursor = request.query_params.get("cursor") or None
         try:

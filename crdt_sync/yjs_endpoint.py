@@ -26,6 +26,7 @@ from .asgi import Scope, WsBinaryTransport, drain_websocket, json_body, peer, se
 from .codec import (
     Auth,
     AwarenessUpdate,
+    InvalidPayload,
     ProtocolError,
     QueryAwareness,
     SyncStep1,
@@ -109,6 +110,7 @@ class YjsEndpoint:
         if "websocket.http.response" in scope.get("extensions", {}):
             body = json_body(error, detail)
             await send_json_response(send, status, body, prefix="websocket.http.response")
+            _mark_denial_complete(send)
         else:
             await send({"type": "websocket.close", "code": CloseCode.BAD_REQUEST})
 
@@ -146,6 +148,8 @@ class YjsEndpoint:
                 return
             try:
                 await self._handle(frame, conn, room, manager)
+            except InvalidPayload as exc:
+                self._refuse(conn, CloseCode.INVALID_PAYLOAD, f"refused message: {exc}")
             except ProtocolError as exc:
                 self._refuse(conn, CloseCode.PROTOCOL_ERROR, f"malformed message: {exc}")
             except InvalidUpdate as exc:
@@ -173,3 +177,21 @@ class YjsEndpoint:
                 room.on_query_awareness(conn)
             case Auth():
                 log.debug("conn=%s ignoring auth message from client", conn.id)
+
+
+def _mark_denial_complete(send: Any) -> None:
+    """Tell uvicorn's websockets-sansio protocol that a denial response completed the
+    handshake.
+
+    Its ``send`` writes the whole denial response and closes the transport, but never
+    sets ``handshake_complete`` (its wsproto implementation does), so every refused
+    handshake would also log ``ERROR ... ASGI callable returned without completing
+    handshake``. Upstream: Kludex/uvicorn pull request 3138 sets the flag the same
+    way. Only touched once the response is on the wire (``close_sent``); any other
+    server is left alone.
+    """
+    protocol = getattr(send, "__self__", None)
+    if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+        return
+    if getattr(protocol, "initial_response", None) is not None and protocol.close_sent:
+        protocol.handshake_complete = True
