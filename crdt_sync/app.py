@@ -27,6 +27,7 @@ from rooms.close_codes import CloseCode
 from rooms.feed_hub import FeedHub
 from rooms.manager import RoomManager, RoomSettings
 
+from . import openapi
 from .docs_api import DocsApi
 from .errors import json_error
 from .frame_feed import RecordFeed
@@ -179,6 +180,7 @@ def create_app(settings: Settings, on_ready: Callable[[], None] | None = None) -
     routes: list = [
         Route("/healthz", healthz),
         Route("/metrics", runtime.metrics.endpoint),
+        Route("/openapi.json", openapi.endpoint),
         WebSocketRoute("/yjs/{doc:path}", yjs),
         *DocsApi(runtime).routes(),
         *SyncApi(runtime).routes(),
