@@ -60,10 +60,10 @@ class DocsApi:
             self.runtime,
             [
                 ("GET", "/docs", self.list_docs),
-                ("GET", "/docs/{doc:path}/update", self.get_update),
-                ("POST", "/docs/{doc:path}/update", self.post_update),
-                ("GET", "/docs/{doc:path}", self.get_doc),
-                ("DELETE", "/docs/{doc:path}", self.delete_doc),
+                ("GET", "/docs/{doc:name}/update", self.get_update),
+                ("POST", "/docs/{doc:name}/update", self.post_update),
+                ("GET", "/docs/{doc:name}", self.get_doc),
+                ("DELETE", "/docs/{doc:name}", self.delete_doc),
             ],
         )
 

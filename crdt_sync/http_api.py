@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.routing import Route
 
 from persistence.store import StoreError
@@ -22,6 +23,21 @@ from .throttle import Throttled
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class NameConvertor(PathConvertor):
+    """``{doc:name}``: the rest of the path, line breaks included.
+
+    Starlette's ``path`` is ``.*``, which stops at a newline, and its route regex ends
+    in ``$``, which matches before a trailing one: ``/docs/a%0A`` would read doc
+    ``a`` and ``/docs/a%0Ab`` would be a 404. With this every name reaches the
+    handler, whose name rule refuses it with a 400 that says why.
+    """
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("name", NameConvertor())
 
 
 class ApiError(Exception):

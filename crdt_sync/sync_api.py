@@ -134,7 +134,7 @@ class SyncApi:
                 ("POST", "/sync/v1/mutations", self.mutations),
                 ("GET", "/sync/v1/delta", self.delta),
                 ("GET", "/sync/v1/records", self.records),
-                ("GET", "/sync/v1/presence/{t}/{id:path}", self.presence),
+                ("GET", "/sync/v1/presence/{t}/{id:name}", self.presence),
             ],
         )
 
