@@ -97,13 +97,13 @@ def test_live_server_keeps_to_its_openapi_document(server_factory) -> None:
                 suppress_health_check=list(HealthCheck),
             )
             @given(case=operation.as_strategy(generation_mode=mode))
-            def run(case) -> None:
+            def run(case, label=f"{operation.label} ({mode.value})") -> None:
                 nonlocal calls
                 calls += 1
                 try:
                     case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=10)
                 except Exception as exc:  # schemathesis' FailureGroup, or a transport error
-                    failures.append(f"{operation.label} ({mode.value}): {exc}"[:3000])
+                    failures.append(f"{label}: {exc}"[:3000])
 
             try:
                 run()
