@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -28,7 +29,7 @@ from starlette.routing import Route
 from persistence.store import StoreError
 from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
 
-from .codec import ProtocolError, decode_state_vector
+from .codec import InvalidPayload, ProtocolError, check_update, decode_state_vector
 from .docnames import InvalidDocName, split_record, validate_doc_name
 from .http_api import ApiError, int_param, read_body, routes
 from .inputs import InputError, check_name
@@ -147,6 +148,13 @@ class DocsApi:
         body = await read_body(request, limit)
         if not body:
             raise ApiError(400, "invalid_update", "empty body: expected a binary Yjs update")
+        try:
+            if len(body) > 64 * 1024:  # see yjs_endpoint.DECODE_IN_THREAD_BYTES
+                await anyio.to_thread.run_sync(check_update, body)
+            else:
+                check_update(body)
+        except InvalidPayload as exc:
+            raise ApiError(400, "invalid_update", f"not a valid Yjs update: {exc}") from None
         async with self.open_room(name, must_exist=False) as room:
             try:
                 appended = await room.apply_update(body, actor=ACTOR, origin=Origin.HTTP)

@@ -39,6 +39,9 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Frames larger than this are decoded (and their updates checked) in a worker thread.
+DECODE_IN_THREAD_BYTES = 64 * 1024
+
 
 class YjsEndpoint:
     """The ASGI app mounted at ``/yjs/{doc:path}``."""
@@ -161,7 +164,12 @@ class YjsEndpoint:
                 conn.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _handle(self, frame: bytes, conn: Connection, room: Room, manager: RoomManager):
-        message = decode_message(frame)
+        if len(frame) > DECODE_IN_THREAD_BYTES:
+            # Checking a large update takes a while (about 0.3 s a megabyte of small
+            # structs): off the event loop, so other rooms do not wait for it.
+            message = await anyio.to_thread.run_sync(decode_message, frame)
+        else:
+            message = decode_message(frame)
         match message:
             case SyncUpdate(update):
                 await room.on_update(conn, update, frame)
