@@ -297,7 +297,8 @@ def _check_size(item: dict, index: int, max_fields: int, max_bytes: int) -> None
             f"mutations[{index}].p",
             f"{len(p)} fields, at most {max_fields} per mutation (--max-mutation-fields)",
         )
-    size = len(json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    encoded = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+    size = len(encoded.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise _too_big(
             index,
