@@ -29,7 +29,13 @@ from starlette.routing import Route
 from persistence.store import StoreError
 from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
 
-from .codec import InvalidPayload, ProtocolError, check_update, decode_state_vector
+from .codec import (
+    LARGE_UPDATE_BYTES,
+    InvalidPayload,
+    ProtocolError,
+    check_update,
+    decode_state_vector,
+)
 from .docnames import InvalidDocName, split_record, validate_doc_name
 from .http_api import ApiError, int_param, read_body, routes
 from .inputs import InputError, check_name
@@ -149,7 +155,7 @@ class DocsApi:
         if not body:
             raise ApiError(400, "invalid_update", "empty body: expected a binary Yjs update")
         try:
-            if len(body) > 64 * 1024:  # see yjs_endpoint.DECODE_IN_THREAD_BYTES
+            if len(body) > LARGE_UPDATE_BYTES:
                 await anyio.to_thread.run_sync(check_update, body)
             else:
                 check_update(body)

@@ -24,6 +24,7 @@ from rooms.stats import TRAFFIC
 
 from .asgi import Scope, WsBinaryTransport, drain_websocket, json_body, peer, send_json_response
 from .codec import (
+    LARGE_UPDATE_BYTES,
     Auth,
     AwarenessUpdate,
     InvalidPayload,
@@ -38,9 +39,6 @@ from .docnames import InvalidDocName, validate_doc_name
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: Frames larger than this are decoded (and their updates checked) in a worker thread.
-DECODE_IN_THREAD_BYTES = 64 * 1024
 
 
 class YjsEndpoint:
@@ -164,9 +162,8 @@ class YjsEndpoint:
                 conn.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _handle(self, frame: bytes, conn: Connection, room: Room, manager: RoomManager):
-        if len(frame) > DECODE_IN_THREAD_BYTES:
-            # Checking a large update takes a while (about 0.3 s a megabyte of small
-            # structs): off the event loop, so other rooms do not wait for it.
+        if len(frame) > LARGE_UPDATE_BYTES:
+            # Off the event loop: other rooms do not wait while a big update is checked.
             message = await anyio.to_thread.run_sync(decode_message, frame)
         else:
             message = decode_message(frame)
