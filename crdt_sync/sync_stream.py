@@ -179,7 +179,7 @@ class FrameStreams:
             # The close frame follows the error message once the sender drains.
             await self._finish_refused(conn, receive)
             return
-        log.info("conn=%s peer=%s frame feed since=%s t=%s connected", conn.id, conn.peer, start, t)
+        log.info("conn=%s peer=%s frame feed since=%s t=%r connected", conn.id, conn.peer, start, t)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._receive_loop, receive, sub)
@@ -331,7 +331,7 @@ class FrameStreams:
         )
         # Tell EventSource how soon to reconnect, before any frame.
         conn.enqueue(b"retry: 2000\n\n")
-        log.info("conn=%s peer=%s SSE feed since=%s t=%s connected", conn.id, conn.peer, start, t)
+        log.info("conn=%s peer=%s SSE feed since=%s t=%r connected", conn.id, conn.peer, start, t)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_disconnect, receive, conn)
