@@ -313,9 +313,7 @@ PATHS: dict[str, Any] = {
             "requestBody": {
                 "required": True,
                 "content": {
-                    "application/octet-stream": {
-                        "schema": {"type": "string", "format": "binary"}
-                    }
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
                 },
             },
             "responses": {
