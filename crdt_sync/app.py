@@ -28,6 +28,7 @@ from rooms.feed_hub import FeedHub
 from rooms.manager import RoomManager, RoomSettings
 from rooms.supervisor import Supervisor
 
+from . import openapi
 from .docs_api import DocsApi
 from .errors import json_error
 from .frame_feed import RecordFeed
@@ -238,6 +239,7 @@ def create_app(settings: Settings, on_ready: Callable[[], None] | None = None) -
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", runtime.metrics.endpoint),
+        Route("/openapi.json", openapi.endpoint),
         WebSocketRoute("/yjs/{doc:path}", yjs),
         *DocsApi(runtime).routes(),
         *SyncApi(runtime).routes(),

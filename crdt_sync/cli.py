@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .settings import SettingsError, add_arguments, from_sources
@@ -29,12 +30,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def escape_text(text: str) -> str:
+    """``text`` with every non-printable character escaped as Python would (``\\x1b``,
+    ``\\u202e``, ``\\n``): nothing a client sent reaches a terminal raw."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class EscapingFormatter(logging.Formatter):
+    """The one boundary between log records and the terminal (or a log collector).
+
+    A message is escaped whole, line breaks included, so one event stays one line and
+    a value from a client can neither paint the terminal (ANSI escapes), reorder it
+    (bidi controls) nor forge a line. A traceback keeps its line breaks, each line
+    escaped.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_text(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _escape_lines(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _escape_lines(super().formatStack(stack_info))
+
+
+def _escape_lines(text: str) -> str:
+    return "\n".join(escape_text(line) for line in text.split("\n"))
+
+
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Log to stderr through :class:`EscapingFormatter` (the ASGI servers' loggers too)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,7 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         parser.exit(2, f"crdt-sync: error: {exc}\n")
     configure_logging(settings.log_level)
-    from .server import run
+    from .server import check_database, run
+
+    try:
+        check_database(settings.db)
+    except SettingsError as exc:
+        parser.exit(2, f"crdt-sync: error: {escape_text(str(exc))}\n")
 
     return run(settings)
 

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -28,9 +29,16 @@ from starlette.routing import Route
 from persistence.store import StoreError
 from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
 
-from .codec import ProtocolError, decode_state_vector
+from .codec import (
+    LARGE_UPDATE_BYTES,
+    InvalidPayload,
+    ProtocolError,
+    check_update,
+    decode_state_vector,
+)
 from .docnames import InvalidDocName, split_record, validate_doc_name
 from .http_api import ApiError, int_param, read_body, routes
+from .inputs import InputError, check_name
 from .projection import doc_to_json
 
 log = logging.getLogger(__name__)
@@ -59,10 +67,10 @@ class DocsApi:
             self.runtime,
             [
                 ("GET", "/docs", self.list_docs),
-                ("GET", "/docs/{doc:path}/update", self.get_update),
-                ("POST", "/docs/{doc:path}/update", self.post_update),
-                ("GET", "/docs/{doc:path}", self.get_doc),
-                ("DELETE", "/docs/{doc:path}", self.delete_doc),
+                ("GET", "/docs/{doc:name}/update", self.get_update),
+                ("POST", "/docs/{doc:name}/update", self.post_update),
+                ("GET", "/docs/{doc:name}", self.get_doc),
+                ("DELETE", "/docs/{doc:name}", self.delete_doc),
             ],
         )
 
@@ -90,7 +98,12 @@ class DocsApi:
     # -- handlers ----------------------------------------------------------------
 
     async def list_docs(self, request: Request) -> Response:
-        prefix = request.query_params.get("prefix", "")
+        try:
+            prefix = check_name(
+                request.query_params.get("prefix", ""), "prefix", max_chars=512, allow_empty=True
+            )
+        except InputError as exc:
+            raise ApiError(400, "invalid_parameter", exc.detail) from None
         limit = int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
         cursor = request.query_params.get("cursor") or None
         try:
@@ -141,6 +154,13 @@ class DocsApi:
         body = await read_body(request, limit)
         if not body:
             raise ApiError(400, "invalid_update", "empty body: expected a binary Yjs update")
+        try:
+            if len(body) > LARGE_UPDATE_BYTES:
+                await anyio.to_thread.run_sync(check_update, body)
+            else:
+                check_update(body)
+        except InvalidPayload as exc:
+            raise ApiError(400, "invalid_update", f"not a valid Yjs update: {exc}") from None
         async with self.open_room(name, must_exist=False) as room:
             try:
                 appended = await room.apply_update(body, actor=ACTOR, origin=Origin.HTTP)

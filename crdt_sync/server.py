@@ -26,8 +26,10 @@ from typing import Any
 
 import anyio
 
+from persistence.store import StoreError
+
 from .app import Runtime, create_app
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,30 @@ def frame_limit(settings: Settings) -> int:
     # The app refuses frames over --max-message-bytes itself (close 1009 plus a log
     # line); the server's own limit only stops a frame far past it from being buffered.
     return settings.max_message_bytes + 1024 * 1024
+
+
+def check_database(path: str) -> None:
+    """Open (create, migrate) and close the store at ``path`` before any server starts.
+
+    A store that cannot open would otherwise fail inside the ASGI lifespan, where
+    uvicorn prints a traceback and exits 3 (hypercorn: its own way). Here it is one
+    line naming the flag, and the CLI exits 2 like for any other bad setting.
+
+    Raises:
+        SettingsError: the database cannot be opened (missing directory, not a
+            database, no permission, ...).
+    """
+    from persistence.sqlite import SQLiteStore
+
+    async def open_and_close() -> None:
+        store = SQLiteStore(path)
+        await store.start()
+        await store.close()
+
+    try:
+        asyncio.run(open_and_close())
+    except StoreError as exc:
+        raise SettingsError(f"--db {path!r}: {exc}") from None
 
 
 def run(settings: Settings) -> int:

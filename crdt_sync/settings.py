@@ -8,6 +8,7 @@ not given. A value that does not parse or is out of range is a
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -94,6 +95,19 @@ class Settings:
     max_mutations: int = _opt(
         1000, "most mutations in one POST /sync/v1/mutations request", minimum=1
     )
+    # -- input contract (issue 10) --
+    max_mutation_fields: int = _opt(
+        1000,
+        "most fields in one mutation's p (more: 422 too_many_fields naming the mutation)",
+        minimum=1,
+        maximum=1_000_000,
+    )
+    max_mutation_bytes: int = _opt(
+        1024 * 1024,
+        "largest mutation, as JSON bytes (larger: 413 mutation_too_large naming the mutation)",
+        minimum=64,
+        maximum=1 << 40,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -102,6 +116,9 @@ class Settings:
             maximum = f.metadata.get("maximum")
             choices = f.metadata.get("choices")
             flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, float) and not math.isfinite(value):
+                # NaN passes every comparison below, inf every minimum.
+                raise SettingsError(f"{flag} must be a finite number, got {value}")
             if minimum is not None and value < minimum:
                 raise SettingsError(f"{flag} must be >= {minimum}, got {value}")
             if maximum is not None and value > maximum:
@@ -116,9 +133,25 @@ def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
+def _finite_number(raw: str) -> float:
+    """A float flag's value: finite only (``float()`` also takes nan, inf, infinity)."""
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(f"{raw!r} is not a finite number")
+    return value
+
+
+_finite_number.__name__ = "finite number"  # argparse: "invalid finite number value: 'nan'"
+
+
 def _parser_for(kind: type | str) -> Callable[[str], Any]:
     kind_name = kind if isinstance(kind, str) else kind.__name__
-    return {"int": int, "float": float, "str": str}[kind_name]
+    return {"int": int, "float": _finite_number, "str": str}[kind_name]
+
+
+def _kind_word(kind: type | str) -> str:
+    kind_name = kind if isinstance(kind, str) else kind.__name__
+    return {"int": "integer", "float": "finite number", "str": "string"}[kind_name]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,7 +188,7 @@ def from_sources(args: Mapping[str, Any], environ: Mapping[str, str] | None = No
                 value = _parser_for(f.type)(raw.strip())
             except ValueError:
                 raise SettingsError(
-                    f"{env_name(f.name)}={raw!r} is not a valid {f.type} for --"
+                    f"{env_name(f.name)}={raw!r} is not a valid {_kind_word(f.type)} for --"
                     + f.name.replace("_", "-")
                 ) from None
         if value is not None:

@@ -28,6 +28,7 @@ from rooms.room import RoomLoadError
 from .docnames import InvalidDocName, validate_doc_name
 from .frame_feed import Mutation, MutationError
 from .http_api import ApiError, int_param, read_body, routes
+from .inputs import InputError, check_name, parse_json, parse_uint
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,12 @@ ACTOR = "anonymous"
 MAX_DELTA_LIMIT = 1000
 MAX_RECORDS_LIMIT = 1000
 MAX_TX_ID_CHARS = 256
+MAX_TYPE_CHARS = 256
+MAX_CLIENT_ID_CHARS = 200
+MAX_FIELD_NAME_CHARS = 256
+#: Defaults of --max-mutation-fields / --max-mutation-bytes (for callers without settings).
+MAX_MUTATION_FIELDS = 1000
+MAX_MUTATION_BYTES = 1024 * 1024
 OPS = ("i", "u", "d")
 
 
@@ -53,17 +60,32 @@ def parse_sid(raw: str | None, name: str) -> int | None:
     """A sid from a query parameter or header (``None`` if absent): an integer >= 0."""
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
-        raise ApiError(400, "invalid_parameter", f"{name} must be a non-negative integer sid")
-    return int(raw)
+    try:
+        return parse_uint(raw, name)
+    except InputError:
+        raise ApiError(
+            400, "invalid_parameter", f"{name} must be a non-negative integer sid, got {raw[:40]!r}"
+        ) from None
+
+
+def record_type_error(raw: str) -> str | None:
+    """Why ``raw`` is not a record type (a name without ``/``), or ``None``."""
+    if "/" in raw:
+        return "must be a record type (no '/')"
+    try:
+        check_name(raw, "record type", max_chars=MAX_TYPE_CHARS)
+    except InputError as exc:
+        return exc.detail
+    return None
 
 
 def parse_type(raw: str | None) -> str | None:
     """A record type filter (``None`` if absent)."""
     if raw is None or raw == "":
         return None
-    if "/" in raw or len(raw) > 256 or not raw.isprintable():
-        raise ApiError(400, "invalid_parameter", "t must be a record type (no '/')")
+    why = record_type_error(raw)
+    if why is not None:
+        raise ApiError(400, "invalid_parameter", f"t: {why}")
     return raw
 
 
@@ -91,10 +113,10 @@ def _encode_cursor(t: str, record_id: str) -> str:
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        t, record_id = json.loads(raw.decode("utf-8"))
+        t, record_id = parse_json(raw, max_bytes=4096, max_depth=1, what="cursor")
         if isinstance(t, str) and isinstance(record_id, str):
             return t, record_id
-    except (binascii.Error, ValueError, TypeError):
+    except (binascii.Error, InputError, ValueError, TypeError):
         pass
     raise ApiError(400, "invalid_parameter", "cursor is not one this server returned")
 
@@ -112,7 +134,7 @@ class SyncApi:
                 ("POST", "/sync/v1/mutations", self.mutations),
                 ("GET", "/sync/v1/delta", self.delta),
                 ("GET", "/sync/v1/records", self.records),
-                ("GET", "/sync/v1/presence/{t}/{id:path}", self.presence),
+                ("GET", "/sync/v1/presence/{t}/{id:name}", self.presence),
             ],
         )
 
@@ -171,7 +193,12 @@ class SyncApi:
     async def mutations(self, request: Request) -> Response:
         settings = self.runtime.settings
         body = await read_json(request, settings.max_message_bytes)
-        mutations, client_id = parse_mutations(body, settings.max_mutations)
+        mutations, client_id = parse_mutations(
+            body,
+            settings.max_mutations,
+            max_fields=settings.max_mutation_fields,
+            max_bytes=settings.max_mutation_bytes,
+        )
         outcomes = await self.runtime.feed.mutate_many(
             ORG, mutations, actor=ACTOR, client_id=client_id
         )
@@ -181,7 +208,7 @@ class SyncApi:
             self.runtime.metrics.mutations.labels(str(result["status"])).inc()
             if "error" in result:
                 log.info(
-                    "mutation %s %s/%s -> %d %s: %s",
+                    "mutation %s %r/%r -> %d %s: %s",
                     mutation.op,
                     mutation.t,
                     mutation.id,
@@ -219,12 +246,15 @@ def _failed(m: Mutation, status: int, error: str, detail: str) -> dict[str, Any]
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON, at most ``limit`` bytes (413 past it, 400 if not JSON)."""
+    """The request body as JSON under the input contract (:func:`inputs.parse_json`):
+    at most ``limit`` bytes (413), UTF-8, bounded depth, valid Unicode (400 if not)."""
     body = await read_body(request, limit)
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"body is not JSON: {exc}") from None
+        return parse_json(body, max_bytes=limit)
+    except InputError as exc:
+        if exc.status == 413:
+            raise ApiError.of(exc) from None
+        raise ApiError(400, "invalid_json", exc.detail) from None
 
 
 def _bad(field: str, detail: str) -> ApiError:
@@ -244,14 +274,59 @@ def _optional_sid(value: Any, field: str) -> int | None:
     return value
 
 
-def parse_mutations(body: Any, max_mutations: int) -> tuple[list[Mutation], str | None]:
+def _name_error(value: str, what: str, max_chars: int) -> str | None:
+    try:
+        check_name(value, what, max_chars=max_chars)
+    except InputError as exc:
+        return exc.detail
+    return None
+
+
+def _too_big(index: int, status: int, error: str, field: str, detail: str) -> ApiError:
+    return ApiError(status, error, f"{field}: {detail}", field=field, index=index)
+
+
+def _check_size(item: dict, index: int, max_fields: int, max_bytes: int) -> None:
+    """The per-mutation bounds: fields in ``p`` (422) and encoded bytes (413)."""
+    p = item.get("p")
+    if isinstance(p, dict) and len(p) > max_fields:
+        raise _too_big(
+            index,
+            422,
+            "too_many_fields",
+            f"mutations[{index}].p",
+            f"{len(p)} fields, at most {max_fields} per mutation (--max-mutation-fields)",
+        )
+    encoded = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+    size = len(encoded.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise _too_big(
+            index,
+            413,
+            "mutation_too_large",
+            f"mutations[{index}]",
+            f"{size} bytes of JSON, at most {max_bytes} per mutation (--max-mutation-bytes)",
+        )
+
+
+def parse_mutations(
+    body: Any,
+    max_mutations: int,
+    *,
+    max_fields: int = MAX_MUTATION_FIELDS,
+    max_bytes: int = MAX_MUTATION_BYTES,
+) -> tuple[list[Mutation], str | None]:
     """Check the whole request before anything is applied.
+
+    ``body`` comes from :func:`read_json`, so it is bounded in depth and its strings
+    are valid Unicode; names here follow the name rule of :mod:`crdt_sync.inputs`.
 
     Returns:
         The mutations and the request's ``client_id`` (tells writers of one actor apart).
 
     Raises:
-        ApiError: 400 naming the first bad field.
+        ApiError: 400 naming the first bad field; 422 ``too_many_fields`` or 413
+            ``mutation_too_large`` naming the mutation (``field`` and ``index``).
     """
     if not isinstance(body, dict):
         raise _bad("body", "must be an object {\"mutations\": [...]}")
@@ -265,8 +340,12 @@ def parse_mutations(body: Any, max_mutations: int) -> tuple[list[Mutation], str 
         raise _bad("mutations", f"must hold 1 to {max_mutations} mutations")
     base_sid = _optional_sid(body.get("base_sid"), "base_sid")
     client_id = body.get("client_id")
-    if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= 200):
-        raise _bad("client_id", "must be a string of 1 to 200 characters")
+    if client_id is not None:
+        if not isinstance(client_id, str):
+            raise _bad("client_id", f"must be a string of 1 to {MAX_CLIENT_ID_CHARS} characters")
+        why = _name_error(client_id, "client_id", MAX_CLIENT_ID_CHARS)
+        if why is not None:
+            raise _bad("client_id", why)
     parsed = []
     for i, item in enumerate(items):
         where = f"mutations[{i}]"
@@ -278,6 +357,9 @@ def parse_mutations(body: Any, max_mutations: int) -> tuple[list[Mutation], str 
         t, record_id, op = item.get("t"), item.get("id"), item.get("op")
         if not isinstance(t, str) or not t or "/" in t:
             raise _bad(f"{where}.t", "must be a non-empty string without '/'")
+        why = record_type_error(t)
+        if why is not None:
+            raise _bad(f"{where}.t", why)
         if not isinstance(record_id, str) or not record_id:
             raise _bad(f"{where}.id", "must be a non-empty string")
         try:
@@ -291,9 +373,18 @@ def parse_mutations(body: Any, max_mutations: int) -> tuple[list[Mutation], str 
             raise _bad(f"{where}.p", "must be an object of fields")
         if op == "d" and p:
             raise _bad(f"{where}.p", "must be empty for a delete")
+        for key in p:
+            why = _name_error(key, "field name", MAX_FIELD_NAME_CHARS)
+            if why is not None:
+                raise _bad(f"{where}.p.{_key(key)}", why)
         tx = item.get("client_tx_id")
-        if tx is not None and (not isinstance(tx, str) or not 0 < len(tx) <= MAX_TX_ID_CHARS):
-            raise _bad(f"{where}.client_tx_id", f"must be a string of 1 to {MAX_TX_ID_CHARS}")
+        if tx is not None:
+            if not isinstance(tx, str):
+                raise _bad(f"{where}.client_tx_id", f"must be a string of 1 to {MAX_TX_ID_CHARS}")
+            why = _name_error(tx, "client_tx_id", MAX_TX_ID_CHARS)
+            if why is not None:
+                raise _bad(f"{where}.client_tx_id", why)
+        _check_size(item, i, max_fields, max_bytes)
         own_base = _optional_sid(item.get("base_sid"), f"{where}.base_sid")
         parsed.append(
             Mutation(

@@ -22,7 +22,6 @@ stream ended (SSE); it resumes with ``since``.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -53,7 +52,8 @@ from .asgi import (
 )
 from .docnames import InvalidDocName, validate_doc_name
 from .http_api import ApiError
-from .sync_api import parse_sid, parse_type, too_old
+from .inputs import InputError, parse_json
+from .sync_api import parse_sid, parse_type, record_type_error, too_old
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class FrameStreams:
             # The close frame follows the error message once the sender drains.
             await self._finish_refused(conn, receive)
             return
-        log.info("conn=%s peer=%s frame feed since=%s t=%s connected", conn.id, conn.peer, start, t)
+        log.info("conn=%s peer=%s frame feed since=%s t=%r connected", conn.id, conn.peer, start, t)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._receive_loop, receive, sub)
@@ -231,9 +231,10 @@ class FrameStreams:
                 self._refuse(conn, CloseCode.MESSAGE_TOO_BIG, "message too large")
                 return
             try:
-                message = json.loads(text)
-            except ValueError:
-                self._refuse(conn, CloseCode.INVALID_PAYLOAD, "message is not JSON")
+                # UTF-8 is up to 4 bytes a character: the limit above is the one that counts.
+                message = parse_json(text, max_bytes=4 * MAX_CLIENT_MESSAGE, what="message")
+            except InputError as exc:
+                self._refuse(conn, CloseCode.INVALID_PAYLOAD, exc.detail)
                 return
             try:
                 await self._handle(sub, message)
@@ -261,6 +262,9 @@ class FrameStreams:
         t, record_id = message.get("t"), message.get("id")
         if not isinstance(t, str) or not t or "/" in t:
             raise ApiError(400, "invalid_message", f"{kind}: t must be a record type")
+        why = record_type_error(t)
+        if why is not None:
+            raise ApiError(400, "invalid_message", f"{kind}: t: {why}")
         if not isinstance(record_id, str) or not record_id:
             raise ApiError(400, "invalid_message", f"{kind}: id must be a non-empty string")
         try:
@@ -327,7 +331,7 @@ class FrameStreams:
         )
         # Tell EventSource how soon to reconnect, before any frame.
         conn.enqueue(b"retry: 2000\n\n")
-        log.info("conn=%s peer=%s SSE feed since=%s t=%s connected", conn.id, conn.peer, start, t)
+        log.info("conn=%s peer=%s SSE feed since=%s t=%r connected", conn.id, conn.peer, start, t)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_disconnect, receive, conn)

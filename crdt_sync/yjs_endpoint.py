@@ -24,8 +24,10 @@ from rooms.stats import TRAFFIC
 
 from .asgi import Scope, WsBinaryTransport, drain_websocket, json_body, peer, send_json_response
 from .codec import (
+    LARGE_UPDATE_BYTES,
     Auth,
     AwarenessUpdate,
+    InvalidPayload,
     ProtocolError,
     QueryAwareness,
     SyncStep1,
@@ -109,6 +111,7 @@ class YjsEndpoint:
         if "websocket.http.response" in scope.get("extensions", {}):
             body = json_body(error, detail)
             await send_json_response(send, status, body, prefix="websocket.http.response")
+            _mark_denial_complete(send)
         else:
             await send({"type": "websocket.close", "code": CloseCode.BAD_REQUEST})
 
@@ -146,6 +149,8 @@ class YjsEndpoint:
                 return
             try:
                 await self._handle(frame, conn, room, manager)
+            except InvalidPayload as exc:
+                self._refuse(conn, CloseCode.INVALID_PAYLOAD, f"refused message: {exc}")
             except ProtocolError as exc:
                 self._refuse(conn, CloseCode.PROTOCOL_ERROR, f"malformed message: {exc}")
             except InvalidUpdate as exc:
@@ -157,7 +162,11 @@ class YjsEndpoint:
                 conn.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _handle(self, frame: bytes, conn: Connection, room: Room, manager: RoomManager):
-        message = decode_message(frame)
+        if len(frame) > LARGE_UPDATE_BYTES:
+            # Off the event loop: other rooms do not wait while a big update is checked.
+            message = await anyio.to_thread.run_sync(decode_message, frame)
+        else:
+            message = decode_message(frame)
         match message:
             case SyncUpdate(update):
                 await room.on_update(conn, update, frame)
@@ -173,3 +182,21 @@ class YjsEndpoint:
                 room.on_query_awareness(conn)
             case Auth():
                 log.debug("conn=%s ignoring auth message from client", conn.id)
+
+
+def _mark_denial_complete(send: Any) -> None:
+    """Tell uvicorn's websockets-sansio protocol that a denial response completed the
+    handshake.
+
+    Its ``send`` writes the whole denial response and closes the transport, but never
+    sets ``handshake_complete`` (its wsproto implementation does), so every refused
+    handshake would also log ``ERROR ... ASGI callable returned without completing
+    handshake``. Upstream: Kludex/uvicorn pull request 3138 sets the flag the same
+    way. Only touched once the response is on the wire (``close_sent``); any other
+    server is left alone.
+    """
+    protocol = getattr(send, "__self__", None)
+    if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+        return
+    if getattr(protocol, "initial_response", None) is not None and protocol.close_sent:
+        protocol.handshake_complete = True

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Text, create_sync_message, create_update_message
 
@@ -36,10 +36,19 @@ entries = st.builds(
     st.integers(0, MAX_SAFE_INTEGER),
     json_states,
 )
+
+
+def _update_of(text: str) -> bytes:
+    doc = Doc(client_id=7)  # deterministic bytes: hypothesis replays examples
+    doc["body"] = Text(text)
+    return doc.get_update()
+
+
+updates = st.text(max_size=20).map(_update_of)
 messages = st.one_of(
     st.builds(SyncStep1, st.binary(max_size=64)),
-    st.builds(SyncStep2, st.binary(max_size=64)),
-    st.builds(SyncUpdate, st.binary(max_size=64)),
+    st.builds(SyncStep2, updates),
+    st.builds(SyncUpdate, updates),
     st.builds(AwarenessUpdate, st.lists(entries, max_size=5).map(tuple)),
     st.builds(Auth, st.integers(0, 3), st.text(max_size=20)),
     st.just(QueryAwareness()),
@@ -161,3 +170,139 @@ def test_server_frames_parse_as_websockets_reads_them(size: int) -> None:
         else:
             raise AssertionError("incomplete frame")
         assert frame.opcode is expected and frame.fin and frame.data == payload
+
+
+# -- Yjs updates are checked before yrs sees them ------------------------------------------
+
+
+def _rich_doc_updates(ops: list[tuple[str, object]]) -> list[bytes]:
+    """Every transaction's update while building a doc with each content type."""
+    from pycrdt import Array, Map, XmlElement, XmlFragment, XmlText
+
+    doc = Doc(client_id=11)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    doc["t"] = text = Text()
+    doc["m"] = entries = Map()
+    doc["a"] = items = Array()
+    doc["x"] = xml = XmlFragment()
+    for kind, value in ops:
+        if kind == "text":
+            text.insert(len(text) // 2, str(value))
+        elif kind == "format" and len(text) > 1:
+            text.format(0, 1, {"bold": True})
+        elif kind == "delete" and len(text) > 1:
+            del text[0:1]
+        elif kind == "map":
+            entries[str(value)[:5]] = value
+        elif kind == "array":
+            items.append(value)
+        elif kind == "xml":
+            xml.children.append(XmlElement("p", {"k": "v"}, [XmlText(str(value))]))
+        elif kind == "subdoc":
+            entries["sub"] = Doc(client_id=12)
+    updates.append(doc.get_update())
+    return updates
+
+
+any_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+doc_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["text", "format", "delete", "map", "array", "xml", "subdoc"]),
+        st.one_of(st.text(alphabet="ab é😀\n", max_size=6), any_values),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(doc_ops)
+def test_every_update_pycrdt_writes_passes_the_check(ops) -> None:
+    from crdt_sync.codec import check_update
+
+    for update in _rich_doc_updates(ops):
+        check_update(update)
+        decode_message(encode_message(SyncUpdate(update)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_pass_the_update_check_or_are_refused(data) -> None:
+    from crdt_sync.codec import InvalidPayload, check_update
+
+    try:
+        check_update(data)
+    except InvalidPayload:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(doc_ops, st.data())
+def test_corrupted_updates_are_refused_or_safe_for_pycrdt(ops, data) -> None:
+    from crdt_sync.codec import MAX_CLOCK, InvalidPayload, check_update
+
+    update = bytearray(_rich_doc_updates(ops)[-1])
+    for _ in range(data.draw(st.integers(1, 3))):
+        update[data.draw(st.integers(0, len(update) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        check_update(bytes(update))
+    except InvalidPayload:
+        return
+    doc = Doc()
+    try:
+        doc.apply_update(bytes(update))
+    except ValueError:
+        return
+    assert all(clock <= MAX_CLOCK for clock in decode_state_vector_of(doc).values())
+
+
+def decode_state_vector_of(doc: Doc) -> dict[int, int]:
+    from crdt_sync.codec import decode_state_vector
+
+    return decode_state_vector(doc.get_state())
+
+
+@pytest.mark.parametrize(
+    ("update", "why"),
+    [
+        (
+            b"\x01\x01\x05" + write_var_uint(2**32 - 1) + b"\x04\x01\x01b\x01x\x00",
+            "exceeds 2**32-1",
+        ),
+        (b"\x01\x01\x05\x00\x28\x01\x01m\x01k\x01" + b"\x75\x01" * 65 + b"\x7e\x00", "deeper"),
+        (b"\x01" + write_var_uint(2**40), "claims"),
+        (b"\x00\x01\x05\x01\x00" + write_var_uint(2**32), "exceeds 2**32-1"),
+        (b"\x01\x01\x05\x00\x0b\x01\x01b", "unknown content type"),
+    ],
+)
+def test_update_check_refuses_what_yrs_mishandles(update, why) -> None:
+    from crdt_sync.codec import InvalidPayload, check_update
+
+    with pytest.raises(InvalidPayload, match=re.escape(why)):
+        check_update(update)
+    frame = encode_message(SyncUpdate(update))
+    with pytest.raises(InvalidPayload):
+        decode_message(frame)
+
+
+@given(st.text(max_size=50))
+def test_awareness_states_are_json_or_refused_with_1007_error(state) -> None:
+    from crdt_sync.codec import InvalidPayload
+
+    frame = encode_message(AwarenessUpdate((AwarenessEntry(1, 1, state),)))
+    try:
+        decode_message(frame)
+    except InvalidPayload:
+        return
+    json.loads(state)

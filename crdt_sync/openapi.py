@@ -1,0 +1,524 @@
+"""``GET /openapi.json``: an OpenAPI 3.1 description of every HTTP route.
+
+Written by hand as data (the routes are raw handlers, not a framework that could
+derive it) and checked against a live server by ``tests/integration/test_openapi.py``
+with schemathesis: no 5xx, and every response matches what is written here. The two
+WebSocket endpoints (``/yjs/{doc}``, ``/sync/v1/ws``) are described in ``info`` only:
+OpenAPI has no way to describe a WebSocket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import __version__
+from .docnames import MAX_DOC_NAME_CHARS
+from .inputs import MAX_INT_DIGITS, MAX_JSON_DEPTH
+
+JSON = "application/json"
+
+DESCRIPTION = f"""\
+A Yjs-compatible collaboration server with a SyncFrame delta feed.
+
+Every error is JSON `{{"error": code, "detail": text}}` (some errors add members,
+named in their schema). Inputs follow one contract: integers in a query string or
+header are ASCII digits only (at most {MAX_INT_DIGITS}); JSON bodies are UTF-8,
+nested at most {MAX_JSON_DEPTH} deep, standard (no NaN/Infinity), and every string
+must be valid Unicode (no lone surrogates); names (documents, record types and ids,
+field names, client ids) may not contain control, format (bidi controls, zero-width
+characters), surrogate, private-use, unassigned, line- or paragraph-separator
+characters.
+
+WebSockets (not described by OpenAPI): `ws://HOST:PORT/yjs/{{doc}}` speaks the
+y-websocket protocol; `ws://HOST:PORT/sync/v1/ws?since=&t=&presence=` pushes
+SyncFrames as JSON. Their close codes are listed in the README.
+"""
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str, schema: str = "Error") -> dict[str, Any]:
+    return _json(_ref(schema), description)
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_STRING = {"type": "string"}
+_INT = {"type": "integer"}
+_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_DOC_NAME_CHARS}
+_SID_TEXT = {"type": "string", "pattern": f"^[0-9]{{1,{MAX_INT_DIGITS}}}$"}
+_LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000}
+_TYPE_FILTER = {"type": "string", "pattern": "^[^/]+$", "maxLength": 256}
+
+_DOC_PARAM = {
+    "name": "doc",
+    "in": "path",
+    "required": True,
+    "schema": _NAME,
+    "description": "document name (may contain '/'; percent-encode it)",
+}
+_BAD_REQUEST = _error("a parameter or body refused by the input contract")
+_STORE = _error("the store failed (disk full, read-only database)")
+_THROTTLED = _error("too many requests: retry after `Retry-After` seconds", "Throttled")
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {"error": _STRING, "detail": _STRING},
+    },
+    "MutationError": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {
+            "error": _STRING,
+            "detail": _STRING,
+            "field": {"type": "string", "description": "e.g. mutations[2].op"},
+            "index": {"type": "integer", "description": "the mutation refused (413/422)"},
+        },
+    },
+    "Throttled": {
+        "type": "object",
+        "required": ["error", "detail", "retry_after_ms"],
+        "properties": {
+            "error": {"const": "too_many_requests"},
+            "detail": _STRING,
+            "retry_after_ms": _INT,
+        },
+    },
+    "SinceTooOld": {
+        "type": "object",
+        "required": ["error", "detail", "oldest_sid", "newest_sid", "bootstrap"],
+        "properties": {
+            "error": {"const": "since_too_old"},
+            "detail": _STRING,
+            "oldest_sid": _INT,
+            "newest_sid": _INT,
+            "bootstrap": _STRING,
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": _STRING,
+            "rooms": _INT,
+            "connections": _INT,
+            "frame_subscribers": _INT,
+        },
+    },
+    "Frame": {
+        "type": "object",
+        "required": ["sid", "t", "id", "op", "p", "who", "at", "ctx"],
+        "properties": {
+            "sid": _INT,
+            "t": _STRING,
+            "id": _STRING,
+            "op": {"enum": ["i", "u", "d"]},
+            "p": {"type": "object"},
+            "who": {"type": ["string", "null"]},
+            "at": _INT,
+            "ctx": {
+                "type": "object",
+                "properties": {"client_tx_id": {"type": ["string", "null"]}},
+            },
+        },
+    },
+    "Mutation": {
+        "type": "object",
+        "required": ["t", "id", "op"],
+        "additionalProperties": False,
+        "properties": {
+            "t": {**_TYPE_FILTER, "minLength": 1},
+            "id": {"type": "string", "minLength": 1},
+            "op": {"enum": ["i", "u", "d"]},
+            "p": {"type": "object", "description": "fields (u: null removes one)"},
+            "client_tx_id": {"type": "string", "minLength": 1, "maxLength": 256},
+            "base_sid": {"type": "integer", "minimum": 0},
+        },
+    },
+    "MutationRequest": {
+        "type": "object",
+        "required": ["mutations"],
+        "additionalProperties": False,
+        "properties": {
+            "mutations": {"type": "array", "minItems": 1, "items": _ref("Mutation")},
+            "base_sid": {"type": "integer", "minimum": 0},
+            "client_id": {"type": "string", "minLength": 1, "maxLength": 200},
+        },
+    },
+    "MutationResult": {
+        "type": "object",
+        "required": ["index", "t", "id", "op", "status"],
+        "properties": {
+            "index": _INT,
+            "t": _STRING,
+            "id": _STRING,
+            "op": {"enum": ["i", "u", "d"]},
+            "status": {"enum": [200, 201, 404, 409, 422, 500, 503]},
+            "sid": {"type": ["integer", "null"]},
+            "client_tx_id": {"type": ["string", "null"]},
+            "conflicts": {"type": "array", "items": _STRING},
+            "overwritten": {"type": "object"},
+            "replayed": {"type": "boolean"},
+            "error": _STRING,
+            "detail": _STRING,
+        },
+    },
+    "DocList": {
+        "type": "object",
+        "required": ["docs", "next_cursor"],
+        "properties": {
+            "docs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "size", "updated_at", "update_count"],
+                    "properties": {
+                        "name": _STRING,
+                        "size": _INT,
+                        "updated_at": {"type": ["number", "string", "null"]},
+                        "update_count": _INT,
+                    },
+                },
+            },
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+}
+
+
+def _health(path: str, summary: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "operationId": path.strip("/"),
+            "responses": {
+                "200": _json(_ref("Health"), "ok"),
+                "503": _json(_ref("Health"), "starting, shutting down or degraded"),
+            },
+        }
+    }
+
+
+PATHS: dict[str, Any] = {
+    "/healthz": _health("/healthz", "liveness: the store accepts writes, every loop is alive"),
+    "/readyz": _health("/readyz", "readiness for load balancers"),
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "operationId": "metrics",
+            "responses": {
+                "200": {
+                    "description": "text exposition format",
+                    "content": {"text/plain": {"schema": _STRING}},
+                }
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "summary": "this document",
+            "operationId": "openapi",
+            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+        }
+    },
+    "/docs": {
+        "get": {
+            "summary": "list documents",
+            "operationId": "listDocs",
+            "parameters": [
+                _query("prefix", {"type": "string", "maxLength": 512}, "name prefix"),
+                _query("limit", _LIMIT, "page size (default 100)"),
+                _query("cursor", _STRING, "next_cursor of the previous page"),
+            ],
+            "responses": {"200": _json(_ref("DocList"), "a page"), "400": _BAD_REQUEST},
+        }
+    },
+    "/docs/{doc}": {
+        "parameters": [_DOC_PARAM],
+        "get": {
+            "summary": "the document's root types as JSON",
+            "operationId": "getDoc",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["name", "content"],
+                        "properties": {"name": _STRING, "content": {"type": "object"}},
+                    },
+                    "the document",
+                ),
+                "400": _BAD_REQUEST,
+                "404": _error("no such document"),
+                "500": _error("the stored document cannot be loaded (doc_load_failed)"),
+            },
+        },
+        "delete": {
+            "summary": "remove the document and its history",
+            "operationId": "deleteDoc",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["name", "deleted"],
+                        "properties": {"name": _STRING, "deleted": {"const": True}},
+                    },
+                    "deleted",
+                ),
+                "400": _BAD_REQUEST,
+                "404": _error("no such document"),
+                "503": _STORE,
+            },
+        },
+    },
+    "/docs/{doc}/update": {
+        "parameters": [_DOC_PARAM],
+        "get": {
+            "summary": "the state as a binary Yjs update",
+            "operationId": "getUpdate",
+            "parameters": [
+                _query("sv", _STRING, "base64 state vector: only what that state lacks")
+            ],
+            "responses": {
+                "200": {
+                    "description": "a Yjs update",
+                    "content": {"application/octet-stream": {"schema": _STRING}},
+                },
+                "400": _BAD_REQUEST,
+                "404": _error("no such document"),
+                "500": _error("the stored document cannot be loaded (doc_load_failed)"),
+            },
+        },
+        "post": {
+            "summary": "apply a binary Yjs update (durable before 200)",
+            "operationId": "postUpdate",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["name", "update_id", "applied"],
+                        "properties": {
+                            "name": _STRING,
+                            "update_id": {"type": ["integer", "null"]},
+                            "applied": {"type": "boolean"},
+                        },
+                    },
+                    "applied (or nothing to apply)",
+                ),
+                "400": _error("not a Yjs update (invalid_update)"),
+                "413": _error("larger than --max-message-bytes"),
+                "500": _error("the stored document cannot be loaded (doc_load_failed)"),
+                "503": _STORE,
+            },
+        },
+    },
+    "/sync/v1/mutations": {
+        "post": {
+            "summary": "apply mutations to records",
+            "operationId": "mutations",
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": _ref("MutationRequest")}},
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["results"],
+                        "properties": {
+                            "results": {"type": "array", "items": _ref("MutationResult")}
+                        },
+                    },
+                    "one result per mutation, in order",
+                ),
+                "400": _error(
+                    "malformed request (invalid_json, invalid_mutation)", "MutationError"
+                ),
+                "413": _error(
+                    "body past --max-message-bytes, or a mutation past --max-mutation-bytes",
+                    "MutationError",
+                ),
+                "422": _error("a mutation past --max-mutation-fields", "MutationError"),
+                "503": _STORE,
+            },
+        }
+    },
+    "/sync/v1/delta": {
+        "get": {
+            "summary": "frames after since",
+            "operationId": "delta",
+            "parameters": [
+                _query("since", _SID_TEXT, "sid (default 0)"),
+                _query("limit", _LIMIT, "page size (default 100)"),
+                _query("t", _TYPE_FILTER, "record type"),
+                _query("client_id", _STRING, "who is throttled"),
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["frames", "next", "more"],
+                        "properties": {
+                            "frames": {"type": "array", "items": _ref("Frame")},
+                            "next": _INT,
+                            "more": {"type": "boolean"},
+                        },
+                    },
+                    "a page of frames",
+                ),
+                "400": _BAD_REQUEST,
+                "410": _error("since is outside the retained log", "SinceTooOld"),
+                "429": _THROTTLED,
+                "503": _STORE,
+            },
+        }
+    },
+    "/sync/v1/records": {
+        "get": {
+            "summary": "the current projection of every live record",
+            "operationId": "records",
+            "parameters": [
+                _query("t", _TYPE_FILTER, "record type"),
+                _query("limit", _LIMIT, "page size (default 100)"),
+                _query("cursor", _STRING, "next_cursor of the previous page"),
+                _query("client_id", _STRING, "who is throttled"),
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["records", "sid", "next_cursor"],
+                        "properties": {
+                            "records": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["t", "id", "fields", "sid"],
+                                    "properties": {
+                                        "t": _STRING,
+                                        "id": _STRING,
+                                        "fields": {"type": "object"},
+                                        "sid": _INT,
+                                    },
+                                },
+                            },
+                            "sid": _INT,
+                            "next_cursor": {"type": ["string", "null"]},
+                        },
+                    },
+                    "a page of records",
+                ),
+                "400": _BAD_REQUEST,
+                "429": _THROTTLED,
+                "503": _STORE,
+            },
+        }
+    },
+    "/sync/v1/events": {
+        "get": {
+            "summary": "the frame feed as Server-Sent Events (a stream that does not end)",
+            "operationId": "events",
+            "parameters": [
+                _query("since", _SID_TEXT, "sid (default: from now on)"),
+                _query("t", _TYPE_FILTER, "record type"),
+                _query("presence", {"enum": ["all"]}, "push every record's presence"),
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": _SID_TEXT,
+                    "description": "resume point (wins over since)",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "`id:` sid, `data:` frame",
+                    "content": {"text/event-stream": {"schema": _STRING}},
+                },
+                "400": _BAD_REQUEST,
+                "410": _error("since is outside the retained log", "SinceTooOld"),
+                "503": _error("shutting down, or the store failed"),
+            },
+        }
+    },
+    "/sync/v1/presence/{t}/{id}": {
+        "get": {
+            "summary": "who is in the record's room",
+            "operationId": "presence",
+            "parameters": [
+                {"name": "t", "in": "path", "required": True, "schema": _TYPE_FILTER},
+                {"name": "id", "in": "path", "required": True, "schema": _NAME},
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["t", "id", "present"],
+                        "properties": {
+                            "t": _STRING,
+                            "id": _STRING,
+                            "present": {"type": "array", "items": {"type": "object"}},
+                        },
+                    },
+                    "awareness states of the record's room",
+                ),
+                "400": _BAD_REQUEST,
+            },
+        }
+    },
+}
+
+#: What every operation may also answer (the front door, not the handler).
+COMMON_RESPONSES: dict[str, Any] = {
+    "405": _error("method not allowed"),
+}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document (a fresh dict each call)."""
+    paths: dict[str, Any] = {}
+    for path, item in PATHS.items():
+        paths[path] = {}
+        for method, operation in item.items():
+            if method == "parameters":
+                paths[path][method] = operation
+                continue
+            responses = {**operation["responses"]}
+            if method != "get" or path not in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+                responses.setdefault("503", _error("the server is shutting down"))
+            paths[path][method] = {**operation, "responses": responses}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "crdt-sync", "version": __version__, "description": DESCRIPTION},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+async def endpoint(request: Request) -> Response:
+    """``GET /openapi.json``."""
+    return JSONResponse(document())
