@@ -262,9 +262,15 @@ class BrowserGuard:
         allowed = origin is not None and self.origin_allowed(origin, host)
         if len(origins) > 1:
             await self._refuse(
-                scope, receive, send, 403, "origin_not_allowed", "several Origin headers",
-                origins, hosts,
-            )  # fmt: skip
+                scope,
+                receive,
+                send,
+                403,
+                "origin_not_allowed",
+                "several Origin headers",
+                origins,
+                hosts,
+            )
             return
         if kind == "websocket":
             if origin is not None and not allowed:
@@ -292,9 +298,16 @@ class BrowserGuard:
             if media != "application/json":
                 detail = f"{method} {self._path(scope)} takes Content-Type: application/json"
                 await self._refuse(
-                    scope, receive, send, 415, "unsupported_media_type", detail, origins, hosts,
+                    scope,
+                    receive,
+                    send,
+                    415,
+                    "unsupported_media_type",
+                    detail,
+                    origins,
+                    hosts,
                     extra=[("content_type", content_type)],
-                )  # fmt: skip
+                )
                 return
         await self.app(scope, receive, self._cors_send(send, origin if allowed else None))
 

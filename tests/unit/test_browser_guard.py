@@ -149,9 +149,15 @@ async def test_ws_without_origin_passes_with_the_servers_own_send() -> None:
 
 @pytest.mark.parametrize(
     "origin",
-    [f"http://127.0.0.1:{PORT}", f"http://localhost:{PORT}", "http://localhost:5173",
-     "http://127.0.0.1:9", "http://[::1]:8080", "http://app.localhost:3000"],
-)  # fmt: skip
+    [
+        f"http://127.0.0.1:{PORT}",
+        f"http://localhost:{PORT}",
+        "http://localhost:5173",
+        "http://127.0.0.1:9",
+        "http://[::1]:8080",
+        "http://app.localhost:3000",
+    ],
+)
 async def test_ws_from_loopback_origins_passes_while_bound_to_loopback(origin: str) -> None:
     inner = Inner()
     await run(loopback_guard(inner), scope("websocket", path="/yjs/x", origin=origin))
@@ -240,8 +246,12 @@ async def test_several_host_headers_are_refused() -> None:
 
 async def test_cross_site_text_plain_post_is_refused_with_403() -> None:
     inner = Inner()
-    s = scope(method="POST", path="/sync/v1/mutations", origin="https://evil.example",
-              content_type="text/plain")  # fmt: skip
+    s = scope(
+        method="POST",
+        path="/sync/v1/mutations",
+        origin="https://evil.example",
+        content_type="text/plain",
+    )
     sent = await run(loopback_guard(inner), s)
     assert inner.calls == []
     assert status_of(sent) == 403
@@ -276,9 +286,15 @@ async def test_allowed_origin_gets_its_origin_echoed() -> None:
 
 async def test_preflight_from_allowed_origin_is_answered_here() -> None:
     inner = Inner()
-    s = scope(method="OPTIONS", path="/sync/v1/mutations", origin="http://localhost:5173",
-              extra=[(b"access-control-request-method", b"POST"),
-                     (b"access-control-request-headers", b"authorization, content-type")])  # fmt: skip
+    s = scope(
+        method="OPTIONS",
+        path="/sync/v1/mutations",
+        origin="http://localhost:5173",
+        extra=[
+            (b"access-control-request-method", b"POST"),
+            (b"access-control-request-headers", b"authorization, content-type"),
+        ],
+    )
     sent = await run(loopback_guard(inner), s)
     assert inner.calls == []
     assert status_of(sent) == 204
@@ -292,8 +308,12 @@ async def test_preflight_from_allowed_origin_is_answered_here() -> None:
 
 
 async def test_preflight_from_foreign_origin_is_refused() -> None:
-    s = scope(method="OPTIONS", path="/sync/v1/mutations", origin="https://evil.example",
-              extra=[(b"access-control-request-method", b"POST")])  # fmt: skip
+    s = scope(
+        method="OPTIONS",
+        path="/sync/v1/mutations",
+        origin="https://evil.example",
+        extra=[(b"access-control-request-method", b"POST")],
+    )
     sent = await run(loopback_guard(Inner()), s)
     assert status_of(sent) == 403
     assert "access-control-allow-origin" not in headers_of(sent)
@@ -302,8 +322,16 @@ async def test_preflight_from_foreign_origin_is_refused() -> None:
 # -- JSON bodies -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x", "application/jsonx"])  # fmt: skip
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+    ],
+)
 @pytest.mark.parametrize("path", ["/sync/v1/mutations", "/admin/revoke"])
 async def test_json_endpoint_without_json_content_type_gets_415(
     content_type: str | None, path: str
@@ -356,8 +384,16 @@ def test_origins_are_normalized() -> None:
     ]
 
 
-@pytest.mark.parametrize("bad", ["example.com", "https://a.example/path", "https://u@a.example",
-                                 "https://a.example:99999", "https://a.example?q"])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "example.com",
+        "https://a.example/path",
+        "https://u@a.example",
+        "https://a.example:99999",
+        "https://a.example?q",
+    ],
+)
 def test_bad_allowed_origins_are_refused(bad: str) -> None:
     with pytest.raises(InvalidOrigin):
         parse_allowed_origins(bad)
