@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, log_redaction
 from .settings import SettingsError, add_arguments, from_sources
 
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(level: str) -> None:
+    log_redaction.install()  # no token in any line, the ASGI server's included
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
