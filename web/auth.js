@@ -122,7 +122,7 @@ export function bindTokenForm () {
     const exp = tokenExpiry(token)
     if (exp === null) state.textContent = 'Token set'
     else if (exp <= Date.now()) state.textContent = 'Token expired'
-    else state.textContent = `Token set, expires ${new Date(exp).toLocaleTimeString()}`
+    else state.textContent = `Token set, expires ${new Date(exp).toLocaleString()}`
   }
 
   form.addEventListener('submit', (event) => {
