@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, log_redaction
 from .settings import SettingsError, add_arguments, from_sources
 
 
@@ -64,6 +64,7 @@ def _escape_lines(text: str) -> str:
 
 def configure_logging(level: str) -> None:
     """Log to stderr through :class:`EscapingFormatter` (the ASGI servers' loggers too)."""
+    log_redaction.install()  # no token in any line, the ASGI server's included
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -3,6 +3,11 @@
 // dependencies: bootstrap over HTTP (`/sync/v1/records`), frames over a
 // WebSocket (`/sync/v1/ws`), changes as HTTP mutations, queued in localStorage
 // while the server cannot be reached and replayed (idempotently) later.
+// The access token (auth.js) rides on every request: Bearer on fetch, ?token= on the socket.
+
+import {
+  AUTH_CLOSE_CODES, AUTH_STATUSES, authHeaders, bindTokenForm, onTokenChange, withToken
+} from './auth.js'
 
 const COLUMNS = ['open', 'doing', 'done']
 const OTHER = 'other'
@@ -191,7 +196,7 @@ class HttpError extends Error {
 /** GET a feed endpoint as JSON, waiting out 429s as the server asks. */
 async function getJson (path) {
   for (;;) {
-    const response = await fetch(api(path), { headers: { 'X-Client-Id': clientId } })
+    const response = await fetch(api(path), { headers: authHeaders({ 'X-Client-Id': clientId }) })
     const body = await response.json().catch(() => null)
     if (response.status === 429) {
       const header = Number(response.headers.get('Retry-After'))
@@ -259,6 +264,10 @@ async function connect () {
       setStatus('closed', `Refused: ${error.message}`)
       return
     }
+    if (error instanceof HttpError && AUTH_STATUSES.has(error.status)) {
+      needToken(`Refused (${error.status}): ${error.message}`)
+      return
+    }
     scheduleReconnect(`Cannot load records (${error.message})`)
     return
   }
@@ -271,6 +280,7 @@ function openSocket () {
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
   url.searchParams.set('since', String(lastSid))
   url.searchParams.set('t', T)
+  withToken(url)
   setStatus('connecting')
   const ws = new WebSocket(url)
   const now = Date.now()
@@ -324,19 +334,32 @@ function openSocket () {
   }
   ws.onclose = (event) => {
     if (event.code === 4410) needBootstrap = true
-    socketGone(conn, `closed ${event.code}${event.reason ? ': ' + event.reason : ''}`)
+    const why = `closed ${event.code}${event.reason ? ': ' + event.reason : ''}`
+    if (AUTH_CLOSE_CODES.has(event.code)) {
+      socketGone(conn, why, false)
+      needToken(`Refused (${why})`)
+      return
+    }
+    socketGone(conn, why)
   }
 }
 
 /** The socket closed or went silent: forget it and come back with `since` (or bootstrap). */
-function socketGone (conn, why) {
+function socketGone (conn, why, retry = true) {
   if (conn.done) return
   conn.done = true
   clearInterval(conn.timer)
   conn.ws.onopen = conn.ws.onmessage = conn.ws.onclose = null
   if (conn.ws.readyState < WebSocket.CLOSING) conn.ws.close()
   if (socket === conn) socket = null
-  scheduleReconnect(`Disconnected (${why}) — reconnecting…`)
+  if (retry) scheduleReconnect(`Disconnected (${why}) — reconnecting…`)
+}
+
+/** The server wants a (fresh) token: stop retrying, keep the outbox, ask for one. */
+function needToken (why) {
+  clearTimeout(reconnectTimer)
+  setStatus('closed', `${why} — enter a token`)
+  tokenForm.needed(`${why}: enter a token`)
 }
 
 function scheduleReconnect (text) {
@@ -422,7 +445,7 @@ async function flushOutbox () {
   try {
     response = await fetch(api('mutations'), {
       method: 'POST',
-      headers: { 'Content-Type': 'application/json', 'X-Client-Id': clientId },
+      headers: authHeaders({ 'Content-Type': 'application/json', 'X-Client-Id': clientId }),
       body: JSON.stringify({
         client_id: clientId,
         mutations: batch.map(({ t, id, op, p, client_tx_id, base_sid }) =>
@@ -430,6 +453,14 @@ async function flushOutbox () {
       })
     })
     body = await response.json().catch(() => null)
+    if (AUTH_STATUSES.has(response.status)) {
+      // Not this batch's fault: it stays queued until a token is given.
+      flushing = false
+      outboxState = 'offline'
+      scheduleRender()
+      needToken(`Not saved (${response.status}: ${(body && body.detail) || 'refused'})`)
+      return
+    }
     if (response.status >= 500 || response.status === 429 || !body) {
       throw new HttpError(response.status, body)
     }
@@ -745,7 +776,8 @@ function buildCard (id) {
   const open = el('a', 'rec-open', 'Open in editor')
   open.href = editorHref(id)
   open.target = '_blank'
-  open.rel = 'noopener'
+  // Same origin; an opener link gets a copy of this tab's sessionStorage: the token.
+  open.rel = 'opener'
   const remove = el('button', 'rec-delete', 'Delete')
   remove.type = 'button'
   remove.title = `Delete ${id}`
@@ -896,6 +928,17 @@ els.createForm.addEventListener('submit', (event) => {
   els.newId.value = ''
   els.newTitle.value = ''
   els.newTitle.focus()
+})
+
+const tokenForm = bindTokenForm()
+// A new token may grant other records (or another tenant): start over with it.
+onTokenChange(() => {
+  needBootstrap = true
+  if (socket) socketGone(socket, 'token changed', false)
+  reconnectAttempt = 0
+  flushAttempt = 0
+  connect()
+  flushOutbox()
 })
 
 els.outboxRetry.addEventListener('click', () => {

@@ -2,6 +2,7 @@
 // with the crdt-sync server over y-websocket, with presence from awareness.
 import { Y, WebsocketProvider } from './vendor/yjs-bundle.js'
 import { bindTextarea } from './textarea-binding.js'
+import { AUTH_CLOSE_CODES, bindTokenForm, onTokenChange, tokenParams } from './auth.js'
 
 const DEFAULT_DOC = 'notes/welcome'
 const USER_KEY = 'crdt-sync.user'
@@ -93,7 +94,9 @@ function openDoc (docName) {
   const provider = new WebsocketProvider(serverUrl(), roomPath(docName), ydoc, {
     // Tabs of one browser would otherwise also sync with each other directly;
     // this page shows what the server relays, nothing else.
-    disableBc: true
+    disableBc: true,
+    // The token (fragment or form, see auth.js) goes on the URL: ?token=…
+    params: tokenParams()
   })
   const awareness = provider.awareness
   awareness.setLocalStateField('user', { name: user.name, color: user.color })
@@ -164,8 +167,11 @@ function openDoc (docName) {
 
   const onStatus = ({ status }) => setStatus(status, provider.synced)
   const onSync = (synced) => setStatus(provider.wsconnected ? 'connected' : 'connecting', synced)
-  const onClosed = ({ code, reason }) =>
-    setStatus('closed', false, `Closed by server (${code}${reason ? ': ' + reason : ''})`)
+  const onClosed = ({ code, reason }) => {
+    const why = `Closed by server (${code}${reason ? ': ' + reason : ''})`
+    setStatus('closed', false, why)
+    if (AUTH_CLOSE_CODES.has(code)) tokenForm.needed(`${why}: enter a token`)
+  }
   provider.on('status', onStatus)
   provider.on('sync', onSync)
   provider.on('closed', onClosed)
@@ -184,6 +190,12 @@ function openDoc (docName) {
     awareness,
     setUser () {
       awareness.setLocalStateField('user', { name: user.name, color: user.color })
+    },
+    reconnect () {
+      // Same doc and provider: edits made meanwhile are synced on reconnect.
+      provider.params = tokenParams()
+      provider.disconnect()
+      provider.connect()
     },
     rejoin () {
       lastCursor = ''
@@ -324,6 +336,10 @@ window.addEventListener('popstate', () => {
   const docName = docFromUrl()
   if (!session || docName !== session.docName) openDoc(docName)
 })
+
+const tokenForm = bindTokenForm()
+// A new token means a new connection (the server checks it at the handshake).
+onTokenChange(() => { if (session) session.reconnect() })
 
 els.userName.addEventListener('change', () => {
   const name = els.userName.value.trim().slice(0, 60)

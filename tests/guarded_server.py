@@ -1,0 +1,70 @@
+"""The real app (``create_app``) behind :class:`BrowserGuard`, served by uvicorn in
+this process on 127.0.0.1 and a free port, the way phase 2 will wire it.
+
+Until the guard is wired into ``crdt_sync.app``, this is how the integration and
+browser tests put it in front of the real endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import uvicorn
+
+from crdt_sync.app import create_app
+from crdt_sync.browser_guard import BrowserGuard
+from crdt_sync.server import bind_socket
+from crdt_sync.settings import Settings
+
+
+@dataclass
+class Served:
+    url: str  # http://127.0.0.1:PORT
+    port: int
+
+    @property
+    def ws(self) -> str:
+        return self.url.replace("http://", "ws://", 1)
+
+
+@asynccontextmanager
+async def guarded_server(
+    tmp_path: Path, allowed_origins: Sequence[str] = (), *, guard: bool = True
+) -> AsyncIterator[Served]:
+    """Serve the app (guarded unless ``guard=False``) until the block ends."""
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    # No per-client read throttle: the tests read right after they write.
+    settings = Settings(db=str(tmp_path / "guarded.db"), port=port, delta_min_interval_ms=0)
+    app = create_app(settings)
+    runtime = app.state.runtime
+    asgi = BrowserGuard(app, list(allowed_origins), settings.host, port) if guard else app
+    config = uvicorn.Config(
+        asgi,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        ws="websockets-sansio",
+        ws_ping_interval=None,
+        ws_per_message_deflate=False,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        with anyio.fail_after(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await anyio.sleep(0.01)  # polling readiness, not timing an assertion
+        yield Served(f"http://127.0.0.1:{port}", port)
+    finally:
+        await runtime.shutdown()
+        server.should_exit = True
+        with anyio.fail_after(10):
+            await task
+        sock.close()
