@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .auth.token_command import add_token_command
 from .settings import SettingsError, add_arguments, from_sources
 
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Every option can also be set with the environment variable shown.",
     )
     add_arguments(serve)
+    add_token_command(commands)
     return parser
 
 
@@ -43,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "token":
+        return args.run(args)
     try:
         settings = from_sources(vars(args))
     except SettingsError as exc:
