@@ -300,7 +300,10 @@ class TokenVerifier:
             raise TokenError("bad_signature", "signature does not verify") from None
         except ImmatureSignatureError:
             raise TokenError("invalid_claims", "token is not valid yet") from None
-        except DecodeError:
+        except DecodeError as exc:
+            # PyJWT reports an ill-typed exp/iat/nbf as a DecodeError naming the claim
+            if "claim" in str(exc):
+                raise TokenError("invalid_claims", "a time claim is not a number") from None
             raise TokenError("malformed", "token does not decode") from None
         except InvalidTokenError as exc:
             raise TokenError("invalid_claims", type(exc).__name__) from None
