@@ -85,9 +85,7 @@ def test_alg_none_is_refused_even_with_otherwise_valid_claims(jwks_file: str) ->
     assert reason(TokenVerifier([SECRET], jwks_file), upper) == "bad_signature"
 
 
-def test_hs256_signed_with_the_jwks_public_key_is_refused(
-    jwks_file: str, rsa_key: KeyPair
-) -> None:
+def test_hs256_signed_with_the_jwks_public_key_is_refused(jwks_file: str, rsa_key: KeyPair) -> None:
     """Algorithm confusion: HMAC keyed with the public PEM must not verify."""
     for kid in ("rsa-1", None):
         header = {"alg": "HS256", "typ": "JWT", **({"kid": kid} if kid else {})}
@@ -281,7 +279,9 @@ def test_issue_token_round_trips_and_validates_its_claims() -> None:
     now = time.time()
     token = issue_token(SECRET, "alice", "acme", ["issue/*"], "write", 60, aud="a", iss="i")
     principal = TokenVerifier([SECRET], audience="a", issuer="i").verify(token)
-    assert principal == Principal("acme", "alice", Grant(("issue/*",), "write"), principal.expires_at)
+    assert principal == Principal(
+        "acme", "alice", Grant(("issue/*",), "write"), principal.expires_at
+    )
     assert principal.expires_at is not None and now + 55 <= principal.expires_at <= now + 61
     with pytest.raises(ValueError):
         issue_token(SECRET, "alice", mode="owner")
