@@ -127,8 +127,18 @@ class SlidingWindowLimiter:
             excess -= win.counts[i % size]
             if excess <= 0:
                 # bucket i is last counted while the current bucket is i + buckets
-                return max(0.0, (i + size) * self.granularity - now)
+                return self._until_bucket(i + size, now)
         return self.window  # unreachable while total is the sum of the counts
+
+    def _until_bucket(self, bucket: int, now: float) -> float:
+        """Seconds from ``now`` to the start of ``bucket``, rounded so that
+        ``now + result`` really falls in it (float division may land one below)."""
+        wait = max(0.0, bucket * self.granularity - now)
+        for _ in range(64):
+            if self._bucket(now + wait) >= bucket:
+                break
+            wait = math.nextafter(wait, math.inf)
+        return wait
 
 
 class ConnectionLimitExceeded(Exception):
