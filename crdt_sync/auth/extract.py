@@ -18,12 +18,11 @@ Three places, for the three kinds of client:
 If more than one place carries a token and they differ, the request is refused as
 ``malformed`` rather than guessing which one a proxy or a page injected. Nothing here
 logs; a caller must not log the token or the raw query string either (see
-:func:`redact_query`).
+:mod:`.redact`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -112,12 +111,3 @@ def token_from_scope(scope: Mapping[str, Any]) -> ExtractedToken:
         raise TokenError("malformed", "different tokens in " + ", ".join(s for s, _ in found))
     source, token = found[0]
     return ExtractedToken(token, source, subprotocol)
-
-
-_TOKEN_PARAM = re.compile(r"(?i)((?:^|[?&])(?:token|access_token)=)[^&#\s]*")
-_BEARER_PROTOCOL = re.compile(r"bearer\.[A-Za-z0-9._~+/=-]+")
-
-
-def redact_query(text: str) -> str:
-    """``text`` (a URL, query string or log line) with token values replaced by ``***``."""
-    return _BEARER_PROTOCOL.sub("bearer.***", _TOKEN_PARAM.sub(r"\1***", text))
