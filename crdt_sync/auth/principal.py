@@ -143,6 +143,13 @@ class Principal:
     def is_anonymous(self) -> bool:
         return self.actor == ANONYMOUS and self.org == DEFAULT_ORG
 
+    def limit_key(self, client_ip: str | None) -> tuple[str, ...]:
+        """The key rate and connection limits count under: the actor (within its
+        org), or the client address while anonymous, never a client-chosen header."""
+        if self.is_anonymous:
+            return ("ip", client_ip or "?")
+        return ("actor", self.org, self.actor)
+
     def seconds_left(self, now: float) -> float | None:
         """Seconds until :attr:`expires_at` (may be negative), ``None`` if it never expires."""
         return None if self.expires_at is None else self.expires_at - now
