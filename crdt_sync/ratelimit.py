@@ -133,9 +133,14 @@ class SlidingWindowLimiter:
     def _until_bucket(self, bucket: int, now: float) -> float:
         """Seconds from ``now`` to the start of ``bucket``, rounded so that
         ``now + result`` really falls in it (float division may land one below)."""
-        wait = max(0.0, bucket * self.granularity - now)
-        for _ in range(64):
-            if self._bucket(now + wait) >= bucket:
+        at = max(now, bucket * self.granularity)
+        for _ in range(64):  # a few ulps at most
+            if self._bucket(at) >= bucket:
+                break
+            at = math.nextafter(at, math.inf)
+        wait = at - now
+        for _ in range(64):  # the subtraction may round down, too
+            if now + wait >= at:
                 break
             wait = math.nextafter(wait, math.inf)
         return wait

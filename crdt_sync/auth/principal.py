@@ -127,21 +127,25 @@ class Principal:
         expires_at: Epoch seconds after which the credential is void (the token's
             ``exp``); ``None`` when it does not expire (auth off, or a webhook
             answer without ``exp``). Long-lived sessions close at this time.
+        authenticated: ``False`` only for :meth:`anonymous` (auth off); a token
+            whose ``sub`` happens to be ``anonymous`` is still authenticated.
     """
 
     org: str
     actor: str
     grant: Grant = field(default_factory=Grant.everything)
     expires_at: float | None = None
+    authenticated: bool = True
 
     @classmethod
     def anonymous(cls) -> Principal:
         """``default``/``anonymous``/everything: the principal while auth is off."""
-        return cls(DEFAULT_ORG, ANONYMOUS, Grant.everything())
+        return cls(DEFAULT_ORG, ANONYMOUS, Grant.everything(), authenticated=False)
 
     @property
     def is_anonymous(self) -> bool:
-        return self.actor == ANONYMOUS and self.org == DEFAULT_ORG
+        """Whether this is the auth-off principal (no credential at all)."""
+        return not self.authenticated
 
     def limit_key(self, client_ip: str | None) -> tuple[str, ...]:
         """The key rate and connection limits count under: the actor (within its

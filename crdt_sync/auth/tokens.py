@@ -8,7 +8,8 @@ Keys:
 - **JWKS** (file path or ``http(s)://`` URL): asymmetric public keys matched by the
   token header's ``kid``. Each key type has its own algorithm allow-list
   (RSA: RS*/PS*, EC: ES256/384/512 on the matching curve, OKP: EdDSA), and a
-  key's own ``alg`` if it has one. ``oct`` (symmetric) keys in a JWKS are ignored.
+  key's own ``alg`` if it has one. ``oct`` (symmetric) keys and keys whose ``use`` is
+  not ``sig`` never verify a token. A JWKS file is read once at start.
 
 ``alg: none`` and every algorithm outside those lists is refused, and an HMAC token
 is only ever checked against the configured secrets, never against a JWKS public key,
@@ -232,7 +233,14 @@ class TokenVerifier:
             raise TokenError("unknown_kid", "token header has no kid")
         key: jwt.PyJWK | None = None
         if self._jwks_set is not None:
-            key = next((k for k in self._jwks_set.keys if k.key_id == kid), None)
+            key = next(
+                (
+                    k
+                    for k in self._jwks_set.keys
+                    if k.key_id == kid and k.public_key_use in (None, "sig")
+                ),
+                None,
+            )
         elif self._jwks_client is not None:
             try:
                 key = self._jwks_client.get_signing_key(kid)

@@ -90,5 +90,9 @@ def test_limit_key_is_the_actor_or_the_ip_while_anonymous() -> None:
         "acme",
         "bob",
     )
+    # a token whose sub is "anonymous" is still counted as that actor, not by IP
+    named = Principal("default", "anonymous", Grant(("**",), "read"))
+    assert not named.is_anonymous
+    assert named.limit_key("10.0.0.9") == ("actor", "default", "anonymous")
     # the same actor name in two orgs is two keys
     assert Principal("a", "bob").limit_key(None) != Principal("b", "bob").limit_key(None)

@@ -232,6 +232,18 @@ def test_key_used_with_an_algorithm_outside_its_allow_list(tmp_path: Path) -> No
     assert reason(TokenVerifier(jwks=str(path)), forged) == "bad_signature"
 
 
+def test_encryption_keys_and_symmetric_keys_in_a_jwks_never_verify(tmp_path: Path) -> None:
+    pair = KeyPair("rsa", "enc-1")
+    oct_key = {"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA", "kid": "oct-1"}
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [{**pair.jwk, "use": "enc"}, oct_key]}))
+    verifier = TokenVerifier(jwks=str(path))
+    assert reason(verifier, pair.sign(claims())) == "unknown_kid"
+    secret = b"secret-secret-secret-secret-secret"
+    forged = hand_made({"alg": "HS256", "kid": "oct-1"}, claims(), key=secret)
+    assert reason(verifier, forged) == "bad_signature"
+
+
 def test_asymmetric_token_is_refused_when_only_secrets_are_configured(rsa_key: KeyPair) -> None:
     assert reason(TokenVerifier([SECRET]), rsa_key.sign(claims())) == "bad_signature"
 
