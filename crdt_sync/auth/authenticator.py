@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 
+import anyio
 import anyio.to_thread
 
 from .principal import Mode, Principal, mode_rank
@@ -62,6 +63,9 @@ class Authenticator:
     ) -> None:
         self.verifier = verifier
         self.webhook = webhook
+        # JWKS-URL verification may block on a fetch: its own few threads, so a flood
+        # of unknown-kid tokens cannot take the threads the rest of the app runs on.
+        self._jwks_threads = anyio.CapacityLimiter(4)
 
     @property
     def open(self) -> bool:
@@ -86,7 +90,9 @@ class Authenticator:
         if self.verifier is not None:
             try:
                 if self.verifier.blocking:
-                    return await anyio.to_thread.run_sync(self.verifier.verify, token)
+                    return await anyio.to_thread.run_sync(
+                        self.verifier.verify, token, limiter=self._jwks_threads
+                    )
                 return self.verifier.verify(token)
             except TokenError as exc:
                 failure = exc
