@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__, log_redaction
+from .auth.token_command import add_token_command
 from .settings import SettingsError, add_arguments, from_sources
 
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Every option can also be set with the environment variable shown.",
     )
     add_arguments(serve)
+    add_token_command(commands)
     return parser
 
 
@@ -76,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "token":
+        return args.run(args)
     try:
         settings = from_sources(vars(args))
     except SettingsError as exc:
