@@ -4,7 +4,7 @@ uvicorn logs each WebSocket handshake as ``"WebSocket /yjs/doc?token=eyJ..." [ac
 the query string, token and all. :func:`install` wraps the log record factory so
 that every record, from any logger and before any handler sees it, has these
 replaced: ``token=...`` style query/key values (any key ending in ``token``,
-``secret`` or ``password``), ``Bearer ...`` credentials, ``"token": "..."`` members
+``secret`` or ``password``), ``Bearer ...`` credentials and ``bearer.<token>`` subprotocols, ``"token": "..."`` members
 of JSON or Python reprs, and JWT-looking strings (``eyJ...`` header, three
 base64url segments). The arguments are formatted into the message only when a
 record holds one of these (cheap pre-check), and tracebacks are redacted too.
@@ -27,6 +27,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(rf"(?i)('{_KEY}'\s*:\s*')[^']*(')"), rf"\1{REDACTED}\2"),
     # Authorization: Bearer ...
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"), rf"\1{REDACTED}"),
+    # A token offered as a WebSocket subprotocol: "bearer.<token>"
+    (re.compile(r"(?i)\b(bearer\.)[A-Za-z0-9._~+/=-]+"), rf"\1{REDACTED}"),
     # A JWT anywhere (its header is base64url of '{"...', so it starts with eyJ)
     (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
 ]

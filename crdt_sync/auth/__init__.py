@@ -7,7 +7,6 @@ Modules, one concept each:
 - :mod:`.extract`: the token of an ASGI scope (query, ``Authorization``, subprotocol).
 - :mod:`.webhook`: ask the host application instead (``--auth-webhook``), failing closed.
 - :mod:`.authenticator`: one ``authenticate(token, doc, mode)`` over the above.
-- :mod:`.redact`: a logging filter keeping token values out of every log line.
 - :mod:`.startup`: building the authenticator from settings; the rule on running open.
 - :mod:`.token_command`: ``crdt-sync token`` prints a signed token.
 """

@@ -18,7 +18,7 @@ Three places, for the three kinds of client:
 If more than one place carries a token and they differ, the request is refused as
 ``malformed`` rather than guessing which one a proxy or a page injected. Nothing here
 logs; a caller must not log the token or the raw query string either (see
-:mod:`.redact`).
+:mod:`crdt_sync.log_redaction`).
 """
 
 from __future__ import annotations
