@@ -31,7 +31,10 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
         (f"subprotocols ['crdt-sync', '{JWT}']", "subprotocols ['crdt-sync', '[redacted]']"),
         ("alg none eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", "alg none [redacted]"),
         ("secret=hunter2 rest", "secret=[redacted] rest"),
-        ("subprotocols: crdt-sync, bearer.opaque-123", "subprotocols: crdt-sync, bearer.[redacted]"),
+        (
+            "subprotocols: crdt-sync, bearer.opaque-123",
+            "subprotocols: crdt-sync, bearer.[redacted]",
+        ),
     ],
 )
 def test_tokens_are_redacted(text: str, expected: str) -> None:
