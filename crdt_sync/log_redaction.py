@@ -5,8 +5,8 @@ the query string, token and all. :func:`install` wraps the log record factory so
 that every record, from any logger and before any handler sees it, has these
 replaced: ``token=...`` style query/key values (any key ending in ``token``,
 ``secret`` or ``password``), ``Bearer ...`` credentials and ``bearer.<token>``
-subprotocols, ``"token": "..."`` members of JSON or Python reprs, and JWT-looking strings (``eyJ...`` header, three
-base64url segments). The arguments are formatted into the message only when a
+subprotocols, ``"token": "..."`` members of JSON or Python reprs, and JWT-looking
+strings (``eyJ...`` header, three base64url segments). The arguments are formatted into the message only when a
 record holds one of these (cheap pre-check), and tracebacks are redacted too.
 """
 
