@@ -6,8 +6,9 @@ that every record, from any logger and before any handler sees it, has these
 replaced: ``token=...`` style query/key values (any key ending in ``token``,
 ``secret`` or ``password``), ``Bearer ...`` credentials and ``bearer.<token>``
 subprotocols, ``"token": "..."`` members of JSON or Python reprs, and JWT-looking
-strings (``eyJ...`` header, three base64url segments). The arguments are formatted into the message only when a
-record holds one of these (cheap pre-check), and tracebacks are redacted too.
+strings (``eyJ...`` header, three base64url segments). The arguments are formatted
+into the message only when a record holds one of these (cheap pre-check), and
+tracebacks are redacted too.
 """
 
 from __future__ import annotations
