@@ -97,6 +97,10 @@ class Runtime:
                 compact_updates=settings.compact_updates,
                 ping_interval=settings.ping_interval,
                 ping_timeout=settings.ping_timeout,
+                max_awareness_per_connection=settings.max_awareness_ids_per_connection,
+                max_awareness_per_room=settings.max_awareness_ids_per_room,
+                max_pending_bytes=settings.max_pending_bytes,
+                max_rooms=settings.max_rooms,
             )
             feed = RecordFeed(
                 store,

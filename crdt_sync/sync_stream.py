@@ -44,7 +44,8 @@ from rooms.feed_hub import (
     encode_sse,
     encode_sse_event,
 )
-from rooms.manager import ShuttingDown
+from rooms.limits import LimitExceeded
+from rooms.manager import ShuttingDown, TooManyRooms
 from rooms.room import RoomLoadError
 
 from .asgi import (
@@ -269,6 +270,17 @@ class FrameStreams:
                 message = encode_json_event(error_event(exc))
                 conn.close_after(message, CloseCode.BAD_REQUEST, exc.error)
                 return
+            except LimitExceeded as exc:
+                log.warning(
+                    "conn=%s peer=%s frame feed closing %d: %s",
+                    conn.id,
+                    conn.peer,
+                    exc.code,
+                    exc.detail,
+                )
+                error = {"type": "error", "error": exc.error, "detail": exc.detail}
+                conn.close_after(encode_json_event(error), exc.code, exc.error)
+                return
 
     def _refuse(self, conn: Connection, code: int, reason: str) -> None:
         log.warning("conn=%s peer=%s frame feed closing %d: %s", conn.id, conn.peer, code, reason)
@@ -296,6 +308,14 @@ class FrameStreams:
         if kind == "leave":
             presence.leave(sub, t, record_id)
             return
+        limit = self.runtime.settings.max_views_per_connection
+        if (t, record_id) not in sub.watching and len(sub.watching) >= limit:
+            raise LimitExceeded(
+                CloseCode.VIEW_LIMIT,
+                "too_many_views",
+                f"one connection may view or watch {limit} records "
+                "(--max-views-per-connection); leave one first",
+            )
         if kind == "watch":
             sub.conn.enqueue(encode_json_event(presence.watch(sub, t, record_id)))
             return
@@ -306,7 +326,7 @@ class FrameStreams:
             await presence.view(sub, t, record_id, actor=sub.conn.actor, state=state)
         except ValueError as exc:
             raise ApiError(400, "invalid_message", f"view: {exc}") from None
-        except (RoomLoadError, ShuttingDown, StoreError) as exc:
+        except (RoomLoadError, ShuttingDown, StoreError, TooManyRooms, LimitExceeded) as exc:
             # Not the client's fault: say so, keep the feed open.
             error = {"type": "error", "error": "view_failed", "detail": str(exc)}
             sub.conn.enqueue(encode_json_event({**error, "t": t, "id": record_id}))

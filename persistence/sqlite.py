@@ -542,6 +542,11 @@ class SQLiteStore:
         values.check_key(org, name)
         return await self._read(reads.load_doc, org, name)
 
+    async def has_doc(self, org: str, name: str) -> bool:
+        """Whether the doc is stored (one primary-key lookup: nothing is loaded)."""
+        values.check_key(org, name)
+        return await self._read(reads.has_doc, org, name)
+
     async def list_docs(
         self, org: str, *, prefix: str = "", limit: int = 100, cursor: str | None = None
     ) -> tuple[list[DocInfo], str | None]:

@@ -54,6 +54,11 @@ def load_doc(conn: sqlite3.Connection, org: str, name: str) -> StoredDoc | None:
     return StoredDoc(snapshot=snapshot, updates=updates, last_update_id=last)
 
 
+def has_doc(conn: sqlite3.Connection, org: str, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM documents WHERE org = ? AND name = ?", (org, name))
+    return row.fetchone() is not None
+
+
 def list_docs(
     conn: sqlite3.Connection,
     org: str,

@@ -171,6 +171,10 @@ class Store(Protocol):
         """
         ...
 
+    async def has_doc(self, org: str, name: str) -> bool:
+        """Whether the doc is stored, without reading its state."""
+        ...
+
     async def append(
         self,
         org: str,
