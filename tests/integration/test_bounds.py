@@ -11,10 +11,38 @@ import anyio
 import httpx
 import pytest
 import websockets
+from pycrdt import Doc, Text
+
+from crdt_sync.client import connect
+from crdt_sync.codec import AwarenessEntry, encode_awareness_update, encode_sync_update
 
 pytestmark = pytest.mark.anyio
 
 FAST = ("--delta-min-interval-ms", "0", "--frame-coalesce-ms", "50")
+
+
+async def closed_with(ws: Any, timeout: float = 10.0) -> tuple[int, list[Any]]:
+    """Read until the server closes; its close code and what came before."""
+    received = []
+    with anyio.fail_after(timeout):
+        try:
+            while True:
+                received.append(await ws.recv())
+        except websockets.ConnectionClosed as exc:
+            assert exc.rcvd is not None, "closed without a close frame"
+            return exc.rcvd.code, received
+
+
+async def healthz(http: httpx.AsyncClient) -> dict[str, Any]:
+    response = await http.get("/healthz")
+    assert response.status_code == 200
+    return response.json()
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not await predicate():
+            await anyio.sleep(0.02)
 
 
 def ws_base(server: Any) -> str:
@@ -103,3 +131,139 @@ async def test_ws_catch_up_trimmed_meanwhile_gets_reset_not_a_gap(server_factory
     assert last is not None and last["error"] == "since_too_old"
     assert last["bootstrap"] == "/sync/v1/records" and last["oldest_sid"] > sids[-1]
     assert code == 4410
+
+
+# -- finding 10: bounds ---------------------------------------------------------------
+
+
+async def test_reads_of_missing_docs_answer_404_without_loading_a_room(server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        for i in range(20):
+            assert (await http.get(f"/docs/nope-{i}")).status_code == 404
+            assert (await http.get(f"/docs/nope/{i}/update")).status_code == 404
+        assert (await healthz(http))["rooms"] == 0
+        # A stored doc is still read (and then loaded, as before).
+        assert (await http.post("/docs/there/update", content=_text_update("hi"))).status_code
+        assert (await http.get("/docs/there")).json()["content"] == {"body": "hi"}
+
+
+def _text_update(text: str) -> bytes:
+    doc = Doc()
+    doc.get("body", type=Text).insert(0, text)
+    return doc.get_update()
+
+
+async def test_awareness_ids_past_the_per_connection_bound_close_4460(server_factory) -> None:
+    server = server_factory("--max-awareness-ids-per-connection", "4")
+    async with (
+        websockets.connect(server.ws_url + "/aw") as bystander,
+        websockets.connect(server.ws_url + "/aw") as flooder,
+    ):
+        await bystander.recv()
+        await flooder.recv()
+        four = [AwarenessEntry(i, 1, '{"u":1}') for i in range(1, 5)]
+        await flooder.send(encode_awareness_update(four))
+        await flooder.send(encode_awareness_update([AwarenessEntry(5, 1, '{"u":1}')]))
+        code, _ = await closed_with(flooder)
+        assert code == 4460
+        # The others stay, and still see the four states it was allowed.
+        await bystander.send(encode_awareness_update([AwarenessEntry(99, 1, '{"u":2}')]))
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            assert (await healthz(http))["connections"] == 1
+
+
+async def test_awareness_ids_past_the_per_room_bound_close_4460(server_factory) -> None:
+    server = server_factory("--max-awareness-ids-per-room", "3")
+    async with (
+        websockets.connect(server.ws_url + "/room") as first,
+        websockets.connect(server.ws_url + "/room") as second,
+    ):
+        await first.recv()
+        await second.recv()
+        await first.send(encode_awareness_update([AwarenessEntry(i, 1, "{}") for i in (1, 2)]))
+        await second.send(encode_awareness_update([AwarenessEntry(3, 1, "{}")]))
+        await second.send(encode_awareness_update([AwarenessEntry(4, 1, "{}")]))
+        code, _ = await closed_with(second)
+        assert code == 4460
+
+
+async def test_update_waiting_for_missing_deps_past_the_bound_closes_4413(server_factory) -> None:
+    """The sender of updates that can never be integrated is closed; the pending state
+    is dropped; editors of the same room keep syncing."""
+    server = server_factory("--max-pending-bytes", "20000")
+    doc = Doc()
+    text = doc.get("body", type=Text)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    for i in range(40):
+        text += f"{i}:" + "x" * 1000
+    async with (
+        connect(server.ws_url, "shared") as alice,
+        connect(server.ws_url, "shared") as bob,
+        websockets.connect(server.ws_url + "/shared", max_size=None) as attacker,
+    ):
+        with anyio.fail_after(10):
+            await alice.synced()
+            await bob.synced()
+        await attacker.recv()
+        for update in updates[1:]:  # never the first one: all wait for it
+            await attacker.send(encode_sync_update(update))
+        code, _ = await closed_with(attacker)
+        assert code == 4413
+        alice.doc.get("body", type=Text).insert(0, "still syncing")
+        bob_text = bob.doc.get("body", type=Text)
+
+        async def synced() -> bool:
+            return str(bob_text) == "still syncing"
+
+        await wait_for(synced)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        assert (await http.get("/docs/shared")).json()["content"] == {"body": "still syncing"}
+
+
+async def test_views_past_the_per_connection_bound_close_4461(server_factory) -> None:
+    server = server_factory(*FAST, "--max-views-per-connection", "3")
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+        websockets.connect(ws_base(server) + "/sync/v1/ws") as ws,
+    ):
+        for i in range(3):
+            await ws.send(json.dumps({"type": "view", "t": "task", "id": str(i)}))
+        for _ in range(3):  # a presence answer each
+            assert json.loads(await ws.recv())["type"] == "presence"
+        assert (await healthz(http))["rooms"] == 3
+        await ws.send(json.dumps({"type": "watch", "t": "task", "id": "1"}))  # already has it
+        assert json.loads(await ws.recv())["type"] == "presence"
+        await ws.send(json.dumps({"type": "view", "t": "task", "id": "3"}))
+        code, received = await closed_with(ws)
+        assert code == 4461
+        assert json.loads(received[-1])["error"] == "too_many_views"
+        assert (await healthz(http))["rooms"] <= 3
+
+
+async def test_max_rooms_refuses_joins_past_it_and_unloads_idle_rooms_first(
+    server_factory,
+) -> None:
+    server = server_factory("--max-rooms", "2", "--room-idle-seconds", "60")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        async with connect(server.ws_url, "a") as a, connect(server.ws_url, "b") as b:
+            with anyio.fail_after(10):
+                await a.synced()
+                await b.synced()
+            a.doc.get("body", type=Text).insert(0, "from a")
+            async with websockets.connect(server.ws_url + "/c") as c:
+                code, _ = await closed_with(c)
+                assert code == 1013
+            refused = await http.post("/docs/c/update", content=_text_update("c"))
+            assert refused.status_code == 503 and refused.json()["error"] == "too_many_rooms"
+
+            async def a_stored() -> bool:  # what a wrote reached the room
+                return (await http.get("/docs/a")).json()["content"] == {"body": "from a"}
+
+            await wait_for(a_stored)
+        # Both left; their rooms wait 60 s to unload but are idle: they make room.
+        for name in "cde":
+            stored = await http.post(f"/docs/{name}/update", content=_text_update(name))
+            assert stored.status_code == 200, stored.text
+        assert (await healthz(http))["rooms"] == 2
+        assert (await http.get("/docs/a")).json()["content"] == {"body": "from a"}
