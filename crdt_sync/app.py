@@ -82,7 +82,11 @@ class Runtime:
     def open_store(self) -> Store:
         from persistence.sqlite import SQLiteStore
 
-        return SQLiteStore(self.settings.db, commit_interval_ms=self.settings.commit_interval_ms)
+        return SQLiteStore(
+            self.settings.db,
+            commit_interval_ms=self.settings.commit_interval_ms,
+            max_queued_bytes=self.settings.max_queued_write_bytes,
+        )
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runtime]:
