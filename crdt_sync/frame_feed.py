@@ -72,6 +72,16 @@ class Mutation:
         return f"{self.t}/{self.id}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Wrote:
+    """Another writer's latest frame touching fields of interest (see ``_overwritten``)."""
+
+    op: str
+    p: dict[str, Any]
+    who: str | None
+    sid: int
+
+
 @dataclass(slots=True, eq=False)
 class _Record:
     """What the feed knows of one loaded record room."""
@@ -463,12 +473,9 @@ class RecordFeed:
                 raise MutationError(404, "not_found", f"no record {m.t}/{m.id}")
             if m.op == "i" and all(v is None for v in m.p.values()):
                 raise MutationError(422, "empty_insert", "an insert needs a non-null field")
-            others = []
+            others: list[Any] = []
             if m.base_sid is not None:
-                frames = await self.store.record_frames(org, m.t, m.id, m.base_sid)
-                others = [
-                    f for f in frames if (f.who, f.ctx.get("client_id")) != (actor, client_id)
-                ]
+                others = await self._written_by_others(org, m, actor, client_id)
             await self._ensure_baseline(rec)
             # -- from here to the store append nothing yields ---------------------------
             pending = self._draft(rec) if rec.pending else None
@@ -515,6 +522,22 @@ class RecordFeed:
             begun.on_finish(lambda: manager.after_update(room))
         begun.on_finish(lambda: manager.unhold(room))
         return begun
+
+    async def _written_by_others(
+        self, org: str, m: Mutation, actor: str, client_id: str | None
+    ) -> list[_Wrote]:
+        """What other writers did to ``m``'s fields since its ``base_sid``, oldest first,
+        from the store's frame index (no frame is decoded)."""
+        assert m.base_sid is not None
+        rows = await self.store.record_writers(
+            org, m.t, m.id, m.base_sid, list(m.p), exclude=(actor, client_id)
+        )
+        wrote = [
+            _Wrote("d", {}, who, sid) if field is None else _Wrote("u", {field: None}, who, sid)
+            for field, who, sid in rows
+        ]
+        wrote.sort(key=lambda w: w.sid)
+        return wrote
 
     async def _delete(
         self, org: str, m: Mutation, actor: str, ctx: dict[str, Any]

@@ -669,6 +669,39 @@ class SQLiteStore:
         values.check_int(since, "since")
         return await self._read(reads.record_frames, org, t, id, since, limit)
 
+    async def record_writers(
+        self,
+        org: str,
+        t: str,
+        id: str,
+        since: int,
+        fields: list[str],
+        *,
+        exclude: tuple[str | None, str | None],
+    ) -> list[tuple[str | None, str | None, int]]:
+        """Who else wrote ``fields`` of record ``(t, id)`` after sid ``since``.
+
+        Answered from the record's frame index without decoding frames (``base_sid``
+        conflict checks; :meth:`record_frames` would decode every frame since).
+
+        Args:
+            fields: The field names of interest.
+            exclude: ``(who, client_id)`` of the asking writer: its own frames.
+
+        Returns:
+            ``(field, who, sid)``: per field of ``fields`` set by another writer, its
+            newest such frame; ``(None, who, sid)``: the newest delete of the record by
+            another writer (it touched every field). Unordered.
+        """
+        values.check_record(org, t, id)
+        values.check_int(since, "since")
+        for name in fields:
+            values.check_text(name, "field")
+        who, client_id = exclude
+        values.check_opt_text(who, "who")
+        values.check_opt_text(client_id, "client_id")
+        return await self._read(reads.record_writers, org, t, id, since, fields, exclude)
+
     async def get_record(self, org: str, t: str, id: str) -> RecordRow | None:
         """The stored projection of record ``(t, id)``, or ``None`` if it does not exist."""
         values.check_record(org, t, id)

@@ -150,6 +150,39 @@ def record_frames(
     return _frames(rows)
 
 
+def record_writers(
+    conn: sqlite3.Connection,
+    org: str,
+    t: str,
+    id: str,
+    since: int,
+    fields: list[str],
+    exclude: tuple[str | None, str | None],
+) -> list[tuple[str | None, str | None, int]]:
+    # Answered from the (org, t, id, sid) index and SQLite's JSON functions: no frame
+    # is decoded in Python. Per field, the newest frame after ``since`` of another
+    # writer that set it; ``None`` as the field: the newest such delete.
+    conn.execute("BEGIN")
+    try:
+        who, client_id = exclude
+        other = "NOT (f.who IS ? AND json_extract(f.ctx, '$.client_id') IS ?)"
+        where = f"f.org = ? AND f.t = ? AND f.id = ? AND f.sid > ? AND {other}"
+        params = (org, t, id, since, who, client_id)
+        rows = conn.execute(
+            f"SELECT j.key, f.who, max(f.sid) FROM frames f, json_each(f.p) j WHERE {where}"
+            " AND f.op != 'd' AND j.key IN (SELECT value FROM json_each(?)) GROUP BY j.key",
+            (*params, json.dumps(fields)),
+        ).fetchall()
+        deleted = conn.execute(
+            f"SELECT NULL, f.who, max(f.sid) FROM frames f WHERE {where} AND f.op = 'd'", params
+        ).fetchone()
+    finally:
+        conn.execute("COMMIT")
+    if deleted is not None and deleted[2] is not None:
+        rows.append(deleted)
+    return [(key, who_, int(sid)) for key, who_, sid in rows]
+
+
 def _record(row: Any) -> RecordRow:
     t, id_, fields, sid, update_id, updated_at = row
     return RecordRow(

@@ -269,6 +269,21 @@ class Store(Protocol):
         """Frames of one record with sid > ``since``, oldest first."""
         ...
 
+    async def record_writers(
+        self,
+        org: str,
+        t: str,
+        id: str,
+        since: int,
+        fields: list[str],
+        *,
+        exclude: tuple[str | None, str | None],
+    ) -> list[tuple[str | None, str | None, int]]:
+        """Per field of ``fields``, the newest frame after ``since`` of a writer other
+        than ``exclude`` (``(who, client_id)``) that set it, as ``(field, who, sid)``;
+        and ``(None, who, sid)`` for its newest delete. From an index, not by decoding."""
+        ...
+
     async def get_record(self, org: str, t: str, id: str) -> RecordRow | None:
         """The stored projection of a record, or ``None`` if it does not exist."""
         ...
