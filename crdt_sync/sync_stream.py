@@ -19,6 +19,9 @@ WebSocket messages, text JSON both ways:
 * client → server: ``{"type": "ping"}``; ``{"type": "view", "t", "id", "state"?}``
   (appear in the record's awareness and receive its presence); ``{"type": "watch",
   "t", "id"}`` (receive its presence only); ``{"type": "leave", "t", "id"}``.
+  One connection views or watches at most ``--max-views-per-connection`` records at
+  once (each view holds a room loaded); one more gets an ``error`` message
+  ``too_many_views`` and close 4461.
 
 A client silent for ``--ping-timeout`` seconds is closed with 4408 (clients ping
 every 15 s). A subscriber that does not read is closed with 4429 (WebSocket) or its
