@@ -267,3 +267,60 @@ async def test_max_rooms_refuses_joins_past_it_and_unloads_idle_rooms_first(
             assert stored.status_code == 200, stored.text
         assert (await healthz(http))["rooms"] == 2
         assert (await http.get("/docs/a")).json()["content"] == {"body": "from a"}
+
+
+async def test_sse_catch_up_trimmed_meanwhile_ends_with_reset_event(server_factory) -> None:
+    """The same over SSE: gap-free ``id:`` frames, then ``event: error`` with the
+    since_too_old body, then the stream ends."""
+    retention = 3000
+    server = server_factory(*FAST, "--frame-retention", str(retention))
+    slow = httpx.AsyncHTTPTransport(
+        socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)]
+    )
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=60) as http,
+        httpx.AsyncClient(base_url=server.url, timeout=60, transport=slow) as reader,
+    ):
+        created = await http.post(
+            "/sync/v1/mutations",
+            json={"mutations": [{"t": "blob", "id": "1", "op": "i", "p": {"v": "0"}}]},
+        )
+        assert created.status_code == 200, created.text
+        await write_frames(http, retention - 1, 1, 4000)
+        sids: list[int] = []
+        events: list[tuple[str, dict[str, Any]]] = []
+        async with reader.stream("GET", "/sync/v1/events", params={"since": 0}) as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            with anyio.fail_after(30):
+                async for line in lines:  # the first frame, then the reader pauses
+                    if line.startswith("id: "):
+                        sids.append(int(line[4:]))
+                        break
+            await write_frames(http, retention + retention // 10 + 50, retention, 4000)
+            with anyio.fail_after(30):
+                while True:
+                    probe = await http.get("/sync/v1/delta", params={"since": retention})
+                    if probe.status_code == 410:
+                        break
+                    await anyio.sleep(0.05)
+            gone = probe.json()
+            event = "message"
+            with anyio.fail_after(60):
+                async for line in lines:
+                    if line.startswith("id: "):
+                        assert not events, "frames after the reset"
+                        sids.append(int(line[4:]))
+                        if sids[-1] >= gone["newest_sid"]:
+                            break
+                    elif line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event != "message":
+                        events.append((event, json.loads(line[6:])))
+                        event = "message"
+    assert sids == list(range(1, sids[-1] + 1)), "gap in the frames received"
+    assert sids[-1] < gone["oldest_sid"]
+    assert events and events[0][0] == "error"
+    reset = events[0][1]
+    assert reset["error"] == "since_too_old" and reset["bootstrap"] == "/sync/v1/records"
+    assert reset["oldest_sid"] > sids[-1]
