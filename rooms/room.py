@@ -436,7 +436,8 @@ class Room:
         self.last_activity = time.monotonic()
         integrated, self._integrated = self._integrated, []
         if not (len(integrated) == 1 and integrated[0] == update):
-            # Not integrated as it came (the usual case): some of it may be pending.
+            # Not integrated whole, as it came (which is the usual case): some of it
+            # may be pending.
             self._note_pending(owner, update, resolved=bool(integrated))
         elif self._pending:
             self._note_pending(owner, None, resolved=True)
