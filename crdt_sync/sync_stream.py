@@ -36,7 +36,7 @@ from typing import Any
 
 import anyio
 
-from persistence.store import StoreError
+from persistence.store import Store, StoreError
 from rooms.close_codes import CloseCode
 from rooms.connection import Connection
 from rooms.feed_hub import (
@@ -82,7 +82,9 @@ def error_event(exc: ApiError) -> dict[str, Any]:
     return {"type": "error", "error": exc.error, "detail": exc.detail, **exc.extra}
 
 
-async def catch_up(store: Any, hub: FeedHub, sub: FeedSubscriber, page_size: int = CATCHUP_PAGE):
+async def catch_up(
+    store: Store, hub: FeedHub, sub: FeedSubscriber, page_size: int = CATCHUP_PAGE
+) -> None:
     """Send what ``sub`` missed from the store, then switch it to live frames.
 
     Every page is checked against the log's bounds read in the same transaction: if
