@@ -324,3 +324,26 @@ async def test_sse_catch_up_trimmed_meanwhile_ends_with_reset_event(server_facto
     reset = events[0][1]
     assert reset["error"] == "since_too_old" and reset["bootstrap"] == "/sync/v1/records"
     assert reset["oldest_sid"] > sids[-1]
+
+
+async def test_http_update_waiting_for_missing_deps_past_the_bound_is_413(server_factory) -> None:
+    server = server_factory("--max-pending-bytes", "20000")
+    doc = Doc()
+    text = doc.get("body", type=Text)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    for i in range(4):
+        text += f"{i}:" + "x" * 15_000
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        stored = await http.post("/docs/h/update", content=_text_update("kept"))
+        assert stored.status_code == 200
+        waiting = await http.post("/docs/h/update", content=updates[2])  # lacks 0 and 1
+        assert waiting.status_code == 200 and waiting.json()["applied"] is False
+        refused = await http.post("/docs/h/update", content=updates[3])
+        assert refused.status_code == 413 and refused.json()["error"] == "pending_too_large"
+        # Dropped: the first two complete nothing any more.
+        for update in updates[:2]:
+            assert (await http.post("/docs/h/update", content=update)).status_code == 200
+        content = (await http.get("/docs/h")).json()["content"]["body"]
+        assert "kept" in content and "0:" in content and "1:" in content
+        assert "2:" not in content and "3:" not in content
