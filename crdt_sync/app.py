@@ -103,6 +103,7 @@ class Runtime:
                 ping_timeout=settings.ping_timeout,
                 max_awareness_per_connection=settings.max_awareness_ids_per_connection,
                 max_awareness_per_room=settings.max_awareness_ids_per_room,
+                max_awareness_state_bytes=settings.max_awareness_state_bytes,
                 max_pending_bytes=settings.max_pending_bytes,
                 max_rooms=settings.max_rooms,
             )

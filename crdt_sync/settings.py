@@ -107,6 +107,12 @@ class Settings:
         minimum=1,
         maximum=1_000_000,
     )
+    max_awareness_state_bytes: int = _opt(
+        64 * 1024,
+        "largest awareness state (JSON text) of one client id; larger: close 4460",
+        minimum=64,
+        maximum=16 * 1024 * 1024,
+    )
     max_pending_bytes: int = _opt(
         1024 * 1024,
         "bytes of updates a room holds waiting for missing dependencies; past it the "

@@ -10,9 +10,10 @@ Bounded (issue 10): a removal of a client ID the room does not know is not recor
 removed entries ("tombstones", kept so that a late copy of an older state cannot
 come back) and states not renewed are forgotten after the outdated timeout, as
 y-protocols clients forget them; one connection may carry at most
-``max_per_owner`` live client IDs and the room at most ``max_per_room``: past
-either, :meth:`RoomAwareness.apply` raises :class:`~rooms.limits.LimitExceeded`
-(close 4460) and records nothing of that message.
+``max_per_owner`` live client IDs and the room at most ``max_per_room``, each
+state at most ``max_state_bytes`` long: past any, :meth:`RoomAwareness.apply`
+raises :class:`~rooms.limits.LimitExceeded` (close 4460) and records nothing of
+that message.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class RoomAwareness:
         outdated_seconds: Forget a state (or a removal) not renewed for this long.
         max_per_owner: Live client IDs one connection may carry.
         max_per_room: Live client IDs in the room.
+        max_state_bytes: Largest state (its JSON text) one client ID may publish.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class RoomAwareness:
         *,
         max_per_owner: int = 64,
         max_per_room: int = 10_000,
+        max_state_bytes: int = 64 * 1024,
     ) -> None:
         # In order of last change (oldest first): what is outdated is at the front.
         self._known: dict[int, _Known] = {}
@@ -57,6 +60,7 @@ class RoomAwareness:
         self._live = 0
         self.max_per_owner = max_per_owner
         self.max_per_room = max_per_room
+        self.max_state_bytes = max_state_bytes
 
     def __len__(self) -> int:
         return self._live
@@ -106,6 +110,14 @@ class RoomAwareness:
         return accepted
 
     def _check_limits(self, owner: int, entries: list[AwarenessEntry]) -> None:
+        for entry in entries:
+            if len(entry.state) > self.max_state_bytes:
+                raise LimitExceeded(
+                    CloseCode.AWARENESS_LIMIT,
+                    "awareness_state_too_large",
+                    f"awareness state of client {entry.client_id} is larger than "
+                    f"{self.max_state_bytes} bytes (--max-awareness-state-bytes)",
+                )
         owned = self._by_owner.get(owner, ())
         adding: set[int] = set()
         for entry in entries:

@@ -41,6 +41,7 @@ class RoomSettings:
     awareness_timeout: float = 30.0
     max_awareness_per_connection: int = 64
     max_awareness_per_room: int = 10_000
+    max_awareness_state_bytes: int = 64 * 1024
     max_pending_bytes: int = 1024 * 1024
     max_rooms: int = 10_000
 
@@ -134,6 +135,7 @@ class RoomManager:
                     awareness_timeout=self.settings.awareness_timeout,
                     max_awareness_per_connection=self.settings.max_awareness_per_connection,
                     max_awareness_per_room=self.settings.max_awareness_per_room,
+                    max_awareness_state_bytes=self.settings.max_awareness_state_bytes,
                     max_pending_bytes=self.settings.max_pending_bytes,
                     on_store_failure=self._store_failed,
                     listener=self.listener,

@@ -100,6 +100,7 @@ class Room:
         awareness_timeout: float = 30.0,
         max_awareness_per_connection: int = 64,
         max_awareness_per_room: int = 10_000,
+        max_awareness_state_bytes: int = 64 * 1024,
         max_pending_bytes: int = 1024 * 1024,
         on_store_failure: Callable[[Room, BaseException], None] | None = None,
         listener: RoomListener | None = None,
@@ -112,6 +113,7 @@ class Room:
             awareness_timeout,
             max_per_owner=max_awareness_per_connection,
             max_per_room=max_awareness_per_room,
+            max_state_bytes=max_awareness_state_bytes,
         )
         self.max_pending_bytes = max_pending_bytes
         #: Updates (what of them the doc lacks) waiting for missing dependencies,

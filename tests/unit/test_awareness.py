@@ -117,3 +117,12 @@ def test_room_holds_at_most_max_per_room_live_client_ids() -> None:
     assert aw.remove_owner(2) == [E(3, 2, "null")]
     assert aw.apply(3, [E(5, 1, "{}")])
     assert len(aw) == 4
+
+
+def test_a_state_larger_than_max_state_bytes_is_refused() -> None:
+    aw = RoomAwareness(max_state_bytes=100)
+    assert aw.apply(1, [E(1, 1, '"' + "x" * 98 + '"')])
+    with pytest.raises(LimitExceeded) as caught:
+        aw.apply(1, [E(2, 1, "{}"), E(1, 2, '"' + "x" * 99 + '"')])
+    assert caught.value.error == "awareness_state_too_large"
+    assert [e.client_id for e in aw.current()] == [1] and aw.current()[0].clock == 1
