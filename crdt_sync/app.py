@@ -89,7 +89,11 @@ class Runtime:
     def open_store(self) -> Store:
         from persistence.sqlite import SQLiteStore
 
-        return SQLiteStore(self.settings.db, commit_interval_ms=self.settings.commit_interval_ms)
+        return SQLiteStore(
+            self.settings.db,
+            commit_interval_ms=self.settings.commit_interval_ms,
+            max_queued_bytes=self.settings.max_queued_write_bytes,
+        )
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runtime]:
@@ -104,6 +108,11 @@ class Runtime:
                 compact_updates=settings.compact_updates,
                 ping_interval=settings.ping_interval,
                 ping_timeout=settings.ping_timeout,
+                max_awareness_per_connection=settings.max_awareness_ids_per_connection,
+                max_awareness_per_room=settings.max_awareness_ids_per_room,
+                max_awareness_state_bytes=settings.max_awareness_state_bytes,
+                max_pending_bytes=settings.max_pending_bytes,
+                max_rooms=settings.max_rooms,
             )
             feed = RecordFeed(
                 store,

@@ -9,7 +9,11 @@
 =========================  =====================================================
 
 A doc read over HTTP is loaded into its room exactly as for a WebSocket client (so
-there is one copy of its state) and unloaded after ``--room-idle-seconds``.
+there is one copy of its state) and unloaded after ``--room-idle-seconds``; a read
+of a doc that does not exist answers 404 from the store without loading a room.
+Past ``--max-rooms`` (none idle) a request that needs a room gets 503
+``too_many_rooms``; an update whose missing dependencies put the room past
+``--max-pending-bytes`` gets 413 ``pending_too_large``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from persistence.store import StoreError
+from rooms.limits import LimitExceeded
+from rooms.manager import TooManyRooms
 from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
 
 from .codec import (
@@ -82,18 +88,33 @@ class DocsApi:
 
     @asynccontextmanager
     async def open_room(self, name: str, *, must_exist: bool) -> AsyncIterator[Room]:
-        """The doc's room, loaded; released (idle unload scheduled) on exit."""
+        """The doc's room, loaded and held (never unloaded to make room for another)
+        while the request uses it; released (idle unload scheduled) on exit.
+
+        Args:
+            must_exist: A read: 404 for a doc that neither is loaded nor stored, found
+                from the store without loading a room for it.
+        """
         manager = self.runtime.manager
+        if must_exist and (ORG, name) not in manager.rooms:
+            try:
+                stored = await self.runtime.store.has_doc(ORG, name)
+            except StoreError as exc:
+                raise ApiError(503, "store_unavailable", f"cannot read: {exc}") from None
+            if not stored:
+                raise ApiError(404, "not_found", f"no document named {name!r}")
         try:
-            room = await manager.get_room(ORG, name)
+            room = await manager.hold(ORG, name)
         except RoomLoadError as exc:
             raise ApiError(500, "doc_load_failed", f"document {name!r} cannot be loaded") from exc
+        except TooManyRooms as exc:
+            raise ApiError(503, "too_many_rooms", str(exc)) from None
         try:
             if must_exist and room.is_empty:
                 raise ApiError(404, "not_found", f"no document named {name!r}")
             yield room
         finally:
-            manager.release(room)
+            manager.unhold(room)
 
     # -- handlers ----------------------------------------------------------------
 
@@ -169,6 +190,8 @@ class DocsApi:
                 await appended.durable
             except InvalidUpdate as exc:
                 raise ApiError(400, "invalid_update", f"not a valid Yjs update: {exc}") from None
+            except LimitExceeded as exc:
+                raise ApiError(413, exc.error, exc.detail) from None
             except StoreError as exc:
                 raise ApiError(503, "store_unavailable", f"update not stored: {exc}") from None
             self.runtime.manager.after_update(room)

@@ -78,6 +78,16 @@ class Mutation:
         return f"{self.t}/{self.id}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Wrote:
+    """Another writer's latest frame touching fields of interest (see ``_overwritten``)."""
+
+    op: str
+    p: dict[str, Any]
+    who: str | None
+    sid: int
+
+
 @dataclass(slots=True, eq=False)
 class _Record:
     """What the feed knows of one loaded record room."""
@@ -584,7 +594,7 @@ class RecordFeed:
         await self._flush_now(rec)
         others: list[Any] = []
         if m.base_sid is not None:
-            others = await self.store.record_frames(org, m.t, m.id, m.base_sid)
+            others = await self._written_by_others(org, m, actor, client_id)
         await self._ensure_baseline(rec)
         # -- from here to the store append nothing yields: what is checked here still
         # holds when the change is made (two inserts of one record: one finds the
@@ -600,8 +610,12 @@ class RecordFeed:
         if m.base_sid is not None:
             # Frames queued meanwhile (another mutation, a coalesced edit) are not in
             # what was read, and are newer than all of it.
-            others += [d for d in rec.uncommitted if not any(_same_frame(f, d) for f in others)]
-        others = [f for f in others if (f.who, f.ctx.get("client_id")) != (actor, client_id)]
+            others += [
+                d
+                for d in rec.uncommitted
+                if (d.who, d.ctx.get("client_id")) != (actor, client_id)
+                and not _already_read(d, others)
+            ]
         # A pending change of the doc is framed before the mutation, in a batch of its
         # own: the idempotency key remembers the mutation's own sid, not this one's.
         pending = self._draft(rec) if rec.pending else None
@@ -640,6 +654,22 @@ class RecordFeed:
         manager = self.manager
         begun.on_finish(lambda: manager.after_update(room))
         return begun
+
+    async def _written_by_others(
+        self, org: str, m: Mutation, actor: str, client_id: str | None
+    ) -> list[_Wrote]:
+        """What other writers did to ``m``'s fields since its ``base_sid``, oldest first,
+        from the store's frame index (no frame is decoded)."""
+        assert m.base_sid is not None
+        rows = await self.store.record_writers(
+            org, m.t, m.id, m.base_sid, list(m.p), exclude=(actor, client_id)
+        )
+        wrote = [
+            _Wrote("d", {}, who, sid) if field is None else _Wrote("u", {field: None}, who, sid)
+            for field, who, sid in rows
+        ]
+        wrote.sort(key=lambda w: w.sid)
+        return wrote
 
     async def _delete(
         self, org: str, m: Mutation, actor: str, ctx: dict[str, Any]
@@ -769,15 +799,14 @@ def _own_error(m: Mutation, exc: Exception) -> Exception:
     return MutationError(500, "internal_error", "the server failed to apply this mutation")
 
 
-def _same_frame(frame: Any, draft: FrameDraft) -> bool:
-    """``frame`` (read from the store) is ``draft`` committed."""
-    return (frame.op, frame.who, frame.at, frame.p, frame.ctx) == (
-        draft.op,
-        draft.who,
-        draft.at,
-        draft.p,
-        draft.ctx,
-    )
+def _already_read(draft: FrameDraft, wrote: list[Any]) -> bool:
+    """``draft`` committed while the store was read: every field it touched is already
+    in ``wrote`` (what :meth:`RecordFeed._written_by_others` returned) by its writer."""
+    mine = [w for w in wrote if isinstance(w, _Wrote) and w.who == draft.who]
+    if draft.op == "d":
+        return any(w.op == "d" for w in mine)
+    touched = {name for w in mine for name in w.p}
+    return bool(draft.p) and draft.p.keys() <= touched
 
 
 def _with_ctx(draft: FrameDraft, ctx: dict[str, Any]) -> FrameDraft:

@@ -24,7 +24,9 @@ from typing import Any
 
 import anyio
 
+from rooms.close_codes import CloseCode
 from rooms.feed_hub import FeedHub, FeedSubscriber
+from rooms.limits import LimitExceeded
 from rooms.manager import RoomManager
 from rooms.room import Room, RoomState
 from rooms.wire import AwarenessEntry
@@ -161,6 +163,8 @@ class Presence:
         Raises:
             ValueError: the state is too large.
             rooms.room.RoomLoadError, rooms.manager.ShuttingDown: the room cannot be used.
+            rooms.manager.TooManyRooms: it is not loaded and ``--max-rooms`` are.
+            rooms.limits.LimitExceeded: the room has too many awareness clients.
         """
         name = f"{t}/{record_id}"
         key = (sub.conn.id, sub.org, name)
@@ -187,9 +191,16 @@ class Presence:
         viewer.clock += 1
         viewer.state = text
         sub.watching.add((t, record_id))
-        viewer.room.set_presence(
+        shown = viewer.room.set_presence(
             sub.conn.id, AwarenessEntry(viewer.client_id, viewer.clock, viewer.state)
         )
+        if not shown:  # the room is at --max-awareness-ids-per-room
+            self.leave(sub, t, record_id)
+            raise LimitExceeded(
+                CloseCode.AWARENESS_LIMIT,
+                "too_many_awareness_clients",
+                f"record {name!r} has too many awareness clients to add a viewer",
+            )
         log.info("conn=%s record=%r actor=%s viewing", sub.conn.id, name, actor)
 
     def leave(self, sub: FeedSubscriber, t: str, record_id: str) -> None:

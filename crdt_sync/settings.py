@@ -108,6 +108,51 @@ class Settings:
         minimum=64,
         maximum=1 << 40,
     )
+    # -- bounds on what one client can make the server hold (issue 10, "bounds") ----
+    max_awareness_ids_per_connection: int = _opt(
+        64,
+        "awareness client ids whose state one Yjs connection may carry; past it: close 4460",
+        minimum=1,
+        maximum=100_000,
+    )
+    max_awareness_ids_per_room: int = _opt(
+        10_000,
+        "live awareness client ids per room; a connection adding more is closed with 4460",
+        minimum=1,
+        maximum=1_000_000,
+    )
+    max_awareness_state_bytes: int = _opt(
+        64 * 1024,
+        "largest awareness state (JSON text) of one client id; larger: close 4460",
+        minimum=64,
+        maximum=16 * 1024 * 1024,
+    )
+    max_pending_bytes: int = _opt(
+        1024 * 1024,
+        "bytes of updates a room holds waiting for missing dependencies; past it the "
+        "sender is closed with 4413 (HTTP: 413) and the pending state dropped",
+        minimum=0,
+        maximum=1024 * 1024 * 1024,
+    )
+    max_views_per_connection: int = _opt(
+        100,
+        "records one frame-feed connection may view or watch at once; past it: close 4461",
+        minimum=1,
+        maximum=100_000,
+    )
+    max_rooms: int = _opt(
+        10_000,
+        "rooms loaded at once (idle ones are unloaded first); past it a join is closed "
+        "with 1013 and an HTTP request gets 503",
+        minimum=1,
+        maximum=10_000_000,
+    )
+    max_queued_write_bytes: int = _opt(
+        64 * 1024 * 1024,
+        "bytes of writes queued for the store's writer; past it writers wait for space",
+        minimum=64 * 1024,
+        maximum=16 * 1024 * 1024 * 1024,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

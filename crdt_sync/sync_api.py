@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from persistence.store import StoreError
 from rooms.feed_hub import frame_dict
-from rooms.manager import ShuttingDown
+from rooms.manager import ShuttingDown, TooManyRooms
 from rooms.room import RoomLoadError
 
 from .docnames import InvalidDocName, validate_doc_name
@@ -230,6 +230,8 @@ def _failure(m: Mutation, exc: Exception) -> dict[str, Any]:
         return _failed(m, 503, "store_unavailable", f"not stored: {exc}")
     if isinstance(exc, ShuttingDown):
         return _failed(m, 503, "shutting_down", "the server is shutting down")
+    if isinstance(exc, TooManyRooms):
+        return _failed(m, 503, "too_many_rooms", str(exc))
     raise exc
 
 

@@ -6,6 +6,11 @@ no duplicate across the boundary (see :mod:`rooms.feed_hub`). Without ``since``
 they start at the newest frame. A ``since`` older than the retained log (or ahead
 of it) gets ``since_too_old``: HTTP 410 for SSE; on the WebSocket an error message
 and close 4410, which browsers can read (they cannot read a refused handshake).
+If the log is trimmed past a subscriber while it catches up (it reads slowly from an
+old ``since`` while writes go on), it gets that same ``since_too_old`` body, with the
+bootstrap cursor, as its last message (WebSocket: then close 4410; SSE: as an
+``event: error``, then the stream ends): what a subscriber receives is gap-free and
+strictly increasing, or ends with that reset.
 
 WebSocket messages, text JSON both ways:
 
@@ -14,6 +19,9 @@ WebSocket messages, text JSON both ways:
 * client → server: ``{"type": "ping"}``; ``{"type": "view", "t", "id", "state"?}``
   (appear in the record's awareness and receive its presence); ``{"type": "watch",
   "t", "id"}`` (receive its presence only); ``{"type": "leave", "t", "id"}``.
+  One connection views or watches at most ``--max-views-per-connection`` records at
+  once (each view holds a room loaded); one more gets an ``error`` message
+  ``too_many_views`` and close 4461.
 
 A client silent for ``--ping-timeout`` seconds is closed with 4408 (clients ping
 every 15 s). A subscriber that does not read is closed with 4429 (WebSocket) or its
@@ -27,17 +35,19 @@ from typing import Any
 
 import anyio
 
-from persistence.store import StoreError
+from persistence.store import Store, StoreError
 from rooms.close_codes import CloseCode
 from rooms.connection import Connection
 from rooms.feed_hub import (
+    FeedHub,
     FeedSubscriber,
     encode_json_array,
     encode_json_event,
     encode_sse,
     encode_sse_event,
 )
-from rooms.manager import ShuttingDown
+from rooms.limits import LimitExceeded
+from rooms.manager import ShuttingDown, TooManyRooms
 from rooms.room import RoomLoadError
 
 from .asgi import (
@@ -70,6 +80,38 @@ SSE_KEEPALIVE_SECONDS = 15.0
 def error_event(exc: ApiError) -> dict[str, Any]:
     """An :class:`ApiError` as a message on the frame WebSocket."""
     return {"type": "error", "error": exc.error, "detail": exc.detail, **exc.extra}
+
+
+async def catch_up(
+    store: Store, hub: FeedHub, sub: FeedSubscriber, page_size: int = CATCHUP_PAGE
+) -> None:
+    """Send what ``sub`` missed from the store, then switch it to live frames.
+
+    Every page is checked against the log's bounds read in the same transaction: if
+    frames after ``sub.last_sid`` were trimmed meanwhile (a slow reader of an old
+    ``since`` while writes go on), the subscriber is sent an explicit reset (the
+    ``since_too_old`` body that ``delta`` answers with 410) and closed with 4410,
+    never a page that silently skips them.
+
+    Raises:
+        ApiError: ``since_too_old``, after the reset was queued on ``sub``.
+    """
+    hub.subscribe(sub)
+    while not sub.conn.closing:
+        page = await store.read_frames(sub.org, sub.last_sid, limit=page_size, t=sub.t)
+        if not page.oldest <= sub.last_sid <= page.newest:
+            exc = too_old(sub.last_sid, page.oldest, page.newest, sub.t)
+            hub.unsubscribe(sub)
+            sub.reset(error_event(exc), CloseCode.SINCE_TOO_OLD, exc.error)
+            raise exc
+        if page.frames:
+            sub.send(page.frames)
+        if len(page.frames) < page_size:
+            sub.caught_up_to(page.newest)
+            if sub.go_live():
+                return
+        # Let the client read before the next page: never queue a whole log.
+        await sub.conn.wait_idle()
 
 
 class SseTransport:
@@ -127,20 +169,7 @@ class FrameStreams:
         return since
 
     async def _catch_up(self, sub: FeedSubscriber) -> None:
-        """Send what ``sub`` missed from the store, then switch it to live frames."""
-        store = self.runtime.store
-        hub = self.runtime.hub
-        hub.subscribe(sub)
-        while not sub.conn.closing:
-            page = await store.read_frames(ORG, sub.last_sid, limit=CATCHUP_PAGE, t=sub.t)
-            if page.frames:
-                sub.send(page.frames)
-            if len(page.frames) < CATCHUP_PAGE:
-                sub.caught_up_to(page.newest)
-                if sub.go_live():
-                    return
-            # Let the client read before the next page: never queue a whole log.
-            await sub.conn.wait_idle()
+        await catch_up(self.runtime.store, self.runtime.hub, sub)
 
     # -- WebSocket -------------------------------------------------------------------
 
@@ -206,6 +235,8 @@ class FrameStreams:
     async def _catch_up_or_close(self, sub: FeedSubscriber) -> None:
         try:
             await self._catch_up(sub)
+        except ApiError as exc:  # the log was trimmed past it: reset sent, closing
+            log.info("conn=%s frame catch-up reset: %s", sub.conn.id, exc.detail)
         except StoreError as exc:
             log.error("conn=%s frame catch-up failed: %s", sub.conn.id, exc)
             sub.conn.close(CloseCode.STORE_UNAVAILABLE, "frame log unavailable")
@@ -245,6 +276,17 @@ class FrameStreams:
                 message = encode_json_event(error_event(exc))
                 conn.close_after(message, CloseCode.BAD_REQUEST, exc.error)
                 return
+            except LimitExceeded as exc:
+                log.warning(
+                    "conn=%s peer=%s frame feed closing %d: %s",
+                    conn.id,
+                    conn.peer,
+                    exc.code,
+                    exc.detail,
+                )
+                error = {"type": "error", "error": exc.error, "detail": exc.detail}
+                conn.close_after(encode_json_event(error), exc.code, exc.error)
+                return
 
     def _refuse(self, conn: Connection, code: int, reason: str) -> None:
         log.warning("conn=%s peer=%s frame feed closing %d: %s", conn.id, conn.peer, code, reason)
@@ -275,6 +317,14 @@ class FrameStreams:
         if kind == "leave":
             presence.leave(sub, t, record_id)
             return
+        limit = self.runtime.settings.max_views_per_connection
+        if (t, record_id) not in sub.watching and len(sub.watching) >= limit:
+            raise LimitExceeded(
+                CloseCode.VIEW_LIMIT,
+                "too_many_views",
+                f"one connection may view or watch {limit} records "
+                "(--max-views-per-connection); leave one first",
+            )
         if kind == "watch":
             sub.conn.enqueue(encode_json_event(presence.watch(sub, t, record_id)))
             return
@@ -285,7 +335,7 @@ class FrameStreams:
             await presence.view(sub, t, record_id, actor=sub.conn.actor, state=state)
         except ValueError as exc:
             raise ApiError(400, "invalid_message", f"view: {exc}") from None
-        except (RoomLoadError, ShuttingDown, StoreError) as exc:
+        except (RoomLoadError, ShuttingDown, StoreError, TooManyRooms, LimitExceeded) as exc:
             # Not the client's fault: say so, keep the feed open.
             error = {"type": "error", "error": "view_failed", "detail": str(exc)}
             sub.conn.enqueue(encode_json_event({**error, "t": t, "id": record_id}))

@@ -18,7 +18,8 @@ import anyio
 from persistence.store import StoreError
 from rooms.close_codes import CloseCode
 from rooms.connection import Connection
-from rooms.manager import RoomManager, ShuttingDown
+from rooms.limits import LimitExceeded
+from rooms.manager import RoomManager, ShuttingDown, TooManyRooms
 from rooms.room import InvalidUpdate, Room, RoomLoadError
 from rooms.stats import TRAFFIC
 
@@ -73,8 +74,11 @@ class YjsEndpoint:
         org = "default"
         try:
             room = await manager.join(org, name, conn)
-        except (RoomLoadError, ShuttingDown) as exc:
-            if isinstance(exc, RoomLoadError):
+        except (RoomLoadError, ShuttingDown, TooManyRooms) as exc:
+            if isinstance(exc, TooManyRooms):
+                log.warning("conn=%s room=%r refused: %s", conn.id, name, exc)
+                conn.close(CloseCode.TRY_AGAIN_LATER, "too many rooms loaded, try again later")
+            elif isinstance(exc, RoomLoadError):
                 log.error("conn=%s room=%r cannot be served: %s", conn.id, name, exc)
                 conn.close(CloseCode.LOAD_FAILED, "document failed to load")
             else:
@@ -155,6 +159,8 @@ class YjsEndpoint:
                 self._refuse(conn, CloseCode.PROTOCOL_ERROR, f"malformed message: {exc}")
             except InvalidUpdate as exc:
                 self._refuse(conn, CloseCode.INVALID_PAYLOAD, f"update rejected: {exc}")
+            except LimitExceeded as exc:
+                self._refuse(conn, exc.code, exc.detail)
             except StoreError as exc:
                 self._refuse(conn, CloseCode.STORE_UNAVAILABLE, f"update not stored: {exc}")
             except Exception:

@@ -50,6 +50,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -113,6 +114,18 @@ class _Op:
     error: BaseException | None = None
     batch: frame_sql.PreparedBatch | None = None  # frames logged in the same transaction
     committed: list[Frame] | None = None  # those frames, with their sids, once written
+    size: int = 0  # bytes counted against max_queued_bytes while it is queued
+
+
+#: What an op costs in the writer queue besides its data (the op, its future, rows).
+OP_OVERHEAD = 256
+
+
+def _batch_size(batch: frame_sql.PreparedBatch | None) -> int:
+    if batch is None:
+        return 0
+    size = sum(len(f.p) + len(f.ctx) + len(f.record or "") for f in batch.frames)
+    return size + (len(batch.mutation[1]) if batch.mutation is not None else 0)
 
 
 class SQLiteStore:
@@ -127,6 +140,10 @@ class SQLiteStore:
         commit_interval_ms: How long the writer waits for more ops after the first
             one of a batch before committing (0 = commit what is queued at once).
         max_batch: Most ops in one transaction.
+        max_queued_bytes: Bytes of writes handed to the writer thread and not yet
+            committed. Past it a writer waits for room (appends, every awaited write),
+            in call order, so the queue cannot grow without bound when writes come
+            faster than the disk takes them; one op alone is always let through.
     """
 
     def __init__(
@@ -135,7 +152,10 @@ class SQLiteStore:
         *,
         commit_interval_ms: float = 5.0,
         max_batch: int = 5000,
+        max_queued_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        if max_queued_bytes < 1:
+            raise ValueError(f"max_queued_bytes must be >= 1, got {max_queued_bytes}")
         if commit_interval_ms < 0:
             raise ValueError(f"commit_interval_ms must be >= 0, got {commit_interval_ms}")
         if max_batch < 1:
@@ -144,6 +164,11 @@ class SQLiteStore:
         self._interval = commit_interval_ms / 1000.0
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        # Event-loop side of the bound on the writer queue: bytes of the ops handed to
+        # the writer and not settled yet, and the ops waiting (in call order) for room.
+        self._max_queued_bytes = max_queued_bytes
+        self._queued_bytes = 0
+        self._backlog: deque[tuple[_Op, asyncio.Future[None] | None]] = deque()
         self._state = "new"  # -> "starting" -> "open" -> "closed"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: threading.Thread | None = None
@@ -204,8 +229,13 @@ class SQLiteStore:
 
     @property
     def queued(self) -> int:
-        """Ops waiting for the writer (approximate)."""
-        return self._queue.qsize()
+        """Ops waiting for the writer (approximate), those waiting for room included."""
+        return self._queue.qsize() + len(self._backlog)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of writes handed to the writer and not yet settled."""
+        return self._queued_bytes
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -279,7 +309,7 @@ class SQLiteStore:
         self._state = "closed"
         assert self._loop is not None and self._writer is not None
         done: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put(_Op(_Kind.STOP, (), done))
+        self._admit(_Op(_Kind.STOP, (), done), wait=False)  # after every admitted write
         error: StoreWriteError | None = None
         with anyio.CancelScope(shield=True):
             if self._writer.is_alive():
@@ -307,10 +337,11 @@ class SQLiteStore:
         at: int,
         frames: FrameBatch | None = None,
     ) -> Appended:
-        """Queue ``update`` for the next group commit and return its id at once.
+        """Queue ``update`` for the next group commit and return its id.
 
-        Nothing here yields to the event loop: calls made one after the other are
-        committed in that order.
+        Nothing here yields to the event loop unless the writer queue is full
+        (``max_queued_bytes``): then it waits for room. Either way calls made one after
+        the other are committed in that order.
 
         Args:
             org: The tenant.
@@ -338,12 +369,17 @@ class SQLiteStore:
         batch = self._prepare(org, name, frames) if frames is not None else None
         assert self._loop is not None
         future: asyncio.Future[list[int]] = self._loop.create_future()
+        size = len(data) + _batch_size(batch)
         with self._id_lock:
             self._last_update_id += 1
             update_id = self._last_update_id
             # Inside the lock so that queue order is id order.
             op = _Op(_Kind.APPEND, (update_id, org, name, data, actor, at), future, batch=batch)
-            self._queue.put(op)
+            admitted = self._admit(op, size)
+        if admitted is not None:
+            # The queue is full: wait for room (the op keeps its place and still runs
+            # if this wait is cancelled).
+            await asyncio.shield(admitted)
         return Appended(update_id=update_id, durable=future)
 
     def log_frames(
@@ -353,7 +389,9 @@ class SQLiteStore:
 
         Synchronous, so that a caller can draft frames and queue them without the
         event loop running anything in between: frames queued one after the other
-        get increasing sids in that order.
+        get increasing sids in that order. It does not wait when the writer queue is
+        full; it takes its place behind the writes that wait (its callers frame
+        changes that came through those writes, which did wait).
 
         Args:
             org: The tenant.
@@ -377,7 +415,9 @@ class SQLiteStore:
         prepared = self._prepare(org, delete, batch)
         assert self._loop is not None
         future: asyncio.Future[list[int]] = self._loop.create_future()
-        self._queue.put(_Op(_Kind.FRAMES, (org, delete), future, batch=prepared))
+        op = _Op(_Kind.FRAMES, (org, delete), future, batch=prepared)
+        # Never waits (it cannot: synchronous); behind every write waiting for room.
+        self._admit(op, _batch_size(prepared), wait=False)
         return future
 
     def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> frame_sql.PreparedBatch:
@@ -440,7 +480,8 @@ class SQLiteStore:
                 f"upto_update_id {upto_update_id} is not an update id of this store "
                 f"(0..{self._last_update_id})"
             )
-        await self._submit(_Kind.COMPACT, (org, name, data, upto_update_id, values.now_ms()))
+        args = (org, name, data, upto_update_id, values.now_ms())
+        await self._submit(_Kind.COMPACT, args, len(data))
 
     async def delete(self, org: str, name: str) -> bool:
         """Delete a doc with its snapshot and update log, in one transaction.
@@ -495,7 +536,7 @@ class SQLiteStore:
         values.check_opt_text(who, "who")
         values.check_int(at, "at")
         args = (org, t, id, op, values.dumps(p, "p"), who, at, values.dumps(ctx, "ctx"))
-        return int(await self._submit(_Kind.FRAME, args))
+        return int(await self._submit(_Kind.FRAME, args, len(args[4]) + len(args[7])))
 
     async def trim_frames(self, org: str, keep: int) -> int:
         """Delete all but the newest ``keep`` frames of ``org``.
@@ -610,6 +651,11 @@ class SQLiteStore:
         values.check_key(org, name)
         return await self._read(reads.load_doc, org, name)
 
+    async def has_doc(self, org: str, name: str) -> bool:
+        """Whether the doc is stored (one primary-key lookup: nothing is loaded)."""
+        values.check_key(org, name)
+        return await self._read(reads.has_doc, org, name)
+
     async def list_docs(
         self, org: str, *, prefix: str = "", limit: int = 100, cursor: str | None = None
     ) -> tuple[list[DocInfo], str | None]:
@@ -691,6 +737,39 @@ class SQLiteStore:
         values.check_int(since, "since")
         return await self._read(reads.record_frames, org, t, id, since, limit)
 
+    async def record_writers(
+        self,
+        org: str,
+        t: str,
+        id: str,
+        since: int,
+        fields: list[str],
+        *,
+        exclude: tuple[str | None, str | None],
+    ) -> list[tuple[str | None, str | None, int]]:
+        """Who else wrote ``fields`` of record ``(t, id)`` after sid ``since``.
+
+        Answered from the record's frame index without decoding frames (``base_sid``
+        conflict checks; :meth:`record_frames` would decode every frame since).
+
+        Args:
+            fields: The field names of interest.
+            exclude: ``(who, client_id)`` of the asking writer: its own frames.
+
+        Returns:
+            ``(field, who, sid)``: per field of ``fields`` set by another writer, its
+            newest such frame; ``(None, who, sid)``: the newest delete of the record by
+            another writer (it touched every field). Unordered.
+        """
+        values.check_record(org, t, id)
+        values.check_int(since, "since")
+        for name in fields:
+            values.check_text(name, "field")
+        who, client_id = exclude
+        values.check_opt_text(who, "who")
+        values.check_opt_text(client_id, "client_id")
+        return await self._read(reads.record_writers, org, t, id, since, fields, exclude)
+
     async def get_record(self, org: str, t: str, id: str) -> RecordRow | None:
         """The stored projection of record ``(t, id)``, or ``None`` if it does not exist."""
         values.check_record(org, t, id)
@@ -760,13 +839,47 @@ class SQLiteStore:
             raise StoreError(f"SQLiteStore({self._path!r}) is not started; call start() first")
         raise StoreClosedError(f"SQLiteStore({self._path!r}) is closed")
 
-    async def _submit(self, kind: _Kind, args: tuple[Any, ...]) -> Any:
+    async def _submit(self, kind: _Kind, args: tuple[Any, ...], size: int = 0) -> Any:
         self._check_open()
         assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put(_Op(kind, args, future))
+        self._admit(_Op(kind, args, future), size, wait=False)
         # If the caller is cancelled the op still runs; only the wait is abandoned.
         return await future
+
+    def _admit(self, op: _Op, size: int = 0, *, wait: bool = True) -> asyncio.Future[None] | None:
+        """Hand ``op`` to the writer, or put it in line behind the ops waiting for room.
+
+        Returns:
+            ``None`` if handed over now; else (``wait``) a future completed when it is.
+        """
+        op.size = size + OP_OVERHEAD
+        if not self._backlog and (
+            self._queued_bytes == 0 or self._queued_bytes + op.size <= self._max_queued_bytes
+        ):
+            self._queued_bytes += op.size
+            self._queue.put(op)
+            return None
+        assert self._loop is not None
+        admitted = self._loop.create_future() if wait else None
+        self._backlog.append((op, admitted))
+        return admitted
+
+    def _release(self, ops: Sequence[_Op]) -> None:
+        """``ops`` left the writer: hand over the waiting ops that fit now, in order."""
+        for op in ops:
+            self._queued_bytes -= op.size
+            op.size = 0
+        backlog = self._backlog
+        while backlog:
+            op, admitted = backlog[0]
+            if self._queued_bytes and self._queued_bytes + op.size > self._max_queued_bytes:
+                break
+            backlog.popleft()
+            self._queued_bytes += op.size
+            self._queue.put(op)
+            if admitted is not None and not admitted.done():
+                admitted.set_result(None)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         self._check_open()
@@ -774,6 +887,7 @@ class SQLiteStore:
 
     def _settle(self, ops: Sequence[_Op]) -> None:
         """Runs on the event loop: announce committed frames, complete the futures of ``ops``."""
+        self._release(ops)
         committed = [frame for op in ops if op.committed for frame in op.committed]
         if committed:
             for listener in self._frame_listeners:

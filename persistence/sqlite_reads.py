@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import sqlite3
 from typing import Any
@@ -52,6 +53,11 @@ def load_doc(conn: sqlite3.Connection, org: str, name: str) -> StoredDoc | None:
         updates.append(data)
     last = max(upto, rows[-1][0]) if rows else upto
     return StoredDoc(snapshot=snapshot, updates=updates, last_update_id=last)
+
+
+def has_doc(conn: sqlite3.Connection, org: str, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM documents WHERE org = ? AND name = ?", (org, name))
+    return row.fetchone() is not None
 
 
 def list_docs(
@@ -143,6 +149,39 @@ def record_frames(
         (org, t, id, since, limit),
     ).fetchall()
     return _frames(rows)
+
+
+def record_writers(
+    conn: sqlite3.Connection,
+    org: str,
+    t: str,
+    id: str,
+    since: int,
+    fields: list[str],
+    exclude: tuple[str | None, str | None],
+) -> list[tuple[str | None, str | None, int]]:
+    # Answered from the (org, t, id, sid) index and SQLite's JSON functions: no frame
+    # is decoded in Python. Per field, the newest frame after ``since`` of another
+    # writer that set it; ``None`` as the field: the newest such delete.
+    conn.execute("BEGIN")
+    try:
+        who, client_id = exclude
+        other = "NOT (f.who IS ? AND json_extract(f.ctx, '$.client_id') IS ?)"
+        where = f"f.org = ? AND f.t = ? AND f.id = ? AND f.sid > ? AND {other}"
+        params = (org, t, id, since, who, client_id)
+        rows = conn.execute(
+            f"SELECT j.key, f.who, max(f.sid) FROM frames f, json_each(f.p) j WHERE {where}"
+            " AND f.op != 'd' AND j.key IN (SELECT value FROM json_each(?)) GROUP BY j.key",
+            (*params, json.dumps(fields)),
+        ).fetchall()
+        deleted = conn.execute(
+            f"SELECT NULL, f.who, max(f.sid) FROM frames f WHERE {where} AND f.op = 'd'", params
+        ).fetchone()
+    finally:
+        conn.execute("COMMIT")
+    if deleted is not None and deleted[2] is not None:
+        rows.append(deleted)
+    return [(key, who_, int(sid)) for key, who_, sid in rows]
 
 
 def _record(row: Any) -> RecordRow:

@@ -171,6 +171,10 @@ class Store(Protocol):
         """
         ...
 
+    async def has_doc(self, org: str, name: str) -> bool:
+        """Whether the doc is stored, without reading its state."""
+        ...
+
     async def append(
         self,
         org: str,
@@ -263,6 +267,21 @@ class Store(Protocol):
 
     async def record_frames(self, org: str, t: str, id: str, since: int) -> list[Frame]:
         """Frames of one record with sid > ``since``, oldest first."""
+        ...
+
+    async def record_writers(
+        self,
+        org: str,
+        t: str,
+        id: str,
+        since: int,
+        fields: list[str],
+        *,
+        exclude: tuple[str | None, str | None],
+    ) -> list[tuple[str | None, str | None, int]]:
+        """Per field of ``fields``, the newest frame after ``since`` of a writer other
+        than ``exclude`` (``(who, client_id)``) that set it, as ``(field, who, sid)``;
+        and ``(None, who, sid)`` for its newest delete. From an index, not by decoding."""
         ...
 
     async def get_record(self, org: str, t: str, id: str) -> RecordRow | None:

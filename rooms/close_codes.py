@@ -24,3 +24,7 @@ class CloseCode(IntEnum):
     SLOW_CLIENT = 4429  # outbound queue full: the client stopped reading
     LOAD_FAILED = 4500  # the stored document could not be loaded
     STORE_UNAVAILABLE = 4503  # updates cannot be persisted (disk full, read-only)
+    TRY_AGAIN_LATER = 1013  # RFC 6455: --max-rooms rooms are loaded and none is idle
+    PENDING_TOO_LARGE = 4413  # the room holds > --max-pending-bytes of updates missing deps
+    AWARENESS_LIMIT = 4460  # > --max-awareness-ids-per-connection/-per-room awareness ids
+    VIEW_LIMIT = 4461  # frame feed: > --max-views-per-connection records viewed or watched

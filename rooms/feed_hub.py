@@ -10,6 +10,9 @@ reads the frames it missed from the store, and buffers what is published
 meanwhile; :meth:`FeedSubscriber.go_live` then sends the buffered frames past the
 last one it read. Because the hub sees frames only after they are committed, every
 frame is either in that read or in the buffer, and the sid filter drops the overlap.
+Frames trimmed from the log before the subscriber read them are never skipped
+silently: the reader sends :meth:`FeedSubscriber.reset` instead (see
+``crdt_sync.sync_stream.catch_up``).
 """
 
 from __future__ import annotations
@@ -135,6 +138,16 @@ class FeedSubscriber:
             return
         self.conn.enqueue(message if message is not None else self.encode(frames))
         self.last_sid = frames[-1].sid
+
+    def reset(self, event: dict[str, Any], code: int, reason: str) -> None:
+        """Frames after :attr:`last_sid` are gone: tell the client (``event``, the body
+        a ``delta`` 410 carries, with its bootstrap cursor), then close with ``code``.
+
+        Nothing is sent after it: what the client received is gap-free, then the reset.
+        """
+        self._buffer = []
+        self.overflowed = False
+        self.conn.close_after(self.encode_event(event), code, reason)
 
     def caught_up_to(self, sid: int) -> None:
         """Everything up to ``sid`` was read (frames of other types included)."""

@@ -24,7 +24,7 @@ from .close_codes import CloseCode
 from .connection import Connection
 from .listener import RoomListener
 from .memory import release_freed_memory, trim_available
-from .room import Room, RoomLoadError, RoomState
+from .room import Room, RoomError, RoomLoadError, RoomState
 from .supervisor import Supervisor
 from .wire import encode_sync_step1
 
@@ -41,10 +41,20 @@ class RoomSettings:
     ping_interval: float = 10.0
     ping_timeout: float = 30.0
     awareness_timeout: float = 30.0
+    max_awareness_per_connection: int = 64
+    max_awareness_per_room: int = 10_000
+    max_awareness_state_bytes: int = 64 * 1024
+    max_pending_bytes: int = 1024 * 1024
+    max_rooms: int = 10_000
 
 
 class ShuttingDown(Exception):
     """The manager is closing: no new connection may join."""
+
+
+class TooManyRooms(RoomError):
+    """``--max-rooms`` rooms are loaded and none of them is idle (WebSocket: close 1013;
+    HTTP: 503)."""
 
 
 class RoomManager:
@@ -108,6 +118,7 @@ class RoomManager:
         Raises:
             RoomLoadError: the stored state could not be loaded.
             ShuttingDown: the room is not loaded and the manager is closing.
+            TooManyRooms: it is not loaded, ``max_rooms`` are, and none is idle.
         """
         key = (org, name)
         while True:
@@ -121,12 +132,19 @@ class RoomManager:
             if room is None:
                 if self.closing:  # no new room once unload_all has begun
                     raise ShuttingDown("server shutting down")
+                if len(self.rooms) >= self.settings.max_rooms:
+                    await self._make_room_for(key)
+                    continue  # it may have been loaded meanwhile
                 room = Room(
                     org,
                     name,
                     self.store,
                     compact_updates=self.settings.compact_updates,
                     awareness_timeout=self.settings.awareness_timeout,
+                    max_awareness_per_connection=self.settings.max_awareness_per_connection,
+                    max_awareness_per_room=self.settings.max_awareness_per_room,
+                    max_awareness_state_bytes=self.settings.max_awareness_state_bytes,
+                    max_pending_bytes=self.settings.max_pending_bytes,
                     on_store_failure=self._store_failed,
                     listener=self.listener,
                 )
@@ -156,6 +174,40 @@ class RoomManager:
             if room.load_error is not None:
                 raise RoomLoadError(str(room.load_error)) from room.load_error
             # CLOSED while we waited: look again.
+
+    async def _make_room_for(self, key: tuple[str, str]) -> None:
+        """Unload idle rooms (nobody connected or holding them, waiting for their idle
+        unload), oldest activity first, until one more room fits.
+
+        Raises:
+            TooManyRooms: none is idle.
+        """
+        while len(self.rooms) >= self.settings.max_rooms and key not in self.rooms:
+            idle = [
+                room
+                for room in self.rooms.values()
+                if room.state is RoomState.LOADED and not room.connections and not room.holds
+            ]
+            if not idle:
+                log.warning(
+                    "room=%r refused: %d rooms loaded (--max-rooms), none idle",
+                    key[1],
+                    len(self.rooms),
+                )
+                raise TooManyRooms(
+                    f"{len(self.rooms)} rooms are loaded (--max-rooms) and none is idle"
+                )
+            oldest = min(idle, key=lambda room: room.last_activity)
+            self._cancel_unload((oldest.org, oldest.name))
+            if await self.unload(oldest):
+                continue
+            idle_still = not oldest.connections and not oldest.holds
+            if oldest.state is RoomState.LOADED and idle_still:
+                # Its state could not be stored: it stays (its unload is rescheduled).
+                raise TooManyRooms(
+                    f"{len(self.rooms)} rooms are loaded (--max-rooms); an idle one "
+                    "cannot be unloaded: the store fails"
+                )
 
     async def join(self, org: str, name: str, conn: Connection) -> Room:
         """Load the room if needed and add ``conn`` to it.

@@ -25,8 +25,11 @@ from pycrdt import Doc, merge_updates
 from persistence.store import Appended, FrameBatch, Store, StoreError
 
 from .awareness import RoomAwareness
+from .close_codes import CloseCode
 from .connection import Connection
+from .limits import LimitExceeded
 from .listener import RoomListener
+from .pending import missing_part
 from .wire import (
     AwarenessEntry,
     encode_awareness_update,
@@ -95,6 +98,10 @@ class Room:
         *,
         compact_updates: int = 500,
         awareness_timeout: float = 30.0,
+        max_awareness_per_connection: int = 64,
+        max_awareness_per_room: int = 10_000,
+        max_awareness_state_bytes: int = 64 * 1024,
+        max_pending_bytes: int = 1024 * 1024,
         on_store_failure: Callable[[Room, BaseException], None] | None = None,
         listener: RoomListener | None = None,
     ) -> None:
@@ -102,7 +109,17 @@ class Room:
         self.name = name
         self.store = store
         self.doc = Doc()
-        self.awareness = RoomAwareness(awareness_timeout)
+        self.awareness = RoomAwareness(
+            awareness_timeout,
+            max_per_owner=max_awareness_per_connection,
+            max_per_room=max_awareness_per_room,
+            max_state_bytes=max_awareness_state_bytes,
+        )
+        self.max_pending_bytes = max_pending_bytes
+        #: Updates (what of them the doc lacks) waiting for missing dependencies,
+        #: with the connection id they came through (0: not a connection).
+        self._pending: list[tuple[int, bytes]] = []
+        self.pending_bytes = 0
         self.connections: dict[int, Connection] = {}
         self.state = RoomState.NEW
         self.load_error: BaseException | None = None
@@ -227,12 +244,21 @@ class Room:
         self.last_activity = time.monotonic()
         self.drop_presence(conn.id)
 
-    def set_presence(self, owner: int, entry: AwarenessEntry) -> None:
-        """Publish an awareness state that no connection sent (a frame-feed viewer)."""
-        accepted = self.awareness.apply(owner, (entry,))
+    def set_presence(self, owner: int, entry: AwarenessEntry) -> bool:
+        """Publish an awareness state that no connection sent (a frame-feed viewer).
+
+        Returns:
+            ``False`` if the room is at ``--max-awareness-ids-per-room``: not published.
+        """
+        try:
+            accepted = self.awareness.apply(owner, (entry,))
+        except LimitExceeded as exc:
+            log.warning("room=%r viewer %s not shown: %s", self.name, owner, exc.detail)
+            return False
         if accepted:
             self.broadcast(encode_awareness_update(accepted))
             self._awareness_changed()
+        return True
 
     def drop_presence(self, owner: int) -> None:
         """Broadcast the removal of every awareness state ``owner`` carried."""
@@ -282,24 +308,37 @@ class Room:
 
         Args:
             frame: The received message if it was a sync update (type 0/2), else ``None``.
+
+        Raises:
+            InvalidUpdate: pycrdt rejected it.
+            LimitExceeded: it left the room holding more than ``max_pending_bytes`` of
+                updates waiting for missing dependencies, the most of them from this
+                connection: the pending state was dropped; close it (4413).
         """
         if update == EMPTY_UPDATE:
             return
         if self._listener is not None:
             self._listener.room_changing(self, conn.actor)
-        changes = self._apply(update, Origin.CLIENT)
+        changes = self._apply(update, Origin.CLIENT, conn.id)
         for change in changes:
             message = frame if frame is not None and change == update else None
             self.broadcast(message or encode_sync_update(change), conn, conn.last_received)
             await self._log(change, conn.actor)
         if changes and self._listener is not None:
             self._listener.room_changed(self, conn.actor, Origin.CLIENT)
+        self._bound_pending(conn.id)
 
     async def apply_update(self, update: bytes, *, actor: str, origin: Origin) -> Appended | None:
         """Apply an update that did not come through a connection (HTTP); broadcast to all.
 
         Returns:
             The log entry of the change, or ``None`` if the update changed nothing.
+
+        Raises:
+            InvalidUpdate: pycrdt rejected it.
+            LimitExceeded: what of it waits for missing dependencies put the room past
+                ``max_pending_bytes`` (the pending state was dropped; what could be
+                applied was, and is logged).
         """
         self._expect(RoomState.LOADED)
         if update == EMPTY_UPDATE:
@@ -307,12 +346,13 @@ class Room:
         appended = None
         if self._listener is not None:
             self._listener.room_changing(self, actor)
-        changes = self._apply(update, origin)
+        changes = self._apply(update, origin, 0)
         for change in changes:
             self.broadcast(encode_sync_update(change))
             appended = await self._log(change, actor)
         if changes and self._listener is not None:
             self._listener.room_changed(self, actor, origin)
+        self._bound_pending(0)
         return appended
 
     async def change(
@@ -366,6 +406,10 @@ class Room:
 
         The sender gets its own update back: y-websocket clients treat any incoming
         message as a keep-alive and reconnect after 30 s of silence.
+
+        Raises:
+            LimitExceeded: too many awareness client ids (close the sender, 4460);
+                nothing of the message was recorded or relayed.
         """
         accepted = self.awareness.apply(conn.id, entries)
         self.broadcast(frame, None, conn.last_received)
@@ -384,8 +428,9 @@ class Room:
     def _collect(self, event: Any) -> None:
         self._integrated.append(event.update)
 
-    def _apply(self, update: bytes, origin: Origin) -> list[bytes]:
-        """Apply ``update``; return the updates the doc integrated (usually one)."""
+    def _apply(self, update: bytes, origin: Origin, owner: int) -> list[bytes]:
+        """Apply ``update`` (from connection ``owner``, 0 if none); return the updates
+        the doc integrated (usually one), and note what of it is left pending."""
         self._integrated = []
         try:
             with self.doc.transaction(origin=origin):
@@ -400,7 +445,79 @@ class Room:
             raise InvalidUpdate(f"update crashed the decoder: {exc}") from None
         self.last_activity = time.monotonic()
         integrated, self._integrated = self._integrated, []
+        if not (len(integrated) == 1 and integrated[0] == update):
+            # Not integrated whole, as it came (which is the usual case): some of it
+            # may be pending.
+            self._note_pending(owner, update, resolved=bool(integrated))
+        elif self._pending:
+            self._note_pending(owner, None, resolved=True)
         return integrated
+
+    def _note_pending(self, owner: int, update: bytes | None, *, resolved: bool) -> None:
+        """Track the bytes the doc holds for updates with missing dependencies.
+
+        Args:
+            update: What was just applied (``None``: it was integrated whole).
+            resolved: The doc integrated something: re-check what was pending.
+        """
+        state: bytes | None = None
+        if resolved and self._pending:
+            state = self.doc.get_state()
+            still = []
+            for who, missing in self._pending:
+                left = missing_part(missing, state)
+                if left is not None:
+                    still.append((who, left))
+            self._pending = still
+        if update is not None:
+            missing = missing_part(update, state or self.doc.get_state())
+            if missing is not None:
+                self._pending.append((owner, missing))
+        self.pending_bytes = sum(len(missing) for _, missing in self._pending)
+
+    def _bound_pending(self, owner: int) -> None:
+        """Past ``max_pending_bytes``: drop all pending state, close the main offender.
+
+        Raises:
+            LimitExceeded: ``owner`` (the sender of what was just applied) is the
+                connection that holds the most of it.
+        """
+        if self.pending_bytes <= self.max_pending_bytes:
+            return
+        shares: dict[int, int] = {}
+        for who, missing in self._pending:
+            shares[who] = shares.get(who, 0) + len(missing)
+        offender = max(shares, key=lambda who: shares[who])
+        held = self.pending_bytes
+        self._drop_pending()
+        detail = (
+            f"updates waiting for missing dependencies exceed {self.max_pending_bytes} "
+            "bytes (--max-pending-bytes); they were dropped"
+        )
+        log.warning(
+            "room=%r holds %d bytes of pending updates (%d from conn %s): dropped",
+            self.name,
+            held,
+            shares[offender],
+            offender,
+        )
+        if offender == owner:
+            raise LimitExceeded(CloseCode.PENDING_TOO_LARGE, "pending_too_large", detail)
+        conn = self.connections.get(offender)
+        if conn is not None:
+            conn.close(CloseCode.PENDING_TOO_LARGE, detail)
+
+    def _drop_pending(self) -> None:
+        """Replace the doc by one holding only its integrated state (yrs has no way to
+        forget pending structs). Nothing integrated changes, so no client is affected."""
+        state = self.doc.get_update()
+        doc = Doc()
+        doc.apply_update(state)
+        self._release()
+        self.doc = doc
+        self._subscription = doc.observe(self._collect)
+        self._pending = []
+        self.pending_bytes = 0
 
     async def _log(self, update: bytes, actor: str, frames: FrameBatch | None = None) -> Appended:
         appended = await self.store.append(

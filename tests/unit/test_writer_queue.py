@@ -1,0 +1,103 @@
+"""The SQLite writer queue is bounded: past ``max_queued_bytes`` writers wait, in call
+order, instead of the queue growing. The writer thread is held inside a real
+``run_in_writer`` call (a slow disk), never mocked."""
+
+from __future__ import annotations
+
+import threading
+
+import anyio
+import pytest
+
+from persistence.sqlite import OP_OVERHEAD, SQLiteStore
+from persistence.store import FrameBatch, FrameDraft
+
+pytestmark = pytest.mark.anyio
+
+ORG = "default"
+TIMEOUT = 10
+
+
+async def until(condition) -> None:
+    with anyio.fail_after(TIMEOUT):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+async def held_writer(store: SQLiteStore, release: threading.Event, tg) -> None:
+    """Occupy the writer thread until ``release`` is set."""
+    entered = anyio.Event()
+    token = anyio.lowlevel.current_token()
+
+    def hold(conn) -> None:
+        anyio.from_thread.run_sync(entered.set, token=token)
+        release.wait(TIMEOUT)
+
+    tg.start_soon(store.run_in_writer, hold)
+    await entered.wait()
+
+
+async def test_appends_wait_for_room_instead_of_growing_the_queue(tmp_path) -> None:
+    bound = 20 * (1000 + OP_OVERHEAD)
+    release = threading.Event()
+    async with SQLiteStore(tmp_path / "db", max_queued_bytes=bound) as store:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                await held_writer(store, release, tg)
+                returned: list[int] = []
+
+                async def writer(i: int) -> None:
+                    appended = await store.append(ORG, "doc", b"x" * 1000, actor="a", at=i)
+                    returned.append(appended.update_id)
+                    await appended.durable
+
+                for i in range(100):
+                    tg.start_soon(writer, i)
+                await until(lambda: store.queued >= 100)  # every writer has its place
+                assert store.queued_bytes <= bound + OP_OVERHEAD
+                assert len(returned) < 25, "writers past the bound must wait"
+                release.set()
+        assert len(returned) == 100 and returned == sorted(returned), "admitted in call order"
+        assert store.queued_bytes == 0 and store.queued == 0
+        stored = await store.load(ORG, "doc")
+        assert stored is not None and len(stored.updates) == 100
+
+
+async def test_frames_logged_behind_waiting_writes_keep_the_call_order(tmp_path) -> None:
+    release = threading.Event()
+    async with SQLiteStore(tmp_path / "db", max_queued_bytes=4000) as store:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                await held_writer(store, release, tg)
+                order: list[str] = []
+
+                async def append(i: int) -> None:
+                    appended = await store.append(ORG, "t/1", b"x" * 3000, actor="a", at=i)
+                    await appended.durable
+                    order.append(f"u{i}")
+
+                async def frames(i: int) -> None:
+                    draft = FrameDraft(
+                        t="t",
+                        id="1",
+                        op="u",
+                        p={"i": i},
+                        who="a",
+                        at=i,
+                        ctx={},
+                        record={"i": i},
+                        update_id=1,
+                    )
+                    await store.log_frames(ORG, FrameBatch((draft,), None))
+                    order.append(f"f{i}")
+
+                queued = store.queued
+                for i in range(3):  # each takes its place in line before the next starts
+                    tg.start_soon(append, i)
+                    queued += 1
+                    await until(lambda n=queued: store.queued == n)
+                    tg.start_soon(frames, i)
+                    queued += 1
+                    await until(lambda n=queued: store.queued == n)
+                release.set()
+        assert order == ["u0", "f0", "u1", "f1", "u2", "f2"]
