@@ -18,9 +18,10 @@ the pattern: a grant only ever applies inside its principal's org.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 Mode = Literal["read", "write", "admin"]
 MODES: tuple[Mode, ...] = get_args(Mode)
@@ -157,3 +158,25 @@ class Principal:
     def seconds_left(self, now: float) -> float | None:
         """Seconds until :attr:`expires_at` (may be negative), ``None`` if it never expires."""
         return None if self.expires_at is None else self.expires_at - now
+
+
+#: Where the front door leaves the principal in an ASGI scope (HTTP and WebSocket).
+SCOPE_KEY = "crdt_sync.principal"
+
+
+def set_principal(scope: dict[str, Any], principal: Principal) -> None:
+    """Hand ``principal`` to the route: the front door's one write to the scope."""
+    scope[SCOPE_KEY] = principal
+
+
+def principal_of(scope: Mapping[str, Any]) -> Principal:
+    """The principal the front door authenticated for this request or connection.
+
+    Raises:
+        RuntimeError: the request did not come through the front door (a bug: no
+            route may go around it).
+    """
+    principal = scope.get(SCOPE_KEY)
+    if not isinstance(principal, Principal):
+        raise RuntimeError("expected an authenticated principal, got none (front door bypassed)")
+    return principal
