@@ -26,24 +26,15 @@ from rooms.feed_hub import (
     frame_dict,
 )
 
+from .live_node import RecordingTransport
+
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 5
 ORG = "default"
 
 
-class MemorySocket:
-    """The transport test double: records what a connection sends and how it closes."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.closed: tuple[int, str] | None = None
-
-    async def send(self, message: bytes) -> None:
-        self.sent.append(message)
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
+MemorySocket = RecordingTransport
 
 
 class StuckSocket(MemorySocket):

@@ -16,19 +16,12 @@ from rooms.limits import LimitExceeded
 from rooms.pending import missing_part
 from rooms.room import Room
 
+from .live_node import RecordingTransport
+
 pytestmark = pytest.mark.anyio
 
 
-class MemorySocket:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.closed: tuple[int, str] | None = None
-
-    async def send(self, message: bytes) -> None:
-        self.sent.append(message)
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
+MemorySocket = RecordingTransport
 
 
 def edits(count: int, size: int) -> list[bytes]:
