@@ -49,6 +49,17 @@ def ws_base(server: Any) -> str:
     return server.url.replace("http://", "ws://", 1)
 
 
+async def write_past_retention(http: httpx.AsyncClient, retention: int) -> dict[str, Any]:
+    """Write until the log is trimmed past sid ``retention``; the 410 body delta gives."""
+    await write_frames(http, retention + retention // 10 + 50, retention, 4000)
+    with anyio.fail_after(30):
+        while True:
+            probe = await http.get("/sync/v1/delta", params={"since": retention})
+            if probe.status_code == 410:
+                return probe.json()
+            await anyio.sleep(0.05)
+
+
 async def write_frames(http: httpx.AsyncClient, count: int, start: int, size: int) -> None:
     """``count`` frames of about ``size`` bytes each (updates of one record)."""
     done = 0
@@ -97,14 +108,7 @@ async def test_ws_catch_up_trimmed_meanwhile_gets_reset_not_a_gap(server_factory
             first = json.loads(await ws.recv())
             assert first[0]["sid"] == 1
             # The reader pauses; the log moves on and is trimmed past all it holds.
-            await write_frames(http, retention + retention // 10 + 50, retention, 4000)
-            with anyio.fail_after(30):
-                while True:
-                    probe = await http.get("/sync/v1/delta", params={"since": retention})
-                    if probe.status_code == 410:
-                        break
-                    await anyio.sleep(0.05)
-            gone = probe.json()
+            gone = await write_past_retention(http, retention)
             sids = [f["sid"] for f in first]
             last: dict[str, Any] | None = None
             code = None
@@ -297,14 +301,7 @@ async def test_sse_catch_up_trimmed_meanwhile_ends_with_reset_event(server_facto
                     if line.startswith("id: "):
                         sids.append(int(line[4:]))
                         break
-            await write_frames(http, retention + retention // 10 + 50, retention, 4000)
-            with anyio.fail_after(30):
-                while True:
-                    probe = await http.get("/sync/v1/delta", params={"since": retention})
-                    if probe.status_code == 410:
-                        break
-                    await anyio.sleep(0.05)
-            gone = probe.json()
+            gone = await write_past_retention(http, retention)
             event = "message"
             with anyio.fail_after(60):
                 async for line in lines:
