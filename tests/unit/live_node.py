@@ -105,9 +105,11 @@ class PausingStore(SQLiteStore):
         await self._maybe_hold("get_mutation", org, client_tx_id)
         return await super().get_mutation(org, client_tx_id)
 
-    async def record_frames(self, org: str, t: str, id: str, since: int) -> list[Any]:
-        await self._maybe_hold("record_frames", org, t, id, since)
-        return await super().record_frames(org, t, id, since)
+    async def record_writers(
+        self, org: str, t: str, id: str, since: int, fields: list[str], **kwargs: Any
+    ) -> list[Any]:
+        await self._maybe_hold("record_writers", org, t, id, since)
+        return await super().record_writers(org, t, id, since, fields, **kwargs)
 
     async def compact(self, org: str, name: str, state: bytes, upto_update_id: int) -> None:
         await self._maybe_hold("compact", org, name)

@@ -64,7 +64,7 @@ async def test_crossed_idempotency_keys_do_not_deadlock(tmp_path: Path) -> None:
 async def test_concurrent_inserts_one_wins(tmp_path: Path) -> None:
     """Two inserts of one (t, id) both wait (for base_sid's frames) after the room loaded."""
     async with live_node(tmp_path) as node:
-        pauses = [node.store.pause("record_frames") for _ in range(2)]
+        pauses = [node.store.pause("record_writers") for _ in range(2)]
         results: list[Any] = []
 
         async def insert(title: str) -> None:
@@ -99,7 +99,7 @@ async def test_delete_racing_a_batch_gives_per_mutation_results(tmp_path: Path) 
             Mutation("task", "b", "i", {"n": 1}),
         )
         assert [ok(r)["status"] for r in made] == [201, 201]
-        paused = node.store.pause("record_frames", lambda org, t, id, since: id == "b")
+        paused = node.store.pause("record_writers", lambda org, t, id, since: id == "b")
         batch = [
             Mutation("task", "a", "u", {"n": 2}),
             Mutation("task", "b", "u", {"n": 2}, base_sid=0),
@@ -131,7 +131,7 @@ async def test_insert_after_a_racing_delete_starts_on_the_deleted_doc(tmp_path: 
     """An insert that waited while its record was deleted is applied after the delete."""
     async with live_node(tmp_path) as node:
         assert ok((await mutate(node, Mutation("task", "r", "i", {"n": 1})))[0])["status"] == 201
-        paused = node.store.pause("record_frames")
+        paused = node.store.pause("record_writers")
         outcomes: list[Any] = []
 
         async def reinsert() -> None:
@@ -159,7 +159,7 @@ async def test_replayed_no_op_mutation_returns_its_own_sid(tmp_path: Path) -> No
         made = ok((await mutate(node, Mutation("task", "n", "i", {"title": "x"})))[0])
         room = node.manager.rooms[(ORG, "task/n")]
         no_op = Mutation("task", "n", "u", {"title": "x"}, client_tx_id="tx-noop", base_sid=0)
-        paused = node.store.pause("record_frames")
+        paused = node.store.pause("record_writers")
         outcomes: list[Any] = []
 
         async def run_no_op() -> None:
