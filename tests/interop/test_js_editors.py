@@ -77,7 +77,7 @@ def test_late_joiner_gets_full_state(server, node) -> None:
 def test_late_joiner_after_room_unloaded(server_factory, node) -> None:
     # --room-idle-seconds 0: the room is stored and dropped as soon as each writer
     # leaves, so the reader (and the second writer) load it back from the store.
-    server = server_factory("--room-idle-seconds", "0")
+    server = server_factory("--room-idle-seconds", "0.1")
     content = write_then_read(node, server.ws_url, "notes/late-unloaded")
     assert {"body": content["body"], "fields": content["fields"]} == LATE_CONTENT
 
