@@ -299,10 +299,11 @@ async def test_stale_records_name_their_org(store: SQLiteStore) -> None:
 # -- migration from schema version 2 (one sid sequence for every org) --------------------
 
 
-def make_v2_database(path: Path) -> dict[str, list[int]]:
+def make_v2_database(path: Path, a: str = A, b: str = B, c: str = "c") -> dict[str, list[int]]:
     """A database as crdt-sync wrote it before per-org sids: the released migrations
-    1 and 2, frames numbered by one AUTOINCREMENT sequence across orgs (the base
-    code's INSERT, records upsert, idempotency key and trim statements).
+    1 and 2, frames numbered by one AUTOINCREMENT sequence across orgs ``a``, ``b``
+    and ``c`` (the base code's INSERT, records upsert, idempotency key and trim
+    statements).
 
     Returns each org's retained sids.
     """
@@ -314,9 +315,9 @@ def make_v2_database(path: Path) -> dict[str, list[int]]:
         MIGRATIONS[1](db)
         db.create_table("schema_version", {"version": int}, not_null=["version"])
         db.execute("INSERT INTO schema_version (version) VALUES (2)")
-        # Interleaved: global sids 1..8; C's frame is later trimmed away entirely.
-        writes = [(A, "1", "i"), (B, "1", "i"), (A, "1", "u"), (B, "2", "i")]
-        writes += [(B, "1", "u"), ("c", "1", "i"), (A, "2", "i"), (B, "1", "u")]
+        # Interleaved: global sids 1..8; c's frame is later trimmed away entirely.
+        writes = [(a, "1", "i"), (b, "1", "i"), (a, "1", "u"), (b, "2", "i")]
+        writes += [(b, "1", "u"), (c, "1", "i"), (a, "2", "i"), (b, "1", "u")]
         for org, id_, op in writes:
             p = json.dumps({"title": f"{org} {id_} {op}"})
             cur = conn.execute(
@@ -340,12 +341,12 @@ def make_v2_database(path: Path) -> dict[str, list[int]]:
             "DELETE FROM frames WHERE org = ? AND sid <= "
             "(SELECT sid FROM frames WHERE org = ? ORDER BY sid DESC LIMIT 1 OFFSET ?)"
         )
-        conn.execute(trim, (A, A, 2))  # A keeps 3 and 7
-        conn.execute(trim, ("c", "c", 0))  # C keeps nothing; its record still has sid 6
+        conn.execute(trim, (a, a, 2))  # a keeps 3 and 7
+        conn.execute(trim, (c, c, 0))  # c keeps nothing; its record still has sid 6
         db.execute("COMMIT")
     finally:
         conn.close()
-    return {A: [3, 7], B: [2, 4, 5, 8], "c": []}
+    return {a: [3, 7], b: [2, 4, 5, 8], c: []}
 
 
 async def test_version_2_frames_keep_their_sids_and_each_org_continues_after_its_own(
