@@ -401,14 +401,20 @@ async def test_version_2_frames_keep_their_sids_and_each_org_continues_after_its
             "new": 1,
         }
         # Every query by (org, sid) is answered from an index on the migrated file.
-        plan = " ".join(
-            row[3]
-            for row in conn.execute(
-                "EXPLAIN QUERY PLAN SELECT * FROM frames WHERE org = ? AND sid > ? ORDER BY sid",
-                (A, 0),
-            )
-        )
-        assert "idx_frames_org_sid" in plan and "SCAN" not in plan, plan
+        for sql, args in (
+            ("SELECT * FROM frames WHERE org = ? AND sid > ? ORDER BY sid LIMIT 9", (A, 0)),
+            ("SELECT * FROM frames WHERE org = ? AND t = ? AND sid > ? ORDER BY sid", (A, "t", 0)),
+            ("SELECT min(sid), max(sid) FROM frames WHERE org = ?", (A,)),
+            ("SELECT last_sid FROM frame_seq WHERE org = ?", (A,)),
+            (
+                "DELETE FROM frames WHERE org = ? AND sid <= "
+                "(SELECT sid FROM frames WHERE org = ? ORDER BY sid DESC LIMIT 1 OFFSET ?)",
+                (A, A, 1),
+            ),
+        ):
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
+            assert not any(step.startswith("SCAN") for step in plan), (sql, plan)
+            assert any("USING" in step for step in plan), (sql, plan)
         with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
             conn.execute(
                 "INSERT INTO frames (org, sid, t, id, op, p, who, at, ctx) "
