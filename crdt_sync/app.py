@@ -29,6 +29,7 @@ from rooms.manager import RoomManager, RoomSettings
 from rooms.supervisor import Supervisor
 
 from . import openapi
+from .admin_api import AdminApi
 from .auth.authenticator import Authenticator
 from .auth.sessions import Sessions
 from .browser_guard import BrowserGuard
@@ -144,6 +145,7 @@ class Runtime:
                 max_awareness_state_bytes=settings.max_awareness_state_bytes,
                 max_pending_bytes=settings.max_pending_bytes,
                 max_rooms=settings.max_rooms,
+                max_doc_bytes=settings.max_doc_bytes,
             )
             feed = RecordFeed(
                 store,
@@ -292,6 +294,7 @@ def create_app(
         WebSocketRoute("/yjs/{doc:path}", yjs),
         *DocsApi(runtime).routes(),
         *SyncApi(runtime).routes(),
+        *AdminApi(runtime).routes(),
         *streams.routes(),
     ]
     if WEB_DIR.is_dir():
