@@ -508,3 +508,24 @@ async def test_open_server_warns_once(server_factory) -> None:
     server = server_factory()
     warnings = [ln for ln in server.log().splitlines() if "auth is OFF" in ln]
     assert len(warnings) == 1
+
+
+async def test_jwks_keys_are_matched_by_kid(server_factory, tmp_path) -> None:
+    from tests.unit.auth_keys import KeyPair, claims, jwks
+
+    ours, stranger = KeyPair("ec", "k1"), KeyPair("ec", "k2")
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks(ours)))
+    server = server_factory("--auth-jwks", str(path))
+    good = ours.sign(claims(docs=["**"]))
+    wrong_kid = stranger.sign(claims(docs=["**"]))
+    forged_kid = stranger.sign(claims(docs=["**"]), kid="k1")  # claims k1, signed by k2
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        assert (await http.get("/docs", headers=bearer(good))).status_code == 200
+        for bad in (wrong_kid, forged_kid):
+            response = await http.get("/docs", headers=bearer(bad))
+            assert response.status_code == 401, response.text
+            async with websockets.connect(f"{server.ws_url}/issue/1?token={bad}") as ws:
+                code, _, _ = await closed_with(ws)
+            assert code == 4401
+        assert await rooms(http) == 0
