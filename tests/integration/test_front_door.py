@@ -347,17 +347,34 @@ def _var_bytes(data: bytes) -> bytes:
 
 
 async def test_token_expiry_closes_the_session_with_4401(server_factory) -> None:
+    from crdt_sync.client import connect
+
     server = server_factory(*AUTH)
     short = token(ttl_seconds=2)
+    local = Doc(client_id=314)
+    local["body"] = body = Text()
+    body += "typed before expiry. "
     started = time.monotonic()
     async with websockets.connect(f"{server.ws_url}/issue/1?token={short}") as ws:
         await recv_until(ws, lambda m: isinstance(m, SyncStep1))
+        await ws.send(encode_sync_update(local.get_update()))
         code, reason, _ = await closed_with(ws, timeout=10)
     assert code == 4401 and "expired" in reason
     assert time.monotonic() - started < 5
-    # a fresh token reconnects
-    async with websockets.connect(f"{server.ws_url}/issue/1?token={token()}") as ws:
-        await recv_until(ws, lambda m: isinstance(m, SyncStep1))
+    # offline edit, then a reconnect with a fresh token: nothing is lost
+    body += "typed while disconnected."
+    async with (
+        connect(server.ws_url, "issue/1", local, token=token()) as client,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+    ):
+        with anyio.fail_after(10):
+            await client.synced()
+        want = {"body": "typed before expiry. typed while disconnected."}
+        with anyio.fail_after(10):
+            while (await http.get("/docs/issue/1", headers=bearer(token()))).json().get(
+                "content"
+            ) != want:
+                await anyio.sleep(0.05)
 
 
 async def test_revoke_closes_matching_sessions_within_one_second(server_factory) -> None:
