@@ -262,7 +262,11 @@ def test_corrupted_updates_are_refused_or_safe_for_pycrdt(ops, data) -> None:
     doc = Doc()
     try:
         doc.apply_update(bytes(update))
-    except ValueError:
+    except Exception:
+        return  # refused by yrs: the room answers 1007 (rooms.room.InvalidUpdate)
+    except BaseException as exc:  # a Rust panic: the room maps it to 1007 as well
+        if type(exc).__name__ != "PanicException":
+            raise
         return
     assert all(clock <= MAX_CLOCK for clock in decode_state_vector_of(doc).values())
 
