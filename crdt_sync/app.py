@@ -88,6 +88,7 @@ class Runtime:
         )
         #: Yjs updates refused because the connection's grant is read-only.
         self.readonly_refused = 0
+        self.front_door: Any = None  # set by CrdtSyncApp: its refusal count is a metric
         self.store: Store | None = None
         self._manager: RoomManager | None = None
         self.shutting_down = False
@@ -336,6 +337,7 @@ class CrdtSyncApp:
             http_limiter=runtime.http_limiter,
             connections=runtime.connections,
         )
+        runtime.front_door = self.front_door
         self._entry = BrowserGuard(self.front_door, settings.allowed_origins, settings.host, port)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
