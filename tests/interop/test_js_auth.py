@@ -69,7 +69,9 @@ def test_token_expiry_closes_4401_and_reconnect_with_fresh_token_keeps_edits(
     short = token(sub="alice", docs=("auth/*",), mode="write", ttl=4)
     exp = jwt.decode(short, options={"verify_signature": False})["exp"]
     watch = token(sub="watcher", docs=("auth/*",), mode="write", ttl=600)
-    scenario = node.start("auth_expiry.mjs", server.ws_url, room, {"token": short, "watch_token": watch})
+    scenario = node.start(
+        "auth_expiry.mjs", server.ws_url, room, {"token": short, "watch_token": watch}
+    )
     connected = scenario.expect("connected", timeout=15)
     assert connected["at"] / 1000 < exp, "the scenario was too slow to start before exp"
     expired = scenario.expect("expired", timeout=15)
