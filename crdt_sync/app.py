@@ -29,11 +29,16 @@ from rooms.manager import RoomManager, RoomSettings
 from rooms.supervisor import Supervisor
 
 from . import openapi
+from .auth.authenticator import Authenticator
+from .auth.sessions import Sessions
+from .browser_guard import BrowserGuard
 from .docs_api import DocsApi
 from .errors import json_error
 from .frame_feed import RecordFeed
+from .front_door import FrontDoor, authenticator_from
 from .metrics import Metrics
 from .presence import Presence
+from .ratelimit import ConnectionLimiter, SlidingWindowLimiter
 from .settings import Settings
 from .sync_api import SyncApi
 from .sync_stream import FrameStreams
@@ -50,18 +55,44 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 class Runtime:
-    """What the routes share while the app runs."""
+    """What the routes share while the app runs.
 
-    def __init__(self, settings: Settings) -> None:
+    Auth and limits (the front door and the endpoints behind it):
+
+    - ``auth``: the :class:`Authenticator` (open when no key is configured);
+    - ``sessions``: every live Yjs and frame-feed connection, for revocation;
+    - ``ws_limiter``: WebSocket messages per ``principal.limit_key(ip)``
+      (``None``: no limit);
+    - ``http_limiter``: HTTP requests per ``principal.limit_key(ip)`` (``None``: none);
+    - ``connections``: open WebSockets and streams per actor and per IP.
+    """
+
+    def __init__(self, settings: Settings, auth: Authenticator | None = None) -> None:
         self.settings = settings
+        self.auth = auth if auth is not None else authenticator_from(settings)
+        self.sessions = Sessions()
+        window = settings.rate_limit_window
+        self.ws_limiter = (
+            SlidingWindowLimiter(settings.rate_limit_ws_messages, window)
+            if settings.rate_limit_ws_messages
+            else None
+        )
+        self.http_limiter = (
+            SlidingWindowLimiter(settings.rate_limit_http_requests, window)
+            if settings.rate_limit_http_requests
+            else None
+        )
+        self.connections = ConnectionLimiter(
+            settings.max_connections_per_actor, settings.max_connections_per_ip
+        )
+        #: Yjs updates refused because the connection's grant is read-only.
+        self.readonly_refused = 0
         self.store: Store | None = None
         self._manager: RoomManager | None = None
         self.shutting_down = False
         self.started = anyio.Event()
         self.hub = FeedHub()
-        self.throttle = ReadThrottle(
-            settings.delta_min_interval_ms, settings.delta_max_concurrency
-        )
+        self.throttle = ReadThrottle(settings.delta_min_interval_ms, settings.delta_max_concurrency)
         self._feed: RecordFeed | None = None
         self._presence: Presence | None = None
         self.supervisor = Supervisor()
@@ -136,6 +167,7 @@ class Runtime:
         finally:
             with anyio.CancelScope(shield=True):
                 await store.close()
+                await self.auth.aclose()
 
     async def problems(self) -> dict[str, str]:
         """What keeps this node from serving fully now (empty: healthy).
@@ -182,14 +214,22 @@ class Runtime:
             log.error("shutdown: rooms not persisted within %.1f s", self.settings.shutdown_timeout)
 
 
-def create_app(settings: Settings, on_ready: Callable[[], None] | None = None) -> CrdtSyncApp:
+def create_app(
+    settings: Settings,
+    on_ready: Callable[[], None] | None = None,
+    *,
+    auth: Authenticator | None = None,
+    port: int | None = None,
+) -> CrdtSyncApp:
     """Build the ASGI app.
 
     Args:
         settings: Server settings.
         on_ready: Called once the store and rooms are up (the CLI prints its ready line).
+        auth: The authenticator (default: built from ``settings``).
+        port: The port actually bound (``--port 0``), for the default allowed origins.
     """
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, auth)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -265,11 +305,12 @@ def create_app(settings: Settings, on_ready: Callable[[], None] | None = None) -
         exception_handlers={HTTPException: http_error, 500: server_error},
     )
     app.state.runtime = runtime
-    return CrdtSyncApp(app, yjs, streams)
+    return CrdtSyncApp(app, yjs, streams, port=settings.port if port is None else port)
 
 
 class CrdtSyncApp:
-    """The ASGI entry point.
+    """The ASGI entry point: :class:`BrowserGuard`, then the :class:`FrontDoor`, then
+    the routes. Nothing reaches a route, WebSockets included, but through both.
 
     The WebSocket endpoints, where every message counts, are called directly: behind
     Starlette's router every ``send`` of a connection would pass through two
@@ -277,13 +318,28 @@ class CrdtSyncApp:
     and WebSocket paths these do not match, goes to the Starlette app.
     """
 
-    def __init__(self, app: Starlette, yjs: YjsEndpoint, streams: FrameStreams) -> None:
+    def __init__(
+        self, app: Starlette, yjs: YjsEndpoint, streams: FrameStreams, *, port: int = 0
+    ) -> None:
         self.app = app
         self.state = app.state
         self._yjs = yjs
         self._streams = streams
+        runtime: Runtime = app.state.runtime
+        settings = runtime.settings
+        self.front_door = FrontDoor(
+            self._dispatch,
+            runtime.auth,
+            http_limiter=runtime.http_limiter,
+            connections=runtime.connections,
+        )
+        self._entry = BrowserGuard(self.front_door, settings.allowed_origins, settings.host, port)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self._entry(scope, receive, send)
+
+    async def _dispatch(self, scope: dict, receive: Any, send: Any) -> None:
+        """Behind the front door: the route."""
         if scope["type"] == "websocket":
             path = scope["path"]
             root = scope.get("root_path", "")

@@ -85,14 +85,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         parser.exit(2, f"crdt-sync: error: {exc}\n")
     configure_logging(settings.log_level)
+    from .front_door import authenticator_from, check_open
     from .server import check_database, run
 
     try:
+        auth = authenticator_from(settings)
+        warning = check_open(settings, auth)
         check_database(settings.db)
     except SettingsError as exc:
         parser.exit(2, f"crdt-sync: error: {escape_text(str(exc))}\n")
-
-    return run(settings)
+    if warning is not None:
+        logging.getLogger("crdt_sync.auth").warning("%s", warning)
+    return run(settings, auth)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,12 @@ of a doc that does not exist answers 404 from the store without loading a room.
 Past ``--max-rooms`` (none idle) a request that needs a room gets 503
 ``too_many_rooms``; an update whose missing dependencies put the room past
 ``--max-pending-bytes`` gets 413 ``pending_too_large``.
+
+Every handler works in the caller's org (``principal_of(request.scope)``): the same
+doc name in two orgs is two docs. The front door has checked the grant for the
+doc (read for GET, write for POST/DELETE); ``GET /docs`` lists only the docs the
+grant covers (a page may then hold fewer than ``limit``; ``next_cursor`` still
+pages on).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from rooms.limits import LimitExceeded
 from rooms.manager import TooManyRooms
 from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
 
+from .auth.principal import principal_of
 from .codec import (
     LARGE_UPDATE_BYTES,
     InvalidPayload,
@@ -49,8 +56,6 @@ from .projection import doc_to_json
 
 log = logging.getLogger(__name__)
 
-ORG = "default"
-ACTOR = "anonymous"
 MAX_LIST_LIMIT = 1000
 
 
@@ -87,7 +92,7 @@ class DocsApi:
             raise ApiError(400, "invalid_doc_name", str(exc)) from None
 
     @asynccontextmanager
-    async def open_room(self, name: str, *, must_exist: bool) -> AsyncIterator[Room]:
+    async def open_room(self, org: str, name: str, *, must_exist: bool) -> AsyncIterator[Room]:
         """The doc's room, loaded and held (never unloaded to make room for another)
         while the request uses it; released (idle unload scheduled) on exit.
 
@@ -96,15 +101,15 @@ class DocsApi:
                 from the store without loading a room for it.
         """
         manager = self.runtime.manager
-        if must_exist and (ORG, name) not in manager.rooms:
+        if must_exist and (org, name) not in manager.rooms:
             try:
-                stored = await self.runtime.store.has_doc(ORG, name)
+                stored = await self.runtime.store.has_doc(org, name)
             except StoreError as exc:
                 raise ApiError(503, "store_unavailable", f"cannot read: {exc}") from None
             if not stored:
                 raise ApiError(404, "not_found", f"no document named {name!r}")
         try:
-            room = await manager.hold(ORG, name)
+            room = await manager.hold(org, name)
         except RoomLoadError as exc:
             raise ApiError(500, "doc_load_failed", f"document {name!r} cannot be loaded") from exc
         except TooManyRooms as exc:
@@ -119,6 +124,7 @@ class DocsApi:
     # -- handlers ----------------------------------------------------------------
 
     async def list_docs(self, request: Request) -> Response:
+        principal = principal_of(request.scope)
         try:
             prefix = check_name(
                 request.query_params.get("prefix", ""), "prefix", max_chars=512, allow_empty=True
@@ -129,7 +135,7 @@ class DocsApi:
         cursor = request.query_params.get("cursor") or None
         try:
             docs, next_cursor = await self.runtime.store.list_docs(
-                ORG, prefix=prefix, limit=limit, cursor=cursor
+                principal.org, prefix=prefix, limit=limit, cursor=cursor
             )
         except ValueError as exc:
             raise ApiError(400, "invalid_parameter", f"cursor: {exc}") from None
@@ -143,6 +149,7 @@ class DocsApi:
                         "update_count": d.update_count,
                     }
                     for d in docs
+                    if principal.grant.covers(d.name)
                 ],
                 "next_cursor": next_cursor,
             }
@@ -150,7 +157,8 @@ class DocsApi:
 
     async def get_doc(self, request: Request) -> Response:
         name = self.doc_name(request)
-        async with self.open_room(name, must_exist=True) as room:
+        org = principal_of(request.scope).org
+        async with self.open_room(org, name, must_exist=True) as room:
             return JSONResponse({"name": name, "content": doc_to_json(room.doc)})
 
     async def get_update(self, request: Request) -> Response:
@@ -162,7 +170,8 @@ class DocsApi:
                 decode_state_vector(state_vector)
             except ProtocolError:
                 raise ApiError(400, "invalid_parameter", "sv is not a Yjs state vector") from None
-        async with self.open_room(name, must_exist=True) as room:
+        org = principal_of(request.scope).org
+        async with self.open_room(org, name, must_exist=True) as room:
             try:
                 update = room.doc.get_update(state_vector)
             except Exception:
@@ -182,9 +191,10 @@ class DocsApi:
                 check_update(body)
         except InvalidPayload as exc:
             raise ApiError(400, "invalid_update", f"not a valid Yjs update: {exc}") from None
-        async with self.open_room(name, must_exist=False) as room:
+        principal = principal_of(request.scope)
+        async with self.open_room(principal.org, name, must_exist=False) as room:
             try:
-                appended = await room.apply_update(body, actor=ACTOR, origin=Origin.HTTP)
+                appended = await room.apply_update(body, actor=principal.actor, origin=Origin.HTTP)
                 if appended is None:
                     return JSONResponse({"name": name, "update_id": None, "applied": False})
                 await appended.durable
@@ -199,15 +209,17 @@ class DocsApi:
 
     async def delete_doc(self, request: Request) -> Response:
         name = self.doc_name(request)
+        principal = principal_of(request.scope)
+        org, actor = principal.org, principal.actor
         try:
             if split_record(name) is not None:
                 # A record: its deletion is a "d" frame, logged in the same transaction.
-                existed = await self.runtime.feed.delete(ORG, name, actor=ACTOR) is not None
+                existed = await self.runtime.feed.delete(org, name, actor=actor) is not None
             else:
-                existed = await self.runtime.manager.delete(ORG, name)
+                existed = await self.runtime.manager.delete(org, name)
         except StoreError as exc:
             raise ApiError(503, "store_unavailable", f"delete not stored: {exc}") from None
         if not existed:
             raise ApiError(404, "not_found", f"no document named {name!r}")
-        log.info("doc=%r deleted over HTTP by %s", name, ACTOR)
+        log.info("doc=%r org=%r deleted over HTTP by %r", name, org, actor)
         return JSONResponse({"name": name, "deleted": True})

@@ -52,13 +52,23 @@ class _Viewer:
     state: str
 
 
-def viewer_identity(state: dict[str, Any], actor: str) -> dict[str, Any]:
+def viewer_identity(
+    state: dict[str, Any], actor: str, *, authenticated: bool | None = None
+) -> dict[str, Any]:
     """What a viewer's state cannot override: ``actor`` and ``viewer`` always, and the
     user name too when the actor is an identity (with auth off every actor is
-    ``anonymous``, and a viewer names itself as any Yjs editor does)."""
+    ``anonymous``, and a viewer names itself as any Yjs editor does).
+
+    Args:
+        authenticated: Whether ``actor`` comes from a credential (the principal's
+            flag: a token whose ``sub`` is ``anonymous`` still names its viewer);
+            ``None``: judged by the name alone.
+    """
     user = state.get("user")
     user = dict(user) if isinstance(user, dict) else {}
-    if actor != ANONYMOUS or not isinstance(user.get("name"), str):
+    if authenticated is None:
+        authenticated = actor != ANONYMOUS
+    if authenticated or not isinstance(user.get("name"), str):
         user["name"] = actor
     return {"user": user, "actor": actor, "viewer": True}
 
@@ -156,7 +166,14 @@ class Presence:
         return {"type": "presence", "t": t, "id": record_id, "present": self.list(sub.org, name)}
 
     async def view(
-        self, sub: FeedSubscriber, t: str, record_id: str, *, actor: str, state: dict[str, Any]
+        self,
+        sub: FeedSubscriber,
+        t: str,
+        record_id: str,
+        *,
+        actor: str,
+        state: dict[str, Any],
+        authenticated: bool | None = None,
     ) -> None:
         """Show ``sub`` in the record's awareness (loading its room) and watch it.
 
@@ -171,7 +188,7 @@ class Presence:
         state, reason = conform(state)
         if not isinstance(state, dict):  # only when too large to project
             raise ValueError(f"state larger than {MAX_VIEWER_STATE_BYTES} bytes ({reason})")
-        full = {**state, **viewer_identity(state, actor)}
+        full = {**state, **viewer_identity(state, actor, authenticated=authenticated)}
         text = json.dumps(full, separators=(",", ":"), allow_nan=False)
         if len(text) > MAX_VIEWER_STATE_BYTES:
             raise ValueError(f"state larger than {MAX_VIEWER_STATE_BYTES} bytes")
@@ -210,6 +227,14 @@ class Presence:
         if viewer is not None:
             viewer.room.drop_presence(sub.conn.id)
             self.manager.unhold(viewer.room)
+
+    def leave_uncovered(self, sub: FeedSubscriber) -> list[tuple[str, str]]:
+        """Stop viewing and watching the records ``sub``'s grant no longer covers (its
+        token was renewed with other docs); returns them."""
+        gone = [record for record in sub.watching if not sub.covers(record)]
+        for t, record_id in gone:
+            self.leave(sub, t, record_id)
+        return gone
 
     def leave_all(self, sub: FeedSubscriber) -> None:
         """``sub`` is gone: remove it from every record it viewed."""

@@ -88,8 +88,13 @@ def check_database(path: str) -> None:
         raise SettingsError(f"--db {path!r}: {exc}") from None
 
 
-def run(settings: Settings) -> int:
-    """Serve until SIGINT/SIGTERM; return the process exit code."""
+def run(settings: Settings, auth: Any = None) -> int:
+    """Serve until SIGINT/SIGTERM; return the process exit code.
+
+    Args:
+        auth: The :class:`~crdt_sync.auth.Authenticator` the CLI built and checked
+            (default: built from ``settings``).
+    """
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:
@@ -105,7 +110,7 @@ def run(settings: Settings) -> int:
             flush=True,
         )
 
-    app = create_app(settings, on_ready=ready)
+    app = create_app(settings, on_ready=ready, auth=auth, port=sock.getsockname()[1])
     runtime: Runtime = app.state.runtime
     serve = {"hypercorn": _hypercorn, "uvicorn": _uvicorn, "granian": _granian}[settings.server]
     try:

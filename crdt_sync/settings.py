@@ -24,7 +24,14 @@ class SettingsError(ValueError):
 
 
 def _opt(default: Any, help: str, *, minimum: float | None = None, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, "minimum": minimum, **extra})
+    """A setting: its default, help text, bounds and flag options (``choices``,
+    ``split_flag``: whether a list flag's value is split on commas)."""
+    # A secret stays out of repr(settings), so no log line or traceback can show it.
+    return field(
+        default=default,
+        repr=not extra.get("secret", False),
+        metadata={"help": help, "minimum": minimum, **extra},
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +161,84 @@ class Settings:
         maximum=16 * 1024 * 1024 * 1024,
     )
 
+    # -- auth, tenants and abuse limits (issue 11, "frontdoor") ----------------------
+    auth_secret: tuple[str, ...] = _opt(
+        (),
+        "accepted HS256 secret (>= 32 bytes); repeat for rotation, the first signs "
+        "(env: comma-separated)",
+        split_flag=False,
+        secret=True,
+    )
+    auth_jwks: str = _opt("", "JWKS file or http(s) URL of asymmetric keys, matched by kid")
+    auth_webhook: str = _opt(
+        "", "URL the host app answers token checks at (POST {token, doc, mode}); fails closed"
+    )
+    auth_audience: str = _opt("", "when set, a token's aud must name it")
+    auth_issuer: str = _opt("", "when set, a token's iss must equal it")
+    auth_leeway: float = _opt(
+        0.0, "seconds of clock skew tolerated on exp/nbf/iat", minimum=0, maximum=3600
+    )
+    auth_webhook_timeout: float = _opt(
+        2.0, "seconds the auth webhook has to answer (then: refused)", minimum=0.05, maximum=60
+    )
+    auth_webhook_cache_seconds: float = _opt(
+        30.0, "how long a webhook yes is reused (0: ask every time)", minimum=0, maximum=3600
+    )
+    require_auth: bool = _opt(False, "refuse to start without --auth-secret/-jwks/-webhook")
+    allow_open: bool = _opt(
+        False, "allow running without auth on a non-loopback address (everyone is admin)"
+    )
+    allowed_origins: tuple[str, ...] = _opt(
+        (),
+        "browser origins allowed to open WebSockets and call the HTTP API (comma-separated; "
+        "'*' = any); default: own origin, plus localhost origins while bound to loopback",
+    )
+    rate_limit_window: float = _opt(
+        10.0, "sliding window of the rate limits, in seconds", minimum=0.1, maximum=3600
+    )
+    rate_limit_ws_messages: int = _opt(
+        3000,
+        "WebSocket messages per window per actor (per IP while open); past it: close 4429 "
+        "(0: no limit)",
+        minimum=0,
+        maximum=100_000_000,
+    )
+    rate_limit_http_requests: int = _opt(
+        1000,
+        "HTTP requests per window per actor (per IP while open); past it: 429 with "
+        "Retry-After (0: no limit)",
+        minimum=0,
+        maximum=100_000_000,
+    )
+    max_connections_per_actor: int = _opt(
+        100,
+        "open WebSocket connections (and streams) per actor; past it: close 4429 / HTTP 429",
+        minimum=1,
+        maximum=10_000_000,
+    )
+    max_connections_per_ip: int = _opt(
+        1000,
+        "open WebSocket connections (and streams) per client address; past it: 4429 / 429",
+        minimum=1,
+        maximum=10_000_000,
+    )
+    max_doc_bytes: int = _opt(
+        64 * 1024 * 1024,
+        "largest document (encoded state); a write that would grow one past it is refused "
+        "with the doc intact (Yjs: close 4413; HTTP: 413 doc_too_large)",
+        minimum=1024,
+        maximum=1 << 40,
+    )
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if _kind_name(f.type) == "list":
+                if isinstance(value, str):
+                    value = tuple(_split(value))
+                value = tuple(str(v) for v in value)
+                object.__setattr__(self, f.name, value)
+                continue
             minimum = f.metadata.get("minimum")
             maximum = f.metadata.get("maximum")
             choices = f.metadata.get("choices")
@@ -172,6 +254,12 @@ class Settings:
                 raise SettingsError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
         if self.ping_timeout <= self.ping_interval:
             raise SettingsError("--ping-timeout must be greater than --ping-interval")
+        from .browser_guard import InvalidOrigin, parse_allowed_origins
+
+        try:
+            parse_allowed_origins(self.allowed_origins)
+        except InvalidOrigin as exc:
+            raise SettingsError(f"--allowed-origins: {exc}") from None
 
 
 def env_name(field_name: str) -> str:
@@ -189,20 +277,87 @@ def _finite_number(raw: str) -> float:
 _finite_number.__name__ = "finite number"  # argparse: "invalid finite number value: 'nan'"
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _bool(raw: str) -> bool:
+    """A bool variable: 1/true/yes/on or 0/false/no/off (any case)."""
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"{raw!r} is not a boolean")
+
+
+def _split(raw: str) -> list[str]:
+    """A comma-separated list, blanks dropped."""
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _kind_name(kind: type | str) -> str:
+    name = kind if isinstance(kind, str) else kind.__name__
+    return "list" if name.startswith("tuple") else name
+
+
 def _parser_for(kind: type | str) -> Callable[[str], Any]:
-    kind_name = kind if isinstance(kind, str) else kind.__name__
-    return {"int": int, "float": _finite_number, "str": str}[kind_name]
+    return {
+        "int": int,
+        "float": _finite_number,
+        "str": str,
+        "bool": _bool,
+        "list": lambda raw: tuple(_split(raw)),
+    }[_kind_name(kind)]
 
 
 def _kind_word(kind: type | str) -> str:
-    kind_name = kind if isinstance(kind, str) else kind.__name__
-    return {"int": "integer", "float": "finite number", "str": "string"}[kind_name]
+    return {
+        "int": "integer",
+        "float": "finite number",
+        "str": "string",
+        "bool": "boolean (1/0, true/false, yes/no, on/off)",
+        "list": "comma-separated list",
+    }[_kind_name(kind)]
+
+
+def _default_text(f: Any) -> str:
+    if f.default == () or f.default == "":
+        return "none"
+    return str(f.default)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting; help shows the default and the environment variable."""
+    """Add one flag per setting; help shows the default and the environment variable.
+
+    A bool is ``--flag`` / ``--no-flag``; a list is repeatable (``--flag a --flag b``),
+    each value also split on commas unless the setting says otherwise (secrets).
+    """
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
+        kind = _kind_name(f.type)
+        help_text = f"{f.metadata['help']} (default: {_default_text(f)}; env: {env_name(f.name)})"
+        if kind == "bool":
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+            continue
+        if kind == "list":
+            split = f.metadata.get("split_flag", True)
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                action="append",
+                type=(lambda raw: tuple(_split(raw))) if split else (lambda raw: (raw,)),
+                metavar=f.name.upper(),
+                help=help_text,
+            )
+            continue
         extra = {}
         if "choices" in f.metadata:
             extra["choices"] = f.metadata["choices"]
@@ -212,7 +367,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             type=_parser_for(f.type),
             metavar=f.name.upper() if f.name != "db" else "PATH",
-            help=f"{f.metadata['help']} (default: {f.default}; env: {env_name(f.name)})",
+            help=help_text,
             **extra,
         )
 
@@ -227,6 +382,8 @@ def from_sources(args: Mapping[str, Any], environ: Mapping[str, str] | None = No
     values: dict[str, Any] = {}
     for f in fields(Settings):
         value = args.get(f.name)
+        if isinstance(value, list):  # a repeatable flag: one tuple per occurrence
+            value = tuple(item for part in value for item in part)
         if value is None and env_name(f.name) in environ:
             raw = environ[env_name(f.name)]
             try:

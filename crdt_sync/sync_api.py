@@ -6,6 +6,12 @@
 ``GET /sync/v1/records``           ``?t=&cursor=&limit=`` → ``{records, sid, next_cursor}``
 ``GET /sync/v1/presence/{t}/{id}`` who is in the record's room
 =================================  ==================================================
+
+Every handler works in the caller's org (``principal_of(request.scope)``). The
+front door admitted the request for ``read`` (``write`` for mutations) on no
+single doc; here the frames and records returned are only those of docs the grant
+covers, and each mutation is checked against its own doc: one outside the grant
+gets its own result ``403 forbidden`` and is not applied (the batch goes on).
 """
 
 from __future__ import annotations
@@ -25,15 +31,15 @@ from rooms.feed_hub import frame_dict
 from rooms.manager import ShuttingDown, TooManyRooms
 from rooms.room import RoomLoadError
 
+from .auth.principal import principal_of
 from .docnames import InvalidDocName, validate_doc_name
 from .frame_feed import Mutation, MutationError
 from .http_api import ApiError, int_param, read_body, routes
 from .inputs import InputError, check_name, parse_json, parse_uint
 
 log = logging.getLogger(__name__)
+audit = logging.getLogger("crdt_sync.audit")
 
-ORG = "default"
-ACTOR = "anonymous"
 MAX_DELTA_LIMIT = 1000
 MAX_RECORDS_LIMIT = 1000
 MAX_TX_ID_CHARS = 256
@@ -47,13 +53,13 @@ OPS = ("i", "u", "d")
 
 
 def client_key(request: Request) -> str:
-    """Who a request comes from, for the per-client limits: its ``client_id`` if it
-    names one (query or ``X-Client-Id``), else its address."""
-    named = request.query_params.get("client_id") or request.headers.get("x-client-id")
-    if named:
-        return "id:" + named[:200]
+    """Who a request comes from, for the per-client limits: the principal's actor
+    (its address while auth is off), never something the client names itself (a
+    ``client_id`` or ``X-Client-Id`` would let one client take any number of budgets).
+    """
     client = request.client
-    return "addr:" + (client.host if client else "-")
+    key = principal_of(request.scope).limit_key(client.host if client else None)
+    return ":".join(key)
 
 
 def parse_sid(raw: str | None, name: str) -> int | None:
@@ -144,8 +150,10 @@ class SyncApi:
         since = parse_sid(request.query_params.get("since"), "since") or 0
         limit = int_param(request, "limit", 100, 1, MAX_DELTA_LIMIT)
         t = parse_type(request.query_params.get("t"))
-        with self.runtime.throttle.request(ORG, client_key(request)):
-            page = await self.runtime.store.read_frames(ORG, since, limit=limit, t=t)
+        principal = principal_of(request.scope)
+        org, grant = principal.org, principal.grant
+        with self.runtime.throttle.request(org, client_key(request)):
+            page = await self.runtime.store.read_frames(org, since, limit=limit, t=t)
         if since < page.oldest or since > page.newest:
             raise too_old(since, page.oldest, page.newest, t)
         more = len(page.frames) == limit
@@ -154,7 +162,11 @@ class SyncApi:
         else:  # every frame up to the newest was seen, of type t or not
             next_sid = max(since, page.newest, page.frames[-1].sid if page.frames else 0)
         return JSONResponse(
-            {"frames": [frame_dict(f) for f in page.frames], "next": next_sid, "more": more}
+            {
+                "frames": [frame_dict(f) for f in page.frames if grant.covers(f"{f.t}/{f.id}")],
+                "next": next_sid,
+                "more": more,
+            }
         )
 
     async def records(self, request: Request) -> Response:
@@ -162,16 +174,20 @@ class SyncApi:
         limit = int_param(request, "limit", 100, 1, MAX_RECORDS_LIMIT)
         cursor = request.query_params.get("cursor") or None
         after = _decode_cursor(cursor) if cursor else None
-        with self.runtime.throttle.request(ORG, client_key(request)):
+        principal = principal_of(request.scope)
+        org, grant = principal.org, principal.grant
+        with self.runtime.throttle.request(org, client_key(request)):
             rows, newest = await self.runtime.store.list_records(
-                ORG, t=t, after=after, limit=limit + 1
+                org, t=t, after=after, limit=limit + 1
             )
         page = rows[:limit]
         next_cursor = _encode_cursor(page[-1].t, page[-1].id) if len(rows) > limit else None
         return JSONResponse(
             {
                 "records": [
-                    {"t": r.t, "id": r.id, "fields": r.fields, "sid": r.sid} for r in page
+                    {"t": r.t, "id": r.id, "fields": r.fields, "sid": r.sid}
+                    for r in page
+                    if grant.covers(f"{r.t}/{r.id}")
                 ],
                 "sid": newest,
                 "next_cursor": next_cursor,
@@ -185,7 +201,7 @@ class SyncApi:
             name = validate_doc_name(f"{t}/{record_id}")
         except InvalidDocName as exc:
             raise ApiError(400, "invalid_record", str(exc)) from None
-        present = self.runtime.presence.list(ORG, name)
+        present = self.runtime.presence.list(principal_of(request.scope).org, name)
         return JSONResponse({"t": t, "id": record_id, "present": present})
 
     # -- mutations -------------------------------------------------------------------
@@ -199,9 +215,31 @@ class SyncApi:
             max_fields=settings.max_mutation_fields,
             max_bytes=settings.max_mutation_bytes,
         )
-        outcomes = await self.runtime.feed.mutate_many(
-            ORG, mutations, actor=ACTOR, client_id=client_id
+        principal = principal_of(request.scope)
+        allowed = [m for m in mutations if principal.grant.allows(f"{m.t}/{m.id}", "write")]
+        applied = iter(
+            await self.runtime.feed.mutate_many(
+                principal.org, allowed, actor=principal.actor, client_id=client_id
+            )
+            if allowed
+            else []
         )
+        outcomes: list[dict[str, Any] | Exception] = []
+        for m in mutations:
+            if principal.grant.allows(f"{m.t}/{m.id}", "write"):
+                outcomes.append(next(applied))
+                continue
+            audit.warning(
+                "refused mutation %s %r/%r -> 403 forbidden (outside the grant) who=%r peer=%s",
+                m.op,
+                m.t,
+                m.id,
+                f"{principal.org}/{principal.actor}",
+                request.client.host if request.client else "-",
+            )
+            outcomes.append(
+                MutationError(403, "forbidden", f"the grant does not cover {m.t}/{m.id}")
+            )
         results = []
         for index, (mutation, outcome) in enumerate(zip(mutations, outcomes, strict=True)):
             result = outcome if isinstance(outcome, dict) else _failure(mutation, outcome)
@@ -331,7 +369,7 @@ def parse_mutations(
             ``mutation_too_large`` naming the mutation (``field`` and ``index``).
     """
     if not isinstance(body, dict):
-        raise _bad("body", "must be an object {\"mutations\": [...]}")
+        raise _bad("body", 'must be an object {"mutations": [...]}')
     unknown = body.keys() - {"mutations", "base_sid", "client_id"}
     if unknown:
         raise _bad(_key(sorted(unknown)[0]), "unknown field")

@@ -26,11 +26,30 @@ WebSocket messages, text JSON both ways:
 A client silent for ``--ping-timeout`` seconds is closed with 4408 (clients ping
 every 15 s). A subscriber that does not read is closed with 4429 (WebSocket) or its
 stream ended (SSE); it resumes with ``since``.
+
+Auth: both streams run under the principal the front door put in the scope
+(:func:`~crdt_sync.auth.principal.principal_of`). Frames, catch-up, presence and the
+sid bounds are those of its org, and only frames of records its grant covers are
+sent (``view``/``watch`` of another record: an ``error`` message ``forbidden``, the
+feed stays open). The ``pong`` answer carries ``expires_in`` (whole seconds the
+token has left, ``null`` if it does not expire); so do SSE keep-alive comments
+(``: keep-alive expires_in=N``). At the token's ``exp`` the WebSocket gets an
+``error`` message ``token_expired`` and close 4401 (SSE: that error event, then the
+stream ends), unless it was renewed in band before with
+``{"type": "auth", "token": "..."}``: the new token must be of the same org and
+actor (else ``error`` ``forbidden`` and close 4403; a bad token: ``error`` and close
+4401); it replaces the grant and the expiry, keeps the cursor, and is answered
+``{"type": "auth", "ok": true, "expires_in": N | null}``. Every subscriber is a
+session of ``runtime.sessions`` (``/admin/revoke`` closes it with 4401), and every
+client message counts against ``runtime.ws_limiter`` for the principal (past it:
+``error`` ``rate_limited`` with ``retry_after``, close 4429).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Any
 
 import anyio
@@ -60,6 +79,10 @@ from .asgi import (
     query_params,
     send_json_response,
 )
+from .auth.authenticator import AuthError
+from .auth.extract import choose_subprotocol, offered_subprotocols
+from .auth.principal import Principal, principal_of
+from .auth.sessions import Session
 from .docnames import InvalidDocName, validate_doc_name
 from .http_api import ApiError
 from .inputs import InputError, parse_json
@@ -67,8 +90,6 @@ from .sync_api import parse_sid, parse_type, record_type_error, too_old
 
 log = logging.getLogger(__name__)
 
-ORG = "default"
-ACTOR = "anonymous"
 #: Frames per catch-up read (and per catch-up message).
 CATCHUP_PAGE = 500
 #: Largest client message on the frame WebSocket.
@@ -80,6 +101,74 @@ SSE_KEEPALIVE_SECONDS = 15.0
 def error_event(exc: ApiError) -> dict[str, Any]:
     """An :class:`ApiError` as a message on the frame WebSocket."""
     return {"type": "error", "error": exc.error, "detail": exc.detail, **exc.extra}
+
+
+def expires_in(principal: Principal, now: float | None = None) -> int | None:
+    """Whole seconds ``principal``'s token has left (never negative), ``None`` if it
+    does not expire: what ``pong`` and the SSE keep-alive tell the client."""
+    left = principal.seconds_left(time.time() if now is None else now)
+    return None if left is None else max(0, math.floor(left))
+
+
+class FeedSession:
+    """The principal one feed connection runs under, registered in ``runtime.sessions``
+    (so that ``/admin/revoke`` closes it), renewable in band.
+
+    Args:
+        principal: Who the front door admitted.
+        sub: The subscriber; its grant filter follows the principal.
+        runtime: Where ``sessions`` is.
+    """
+
+    def __init__(self, principal: Principal, sub: FeedSubscriber, runtime: Any) -> None:
+        self.principal = principal
+        self.sub = sub
+        self._sessions = runtime.sessions
+        self._session: Session | None = self._sessions.register(principal, None, self._revoked)
+        self.renewed = anyio.Event()
+
+    def _revoked(self, code: int, reason: str) -> None:
+        conn = self.sub.conn
+        log.info("conn=%s actor=%r frame feed revoked: %s", conn.id, self.principal.actor, reason)
+        error = {"type": "error", "error": "revoked", "detail": reason}
+        conn.close_after(self.sub.encode_event(error), code, reason)
+
+    def renew(self, principal: Principal) -> None:
+        """Run under ``principal`` from now on (same org and actor, checked by the caller)."""
+        self.principal = principal
+        self.sub.docs = principal.grant
+        if self._session is not None:
+            self._session = self._sessions.update(self._session, principal)
+        self.renewed.set()
+        self.renewed = anyio.Event()
+
+    def end(self) -> None:
+        if self._session is not None:
+            self._sessions.unregister(self._session)
+            self._session = None
+
+    async def enforce_expiry(self) -> None:
+        """Close the connection at the principal's ``expires_at`` (4401, after an
+        ``error`` ``token_expired``), unless it is renewed first; then watch the new one."""
+        conn = self.sub.conn
+        while not conn.closing:
+            renewed = self.renewed
+            left = self.principal.seconds_left(time.time())
+            with anyio.move_on_after(None if left is None else max(0.0, left)):
+                await renewed.wait()
+                continue
+            log.info(
+                "conn=%s actor=%r frame feed token expired, closing 4401",
+                conn.id,
+                self.principal.actor,
+            )
+            error = {
+                "type": "error",
+                "error": "token_expired",
+                "detail": "the token expired: reconnect (or renew in band) with a fresh one",
+            }
+            conn.close_after(self.sub.encode_event(error), CloseCode.UNAUTHORIZED, "token expired")
+            return
 
 
 async def catch_up(
@@ -104,8 +193,8 @@ async def catch_up(
             hub.unsubscribe(sub)
             sub.reset(error_event(exc), CloseCode.SINCE_TOO_OLD, exc.error)
             raise exc
-        if page.frames:
-            sub.send(page.frames)
+        # Frames of records outside its grant are skipped, its cursor moves past them.
+        sub.deliver(page.frames)
         if len(page.frames) < page_size:
             sub.caught_up_to(page.newest)
             if sub.go_live():
@@ -146,12 +235,14 @@ class FrameStreams:
 
     # -- shared --------------------------------------------------------------------
 
-    def _connection(self, transport: Any, scope: Scope, what: str) -> Connection:
+    def _connection(
+        self, transport: Any, scope: Scope, what: str, principal: Principal
+    ) -> Connection:
         """A subscriber's bounded send queue, with the same bounds as an editor's."""
         settings = self.runtime.settings
         conn = Connection(
             transport,
-            actor=ACTOR,
+            actor=principal.actor,
             peer=peer(scope),
             max_messages=settings.send_queue_messages,
             max_bytes=settings.send_queue_bytes,
@@ -159,9 +250,9 @@ class FrameStreams:
         conn.room_name = what
         return conn
 
-    async def _start_point(self, since: int | None, t: str | None) -> int:
-        """``since`` checked against the retained log (the newest sid if ``None``)."""
-        oldest, newest = await self.runtime.store.frame_bounds(ORG)
+    async def _start_point(self, org: str, since: int | None, t: str | None) -> int:
+        """``since`` checked against ``org``'s retained log (the newest sid if ``None``)."""
+        oldest, newest = await self.runtime.store.frame_bounds(org)
         if since is None:
             return newest
         if since < oldest or since > newest:
@@ -177,8 +268,9 @@ class FrameStreams:
         event = await receive()
         if event["type"] != "websocket.connect":
             return
-        await send({"type": "websocket.accept"})
-        conn = self._connection(WsTextTransport(send), scope, "sync/v1/ws")
+        principal = principal_of(scope)
+        await send(accept_message(scope))
+        conn = self._connection(WsTextTransport(send), scope, "sync/v1/ws", principal)
         query = query_params(scope)
         sub: FeedSubscriber | None = None
         try:
@@ -186,14 +278,15 @@ class FrameStreams:
             since = parse_sid(query.get("since"), "since")
             if self.runtime.shutting_down:
                 raise ShuttingDown("server shutting down")
-            start = await self._start_point(since, t)
+            start = await self._start_point(principal.org, since, t)
             sub = FeedSubscriber(
                 conn,
-                ORG,
+                principal.org,
                 t=t,
                 since=start,
                 encode=encode_json_array,
                 encode_event=encode_json_event,
+                docs=principal.grant,
             )
             sub.all_presence = query.get("presence") == "all"
         except ApiError as exc:
@@ -208,16 +301,27 @@ class FrameStreams:
             # The close frame follows the error message once the sender drains.
             await self._finish_refused(conn, receive)
             return
-        log.info("conn=%s peer=%s frame feed since=%s t=%r connected", conn.id, conn.peer, start, t)
+        log.info(
+            "conn=%s peer=%s org=%r actor=%r frame feed since=%s t=%r connected",
+            conn.id,
+            conn.peer,
+            principal.org,
+            principal.actor,
+            start,
+            t,
+        )
+        session = FeedSession(principal, sub, self.runtime)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._receive_loop, receive, sub)
+                tg.start_soon(self._receive_loop, receive, session, client_ip(scope))
                 tg.start_soon(self._catch_up_or_close, sub)
+                tg.start_soon(session.enforce_expiry)
                 await conn.run()
                 tg.cancel_scope.cancel()
             if not conn.closed_by_peer:
                 await drain_websocket(receive)
         finally:
+            session.end()
             self.runtime.hub.unsubscribe(sub)
             self.runtime.presence.leave_all(sub)
             log.info(
@@ -241,9 +345,11 @@ class FrameStreams:
             log.error("conn=%s frame catch-up failed: %s", sub.conn.id, exc)
             sub.conn.close(CloseCode.STORE_UNAVAILABLE, "frame log unavailable")
 
-    async def _receive_loop(self, receive: Any, sub: FeedSubscriber) -> None:
+    async def _receive_loop(self, receive: Any, session: FeedSession, ip: str | None) -> None:
+        sub = session.sub
         conn = sub.conn
         timeout = self.runtime.settings.ping_timeout
+        limiter = self.runtime.ws_limiter
         while not conn.closing:
             with anyio.move_on_after(timeout) as scope:
                 event = await receive()
@@ -253,6 +359,23 @@ class FrameStreams:
                 return
             if event["type"] == "websocket.disconnect":
                 conn.peer_closed(event.get("code", CloseCode.NORMAL))
+                return
+            key = session.principal.limit_key(ip)
+            allowed, retry_after = limiter.allow(key, time.monotonic())
+            if not allowed:
+                log.warning(
+                    "conn=%s peer=%s actor=%r frame feed rate limited, closing 4429",
+                    conn.id,
+                    conn.peer,
+                    session.principal.actor,
+                )
+                error = {
+                    "type": "error",
+                    "error": "rate_limited",
+                    "detail": "too many messages (--ws-rate-limit): slow down",
+                    "retry_after": math.ceil(retry_after),
+                }
+                conn.close_after(encode_json_event(error), CloseCode.RATE_LIMITED, "rate limited")
                 return
             text = event.get("text")
             if text is None:
@@ -268,7 +391,19 @@ class FrameStreams:
                 self._refuse(conn, CloseCode.INVALID_PAYLOAD, exc.detail)
                 return
             try:
-                await self._handle(sub, message)
+                await self._handle(session, message)
+            except AuthError as exc:
+                log.warning(
+                    "conn=%s peer=%s actor=%r frame feed in-band auth refused, closing %d: %s",
+                    conn.id,
+                    conn.peer,
+                    session.principal.actor,
+                    exc.close_code,
+                    exc.reason,
+                )
+                error = {"type": "error", "error": exc.reason, "detail": exc.detail}
+                conn.close_after(encode_json_event(error), exc.close_code, exc.reason)
+                return
             except ApiError as exc:
                 log.warning(
                     "conn=%s peer=%s frame feed closing 4400: %s", conn.id, conn.peer, exc.detail
@@ -292,12 +427,17 @@ class FrameStreams:
         log.warning("conn=%s peer=%s frame feed closing %d: %s", conn.id, conn.peer, code, reason)
         conn.close(code, reason)
 
-    async def _handle(self, sub: FeedSubscriber, message: Any) -> None:
+    async def _handle(self, session: FeedSession, message: Any) -> None:
+        sub = session.sub
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise ApiError(400, "invalid_message", 'messages are objects with a "type"')
         kind = message["type"]
         if kind == "ping":
-            sub.conn.enqueue(b'{"type":"pong"}')
+            pong = {"type": "pong", "expires_in": expires_in(session.principal)}
+            sub.conn.enqueue(encode_json_event(pong))
+            return
+        if kind == "auth":
+            await self._renew(session, message.get("token"))
             return
         if kind not in ("view", "watch", "leave"):
             raise ApiError(400, "invalid_message", f"unknown message type {kind[:40]!r}")
@@ -317,6 +457,23 @@ class FrameStreams:
         if kind == "leave":
             presence.leave(sub, t, record_id)
             return
+        if not session.principal.grant.allows(f"{t}/{record_id}", "read"):
+            log.info(
+                "conn=%s actor=%r frame feed %s of %r refused: not in the grant",
+                sub.conn.id,
+                session.principal.actor,
+                kind,
+                f"{t}/{record_id}",
+            )
+            error = {
+                "type": "error",
+                "error": "forbidden",
+                "detail": f"{kind}: the grant does not cover this record",
+                "t": t,
+                "id": record_id,
+            }
+            sub.conn.enqueue(encode_json_event(error))
+            return
         limit = self.runtime.settings.max_views_per_connection
         if (t, record_id) not in sub.watching and len(sub.watching) >= limit:
             raise LimitExceeded(
@@ -332,7 +489,15 @@ class FrameStreams:
         if not isinstance(state, dict):
             raise ApiError(400, "invalid_message", "view: state must be an object")
         try:
-            await presence.view(sub, t, record_id, actor=sub.conn.actor, state=state)
+            principal = session.principal
+            await presence.view(
+                sub,
+                t,
+                record_id,
+                actor=principal.actor,
+                state=state,
+                authenticated=principal.authenticated,
+            )
         except ValueError as exc:
             raise ApiError(400, "invalid_message", f"view: {exc}") from None
         except (RoomLoadError, ShuttingDown, StoreError, TooManyRooms, LimitExceeded) as exc:
@@ -342,9 +507,39 @@ class FrameStreams:
             return
         sub.conn.enqueue(encode_json_event(presence.watch(sub, t, record_id)))
 
+    async def _renew(self, session: FeedSession, token: Any) -> None:
+        """In-band ``{"type": "auth", "token"}``: the same org and actor, a new grant
+        and expiry, the cursor kept.
+
+        Raises:
+            AuthError: 401 (the token does not authenticate) or 403 (another org or
+                actor, or no ``read``).
+        """
+        if not isinstance(token, str) or not token:
+            raise AuthError(401, "missing", "auth: token must be a non-empty string")
+        principal = await self.runtime.auth.authenticate(token, None, "read")
+        current = session.principal
+        if (principal.org, principal.actor) != (current.org, current.actor):
+            raise AuthError(
+                403, "forbidden", "auth: a renewed token must be of the same org and actor"
+            )
+        session.renew(principal)
+        sub = session.sub
+        gone = self.runtime.presence.leave_uncovered(sub)
+        log.info(
+            "conn=%s actor=%r frame feed token renewed in band, expires_in=%s%s",
+            sub.conn.id,
+            principal.actor,
+            expires_in(principal),
+            f", left {len(gone)} records the new grant does not cover" if gone else "",
+        )
+        answer = {"type": "auth", "ok": True, "expires_in": expires_in(principal)}
+        sub.conn.enqueue(encode_json_event(answer))
+
     # -- Server-Sent Events -----------------------------------------------------------
 
     async def sse(self, scope: Scope, receive: Any, send: Any) -> None:
+        principal = principal_of(scope)
         query = query_params(scope)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
@@ -354,7 +549,7 @@ class FrameStreams:
             since = parse_sid(headers.get("last-event-id"), "Last-Event-ID")
             if since is None:
                 since = parse_sid(query.get("since"), "since")
-            start = await self._start_point(since, t)
+            start = await self._start_point(principal.org, since, t)
         except ApiError as exc:
             log.info("peer=%s SSE feed refused %d: %s", peer(scope), exc.status, exc.detail)
             await send_json_response(send, exc.status, json_body(exc.error, exc.detail, exc.extra))
@@ -363,9 +558,15 @@ class FrameStreams:
             log.error("SSE feed cannot read the store: %s", exc)
             await send_json_response(send, 503, json_body("store_unavailable", str(exc)))
             return
-        conn = self._connection(SseTransport(send), scope, "sync/v1/events")
+        conn = self._connection(SseTransport(send), scope, "sync/v1/events", principal)
         sub = FeedSubscriber(
-            conn, ORG, t=t, since=start, encode=encode_sse, encode_event=encode_sse_event
+            conn,
+            principal.org,
+            t=t,
+            since=start,
+            encode=encode_sse,
+            encode_event=encode_sse_event,
+            docs=principal.grant,
         )
         sub.all_presence = query.get("presence") == "all"
         await send(
@@ -381,15 +582,26 @@ class FrameStreams:
         )
         # Tell EventSource how soon to reconnect, before any frame.
         conn.enqueue(b"retry: 2000\n\n")
-        log.info("conn=%s peer=%s SSE feed since=%s t=%r connected", conn.id, conn.peer, start, t)
+        log.info(
+            "conn=%s peer=%s org=%r actor=%r SSE feed since=%s t=%r connected",
+            conn.id,
+            conn.peer,
+            principal.org,
+            principal.actor,
+            start,
+            t,
+        )
+        session = FeedSession(principal, sub, self.runtime)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_disconnect, receive, conn)
-                tg.start_soon(_keep_alive, conn)
+                tg.start_soon(_keep_alive, session)
                 tg.start_soon(self._catch_up_or_close, sub)
+                tg.start_soon(session.enforce_expiry)
                 await conn.run()
                 tg.cancel_scope.cancel()
         finally:
+            session.end()
             self.runtime.hub.unsubscribe(sub)
             log.info("conn=%s SSE feed ended code=%s", conn.id, conn.close_code)
 
@@ -402,7 +614,26 @@ async def _watch_disconnect(receive: Any, conn: Connection) -> None:
             return
 
 
-async def _keep_alive(conn: Connection) -> None:
+async def _keep_alive(session: FeedSession) -> None:
+    conn = session.sub.conn
     while not conn.closing:
         await anyio.sleep(SSE_KEEPALIVE_SECONDS)
-        conn.enqueue(b": keep-alive\n\n")
+        left = expires_in(session.principal)
+        suffix = "" if left is None else f" expires_in={left}"
+        conn.enqueue(f": keep-alive{suffix}\n\n".encode())
+
+
+def client_ip(scope: Scope) -> str | None:
+    """The peer's address (what limits count under while anonymous)."""
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def accept_message(scope: Scope) -> dict[str, Any]:
+    """``websocket.accept``, echoing the ``bearer.<token>`` subprotocol if the token
+    came in one (browsers fail a handshake whose offered protocol is not chosen)."""
+    message: dict[str, Any] = {"type": "websocket.accept"}
+    subprotocol = choose_subprotocol(offered_subprotocols(scope))
+    if subprotocol is not None:
+        message["subprotocol"] = subprotocol
+    return message

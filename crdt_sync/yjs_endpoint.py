@@ -6,24 +6,41 @@ stored state), then read: the receive loop below decodes each frame and hands it
 to the room in arrival order, until the client leaves or the connection is closed
 (a close from any task cancels the read). The connection's writes need no task of
 their own (``rooms.connection``): an idle connection costs no task but this one.
+
+Auth (the front door has admitted the connection for ``read`` on the doc):
+
+- the connection runs as ``principal_of(scope)``: its org picks the room (the same
+  doc name in two orgs is two docs), its actor is ``who``;
+- a principal whose grant does not reach ``write`` on the doc is *read-only*: it
+  syncs, sees and publishes awareness, but every document update it sends (a sync
+  update, or a step 2 carrying structs) is dropped: not applied, not relayed,
+  counted (``crdt_sync_readonly_updates_refused``) and logged once per connection;
+- at the principal's ``expires_at`` the connection is closed with 4401 (the client
+  reconnects with a fresh token); ``POST /admin/revoke`` closes it the same way
+  (it is registered in ``runtime.sessions``);
+- more than ``--rate-limit-ws-messages`` messages per ``--rate-limit-window`` from
+  one actor (one IP while open) close the connection with 4429.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import anyio
+from pycrdt import get_state
 
 from persistence.store import StoreError
 from rooms.close_codes import CloseCode
 from rooms.connection import Connection
 from rooms.limits import LimitExceeded
 from rooms.manager import RoomManager, ShuttingDown, TooManyRooms
-from rooms.room import InvalidUpdate, Room, RoomLoadError
+from rooms.room import EMPTY_UPDATE, InvalidUpdate, Room, RoomLoadError
 from rooms.stats import TRAFFIC
 
 from .asgi import Scope, WsBinaryTransport, drain_websocket, json_body, peer, send_json_response
+from .auth.principal import Principal, principal_of
 from .codec import (
     LARGE_UPDATE_BYTES,
     Auth,
@@ -37,6 +54,7 @@ from .codec import (
     decode_message,
 )
 from .docnames import InvalidDocName, validate_doc_name
+from .front_door import SUBPROTOCOL_KEY
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,18 +78,23 @@ class YjsEndpoint:
             log.warning("peer=%s refused ws for doc %r: %s", peer(scope), raw_name[:100], exc)
             await self._deny(scope, send, 400, "invalid_doc_name", str(exc))
             return
-        await send({"type": "websocket.accept"})
+        principal = principal_of(scope)
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        subprotocol = scope.get(SUBPROTOCOL_KEY)
+        if subprotocol is not None:
+            accept["subprotocol"] = subprotocol
+        await send(accept)
         settings = self.settings
         conn = Connection(
             WsBinaryTransport(send),
-            actor="anonymous",
+            actor=principal.actor,
             peer=peer(scope),
             max_messages=settings.send_queue_messages,
             max_bytes=settings.send_queue_bytes,
         )
         conn.room_name = name
         manager: RoomManager = self.runtime.manager
-        org = "default"
+        org = principal.org
         try:
             room = await manager.join(org, name, conn)
         except (RoomLoadError, ShuttingDown, TooManyRooms) as exc:
@@ -86,17 +109,34 @@ class YjsEndpoint:
             await conn.run()
             await drain_websocket(receive)
             return
-        log.info("conn=%s room=%r actor=%s peer=%s connected", conn.id, name, conn.actor, conn.peer)
+        writer = principal.grant.allows(name, "write")
+        log.info(
+            "conn=%s room=%r org=%r actor=%s peer=%s connected%s",
+            conn.id,
+            name,
+            org,
+            conn.actor,
+            conn.peer,
+            "" if writer else " read-only",
+        )
+        session = self.runtime.sessions.register(principal, name, conn.close)
         try:
             # This task reads; writes happen in whichever task relays (see
             # rooms.connection). A close from anywhere stops the reading.
             with anyio.CancelScope() as reading:
                 conn.on_close(reading.cancel)
-                await self._receive_loop(receive, conn, room, manager)
+                left = principal.seconds_left(time.time())
+                if left is not None:
+                    reading.deadline = anyio.current_time() + max(0.0, left)
+                reader = _Reader(self, conn, room, manager, principal, scope, writer)
+                await reader.loop(receive)
+            if reading.cancelled_caught and not conn.closing:
+                self._refuse(conn, CloseCode.UNAUTHORIZED, "token expired")
             await conn.run()  # closed by now: finish a pending write, send the close frame
             if not conn.closed_by_peer:
                 await drain_websocket(receive)
         finally:
+            self.runtime.sessions.unregister(session)
             manager.leave(room, conn)
             if conn.closed_by_peer:
                 log.info("conn=%s room=%r actor=%s disconnected", conn.id, name, conn.actor)
@@ -131,10 +171,35 @@ class YjsEndpoint:
         )
         conn.close(code, reason)
 
-    async def _receive_loop(
-        self, receive: Any, conn: Connection, room: Room, manager: RoomManager
+
+class _Reader:
+    """One connection's receive loop: decode each frame, hand it to the room in order."""
+
+    def __init__(
+        self,
+        endpoint: YjsEndpoint,
+        conn: Connection,
+        room: Room,
+        manager: RoomManager,
+        principal: Principal,
+        scope: Scope,
+        writer: bool,
     ) -> None:
-        max_bytes = self.settings.max_message_bytes
+        self.endpoint = endpoint
+        self.conn = conn
+        self.room = room
+        self.manager = manager
+        self.writer = writer
+        self.limiter = endpoint.runtime.ws_limiter
+        client = scope.get("client")
+        self.limit_key = principal.limit_key(str(client[0]) if client else None)
+        self.refused_updates = 0
+
+    async def loop(self, receive: Any) -> None:
+        conn = self.conn
+        refuse = self.endpoint._refuse
+        max_bytes = self.endpoint.settings.max_message_bytes
+        limiter = self.limiter
         while not conn.closing:
             event = await receive()
             if event["type"] == "websocket.disconnect":
@@ -142,32 +207,59 @@ class YjsEndpoint:
                 return
             frame = event.get("bytes")
             if frame is None:
-                self._refuse(conn, CloseCode.UNSUPPORTED_DATA, "text frames are not supported")
+                refuse(conn, CloseCode.UNSUPPORTED_DATA, "text frames are not supported")
                 return
             conn.touch()
             TRAFFIC.count_received(frame)
             if len(frame) > max_bytes:
-                self._refuse(
+                refuse(
                     conn, CloseCode.MESSAGE_TOO_BIG, f"message of {len(frame)} bytes > {max_bytes}"
                 )
                 return
+            if limiter is not None:
+                ok, retry = limiter.allow(self.limit_key, time.monotonic())
+                if not ok:
+                    refuse(
+                        conn,
+                        CloseCode.RATE_LIMITED,
+                        f"more than {limiter.limit} messages per {limiter.window:g} s; "
+                        f"retry in {retry:.1f} s",
+                    )
+                    return
             try:
-                await self._handle(frame, conn, room, manager)
+                await self._handle(frame)
             except InvalidPayload as exc:
-                self._refuse(conn, CloseCode.INVALID_PAYLOAD, f"refused message: {exc}")
+                refuse(conn, CloseCode.INVALID_PAYLOAD, f"refused message: {exc}")
             except ProtocolError as exc:
-                self._refuse(conn, CloseCode.PROTOCOL_ERROR, f"malformed message: {exc}")
+                refuse(conn, CloseCode.PROTOCOL_ERROR, f"malformed message: {exc}")
             except InvalidUpdate as exc:
-                self._refuse(conn, CloseCode.INVALID_PAYLOAD, f"update rejected: {exc}")
+                refuse(conn, CloseCode.INVALID_PAYLOAD, f"update rejected: {exc}")
             except LimitExceeded as exc:
-                self._refuse(conn, exc.code, exc.detail)
+                refuse(conn, exc.code, exc.detail)
             except StoreError as exc:
-                self._refuse(conn, CloseCode.STORE_UNAVAILABLE, f"update not stored: {exc}")
+                refuse(conn, CloseCode.STORE_UNAVAILABLE, f"update not stored: {exc}")
             except Exception:
-                log.exception("conn=%s room=%r internal error", conn.id, room.name)
+                log.exception("conn=%s room=%r internal error", conn.id, self.room.name)
                 conn.close(CloseCode.INTERNAL_ERROR, "internal error")
 
-    async def _handle(self, frame: bytes, conn: Connection, room: Room, manager: RoomManager):
+    def _refuse_update(self, kind: str) -> None:
+        """A read-only connection sent a document update: dropped, counted, logged once."""
+        self.refused_updates += 1
+        self.endpoint.runtime.readonly_refused += 1
+        if self.refused_updates == 1:
+            logging.getLogger("crdt_sync.audit").warning(
+                "refused ws update conn=%s room=%r org=%r actor=%r peer=%s: read-only "
+                "grant (%s dropped; further ones on this connection only counted)",
+                self.conn.id,
+                self.room.name,
+                self.room.org,
+                self.conn.actor,
+                self.conn.peer,
+                kind,
+            )
+
+    async def _handle(self, frame: bytes) -> None:
+        conn, room, manager = self.conn, self.room, self.manager
         if len(frame) > LARGE_UPDATE_BYTES:
             # Off the event loop: other rooms do not wait while a big update is checked.
             message = await anyio.to_thread.run_sync(decode_message, frame)
@@ -175,9 +267,19 @@ class YjsEndpoint:
             message = decode_message(frame)
         match message:
             case SyncUpdate(update):
+                if not self.writer:
+                    if update != EMPTY_UPDATE:
+                        self._refuse_update("update")
+                    return
                 await room.on_update(conn, update, frame)
                 manager.after_update(room)
             case SyncStep2(update):
+                if not self.writer:
+                    # A reader answers the server's step 1 with what it has that the
+                    # server lacks: usually nothing (only a delete set); structs are edits.
+                    if update != EMPTY_UPDATE and _has_structs(update):
+                        self._refuse_update("sync step 2")
+                    return
                 await room.on_update(conn, update, None)
                 manager.after_update(room)
             case SyncStep1(state_vector):
@@ -188,6 +290,14 @@ class YjsEndpoint:
                 room.on_query_awareness(conn)
             case Auth():
                 log.debug("conn=%s ignoring auth message from client", conn.id)
+
+
+def _has_structs(update: bytes) -> bool:
+    """Whether ``update`` carries any item (its state vector is not empty)."""
+    try:
+        return get_state(update) != b"\x00"
+    except Exception:
+        return True  # not decodable: count it as a refused edit, never apply it
 
 
 def _mark_denial_complete(send: Any) -> None:

@@ -28,3 +28,10 @@ class CloseCode(IntEnum):
     PENDING_TOO_LARGE = 4413  # the room holds > --max-pending-bytes of updates missing deps
     AWARENESS_LIMIT = 4460  # > --max-awareness-ids-per-connection/-per-room awareness ids
     VIEW_LIMIT = 4461  # frame feed: > --max-views-per-connection records viewed or watched
+    # -- auth and abuse limits (issue 11) --
+    UNAUTHORIZED = 4401  # missing, invalid or expired token; token expired in session; revoked
+    FORBIDDEN = 4403  # the token's grant does not cover this doc (Yjs: auth message first)
+    RATE_LIMITED = 4429  # alias of SLOW_CLIENT: too many messages per window / connections
+    DOC_TOO_LARGE = (
+        4413  # alias of PENDING_TOO_LARGE: an update would grow the doc past --max-doc-bytes
+    )

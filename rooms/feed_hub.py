@@ -13,14 +13,19 @@ frame is either in that read or in the buffer, and the sid filter drops the over
 Frames trimmed from the log before the subscriber read them are never skipped
 silently: the reader sends :meth:`FeedSubscriber.reset` instead (see
 ``crdt_sync.sync_stream.catch_up``).
+
+Visibility: a subscriber only receives frames of records its grant covers (its
+``docs`` filter, see :class:`DocFilter`), live and in catch-up. Its cursor
+(:attr:`FeedSubscriber.last_sid`) still advances over the frames it may not see,
+as it catches up, so catch-up pages over them; the overlap logic above is unchanged.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Protocol
 
 from persistence.store import Frame
 
@@ -36,6 +41,13 @@ MAX_BUFFERED = 10_000
 
 Encoder = Callable[[list[Frame]], bytes]
 EventEncoder = Callable[[dict[str, Any]], bytes]
+
+
+class DocFilter(Hashable, Protocol):
+    """Which records a subscriber may see (``crdt_sync.auth.Grant`` is one): hashable,
+    so that subscribers with equal filters share one encoding of each publish."""
+
+    def covers(self, doc_name: str) -> bool: ...
 
 
 def frame_dict(frame: Frame) -> dict[str, Any]:
@@ -102,6 +114,8 @@ class FeedSubscriber:
         since: The last sid it has.
         encode: How frames are put on its wire.
         encode_event: How other events (presence) are put on its wire.
+        docs: The records it may see (``None``: every record of its org). May be
+            replaced while it runs (a token renewed in band).
     """
 
     def __init__(
@@ -113,6 +127,7 @@ class FeedSubscriber:
         since: int,
         encode: Encoder,
         encode_event: EventEncoder,
+        docs: DocFilter | None = None,
     ) -> None:
         self.conn = conn
         self.org = org
@@ -124,13 +139,22 @@ class FeedSubscriber:
         self.overflowed = False
         self.watching: set[tuple[str, str]] = set()
         self.all_presence = False
+        self.docs = docs
 
     @property
     def live(self) -> bool:
         return self._buffer is None
 
+    def covers(self, record: tuple[str, str]) -> bool:
+        """Whether its grant covers record ``(t, id)`` (frames and presence alike)."""
+        return self.docs is None or self.docs.covers(f"{record[0]}/{record[1]}")
+
+    def sees(self, frame: Frame) -> bool:
+        """Whether ``frame`` is of its type and of a record it may see (sid aside)."""
+        return (self.t is None or frame.t == self.t) and self.covers((frame.t, frame.id))
+
     def wants(self, frame: Frame) -> bool:
-        return frame.sid > self.last_sid and (self.t is None or frame.t == self.t)
+        return frame.sid > self.last_sid and self.sees(frame)
 
     def send(self, frames: list[Frame], message: bytes | None = None) -> None:
         """Queue ``frames`` (already filtered, in order), encoded unless given."""
@@ -138,6 +162,14 @@ class FeedSubscriber:
             return
         self.conn.enqueue(message if message is not None else self.encode(frames))
         self.last_sid = frames[-1].sid
+
+    def deliver(self, frames: list[Frame]) -> None:
+        """Queue those of ``frames`` (sid order, all newer than :attr:`last_sid`) it may
+        see, and move its cursor past all of them, the invisible ones included."""
+        if not frames:
+            return
+        self.send([f for f in frames if self.sees(f)])
+        self.last_sid = max(self.last_sid, frames[-1].sid)
 
     def reset(self, event: dict[str, Any], code: int, reason: str) -> None:
         """Frames after :attr:`last_sid` are gone: tell the client (``event``, the body
@@ -164,7 +196,7 @@ class FeedSubscriber:
             self._buffer = []
             return False
         buffered, self._buffer = self._buffer or [], None
-        self.send([f for f in buffered if self.wants(f)])
+        self.deliver([f for f in buffered if f.sid > self.last_sid])
         return True
 
     def _buffer_frames(self, frames: Iterable[Frame]) -> None:
@@ -212,17 +244,17 @@ class FeedHub:
             subs = self._subs.get(org)
             if not subs:
                 continue
-            # Subscribers with the same encoder and filter get the very same bytes.
-            encoded: dict[tuple[Encoder, str | None], tuple[list[Frame], bytes]] = {}
+            # Subscribers with the same encoder and filters get the very same bytes.
+            encoded: dict[tuple[Encoder, str | None, Hashable], tuple[list[Frame], bytes]] = {}
             for sub in list(subs):
                 if not sub.live:
                     sub._buffer_frames(org_frames)
                     continue
-                key = (sub.encode, sub.t)
+                key = (sub.encode, sub.t, sub.docs)
                 try:
                     cached = encoded.get(key)
                     if cached is None:
-                        wanted = [f for f in org_frames if sub.t is None or f.t == sub.t]
+                        wanted = [f for f in org_frames if sub.sees(f)]
                         cached = encoded[key] = (wanted, sub.encode(wanted) if wanted else b"")
                     wanted, message = cached
                     if wanted and wanted[0].sid > sub.last_sid:
@@ -245,7 +277,8 @@ class FeedHub:
         sent = 0
         encoded: dict[EventEncoder, bytes] = {}
         for sub in list(self._subs.get(org, ())):
-            if sub.live and (sub.all_presence or record in sub.watching):
+            watched = sub.all_presence or record in sub.watching
+            if sub.live and watched and sub.covers(record):
                 message = encoded.get(sub.encode_event)
                 if message is None:
                     message = encoded[sub.encode_event] = sub.encode_event(event)

@@ -431,9 +431,12 @@ async def test_delta_reads_are_rate_limited_with_429(server_factory) -> None:
         assert int(refused.headers["Retry-After"]) >= 1
         assert refused.json()["error"] == "too_many_requests"
         assert (await http.get("/sync/v1/records")).status_code == 429
-        # Another client (named by client_id) has its own budget.
+        # A client cannot buy itself another budget by naming itself (issue 11: the
+        # throttle is keyed by the principal, here the address while auth is off).
         other = await http.get("/sync/v1/delta", params={"client_id": "other"})
-        assert other.status_code == 200
+        assert other.status_code == 429
+        other = await http.get("/sync/v1/delta", headers={"X-Client-Id": "other"})
+        assert other.status_code == 429
     concurrent = server_factory("--delta-min-interval-ms", "0", "--delta-max-concurrency", "1")
     async with httpx.AsyncClient(base_url=concurrent.url, timeout=30) as http:
         await mutate(

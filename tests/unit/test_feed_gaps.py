@@ -1,5 +1,7 @@
 """No silent gaps in the frame feed: a subscriber's sids are gap-free and strictly
 increasing, or its last message is a reset (``since_too_old`` with the bootstrap cursor).
+A subscriber with a grant gets exactly the frames of the records it covers, in order,
+without a gap among them (its cursor moves past the others).
 
 Property test over interleavings of writes, trims and reconnects, run against the
 real catch-up (``crdt_sync.sync_stream.catch_up``), a real SQLite store and a real
@@ -21,6 +23,7 @@ import anyio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crdt_sync.auth.principal import Grant
 from crdt_sync.http_api import ApiError
 from crdt_sync.sync_stream import catch_up
 from persistence.sqlite import SQLiteStore
@@ -61,12 +64,15 @@ class Poke:
 class World:
     """The store, the hub, what was committed, and the client's view of it."""
 
-    def __init__(self, store: SQLiteStore, t: str | None, todo: list[Action]) -> None:
+    def __init__(
+        self, store: SQLiteStore, t: str | None, todo: list[Action], docs: Grant | None = None
+    ) -> None:
         self.store = store
         self.hub = FeedHub()
         store.add_frame_listener(self.hub.publish)
         self.t = t
-        self.committed: list[tuple[int, str]] = []
+        self.docs = docs
+        self.committed: list[tuple[int, str, str]] = []
         self.todo = deque(todo)
         self.lock = asyncio.Lock()
         self.poke = Poke()
@@ -77,13 +83,14 @@ class World:
         self.reconnect_wanted = False
 
     async def write(self, n: int, t: str) -> None:
+        ids = [str(1 + i % 2) for i in range(n)]  # records t/1 and t/2, alternating
         sids = await asyncio.gather(
             *(
-                self.store.append_frame(ORG, t=t, id="1", op="u", p={"n": i}, who="w", at=1, ctx={})
-                for i in range(n)
+                self.store.append_frame(ORG, t=t, id=id, op="u", p={"n": i}, who="w", at=1, ctx={})
+                for i, id in enumerate(ids)
             )
         )
-        self.committed += [(sid, t) for sid in sids]
+        self.committed += [(sid, t, id) for sid, id in zip(sids, ids, strict=True)]
 
     async def act(self) -> None:
         async with self.lock:
@@ -99,7 +106,13 @@ class World:
         self.poke.set()
 
     def expected(self, since: int) -> list[int]:
-        return [s for s, t in self.committed if s > since and self.t in (None, t)]
+        return [
+            s
+            for s, t, id in self.committed
+            if s > since
+            and self.t in (None, t)
+            and (self.docs is None or self.docs.covers(f"{t}/{id}"))
+        ]
 
 
 class SlowClient:
@@ -138,7 +151,13 @@ async def connect(world: World, since: int, page: int) -> None:
     socket = SlowClient(world)
     conn = socket.conn = Connection(socket)
     sub = FeedSubscriber(
-        conn, ORG, t=world.t, since=since, encode=encode_json_array, encode_event=encode_json_event
+        conn,
+        ORG,
+        t=world.t,
+        since=since,
+        encode=encode_json_array,
+        encode_event=encode_json_event,
+        docs=world.docs,
     )
     world.reconnect_wanted = False
 
@@ -174,11 +193,16 @@ async def connect(world: World, since: int, page: int) -> None:
 
 
 async def scenario(
-    path: Path, first: int, todo: list[Action], t: str | None, page: int
+    path: Path,
+    first: int,
+    todo: list[Action],
+    t: str | None,
+    page: int,
+    docs: Grant | None = None,
 ) -> dict[str, Any] | None:
     """Run one example; returns the reset the client got, if any."""
     async with SQLiteStore(path, commit_interval_ms=0) as store:
-        world = World(store, t, todo)
+        world = World(store, t, todo, docs)
         await world.write(first, "a")
         await world.write(first // 2, "b")
         start = 0
@@ -199,8 +223,13 @@ async def scenario(
             return None
         # ...and a reset ends the stream, only when frames it lacks are truly gone.
         assert world.after_reset == []
-        assert world.reset_since == last
-        assert last < world.reset["oldest_sid"] or last > world.reset["newest_sid"]
+        cursor = world.reset_since
+        assert cursor is not None
+        if docs is None:
+            assert cursor == last
+        else:  # it may have moved past frames it does not see, never before its last
+            assert cursor >= last
+        assert cursor < world.reset["oldest_sid"] or cursor > world.reset["newest_sid"]
         if "bootstrap" in world.reset:
             assert world.reset["bootstrap"].startswith("/sync/v1/records")
         return world.reset
@@ -239,3 +268,49 @@ def test_trim_during_catch_up_resets_instead_of_skipping() -> None:
         reset = anyio.run(scenario, Path(tmp) / "store.db", 20, todo, None, 5, backend="asyncio")
     assert reset is not None and reset["bootstrap"] == "/sync/v1/records"
     assert reset["oldest_sid"] == 30 + 3 * 12 - 10
+
+
+GRANTS = [
+    Grant(("a/1",), "read"),
+    Grant(("b/*",), "read"),
+    Grant(("a/2", "b/1"), "read"),
+    Grant((), "read"),  # nothing at all: its cursor still moves, it gets no frame
+]
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    first=st.integers(0, 30),
+    todo=st.lists(actions, max_size=12),
+    t=st.sampled_from([None, "a"]),
+    page=st.integers(1, 7),
+    max_buffered=st.sampled_from([3, 10_000]),
+    docs=st.sampled_from(GRANTS),
+)
+def test_a_granted_subscriber_gets_exactly_the_covered_frames_in_order(
+    first: int, todo: list[Action], t: str | None, page: int, max_buffered: int, docs: Grant
+) -> None:
+    saved = feed_hub.MAX_BUFFERED
+    feed_hub.MAX_BUFFERED = max_buffered
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "store.db"
+            anyio.run(scenario, path, first, todo, t, page, docs, backend="asyncio")
+    finally:
+        feed_hub.MAX_BUFFERED = saved
+
+
+def test_catch_up_pages_past_frames_the_grant_hides() -> None:
+    """Pages full of frames it may not see: catch-up moves on to the covered one."""
+    todo: list[Action] = [("write", 1, "a")]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "store.db"
+        # 30 frames of a/1 and a/2 and 15 of b/1, b/2 first, pages of 2.
+        reset = anyio.run(
+            scenario, path, 30, todo, None, 2, Grant(("b/2",), "read"), backend="asyncio"
+        )
+    assert reset is None
