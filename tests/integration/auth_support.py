@@ -111,16 +111,22 @@ def ws_base(server: Any) -> str:
 async def ws_outcome(
     url: str, tok: str | None = None, *, via: str = "query", hold: float = 1.0
 ) -> int | str:
-    """How a WebSocket to ``url`` ends: the close code the server sent, ``"http 4xx"``
-    for a refused handshake, or :data:`OPEN` if it is still open after ``hold`` s."""
+    """How a WebSocket to ``url`` ends, the token sent ``via`` query, header or
+    subprotocol: the close code the server sent, ``"http 4xx"`` for a refused
+    handshake, or :data:`OPEN` if it is still open after ``hold`` s."""
     headers: dict[str, str] = {}
+    subprotocols: list[Any] | None = None
     if tok is not None and via == "query":
         url += ("&" if "?" in url else "?") + "token=" + tok
+    elif tok is not None and via == "subprotocol":  # what a browser does
+        subprotocols = ["crdt-sync", "bearer." + tok]
     elif tok is not None:
         headers = bearer(tok)
     try:
         with anyio.fail_after(10):
-            ws = await websockets.connect(url, additional_headers=headers, open_timeout=5)
+            ws = await websockets.connect(
+                url, additional_headers=headers, subprotocols=subprotocols, open_timeout=5
+            )
     except InvalidStatus as exc:
         return f"http {exc.response.status_code}"
     try:

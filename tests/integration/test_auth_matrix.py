@@ -162,7 +162,7 @@ async def test_bad_token_is_refused_on_every_route_and_websocket(
         ("yjs", ws_base(seeded) + "/yjs/task/1"),
         ("frame ws", ws_base(seeded) + "/sync/v1/ws"),
     ):
-        for via in ("query", "header") if bad is not None else ("query",):
+        for via in ("query", "header", "subprotocol") if bad is not None else ("query",):
             outcome = await ws_outcome(url, bad, via=via)
             if outcome != 4401:
                 wrong.append(f"{label} ({via}): {outcome}")
@@ -187,6 +187,7 @@ async def test_the_good_tokens_of_the_matrix_are_accepted(
             assert await sse_status(http, good(mode="read")) == 200
     for url in (ws_base(seeded) + "/yjs/task/1", ws_base(seeded) + "/sync/v1/ws"):
         assert await ws_outcome(url, keys.sign(), via="header") == OPEN
+        assert await ws_outcome(url, token(mode="read"), via="subprotocol") == OPEN
         assert await ws_outcome(url, token(), via="query") == OPEN
 
 
