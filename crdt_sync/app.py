@@ -29,6 +29,7 @@ from rooms.manager import RoomManager, RoomSettings
 from rooms.supervisor import Supervisor
 
 from . import openapi
+from .admin_api import AdminApi
 from .auth.authenticator import Authenticator
 from .auth.sessions import Sessions
 from .browser_guard import BrowserGuard
@@ -87,6 +88,7 @@ class Runtime:
         )
         #: Yjs updates refused because the connection's grant is read-only.
         self.readonly_refused = 0
+        self.front_door: Any = None  # set by CrdtSyncApp: its refusal count is a metric
         self.store: Store | None = None
         self._manager: RoomManager | None = None
         self.shutting_down = False
@@ -144,6 +146,7 @@ class Runtime:
                 max_awareness_state_bytes=settings.max_awareness_state_bytes,
                 max_pending_bytes=settings.max_pending_bytes,
                 max_rooms=settings.max_rooms,
+                max_doc_bytes=settings.max_doc_bytes,
             )
             feed = RecordFeed(
                 store,
@@ -292,6 +295,7 @@ def create_app(
         WebSocketRoute("/yjs/{doc:path}", yjs),
         *DocsApi(runtime).routes(),
         *SyncApi(runtime).routes(),
+        *AdminApi(runtime).routes(),
         *streams.routes(),
     ]
     if WEB_DIR.is_dir():
@@ -333,6 +337,7 @@ class CrdtSyncApp:
             http_limiter=runtime.http_limiter,
             connections=runtime.connections,
         )
+        runtime.front_door = self.front_door
         self._entry = BrowserGuard(self.front_door, settings.allowed_origins, settings.host, port)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:

@@ -20,6 +20,7 @@ and at start-up the feed loads every record whose log is ahead of its projection
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
@@ -32,6 +33,7 @@ import anyio
 from persistence import values
 from persistence.store import FrameBatch, FrameDraft, Store, StoreError
 from rooms.feed_hub import FeedHub
+from rooms.limits import LimitExceeded
 from rooms.manager import RoomManager, ShuttingDown
 from rooms.room import Origin, Room, RoomLoadError, RoomState, now_ms
 from rooms.supervisor import Supervisor
@@ -607,6 +609,10 @@ class RecordFeed:
             raise MutationError(404, "not_found", f"no record {m.t}/{m.id}")
         if m.op == "i" and all(v is None for v in m.p.values()):
             raise MutationError(422, "empty_insert", "an insert needs a non-null field")
+        try:  # before the doc changes: Yjs has no rollback
+            room.check_growth(len(json.dumps(m.p, ensure_ascii=False).encode("utf-8", "replace")))
+        except LimitExceeded as exc:
+            raise MutationError(413, exc.error, exc.detail) from None
         if m.base_sid is not None:
             # Frames queued meanwhile (another mutation, a coalesced edit) are not in
             # what was read, and are newer than all of it.

@@ -37,7 +37,16 @@ or per sampled delivery. Each app has its own registry (tests run several).
 ``crdt_sync_frame_listener_failures_total``    store frame-listener calls that raised
 ``crdt_sync_frame_send_failures_total``        frame subscribers closed with 1011 because
                                                their frames could not be encoded
+``crdt_sync_auth_refused_total``               requests and connections the front door
+                                               refused (401/403/429), one audit line each
+``crdt_sync_readonly_updates_refused_total``   Yjs document updates dropped because the
+                                               connection's grant is read-only
+``crdt_sync_rate_limited_total{kind}``         refused by a rate limit: http, ws
+``crdt_sync_sessions``                         live sessions revocation can close
 =============================================  =========================================
+
+No metric has a doc name, an org or an actor as a label: ``/metrics`` (admin token
+when auth is on) says how the node does, never what any tenant holds.
 """
 
 from __future__ import annotations
@@ -124,6 +133,26 @@ class _NodeCollector:
             "crdt_sync_throttled",
             "delta/records requests refused with 429.",
             value=runtime.throttle.refused,
+        )
+        door = getattr(runtime, "front_door", None)
+        yield CounterMetricFamily(
+            "crdt_sync_auth_refused",
+            "Requests and connections refused by the front door.",
+            value=door.refused if door is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "crdt_sync_readonly_updates_refused",
+            "Yjs updates dropped: the connection's grant is read-only.",
+            value=runtime.readonly_refused,
+        )
+        limited = CounterMetricFamily(
+            "crdt_sync_rate_limited", "Refused by a rate limit.", labels=["kind"]
+        )
+        for kind, limiter in (("http", runtime.http_limiter), ("ws", runtime.ws_limiter)):
+            limited.add_metric([kind], limiter.refused if limiter is not None else 0)
+        yield limited
+        yield GaugeMetricFamily(
+            "crdt_sync_sessions", "Live sessions (revocable).", value=len(runtime.sessions)
         )
         yield from self._supervision()
 

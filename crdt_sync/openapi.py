@@ -35,6 +35,15 @@ characters.
 WebSockets (not described by OpenAPI): `ws://HOST:PORT/yjs/{{doc}}` speaks the
 y-websocket protocol; `ws://HOST:PORT/sync/v1/ws?since=&t=&presence=` pushes
 SyncFrames as JSON. Their close codes are listed in the README.
+
+Auth: when the server runs with `--auth-secret`, `--auth-jwks` or `--auth-webhook`,
+every route but `/healthz`, `/readyz`, `/openapi.json` and `/web/*` needs a token
+(`Authorization: Bearer <jwt>` or `?token=`): missing, invalid or expired is 401
+(with `WWW-Authenticate: Bearer`), a doc or mode outside the grant is 403, and past
+`--rate-limit-http-requests` per `--rate-limit-window` the answer is 429 with
+`Retry-After`. Routes that return many docs return only those the grant covers.
+`/metrics` and `/admin/*` need an `admin` token. Without auth everyone is
+`default`/`anonymous` with every right.
 """
 
 
@@ -83,6 +92,16 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["error", "detail"],
         "properties": {"error": _STRING, "detail": _STRING},
+    },
+    "RevokeRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {
+            "sub": {**_NAME, "description": "close every session of this actor"},
+            "doc": {**_NAME, "description": "close every session on this doc"},
+            "org": {**_NAME, "description": "the org (default: the admin's own; no other)"},
+        },
     },
     "MutationError": {
         "type": "object",
@@ -172,7 +191,7 @@ SCHEMAS: dict[str, Any] = {
             "t": _STRING,
             "id": _STRING,
             "op": {"enum": ["i", "u", "d"]},
-            "status": {"enum": [200, 201, 404, 409, 422, 500, 503]},
+            "status": {"enum": [200, 201, 403, 404, 409, 413, 422, 500, 503]},
             "sid": {"type": ["integer", "null"]},
             "client_tx_id": {"type": ["string", "null"]},
             "conflicts": {"type": "array", "items": _STRING},
@@ -492,9 +511,37 @@ PATHS: dict[str, Any] = {
     },
 }
 
+PATHS["/admin/revoke"] = {
+    "post": {
+        "summary": "close every live connection of an actor, a doc or the whole org (admin)",
+        "operationId": "admin_revoke",
+        "requestBody": {"required": True, "content": {JSON: {"schema": _ref("RevokeRequest")}}},
+        "responses": {
+            "200": _json(
+                {
+                    "type": "object",
+                    "required": ["revoked"],
+                    "properties": {"revoked": {"type": "integer", "minimum": 0}},
+                },
+                "how many connections were closed (4401)",
+            ),
+            "400": _error("malformed request (invalid_json, invalid_request)"),
+            "413": _error("body too large"),
+        },
+    }
+}
+
 #: What every operation may also answer (the front door, not the handler).
 COMMON_RESPONSES: dict[str, Any] = {
     "405": _error("method not allowed"),
+}
+#: Routes the front door lets through without a token.
+PUBLIC = ("/healthz", "/readyz", "/openapi.json")
+#: What the front door may answer on every other route.
+AUTH_RESPONSES: dict[str, Any] = {
+    "401": _error("no token, or a missing, malformed, forged or expired one (auth on)"),
+    "403": _error("the token's grant does not cover this doc or mode"),
+    "429": _error("past --rate-limit-http-requests, or too many connections: see Retry-After"),
 }
 
 
@@ -510,12 +557,26 @@ def document() -> dict[str, Any]:
             responses = {**operation["responses"]}
             if method != "get" or path not in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
                 responses.setdefault("503", _error("the server is shutting down"))
-            paths[path][method] = {**operation, "responses": responses}
+            extra: dict[str, Any] = {}
+            if path not in PUBLIC:
+                for status, response in AUTH_RESPONSES.items():
+                    responses.setdefault(status, response)
+                extra["security"] = [{"bearer": []}]
+            if method == "post" and (path == "/sync/v1/mutations" or path.startswith("/admin/")):
+                responses.setdefault(
+                    "415", _error("the body is not Content-Type: application/json")
+                )
+            paths[path][method] = {**operation, "responses": responses, **extra}
     return {
         "openapi": "3.1.0",
         "info": {"title": "crdt-sync", "version": __version__, "description": DESCRIPTION},
         "paths": paths,
-        "components": {"schemas": SCHEMAS},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
     }
 
 

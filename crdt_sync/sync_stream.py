@@ -80,10 +80,10 @@ from .asgi import (
     send_json_response,
 )
 from .auth.authenticator import AuthError
-from .auth.extract import choose_subprotocol, offered_subprotocols
 from .auth.principal import Principal, principal_of
 from .auth.sessions import Session
 from .docnames import InvalidDocName, validate_doc_name
+from .front_door import SUBPROTOCOL_KEY
 from .http_api import ApiError
 from .inputs import InputError, parse_json
 from .sync_api import parse_sid, parse_type, record_type_error, too_old
@@ -360,22 +360,7 @@ class FrameStreams:
             if event["type"] == "websocket.disconnect":
                 conn.peer_closed(event.get("code", CloseCode.NORMAL))
                 return
-            key = session.principal.limit_key(ip)
-            allowed, retry_after = limiter.allow(key, time.monotonic())
-            if not allowed:
-                log.warning(
-                    "conn=%s peer=%s actor=%r frame feed rate limited, closing 4429",
-                    conn.id,
-                    conn.peer,
-                    session.principal.actor,
-                )
-                error = {
-                    "type": "error",
-                    "error": "rate_limited",
-                    "detail": "too many messages (--ws-rate-limit): slow down",
-                    "retry_after": math.ceil(retry_after),
-                }
-                conn.close_after(encode_json_event(error), CloseCode.RATE_LIMITED, "rate limited")
+            if limiter is not None and self._over_rate(limiter, session, ip):
                 return
             text = event.get("text")
             if text is None:
@@ -422,6 +407,27 @@ class FrameStreams:
                 error = {"type": "error", "error": exc.error, "detail": exc.detail}
                 conn.close_after(encode_json_event(error), exc.code, exc.error)
                 return
+
+    def _over_rate(self, limiter: Any, session: FeedSession, ip: str | None) -> bool:
+        """Count one client message for the principal; past the limit, close 4429."""
+        allowed, retry_after = limiter.allow(session.principal.limit_key(ip), time.monotonic())
+        if allowed:
+            return False
+        conn = session.sub.conn
+        log.warning(
+            "conn=%s peer=%s actor=%r frame feed rate limited, closing 4429",
+            conn.id,
+            conn.peer,
+            session.principal.actor,
+        )
+        error = {
+            "type": "error",
+            "error": "rate_limited",
+            "detail": "too many messages (--rate-limit-ws-messages): slow down",
+            "retry_after": math.ceil(retry_after),
+        }
+        conn.close_after(encode_json_event(error), CloseCode.RATE_LIMITED, "rate limited")
+        return True
 
     def _refuse(self, conn: Connection, code: int, reason: str) -> None:
         log.warning("conn=%s peer=%s frame feed closing %d: %s", conn.id, conn.peer, code, reason)
@@ -630,10 +636,10 @@ def client_ip(scope: Scope) -> str | None:
 
 
 def accept_message(scope: Scope) -> dict[str, Any]:
-    """``websocket.accept``, echoing the ``bearer.<token>`` subprotocol if the token
-    came in one (browsers fail a handshake whose offered protocol is not chosen)."""
+    """``websocket.accept``, echoing the subprotocol the front door chose (a browser
+    that offered ``crdt-sync`` and ``bearer.<token>`` fails a handshake without it)."""
     message: dict[str, Any] = {"type": "websocket.accept"}
-    subprotocol = choose_subprotocol(offered_subprotocols(scope))
+    subprotocol = scope.get(SUBPROTOCOL_KEY)
     if subprotocol is not None:
         message["subprotocol"] = subprotocol
     return message

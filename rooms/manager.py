@@ -46,6 +46,7 @@ class RoomSettings:
     max_awareness_state_bytes: int = 64 * 1024
     max_pending_bytes: int = 1024 * 1024
     max_rooms: int = 10_000
+    max_doc_bytes: int = 0  # 0: no limit
 
 
 class ShuttingDown(Exception):
@@ -145,6 +146,7 @@ class RoomManager:
                     max_awareness_per_room=self.settings.max_awareness_per_room,
                     max_awareness_state_bytes=self.settings.max_awareness_state_bytes,
                     max_pending_bytes=self.settings.max_pending_bytes,
+                    max_doc_bytes=self.settings.max_doc_bytes,
                     on_store_failure=self._store_failed,
                     listener=self.listener,
                 )

@@ -102,6 +102,7 @@ class Room:
         max_awareness_per_room: int = 10_000,
         max_awareness_state_bytes: int = 64 * 1024,
         max_pending_bytes: int = 1024 * 1024,
+        max_doc_bytes: int = 0,
         on_store_failure: Callable[[Room, BaseException], None] | None = None,
         listener: RoomListener | None = None,
     ) -> None:
@@ -116,6 +117,11 @@ class Room:
             max_state_bytes=max_awareness_state_bytes,
         )
         self.max_pending_bytes = max_pending_bytes
+        #: Largest encoded state a write may grow the doc to (0: no limit).
+        self.max_doc_bytes = max_doc_bytes
+        #: An upper bound of the doc's encoded size: what was loaded plus every update
+        #: integrated since (re-measured only when a write would pass the limit).
+        self.size_bound = 0
         #: Updates (what of them the doc lacks) waiting for missing dependencies,
         #: with the connection id they came through (0: not a connection).
         self._pending: list[tuple[int, bytes]] = []
@@ -167,6 +173,7 @@ class Room:
                     for update in stored.updates:
                         self.doc.apply_update(update)
                 self._integrated = []
+                self.size_bound = len(stored.snapshot or b"") + sum(map(len, stored.updates))
                 self.last_update_id = stored.last_update_id
                 self.logged_since_snapshot = len(stored.updates)
         except Exception as exc:
@@ -317,6 +324,7 @@ class Room:
         """
         if update == EMPTY_UPDATE:
             return
+        self.check_growth(len(update))
         if self._listener is not None:
             self._listener.room_changing(self, conn.actor)
         changes = self._apply(update, Origin.CLIENT, conn.id)
@@ -343,6 +351,7 @@ class Room:
         self._expect(RoomState.LOADED)
         if update == EMPTY_UPDATE:
             return None
+        self.check_growth(len(update))
         appended = None
         if self._listener is not None:
             self._listener.room_changing(self, actor)
@@ -392,6 +401,7 @@ class Room:
             return None
         self.last_activity = time.monotonic()
         update = integrated[0] if len(integrated) == 1 else merge_updates(*integrated)
+        self.size_bound += len(update)
         self.broadcast(encode_sync_update(update))
         if failure is not None:
             await self._log(update, actor)
@@ -400,6 +410,29 @@ class Room:
             raise failure
         batch = frames() if frames is not None else None
         return await self._log(update, actor, frames=batch)
+
+    def check_growth(self, incoming: int) -> None:
+        """Refuse a write of ``incoming`` bytes that could grow the doc past
+        ``max_doc_bytes``, before anything of it is applied (the doc stays intact).
+
+        Cheap while the doc is well below the limit (a running upper bound); near it,
+        the state is encoded once per write to measure it exactly.
+
+        Raises:
+            LimitExceeded: ``doc_too_large`` (close 4413; HTTP 413).
+        """
+        limit = self.max_doc_bytes
+        if not limit or self.size_bound + incoming <= limit:
+            return
+        self.size_bound = len(self.doc.get_update())
+        if self.size_bound + incoming <= limit:
+            return
+        raise LimitExceeded(
+            CloseCode.DOC_TOO_LARGE,
+            "doc_too_large",
+            f"a write of {incoming} bytes would grow the document ({self.size_bound} bytes) "
+            f"past --max-doc-bytes ({limit})",
+        )
 
     def on_awareness(self, conn: Connection, entries: tuple[AwarenessEntry, ...], frame: bytes):
         """Record and relay awareness to every connection, the sender included.
@@ -445,6 +478,7 @@ class Room:
             raise InvalidUpdate(f"update crashed the decoder: {exc}") from None
         self.last_activity = time.monotonic()
         integrated, self._integrated = self._integrated, []
+        self.size_bound += sum(map(len, integrated))
         if not (len(integrated) == 1 and integrated[0] == update):
             # Not integrated whole, as it came (which is the usual case): some of it
             # may be pending.

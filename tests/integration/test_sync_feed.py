@@ -549,7 +549,11 @@ async def test_bad_requests_change_nothing(server_factory) -> None:
         assert response.status_code == 400
         response = await http.post("/sync/v1/mutations", json={"mutations": [valid] * 4})
         assert response.status_code == 400 and response.json()["field"] == "mutations"
-        response = await http.post("/sync/v1/mutations", content=b'{"mutations": [')
+        response = await http.post(
+            "/sync/v1/mutations",
+            content=b'{"mutations": [',
+            headers={"content-type": "application/json"},
+        )
         assert response.status_code == 400 and response.json()["error"] == "invalid_json"
         big = {"mutations": [{**valid, "p": {"x": "y" * 4000}}]}
         response = await http.post("/sync/v1/mutations", json=big)
