@@ -3,7 +3,7 @@
 Run on demand from the repository root (prints figures, asserts nothing; loopback only;
 every phase bounded in count and in time)::
 
-    python bench/bench_auth.py [--refused 10000] [--accepted 400] [--concurrency 50]
+    python bench/bench_auth.py [--refused 10000] [--rounds 1] [--accepted 400] [--concurrency 50]
 
 1. **refused**: a real ``crdt-sync serve --auth-secret`` (``tests/server_process.py``)
    gets ``--refused`` WebSocket connections with bad tokens (missing, garbage, wrong
@@ -166,20 +166,27 @@ async def main(args: argparse.Namespace) -> None:
         before = rss_kib(authed.proc.pid)
         peak = Peak(authed.proc.pid)
         outcomes.clear()
+        seconds = 0.0
+        after_rounds: list[int] = []
         async with anyio.create_task_group() as tg:
             tg.start_soon(peak.run)
-            seconds = await flood(base, WARMUP, args.refused, args.concurrency, outcomes)
+            for round_ in range(args.rounds):
+                start = WARMUP + round_ * args.refused
+                seconds += await flood(base, start, args.refused, args.concurrency, outcomes)
+                after_rounds.append(rss_kib(authed.proc.pid))
             tg.cancel_scope.cancel()
-        after = rss_kib(authed.proc.pid)
+        after = after_rounds[-1]
         admin = issue_token(SECRET, "bench-admin", "orga", ("**",), "admin", 600)
         async with httpx.AsyncClient(base_url=authed.url, timeout=10) as http:
             listed = await http.get(
                 "/docs", params={"prefix": "flood/"}, headers={"Authorization": f"Bearer {admin}"}
             )
+        total = args.refused * args.rounds
         print(
-            f"\nrefused: {args.refused} connections (concurrency {args.concurrency}) in "
-            f"{seconds:.1f} s = {args.refused / seconds:.0f}/s"
+            f"\nrefused: {args.rounds} x {args.refused} connections (concurrency "
+            f"{args.concurrency}) in {seconds:.1f} s = {total / seconds:.0f}/s"
         )
+        print(f"  server RSS after each round: {', '.join(mib(k) for k in after_rounds)}")
         print(f"  outcomes: {dict(sorted(outcomes.items(), key=str))}")
         print(
             f"  server RSS before {mib(before)}, peak {mib(peak.kib)}, after {mib(after)} "
@@ -228,4 +235,7 @@ if __name__ == "__main__":
     parser.add_argument("--refused", type=int, default=10_000)
     parser.add_argument("--accepted", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="floods of --refused each (RSS after each)"
+    )
     anyio.run(main, parser.parse_args())
