@@ -252,3 +252,37 @@ async def test_revoke_needs_an_admin_token_and_a_single_selector(server_factory)
             response = await http.post("/admin/revoke", json=bad, headers=bearer(admin))
             assert response.status_code in (400, 422), (bad, response.text)
             assert set(response.json()) >= {"error", "detail"}
+
+
+async def test_connections_per_actor_limit_trips_4429_and_frees_on_close(server_factory) -> None:
+    server = server_factory("--auth-secret", SECRET, "--max-connections-per-actor", "3")
+    greedy = token(sub="greedy")
+    calm = token(sub="calm")
+    held = [await yjs_socket(server, f"greedy/{n}", greedy) for n in range(3)]
+    try:
+        extra = await websockets.connect(ws_base(server) + "/yjs/greedy/3?token=" + greedy)
+        assert await closed_within(extra, 5) == 4429
+        # SSE streams count too
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            with anyio.fail_after(10):
+                async with http.stream(
+                    "GET", "/sync/v1/events", headers=bearer(greedy)
+                ) as response:
+                    assert response.status_code == 429, response.status_code
+                    assert float(response.headers["retry-after"]) > 0
+        # another actor on the same address is not affected
+        other = await yjs_socket(server, "calm/1", calm)
+        await other.close()
+        # closing one frees its slot
+        await held.pop().close()
+        with anyio.fail_after(5):
+            while True:
+                again = await websockets.connect(ws_base(server) + "/yjs/greedy/4?token=" + greedy)
+                if await closed_within(again, 0.3) is None:
+                    held.append(again)
+                    break
+                await anyio.sleep(0.05)  # the server may see the close a moment later
+    finally:
+        for ws in held:
+            with anyio.move_on_after(2):
+                await ws.close()

@@ -556,3 +556,30 @@ async def test_second_org_client_can_read_its_log_from_the_start(server_factory,
         else:
             status = await sse_status(http, b, "/sync/v1/events?since=0")
             assert status == 200
+
+
+async def test_no_token_or_secret_reaches_the_server_log(
+    seeded: ServerProcess, keys: RsaKeys
+) -> None:
+    """Audit lines for every refusal, and uvicorn's own lines (the server runs at
+    ``--log-level debug``), never carry a token or the secret (issue: part 8)."""
+    sent = [t for t in bad_tokens(keys).values() if t and len(t) > 20]
+    sent += [token(mode="read"), token(docs=("nothing/*",))]
+    async with httpx.AsyncClient(base_url=seeded.url, timeout=10) as http:
+        for tok in sent:
+            await http.get("/docs/task/1", headers=bearer(tok))
+            await http.get("/sync/v1/records", params={"token": tok})
+    for tok in sent:
+        for via in ("query", "header", "subprotocol"):
+            await ws_outcome(ws_base(seeded) + "/yjs/task/1", tok, via=via, hold=0.2)
+            await ws_outcome(ws_base(seeded) + "/sync/v1/ws", tok, via=via, hold=0.2)
+    log = seeded.log()
+    assert "refused" in log  # the audit lines are there...
+    signatures = [t.rsplit(".", 1)[-1] for t in sent]
+    leaked = [
+        t[:16] + "..."
+        for t, sig in zip(sent, signatures, strict=True)
+        if t in log or (len(sig) > 10 and sig in log)
+    ]
+    assert not leaked, f"tokens in the server log: {leaked}"  # ...without the tokens
+    assert SECRET not in log
