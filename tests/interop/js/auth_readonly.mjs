@@ -26,8 +26,8 @@ run(async () => {
 
   vBody.insert(0, 'READER-EDIT ')
   viewer.doc.getMap('fields').set('hacked', true)
-  viewer.provider.awareness.setLocalStateField('user', { name: 'viewer' })
-  viewer.provider.awareness.setLocalStateField('cursor', { index: 3 })
+  // one update with both fields: the writer waits for the name and reads the cursor
+  viewer.provider.awareness.setLocalState({ user: { name: 'viewer' }, cursor: { index: 3 } })
   await waitFor(
     () => Object.values(remoteUsers(writer.provider.awareness, writer.doc.clientID)).includes('viewer'),
     "the writer to see the viewer's cursor"
