@@ -168,16 +168,28 @@ class YjsClient:
 
 @asynccontextmanager
 async def connect(
-    server_url: str, doc_name: str, doc: Doc | None = None, **ws_options: Any
+    server_url: str,
+    doc_name: str,
+    doc: Doc | None = None,
+    *,
+    token: str | None = None,
+    **ws_options: Any,
 ) -> AsyncIterator[YjsClient]:
     """Connect a ``Doc`` to ``server_url/doc_name`` (the name is URL-encoded).
 
     Leaving the context sends what is still queued, announces the removal of the
     local awareness state, and closes the socket.
+
+    Args:
+        token: Sent as ``Authorization: Bearer`` (never in the URL, so no log shows it).
     """
     doc = doc if doc is not None else Doc()
     url = server_url.rstrip("/") + "/" + quote(doc_name, safe="/")
     ws_options.setdefault("max_size", None)
+    if token is not None:
+        headers = dict(ws_options.pop("additional_headers", None) or {})
+        headers["Authorization"] = f"Bearer {token}"
+        ws_options["additional_headers"] = headers
     async with websockets.connect(url, **ws_options) as websocket:
         client = YjsClient(doc, websocket)
         try:

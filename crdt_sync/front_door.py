@@ -33,6 +33,7 @@ Never a token: the path is logged, the query string (``?token=``) never.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -324,7 +325,12 @@ class FrontDoor:
         subprotocol: str | None,
     ) -> None:
         if scope["type"] == "http":
-            body = json_error_body(error, detail)
+            if retry_after is None:
+                body = json_error_body(error, detail)
+            else:  # the shape of the delta throttle's 429 (openapi: Throttled)
+                body = json.dumps(
+                    {"error": error, "detail": detail, "retry_after_ms": round(retry_after * 1000)}
+                ).encode("utf-8")
             headers = [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

@@ -117,7 +117,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["error", "detail", "retry_after_ms"],
         "properties": {
-            "error": {"const": "too_many_requests"},
+            "error": {"enum": ["too_many_requests", "too_many_connections"]},
             "detail": _STRING,
             "retry_after_ms": _INT,
         },
@@ -541,7 +541,9 @@ PUBLIC = ("/healthz", "/readyz", "/openapi.json")
 AUTH_RESPONSES: dict[str, Any] = {
     "401": _error("no token, or a missing, malformed, forged or expired one (auth on)"),
     "403": _error("the token's grant does not cover this doc or mode"),
-    "429": _error("past --rate-limit-http-requests, or too many connections: see Retry-After"),
+    "429": _error(
+        "past --rate-limit-http-requests, or too many connections: see Retry-After", "Throttled"
+    ),
 }
 
 

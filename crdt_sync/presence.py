@@ -9,6 +9,10 @@ own state cannot override). Yjs clients drop remote states not renewed
 for 30 s, so viewer states are renewed every :data:`RENEW_SECONDS`; when a viewer
 leaves or its connection ends, its removal is broadcast.
 
+Presence is per org (rooms are keyed by ``(org, name)``) and a frame client only
+hears of records its grant covers (``FeedSubscriber.covers``); with auth on, a
+viewer's ``user.name`` is its actor from the token, whatever its state says.
+
 Changes are pushed to the frame clients watching the record as
 ``{"type": "presence", "t", "id", "present": [...]}``, at most one per record per
 :data:`PUSH_INTERVAL` seconds (cursors move often).

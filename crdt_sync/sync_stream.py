@@ -15,8 +15,10 @@ strictly increasing, or ends with that reset.
 WebSocket messages, text JSON both ways:
 
 * server → client: a JSON **array** of frames, or an **object** with a ``type``:
-  ``pong``, ``presence`` (``{t, id, present}``), ``error`` (``{error, detail}``);
-* client → server: ``{"type": "ping"}``; ``{"type": "view", "t", "id", "state"?}``
+  ``pong`` (``{expires_in}``), ``auth`` (``{ok, expires_in}``), ``presence``
+  (``{t, id, present}``), ``error`` (``{error, detail}``);
+* client → server: ``{"type": "ping"}``; ``{"type": "auth", "token"}`` (renew, see
+  below); ``{"type": "view", "t", "id", "state"?}``
   (appear in the record's awareness and receive its presence); ``{"type": "watch",
   "t", "id"}`` (receive its presence only); ``{"type": "leave", "t", "id"}``.
   One connection views or watches at most ``--max-views-per-connection`` records at

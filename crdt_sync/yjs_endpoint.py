@@ -219,12 +219,21 @@ class _Reader:
             if limiter is not None:
                 ok, retry = limiter.allow(self.limit_key, time.monotonic())
                 if not ok:
-                    refuse(
-                        conn,
-                        CloseCode.RATE_LIMITED,
+                    reason = (
                         f"more than {limiter.limit} messages per {limiter.window:g} s; "
-                        f"retry in {retry:.1f} s",
+                        f"retry in {retry:.1f} s"
                     )
+                    logging.getLogger("crdt_sync.audit").warning(
+                        "refused ws messages conn=%s room=%r org=%r actor=%r peer=%s -> "
+                        "close 4429 (rate_limited: %s)",
+                        conn.id,
+                        self.room.name,
+                        self.room.org,
+                        conn.actor,
+                        conn.peer,
+                        reason,
+                    )
+                    conn.close(CloseCode.RATE_LIMITED, reason)
                     return
             try:
                 await self._handle(frame)

@@ -1,8 +1,8 @@
-"""The real app (``create_app``) behind :class:`BrowserGuard`, served by uvicorn in
-this process on 127.0.0.1 and a free port, the way phase 2 will wire it.
+"""The real app (``create_app``), whose entry is :class:`BrowserGuard` then the front
+door, served by uvicorn in this process on 127.0.0.1 and a free port.
 
-Until the guard is wired into ``crdt_sync.app``, this is how the integration and
-browser tests put it in front of the real endpoints.
+``guard=False`` serves the front door without the guard in front (to show what the
+guard alone stops).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import anyio
 import uvicorn
 
 from crdt_sync.app import create_app
-from crdt_sync.browser_guard import BrowserGuard
 from crdt_sync.server import bind_socket
 from crdt_sync.settings import Settings
 
@@ -40,10 +39,15 @@ async def guarded_server(
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     # No per-client read throttle: the tests read right after they write.
-    settings = Settings(db=str(tmp_path / "guarded.db"), port=port, delta_min_interval_ms=0)
+    settings = Settings(
+        db=str(tmp_path / "guarded.db"),
+        port=port,
+        delta_min_interval_ms=0,
+        allowed_origins=tuple(allowed_origins),
+    )
     app = create_app(settings)
     runtime = app.state.runtime
-    asgi = BrowserGuard(app, list(allowed_origins), settings.host, port) if guard else app
+    asgi = app if guard else app.front_door
     config = uvicorn.Config(
         asgi,
         lifespan="on",

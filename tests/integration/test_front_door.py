@@ -347,17 +347,34 @@ def _var_bytes(data: bytes) -> bytes:
 
 
 async def test_token_expiry_closes_the_session_with_4401(server_factory) -> None:
+    from crdt_sync.client import connect
+
     server = server_factory(*AUTH)
     short = token(ttl_seconds=2)
+    local = Doc(client_id=314)
+    local["body"] = body = Text()
+    body += "typed before expiry. "
     started = time.monotonic()
     async with websockets.connect(f"{server.ws_url}/issue/1?token={short}") as ws:
         await recv_until(ws, lambda m: isinstance(m, SyncStep1))
+        await ws.send(encode_sync_update(local.get_update()))
         code, reason, _ = await closed_with(ws, timeout=10)
     assert code == 4401 and "expired" in reason
     assert time.monotonic() - started < 5
-    # a fresh token reconnects
-    async with websockets.connect(f"{server.ws_url}/issue/1?token={token()}") as ws:
-        await recv_until(ws, lambda m: isinstance(m, SyncStep1))
+    # offline edit, then a reconnect with a fresh token: nothing is lost
+    body += "typed while disconnected."
+    async with (
+        connect(server.ws_url, "issue/1", local, token=token()) as client,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+    ):
+        with anyio.fail_after(10):
+            await client.synced()
+        want = {"body": "typed before expiry. typed while disconnected."}
+        with anyio.fail_after(10):
+            while (await http.get("/docs/issue/1", headers=bearer(token()))).json().get(
+                "content"
+            ) != want:
+                await anyio.sleep(0.05)
 
 
 async def test_revoke_closes_matching_sessions_within_one_second(server_factory) -> None:
@@ -508,3 +525,24 @@ async def test_open_server_warns_once(server_factory) -> None:
     server = server_factory()
     warnings = [ln for ln in server.log().splitlines() if "auth is OFF" in ln]
     assert len(warnings) == 1
+
+
+async def test_jwks_keys_are_matched_by_kid(server_factory, tmp_path) -> None:
+    from tests.unit.auth_keys import KeyPair, claims, jwks
+
+    ours, stranger = KeyPair("ec", "k1"), KeyPair("ec", "k2")
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks(ours)))
+    server = server_factory("--auth-jwks", str(path))
+    good = ours.sign(claims(docs=["**"]))
+    wrong_kid = stranger.sign(claims(docs=["**"]))
+    forged_kid = stranger.sign(claims(docs=["**"]), kid="k1")  # claims k1, signed by k2
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        assert (await http.get("/docs", headers=bearer(good))).status_code == 200
+        for bad in (wrong_kid, forged_kid):
+            response = await http.get("/docs", headers=bearer(bad))
+            assert response.status_code == 401, response.text
+            async with websockets.connect(f"{server.ws_url}/issue/1?token={bad}") as ws:
+                code, _, _ = await closed_with(ws)
+            assert code == 4401
+        assert await rooms(http) == 0

@@ -29,7 +29,7 @@ async def running_app(tmp_path: Path) -> AsyncIterator[tuple[Runtime, httpx.Asyn
     runtime: Runtime = app.state.runtime
     async with runtime.running():
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
             yield runtime, http
 
 
