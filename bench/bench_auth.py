@@ -3,7 +3,8 @@
 Run on demand from the repository root (prints figures, asserts nothing; loopback only;
 every phase bounded in count and in time)::
 
-    python bench/bench_auth.py [--refused 10000] [--rounds 1] [--accepted 400] [--concurrency 50]
+    python bench/bench_auth.py [--refused 10000] [--rounds 1] [--accepted 400]
+                               [--concurrency 50] [--default-limits]
 
 1. **refused**: a real ``crdt-sync serve --auth-secret`` (``tests/server_process.py``)
    gets ``--refused`` WebSocket connections with bad tokens (missing, garbage, wrong
@@ -14,7 +15,7 @@ every phase bounded in count and in time)::
    the flood; then ``GET /docs`` (admin token) must list no doc: a refusal loads no
    room and creates nothing. The per-address auth-failure budget
    (``--rate-limit-http-requests``) is raised for this phase so every connection reaches
-   the token check (with the default budget most would get 429 without one).
+   the token check (``--default-limits`` keeps it: most then get 429 without one).
 2. **cost**: ``--accepted`` connections, one at a time, to ``/yjs/<doc>`` (open, read
    sync step 1, close) against that server with a valid token and against an open
    server (no auth), alternating between the two so machine noise hits both alike.
@@ -139,14 +140,9 @@ def describe(times: list[float]) -> str:
 async def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-auth-"))
     # (the audit log line of every refusal is WARNING: it stays on, as in production)
-    flags = (
-        "--auth-secret",
-        SECRET,
-        "--rate-limit-http-requests",
-        "100000000",
-        "--log-level",
-        "warning",
-    )
+    flags: tuple[str, ...] = ("--auth-secret", SECRET, "--log-level", "warning")
+    if not args.default_limits:
+        flags += ("--rate-limit-http-requests", "100000000")
     for sub in ("auth", "open"):
         (workdir / sub).mkdir()
     with (
@@ -237,5 +233,10 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument(
         "--rounds", type=int, default=1, help="floods of --refused each (RSS after each)"
+    )
+    parser.add_argument(
+        "--default-limits",
+        action="store_true",
+        help="keep the default auth-failure budget (most refusals then get 429 unchecked)",
     )
     anyio.run(main, parser.parse_args())
