@@ -130,6 +130,19 @@ async def accepted_once(base: str, doc: str, tok: str | None) -> float:
     return time.perf_counter() - began
 
 
+async def blocked_for(base: str, tok: str, limit: float = 60.0) -> float:
+    """Seconds until a valid token from this address is served again (the front door
+    blocks an address after too many failed authentications)."""
+    began = time.monotonic()
+    with anyio.fail_after(limit):
+        while True:
+            try:
+                await accepted_once(base, "cost/probe", tok)
+                return time.monotonic() - began
+            except websockets.ConnectionClosed:
+                await anyio.sleep(0.2)
+
+
 def describe(times: list[float]) -> str:
     return (
         f"median {statistics.median(times) * 1000:.2f} ms, "
@@ -172,6 +185,8 @@ async def main(args: argparse.Namespace) -> None:
                 after_rounds.append(rss_kib(authed.proc.pid))
             tg.cancel_scope.cancel()
         after = after_rounds[-1]
+        valid = issue_token(SECRET, "bench", "orga", ("**",), "write", 3600)
+        blocked = await blocked_for(base, valid)
         admin = issue_token(SECRET, "bench-admin", "orga", ("**",), "admin", 600)
         async with httpx.AsyncClient(base_url=authed.url, timeout=10) as http:
             listed = await http.get(
@@ -191,8 +206,8 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"  GET /docs?prefix=flood/ after the flood: {listed.status_code} {listed.text[:200]}"
         )
+        print(f"  a valid token from the flooding address was refused for {blocked:.1f} s after")
 
-        valid = issue_token(SECRET, "bench", "orga", ("**",), "write", 3600)
         open_base = open_server.url.replace("http://", "ws://", 1)
         with_auth: list[float] = []
         without: list[float] = []
