@@ -583,3 +583,32 @@ async def test_no_token_or_secret_reaches_the_server_log(
     ]
     assert not leaked, f"tokens in the server log: {leaked}"  # ...without the tokens
     assert SECRET not in log
+
+
+def rooms_loaded(metrics_text: str) -> float:
+    for line in metrics_text.splitlines():
+        if line.startswith("crdt_sync_rooms "):
+            return float(line.split()[1])
+    raise AssertionError(f"no crdt_sync_rooms gauge in:\n{metrics_text[:500]}")
+
+
+async def test_refused_connections_load_no_room_and_create_no_doc(
+    seeded: ServerProcess, keys: RsaKeys
+) -> None:
+    admin = bearer(token(mode="admin"))
+    async with httpx.AsyncClient(base_url=seeded.url, timeout=10) as http:
+        before = rooms_loaded((await http.get("/metrics", headers=admin)).text)
+        for n, bad in enumerate(
+            [*bad_tokens(keys).values(), token(docs=("elsewhere/*",))]  # last: 4403
+        ):
+            assert await ws_outcome(ws_base(seeded) + f"/yjs/refused/{n}", bad) in (4401, 4403)
+            response = await http.post(
+                f"/docs/refused/{n}/update",
+                content=doc_update("x"),
+                headers={"content-type": "application/octet-stream", **bearer(bad)},
+            )
+            assert response.status_code in (401, 403)
+        after = rooms_loaded((await http.get("/metrics", headers=admin)).text)
+        listed = await http.get("/docs", params={"prefix": "refused/"}, headers=admin)
+    assert listed.json()["docs"] == [], listed.text
+    assert after <= before, (before, after)
