@@ -185,3 +185,22 @@ async def test_sse_stream_ends_at_exp_with_token_expired(server_factory) -> None
         ended = time.time()
     assert exp_of(short) - 0.5 <= ended <= exp_of(short) + 1.5, (ended, exp_of(short))
     assert any("token_expired" in line for line in lines), lines
+
+
+async def test_read_token_viewer_is_present_to_others(server_factory) -> None:
+    """Viewers show up: a read token may publish its presence on the feed."""
+    server = server_factory("--auth-secret", SECRET, *FAST)
+    writer = token(sub="writer", mode="write")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        await insert(http, "task", "1", writer)
+        url = ws_base(server) + "/sync/v1/ws?token=" + token(sub="viewer", mode="read")
+        async with websockets.connect(url) as ws:
+            view = {"type": "view", "t": "task", "id": "1", "state": {"name": "viewer"}}
+            await ws.send(json.dumps(view))
+            with anyio.fail_after(5):
+                while True:
+                    present = await http.get("/sync/v1/presence/task/1", headers=bearer(writer))
+                    assert present.status_code == 200, present.text
+                    if "viewer" in present.text:
+                        break
+                    await anyio.sleep(0.05)

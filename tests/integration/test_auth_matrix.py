@@ -157,7 +157,11 @@ async def test_bad_token_is_refused_on_every_route_and_websocket(
                 wrong.append(f"{route[0]}: 401 but body {error_body(response)}")
         status = await sse_status(http, bad)
         if status != 401:
-            wrong.append(f"SSE /sync/v1/events: {status}")
+            wrong.append(f"SSE /sync/v1/events (header): {status}")
+        if bad is not None:  # EventSource cannot set headers: ?token=
+            status = await sse_status(http, None, "/sync/v1/events?token=" + bad)
+            if status != 401:
+                wrong.append(f"SSE /sync/v1/events?token=: {status}")
     for label, url in (
         ("yjs", ws_base(seeded) + "/yjs/task/1"),
         ("frame ws", ws_base(seeded) + "/sync/v1/ws"),
