@@ -197,14 +197,14 @@ class Settings:
         10.0, "sliding window of the rate limits, in seconds", minimum=0.1, maximum=3600
     )
     rate_limit_ws_messages: int = _opt(
-        3000,
+        10_000,
         "WebSocket messages per window per actor (per IP while open); past it: close 4429 "
         "(0: no limit)",
         minimum=0,
         maximum=100_000_000,
     )
     rate_limit_http_requests: int = _opt(
-        1000,
+        2000,
         "HTTP requests per window per actor (per IP while open); past it: 429 with "
         "Retry-After (0: no limit)",
         minimum=0,

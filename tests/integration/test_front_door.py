@@ -546,3 +546,19 @@ async def test_jwks_keys_are_matched_by_kid(server_factory, tmp_path) -> None:
                 code, _, _ = await closed_with(ws)
             assert code == 4401
         assert await rooms(http) == 0
+
+
+async def test_repeated_auth_failures_from_one_address_are_refused_unasked(
+    server_factory,
+) -> None:
+    server = server_factory(*AUTH, "--rate-limit-http-requests", "3", "--rate-limit-window", "2")
+    forged = bad_tokens()["forged"]
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        statuses = [(await http.get("/docs", headers=bearer(forged))).status_code for _ in range(5)]
+        assert statuses[:4] == [401] * 4 and statuses[4] == 429
+        # blocked: not even a good token is checked from this address until it passes
+        blocked = await http.get("/docs", headers=bearer(token()))
+        assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) >= 1
+        with anyio.fail_after(6):
+            while (await http.get("/docs", headers=bearer(token()))).status_code == 429:
+                await anyio.sleep(0.1)
