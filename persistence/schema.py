@@ -125,11 +125,77 @@ def _v2(db: Database) -> None:
         db.execute("ALTER TABLE mutations ADD COLUMN sid INTEGER")
 
 
+def _v3(db: Database) -> None:
+    """Per-tenant sids: each org's frames are numbered 1, 2, 3, ... on their own.
+
+    Up to version 2 one AUTOINCREMENT sequence numbered every org's frames, so a client
+    saw its sids jump by what other tenants wrote. ``frames`` is rebuilt keyed by
+    ``(org, sid)`` (SQLite's implicit rowid stays internal) and ``frame_seq`` holds
+    each org's last assigned sid, advanced by the writer in the transaction that logs
+    the frames (see :mod:`persistence.sqlite_frames`), so sids are never reused even
+    after every frame of an org is trimmed.
+
+    Existing frames keep their sids (within one org they are already strictly
+    increasing; the gaps left by other orgs stay). Each org continues after the
+    newest sid the file shows for it: its newest frame (the server's trim always
+    keeps at least one per org), its records' and its idempotency keys' sids.
+    Copying the frame log is one pass inside the migration's transaction.
+    """
+    db.execute(
+        "CREATE TABLE frame_seq (org TEXT NOT NULL PRIMARY KEY, last_sid INTEGER NOT NULL)"
+        " WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO frame_seq (org, last_sid) SELECT org, max(sid) FROM ("
+        " SELECT org, max(sid) AS sid FROM frames GROUP BY org"
+        " UNION ALL SELECT org, max(sid) FROM records GROUP BY org"
+        " UNION ALL SELECT org, max(sid) FROM mutations WHERE sid IS NOT NULL GROUP BY org"
+        ") GROUP BY org"
+    )
+    # The old indexes go first: their names are reused on the new table.
+    for index in ("idx_frames_org_sid", "idx_frames_org_t_sid", "idx_frames_record"):
+        db.execute(f"DROP INDEX IF EXISTS {index}")
+    db.execute("ALTER TABLE frames RENAME TO frames_v2")
+    db.execute(
+        """
+        CREATE TABLE frames (
+            org TEXT NOT NULL,
+            sid INTEGER NOT NULL,
+            t TEXT NOT NULL,
+            id TEXT NOT NULL,
+            op TEXT NOT NULL,
+            p TEXT NOT NULL,
+            who TEXT,
+            at INTEGER NOT NULL,
+            ctx TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        "INSERT INTO frames (rowid, org, sid, t, id, op, p, who, at, ctx)"
+        " SELECT sid, org, sid, t, id, op, p, who, at, ctx FROM frames_v2 ORDER BY sid"
+    )
+    db.execute("DROP TABLE frames_v2")
+    # The key: a sid assigned twice in one org fails its transaction, never overwrites.
+    db.execute("CREATE UNIQUE INDEX idx_frames_org_sid ON frames (org, sid)")
+    db.execute("CREATE INDEX idx_frames_org_t_sid ON frames (org, t, sid)")
+    db.execute("CREATE INDEX idx_frames_record ON frames (org, t, id, sid)")
+
+
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = frozenset(
-    {"documents", "updates", "snapshots", "frames", "mutations", "records", "schema_version"}
+    {
+        "documents",
+        "updates",
+        "snapshots",
+        "frames",
+        "frame_seq",
+        "mutations",
+        "records",
+        "schema_version",
+    }
 )
 
 

@@ -388,10 +388,10 @@ class SQLiteStore:
         """Queue a batch of frames (and an idempotency key) for the next group commit.
 
         Synchronous, so that a caller can draft frames and queue them without the
-        event loop running anything in between: frames queued one after the other
-        get increasing sids in that order. It does not wait when the writer queue is
-        full; it takes its place behind the writes that wait (its callers frame
-        changes that came through those writes, which did wait).
+        event loop running anything in between: frames of one org queued one after
+        the other get increasing sids of that org in that order. It does not wait
+        when the writer queue is full; it takes its place behind the writes that wait
+        (its callers frame changes that came through those writes, which did wait).
 
         Args:
             org: The tenant.
@@ -439,7 +439,8 @@ class SQLiteStore:
 
     def add_frame_listener(self, listener: Callable[[list[Frame]], None]) -> None:
         """Call ``listener(frames)`` on the event loop with the frames of every commit,
-        in sid order, before the writers' awaitables complete."""
+        in commit order (so in sid order within each org), before the writers'
+        awaitables complete."""
         self._frame_listeners.append(listener)
 
     async def flush(self) -> None:
@@ -512,7 +513,8 @@ class SQLiteStore:
         at: int,
         ctx: dict[str, Any],
     ) -> int:
-        """Log a SyncFrame; its ``sid`` is assigned in the writer transaction.
+        """Log a SyncFrame; its ``sid`` (the next of ``org``) is assigned in the writer
+        transaction.
 
         Args:
             org: The tenant.
@@ -895,13 +897,13 @@ class SQLiteStore:
                     listener(committed)
                 except Exception:
                     # Writers must not hang on a listener's bug; it is counted (metrics,
-                    # /healthz) and logged with the sids whose announcement it broke.
+                    # /healthz) and logged with the sids whose announcement it broke
+                    # (per org: every org has its own sids).
                     self._listener_failures += 1
                     logger.exception(
-                        "store %s: frame listener failed on sids %d..%d (%r)",
+                        "store %s: frame listener failed on sids %s (%r)",
                         self._path,
-                        committed[0].sid,
-                        committed[-1].sid,
+                        _sid_ranges(committed),
                         listener,
                     )
         for op in ops:
@@ -1187,6 +1189,7 @@ _UPSERT_DOC = (
 
 def _apply(conn: sqlite3.Connection, ops: list[_Op]) -> None:
     """Execute ``ops`` in order, setting each one's result."""
+    sids = frame_sql.SidSequence(conn)
     i = 0
     while i < len(ops):
         op = ops[i]
@@ -1198,7 +1201,7 @@ def _apply(conn: sqlite3.Connection, ops: list[_Op]) -> None:
             _apply_appends(conn, ops[i:j])
             for op in ops[i:j]:
                 if op.batch is not None:
-                    op.result = _apply_batch(conn, op, update_id=op.args[0])
+                    op.result = _apply_batch(conn, op, sids, update_id=op.args[0])
                 else:
                     op.result = []
             i = j
@@ -1225,18 +1228,17 @@ def _apply(conn: sqlite3.Connection, ops: list[_Op]) -> None:
             org, delete = op.args
             if delete is not None:
                 _delete_doc(conn, org, delete)
-            op.result = _apply_batch(conn, op, update_id=None)
+            op.result = _apply_batch(conn, op, sids, update_id=None)
         elif op.kind is _Kind.FRAME:
-            cur = conn.execute(
-                "INSERT INTO frames (org, t, id, op, p, who, at, ctx) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                op.args,
-            )
-            op.result = cur.lastrowid
             org, t, id_, kind, p, who, at, ctx = op.args
-            op.committed = [
-                Frame(int(op.result), org, t, id_, kind, json.loads(p), who, at, json.loads(ctx))
-            ]
+            sid = sids.take(org)
+            conn.execute(
+                "INSERT INTO frames (org, sid, t, id, op, p, who, at, ctx) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (org, sid, *op.args[1:]),
+            )
+            op.result = sid
+            op.committed = [Frame(sid, org, t, id_, kind, json.loads(p), who, at, json.loads(ctx))]
         elif op.kind is _Kind.MUTATION:
             conn.execute(
                 "INSERT INTO mutations (org, client_tx_id, result, at) VALUES (?, ?, ?, ?) "
@@ -1254,6 +1256,7 @@ def _apply(conn: sqlite3.Connection, ops: list[_Op]) -> None:
         else:  # pragma: no cover - barriers never reach here
             raise AssertionError(f"unexpected op {op.kind} in a write batch")
         i += 1
+    sids.save()
 
 
 def _apply_appends(conn: sqlite3.Connection, ops: list[_Op]) -> None:
@@ -1281,9 +1284,11 @@ def _delete_doc(conn: sqlite3.Connection, org: str, name: str) -> bool:
     return cur.rowcount > 0
 
 
-def _apply_batch(conn: sqlite3.Connection, op: _Op, *, update_id: int | None) -> list[int]:
+def _apply_batch(
+    conn: sqlite3.Connection, op: _Op, sids: frame_sql.SidSequence, *, update_id: int | None
+) -> list[int]:
     assert op.batch is not None
-    op.committed = frame_sql.write(conn, op.batch, update_id=update_id)
+    op.committed = frame_sql.write(conn, op.batch, sids, update_id=update_id)
     return [frame.sid for frame in op.committed]
 
 
@@ -1307,6 +1312,15 @@ def _rollback(conn: sqlite3.Connection, path: str) -> None:
 
 
 # -- SQL run by readers ------------------------------------------------------------------
+
+
+def _sid_ranges(frames: list[Frame]) -> str:
+    """``"org=a 3..5, org=b 1..1"``: the sids of ``frames`` per org (for logs)."""
+    spans: dict[str, list[int]] = {}
+    for frame in frames:
+        span = spans.setdefault(frame.org, [frame.sid, frame.sid])
+        span[1] = frame.sid
+    return ", ".join(f"org={org!r} {lo}..{hi}" for org, (lo, hi) in spans.items())
 
 
 def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -2,6 +2,13 @@
 
 Everything is keyed by ``(org, name)``: ``org`` is the tenant (``"default"`` while
 auth is off) and ``name`` the document name as clients send it (``issue/123``).
+No method returns or changes another org's rows: the same doc name, record id or
+``client_tx_id`` in two orgs are two independent keys.
+
+Frame sids are per tenant: each org's frames are numbered 1, 2, 3, ... by the store
+at commit, strictly increasing and never reused (not after trims, not after deletes),
+whatever other orgs write. A client's sids therefore tell it nothing about other
+tenants, and every ``since``/``newest``/``oldest`` is a position in its org's log.
 
 Durability contract:
 
@@ -75,7 +82,7 @@ class Appended:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """A stored SyncFrame (see DESIGN.md). ``sid`` is assigned by the store."""
+    """A stored SyncFrame (see DESIGN.md). ``sid`` is assigned by the store, per ``org``."""
 
     sid: int
     org: str
@@ -115,7 +122,7 @@ class FrameBatch:
     """Frames logged in one transaction with the write they ride on.
 
     Attributes:
-        frames: Logged in order; each gets the next sid.
+        frames: Logged in order; each gets the next sid of the batch's org.
         mutation: ``(client_tx_id, result)``: an idempotency key stored in the same
             transaction, remembering the sid of the batch's last frame (if any).
     """
@@ -235,7 +242,7 @@ class Store(Protocol):
         at: int,
         ctx: dict[str, Any],
     ) -> int:
-        """Log a frame, assign and return its ``sid`` once committed."""
+        """Log a frame, assign and return its ``sid`` (the next of ``org``) once committed."""
         ...
 
     async def frames_since(
@@ -305,7 +312,8 @@ class Store(Protocol):
         ...
 
     def add_frame_listener(self, listener: Callable[[list[Frame]], None]) -> None:
-        """Call ``listener`` on the event loop with every committed frame, in sid order."""
+        """Call ``listener`` on the event loop with every committed frame, in commit
+        order (sid order within each org)."""
         ...
 
     async def put_mutation(self, org: str, client_tx_id: str, result: dict[str, Any]) -> None:

@@ -272,7 +272,7 @@ async def test_frame_listener_gets_committed_frames_in_sid_order_before_writers_
 
     def listener(frames: list[Frame]) -> None:
         assert all(f.org in (ORG, "acme") for f in frames)
-        calls.append(([f.sid for f in frames], [w.done() for w in waits]))
+        calls.append(([(f.org, f.sid) for f in frames], [w.done() for w in waits]))
 
     store.add_frame_listener(broken)  # must not keep the others or the writers waiting
     store.add_frame_listener(listener)
@@ -287,12 +287,14 @@ async def test_frame_listener_gets_committed_frames_in_sid_order_before_writers_
         waits.append(store.log_frames(ORG, FrameBatch((draft("c", "1", "i"),))))
         results = [await w for w in waits]
     assert "frame listener failed" in caplog.text
-    everything = [sid for sids in results for sid in sids]
-    assert everything == sorted(everything) and len(everything) == 4
-    assert [sid for sids, _ in calls for sid in sids] == everything
-    for sids, done in calls:
-        for result, was_done in zip(results, done, strict=True):
-            if set(result) & set(sids):
+    orgs = [ORG, "acme", ORG, ORG]
+    everything = [(org, sid) for org, sids in zip(orgs, results, strict=True) for sid in sids]
+    # Sids are per org: each org's are 1, 2, 3, ... in commit order.
+    assert everything == [(ORG, 1), (ORG, 2), ("acme", 1), (ORG, 3)]
+    assert [key for keys, _ in calls for key in keys] == everything
+    for keys, done in calls:
+        for org, result, was_done in zip(orgs, results, done, strict=True):
+            if {(org, sid) for sid in result} & set(keys):
                 assert not was_done, "a writer resumed before its frames were announced"
 
 
@@ -496,7 +498,7 @@ def make_v1_database(path: Path) -> None:
 async def test_version_1_database_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     make_v1_database(path)
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     with anyio.fail_after(TIMEOUT):
         async with SQLiteStore(path) as s:
             stored = await s.load(ORG, "issue/1")
@@ -518,9 +520,9 @@ async def test_version_1_database_is_migrated_and_keeps_its_data(tmp_path: Path)
             assert await s.stale_records() == []
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        assert {"records", "idx_frames_record"} <= tables
+        assert {"records", "frame_seq", "idx_frames_record"} <= tables
         columns = [row[1] for row in conn.execute("PRAGMA table_info(mutations)")]
         assert "sid" in columns
     finally:

@@ -69,7 +69,8 @@ async def test_frames_stored_before_strict_storage_read_back_as_valid_text(
 
     def old_row(conn: sqlite3.Connection) -> None:
         conn.execute(
-            "INSERT INTO frames (org, t, id, op, p, who, at, ctx) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO frames (org, sid, t, id, op, p, who, at, ctx) "
+            "VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?)",
             (ORG, "s", "1", "i", '{"a":"x\\ud800"}', "alice", 1, '{"client_id":"\\udfff"}'),
         )
 
