@@ -171,17 +171,15 @@ class FrontDoor:
         if retry > 0:
             # Too many failed attempts from this address: not even asked (a webhook
             # would be asked once per attempt otherwise).
-            self._audit(scope, target, None, 429, "too_many_failures", "auth failures", ip)
-            await self._refuse(
-                scope,
-                receive,
-                send,
+            await self._limited(
+                (scope, receive, send),
                 target,
-                429,
+                None,
+                ip,
+                ("too_many_failures", "auth failures"),
                 "too_many_requests",
                 "too many failed authentications; retry later",
                 retry,
-                None,
             )
             return
         subprotocol: str | None = None
@@ -204,18 +202,16 @@ class FrontDoor:
         if kind == "http" and self.http_limiter is not None:
             ok, retry = self.http_limiter.allow(key, now)
             if not ok:
-                self._audit(scope, target, principal, 429, "rate_limited", "HTTP requests", ip)
-                await self._refuse(
-                    scope,
-                    receive,
-                    send,
+                await self._limited(
+                    (scope, receive, send),
                     target,
-                    429,
+                    principal,
+                    ip,
+                    ("rate_limited", "HTTP requests"),
                     "too_many_requests",
                     f"more than {self.http_limiter.limit} requests per "
                     f"{self.http_limiter.window:g} s",
                     retry,
-                    None,
                 )
                 return
         if kind == "http" and target.kind != "stream":
@@ -225,13 +221,12 @@ class FrontDoor:
         try:
             lease = self.connections.acquire(actor, ip)
         except ConnectionLimitExceeded as exc:
-            self._audit(scope, target, principal, 429, "too_many_connections", str(exc), ip)
-            await self._refuse(
-                scope,
-                receive,
-                send,
+            await self._limited(
+                (scope, receive, send),
                 target,
-                429,
+                principal,
+                ip,
+                ("too_many_connections", str(exc)),
                 "too_many_connections",
                 str(exc),
                 1.0,
@@ -310,6 +305,25 @@ class FrontDoor:
             detail,
             who,
             _peer(scope),
+        )
+
+    async def _limited(
+        self,
+        asgi: tuple[dict[str, Any], Any, Any],
+        target: Target,
+        principal: Principal | None,
+        ip: str | None,
+        audit: tuple[str, str],
+        error: str,
+        detail: str,
+        retry_after: float,
+        subprotocol: str | None = None,
+    ) -> None:
+        """Past a limit: one audit line, then 429 (HTTP) or 4429 (WebSocket)."""
+        scope, receive, send = asgi
+        self._audit(scope, target, principal, 429, *audit, ip)
+        await self._refuse(
+            scope, receive, send, target, 429, error, detail, retry_after, subprotocol
         )
 
     async def _refuse(
