@@ -489,12 +489,16 @@ class RecordFeed:
             (:class:`MutationError`: 404 / 409 / 422, a store or load error).
         """
         started: list[_Started | Exception] = []
-        in_batch: dict[str, int] = {}
+        in_batch: dict[str, tuple[int, Mutation]] = {}
         try:
             for m in mutations:
                 tx = m.client_tx_id
                 if tx is not None and tx in in_batch:
-                    started.append(_Started.replay_of(in_batch[tx]))  # the same tx twice
+                    index, first = in_batch[tx]
+                    if (first.t, first.id, first.op) != (m.t, m.id, m.op):
+                        started.append(_tx_reused(m))
+                    else:
+                        started.append(_Started.replay_of(index))  # the same tx twice
                     continue
                 try:
                     begun = await self._begin(org, m, actor, client_id)
@@ -502,7 +506,7 @@ class RecordFeed:
                     started.append(_own_error(m, exc))
                     continue
                 if tx is not None:
-                    in_batch[tx] = len(started)
+                    in_batch[tx] = (len(started), m)
                 started.append(begun)
             outcomes: list[dict[str, Any] | Exception] = []
             for item in started:
@@ -543,6 +547,10 @@ class RecordFeed:
         try:
             stored = await self.store.get_mutation(org, tx)
             if stored is not None:
+                # A key names one mutation: the same key on another record (or op) is
+                # not a replay, and must not hand out that record's result.
+                if (stored.get("t"), stored.get("id"), stored.get("op")) != (m.t, m.id, m.op):
+                    raise _tx_reused(m)
                 begun = _Started({**stored, "replayed": True}, None, False)
             else:
                 begun = await self._begin_change(org, m, actor, client_id)
@@ -813,6 +821,15 @@ def _already_read(draft: FrameDraft, wrote: list[Any]) -> bool:
         return any(w.op == "d" for w in mine)
     touched = {name for w in mine for name in w.p}
     return bool(draft.p) and draft.p.keys() <= touched
+
+
+def _tx_reused(m: Mutation) -> MutationError:
+    return MutationError(
+        409,
+        "tx_id_reused",
+        f"client_tx_id {m.client_tx_id!r} already names another mutation "
+        "(a different record or op): use a new client_tx_id",
+    )
 
 
 def _with_ctx(draft: FrameDraft, ctx: dict[str, Any]) -> FrameDraft:
