@@ -33,6 +33,7 @@ never contain the token.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -249,6 +250,11 @@ class TokenVerifier:
                 raise TokenError("unavailable", "the JWKS could not be fetched") from None
             except PyJWKClientError:
                 key = None
+            except (PyJWTError, ValueError) as exc:
+                # A JWKS URL that answers something else (a proxy's HTML page: not JSON;
+                # an empty or unusable key set): nobody can be verified, fail closed.
+                logger.warning("JWKS at the configured URL is unusable: %s", exc)
+                raise TokenError("unavailable", "the JWKS is unusable") from None
         if key is None:
             raise TokenError("unknown_kid", f"no JWKS key has kid {kid!r}")
         if not _key_accepts(key, alg):
@@ -315,7 +321,14 @@ class TokenVerifier:
             raise TokenError("malformed", "token does not decode") from None
         except InvalidTokenError as exc:
             raise TokenError("invalid_claims", type(exc).__name__) from None
-        return principal_from_claims(claims)
+        principal = principal_from_claims(claims)
+        if principal.expires_at is not None and self.leeway:
+            # Accepted up to exp + leeway: the session must last as long, or a client
+            # admitted within the leeway would be closed (4401) at once, and reconnect.
+            principal = dataclasses.replace(
+                principal, expires_at=principal.expires_at + self.leeway
+            )
+        return principal
 
     def _verify_hmac(self, token: str, alg: str) -> dict[str, Any]:
         if not self._secrets:

@@ -270,6 +270,27 @@ def test_unreachable_jwks_url_denies(rsa_key: KeyPair) -> None:
         assert reason(verifier, rsa_key.sign(claims())) == "unavailable"
 
 
+@pytest.mark.parametrize(
+    "body", [b"<html>proxy error</html>", b'{"keys": []}', b'{"keys": [{"kty": "nope"}]}']
+)
+def test_unusable_jwks_url_answer_denies(rsa_key: KeyPair, body: bytes) -> None:
+    """A JWKS URL answering 200 with something unusable fails closed, as a TokenError
+    (401 unavailable), never as a raw exception (a 500)."""
+    with http_server(lambda path, _: (200, body)) as (url, _):
+        verifier = TokenVerifier(jwks=url + "/jwks")
+        assert reason(verifier, rsa_key.sign(claims())) == "unavailable"
+
+
+def test_session_expiry_includes_the_leeway() -> None:
+    """A token accepted within the leeway keeps its session as long: expires_at is
+    exp + leeway (else the session would close with 4401 at once, and reconnect)."""
+    exp = int(time.time()) - 5
+    token = jwt.encode(claims(exp=exp), SECRET, algorithm="HS256")
+    principal = TokenVerifier([SECRET], leeway=30).verify(token)
+    assert principal.expires_at == exp + 30
+    assert TokenVerifier([SECRET]).verify(jwt.encode(claims(), SECRET)).expires_at is not None
+
+
 def test_configuration_errors() -> None:
     with pytest.raises(ValueError, match="at least one secret"):
         TokenVerifier()
