@@ -212,7 +212,7 @@ async def test_healthz_counts_rooms_and_connections(server) -> None:
                 await a.synced()
                 await b.synced()
                 await feed.send('{"type": "ping"}')
-                assert json.loads(await feed.recv()) == {"type": "pong"}
+                assert json.loads(await feed.recv()) == {"type": "pong", "expires_in": None}
             body = (await http.get("/healthz")).json()
             assert body == {"status": "ok", "rooms": 2, "connections": 2, "frame_subscribers": 1}
         unknown = await http.get("/nope")
