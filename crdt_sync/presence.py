@@ -92,6 +92,10 @@ def _states(room: Room) -> list[dict[str, Any]]:
     return present
 
 
+class RecordNotFound(Exception):
+    """A ``view`` of a record that does not exist (neither loaded nor stored)."""
+
+
 class Presence:
     """Presence of records for frame clients (see the module docstring)."""
 
@@ -186,6 +190,8 @@ class Presence:
             rooms.room.RoomLoadError, rooms.manager.ShuttingDown: the room cannot be used.
             rooms.manager.TooManyRooms: it is not loaded and ``--max-rooms`` are.
             rooms.limits.LimitExceeded: the room has too many awareness clients.
+            RecordNotFound: the record is neither loaded nor stored (a view would load,
+                and hold, a room for nothing: one client could fill ``--max-rooms``).
         """
         name = f"{t}/{record_id}"
         key = (sub.conn.id, sub.org, name)
@@ -198,6 +204,10 @@ class Presence:
             raise ValueError(f"state larger than {MAX_VIEWER_STATE_BYTES} bytes")
         viewer = self._viewers.get(key)
         if viewer is None:
+            if (sub.org, name) not in self.manager.rooms and not await self.manager.store.has_doc(
+                sub.org, name
+            ):
+                raise RecordNotFound(f"no record {name!r}")
             room = await self.manager.hold(sub.org, name)
             if key in self._viewers:  # the same client asked twice meanwhile
                 self.manager.unhold(room)

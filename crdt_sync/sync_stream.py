@@ -88,6 +88,7 @@ from .docnames import InvalidDocName, validate_doc_name
 from .front_door import SUBPROTOCOL_KEY
 from .http_api import ApiError
 from .inputs import InputError, parse_json
+from .presence import RecordNotFound
 from .sync_api import parse_sid, parse_type, record_type_error, too_old
 
 log = logging.getLogger(__name__)
@@ -508,6 +509,10 @@ class FrameStreams:
             )
         except ValueError as exc:
             raise ApiError(400, "invalid_message", f"view: {exc}") from None
+        except RecordNotFound as exc:
+            error = {"type": "error", "error": "not_found", "detail": f"view: {exc}"}
+            sub.conn.enqueue(encode_json_event({**error, "t": t, "id": record_id}))
+            return
         except (RoomLoadError, ShuttingDown, StoreError, TooManyRooms, LimitExceeded) as exc:
             # Not the client's fault: say so, keep the feed open.
             error = {"type": "error", "error": "view_failed", "detail": str(exc)}

@@ -25,6 +25,7 @@ from crdt_sync.auth.authenticator import Authenticator
 from crdt_sync.auth.principal import Grant, Principal, set_principal
 from crdt_sync.auth.sessions import Sessions
 from crdt_sync.auth.tokens import TokenVerifier, issue_token
+from crdt_sync.frame_feed import Mutation
 from crdt_sync.ratelimit import SlidingWindowLimiter
 from crdt_sync.settings import Settings
 
@@ -140,6 +141,13 @@ async def write(runtime: Runtime, org: str, t: str, id: str, n: int = 0) -> int:
     return await runtime.store.append_frame(
         org, t=t, id=id, op="u", p={"n": n}, who="w", at=1, ctx={}
     )
+
+
+async def create(runtime: Runtime, org: str, *names: str) -> None:
+    """Make records exist (a ``view`` of a record that does not is refused)."""
+    mutations = [Mutation(*name.split("/", 1), "i", {"n": 0}) for name in names]
+    results = await runtime.feed.mutate_many(org, mutations, actor="w", client_id=None)
+    assert all(isinstance(r, dict) and r["status"] == 201 for r in results), results
 
 
 def is_frames(message: Any) -> bool:
@@ -265,6 +273,7 @@ async def test_view_outside_the_grant_is_forbidden_and_the_feed_stays_open(
 ) -> None:
     with anyio.fail_after(TIMEOUT):
         async with running(tmp_path) as runtime:
+            await create(runtime, "acme", "issue/1")
             async with feed(runtime, principal()) as ws:
                 for kind in ("view", "watch"):
                     await ws.send_json({"type": kind, "t": "secret", "id": "1"})
@@ -282,6 +291,7 @@ async def test_an_authenticated_viewer_is_named_by_its_actor(tmp_path: Path) -> 
     """Even a token whose ``sub`` is ``anonymous``: the name is the server's."""
     with anyio.fail_after(TIMEOUT):
         async with running(tmp_path) as runtime:
+            await create(runtime, "acme", "issue/1")
             who = principal(actor="anonymous")
             async with feed(runtime, who) as ws:
                 state = {"user": {"name": "the CEO"}}
@@ -291,9 +301,27 @@ async def test_an_authenticated_viewer_is_named_by_its_actor(tmp_path: Path) -> 
                 assert viewer["state"]["user"]["name"] == "anonymous"
 
 
+async def test_view_of_a_record_that_does_not_exist_loads_no_room(tmp_path: Path) -> None:
+    """Else one client could hold --max-rooms rooms with views of random ids."""
+    with anyio.fail_after(TIMEOUT):
+        async with running(tmp_path) as runtime:
+            async with feed(runtime, principal()) as ws:
+                for n in range(3):
+                    await ws.send_json({"type": "view", "t": "issue", "id": f"nope{n}"})
+                    error = await ws.until(is_type("error"))
+                    assert (error["error"], error["id"]) == ("not_found", f"nope{n}")
+                assert not runtime.manager.rooms
+                await create(runtime, "acme", "issue/1")  # the feed is still open
+                await ws.send_json({"type": "view", "t": "issue", "id": "1", "state": {}})
+                present = await ws.until(is_type("presence"))
+                assert present["id"] == "1"
+
+
 async def test_presence_is_scoped_to_the_org_and_the_grant(tmp_path: Path) -> None:
     with anyio.fail_after(TIMEOUT):
         async with running(tmp_path) as runtime:
+            await create(runtime, "acme", "issue/1", "secret/1")
+            await create(runtime, "other", "note/9")
             everything = principal(grant=Grant(("**",), "read"))
             other_org = principal(org="other", grant=Grant(("**",), "read"))
             async with (
