@@ -47,7 +47,7 @@ from rooms.close_codes import CloseCode
 from rooms.wire import encode_auth
 
 from .auth.authenticator import Authenticator, AuthError
-from .auth.extract import token_from_scope
+from .auth.extract import choose_subprotocol, offered_subprotocols, token_from_scope
 from .auth.principal import Mode, Principal, set_principal
 from .auth.tokens import TokenError
 from .errors import json_error_body
@@ -167,6 +167,12 @@ class FrontDoor:
             return
         ip = client_ip(scope)
         now = time.monotonic()
+        # Echoed by every WebSocket answer, refusals included: a browser fails a
+        # handshake whose answer names none of the subprotocols it offered, and would
+        # never see the close code.
+        subprotocol = (
+            choose_subprotocol(offered_subprotocols(scope)) if kind == "websocket" else None
+        )
         retry = self._blocked_for(ip, now)
         if retry > 0:
             # Too many failed attempts from this address: not even asked (a webhook
@@ -180,9 +186,9 @@ class FrontDoor:
                 "too_many_requests",
                 "too many failed authentications; retry later",
                 retry,
+                subprotocol,
             )
             return
-        subprotocol: str | None = None
         try:
             extracted = token_from_scope(scope)
             subprotocol = extracted.subprotocol
