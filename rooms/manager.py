@@ -318,11 +318,22 @@ class RoomManager:
         try:
             with anyio.CancelScope(shield=True):
                 if self.listener is not None:
-                    await self.listener.room_unloading(room)
+                    try:
+                        await self.listener.room_unloading(room)
+                    except StoreError:
+                        raise
+                    except Exception as exc:  # its frames are lost, never the doc
+                        self.supervisor.note_failure(
+                            "unload", f"room={room.name!r} unload listener", exc
+                        )
                 await room.persist_all()
-        except StoreError as exc:
-            # Keep it: its state is the only copy of what failed to commit.
-            log.error("room=%r not unloaded, its state is not stored: %s", room.name, exc)
+        except Exception as exc:
+            # Keep it, and settle it (LOADED again): its state is the only copy of what
+            # failed to commit, and every joiner waits for the unload to settle.
+            if isinstance(exc, StoreError):
+                log.error("room=%r not unloaded, its state is not stored: %s", room.name, exc)
+            else:
+                self.supervisor.note_failure("unload", f"room={room.name!r} unload", exc)
             room.cancel_unload()
             self._schedule_unload(room)
             return False

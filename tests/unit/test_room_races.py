@@ -119,3 +119,39 @@ def test_room_idle_seconds_zero_is_refused() -> None:
     with pytest.raises(SettingsError, match=r"--room-idle-seconds must be >= 0\.1"):
         Settings(room_idle_seconds=0)
     assert Settings(room_idle_seconds=0.1).room_idle_seconds == 0.1
+
+
+async def test_a_failing_unload_settles_the_room_and_the_doc_opens_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever fails inside an unload (the feed's last frame, the snapshot), the room is
+    settled: either unloaded with its state stored, or LOADED again; never CLOSING for
+    ever, with every later join of the doc waiting on it."""
+    async with live_node(tmp_path) as node:
+        room = await node.manager.get_room(ORG, "task/1")
+        done = await room.apply_update(
+            fields_update(room, title="kept"), actor="ann", origin=Origin.HTTP
+        )
+        assert done is not None
+
+        async def listener_fails(room: Room) -> None:
+            raise ValueError("a frame that cannot be drafted")
+
+        monkeypatch.setattr(node.feed, "room_unloading", listener_fails)
+        assert await node.manager.unload(room) is True  # the doc is stored all the same
+        assert stored_fields(await node.store.load(ORG, "task/1")) == {"title": "kept"}
+        monkeypatch.undo()
+
+        room = await node.manager.get_room(ORG, "task/1")
+
+        async def snapshot_fails(*, force: bool = False) -> None:
+            raise RuntimeError("a bug in compaction")
+
+        monkeypatch.setattr(room, "compact", snapshot_fails)
+        assert await node.manager.unload(room) is False
+        assert room.state is RoomState.LOADED and room.unload_settled.is_set()
+        monkeypatch.undo()
+        with anyio.fail_after(WAIT):
+            again = await node.manager.get_room(ORG, "task/1")
+        assert again is room and fields_of(again) == {"title": "kept"}
+        assert node.manager.supervisor.failures["unload"] == 2
