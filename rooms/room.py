@@ -328,12 +328,14 @@ class Room:
         if self._listener is not None:
             self._listener.room_changing(self, conn.actor)
         changes = self._apply(update, Origin.CLIENT, conn.id)
+        # Told before the first wait (the store may make a writer wait for room): a
+        # mutation of the record meanwhile must find this change pending, by its actor.
+        if changes and self._listener is not None:
+            self._listener.room_changed(self, conn.actor, Origin.CLIENT)
         for change in changes:
             message = frame if frame is not None and change == update else None
             self.broadcast(message or encode_sync_update(change), conn, conn.last_received)
             await self._log(change, conn.actor)
-        if changes and self._listener is not None:
-            self._listener.room_changed(self, conn.actor, Origin.CLIENT)
         self._bound_pending(conn.id)
 
     async def apply_update(self, update: bytes, *, actor: str, origin: Origin) -> Appended | None:
@@ -356,11 +358,11 @@ class Room:
         if self._listener is not None:
             self._listener.room_changing(self, actor)
         changes = self._apply(update, origin, 0)
+        if changes and self._listener is not None:
+            self._listener.room_changed(self, actor, origin)
         for change in changes:
             self.broadcast(encode_sync_update(change))
             appended = await self._log(change, actor)
-        if changes and self._listener is not None:
-            self._listener.room_changed(self, actor, origin)
         self._bound_pending(0)
         return appended
 
@@ -404,9 +406,9 @@ class Room:
         self.size_bound += len(update)
         self.broadcast(encode_sync_update(update))
         if failure is not None:
-            await self._log(update, actor)
             if self._listener is not None:
                 self._listener.room_changed(self, actor, origin)
+            await self._log(update, actor)
             raise failure
         batch = frames() if frames is not None else None
         return await self._log(update, actor, frames=batch)
@@ -554,12 +556,20 @@ class Room:
         self.pending_bytes = 0
 
     async def _log(self, update: bytes, actor: str, frames: FrameBatch | None = None) -> Appended:
-        appended = await self.store.append(
-            self.org, self.name, update, actor=actor, at=now_ms(), frames=frames
-        )
-        self.last_update_id = appended.update_id
-        self.logged_since_snapshot += 1
-        watch_durable(appended, self._durable_failed)
+        """Append an update the doc holds (already applied and relayed) to the store.
+
+        Shielded: the store may make a writer wait for room in its queue, and a reader
+        cancelled there (its connection closed) must not leave the update applied but
+        neither logged nor counted: an unload would then not wait for it, and the next
+        compaction would drop it.
+        """
+        with anyio.CancelScope(shield=True):
+            appended = await self.store.append(
+                self.org, self.name, update, actor=actor, at=now_ms(), frames=frames
+            )
+            self.last_update_id = appended.update_id
+            self.logged_since_snapshot += 1
+            watch_durable(appended, self._durable_failed)
         return appended
 
     def _durable_failed(self, exc: BaseException) -> None:

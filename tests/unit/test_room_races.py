@@ -155,3 +155,47 @@ async def test_a_failing_unload_settles_the_room_and_the_doc_opens_again(
             again = await node.manager.get_room(ORG, "task/1")
         assert again is room and fields_of(again) == {"title": "kept"}
         assert node.manager.supervisor.failures["unload"] == 2
+
+
+async def test_an_editor_closed_while_its_update_waits_for_the_store_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """The writer queue is full, so an editor's update waits for room; the editor's
+    connection closes (its reader is cancelled) meanwhile. The update is in the doc and
+    relayed: it must still be logged and counted, so that the unload waits for it."""
+    async with live_node(tmp_path) as node:
+        room = await node.manager.get_room(ORG, "note")
+        first = await room.apply_update(
+            fields_update(room, text="hello"), actor="ann", origin=Origin.HTTP
+        )
+        assert first is not None
+        await first.durable
+        await room.compact()  # nothing logged since the snapshot
+        assert room.logged_since_snapshot == 0
+        conn = node.connection("bob")
+        room.join(conn)
+        release = threading.Event()
+        async with anyio.create_task_group() as tg:
+            await tg.start(node.store.hold_writer, release)
+            blocker = await room.apply_update(
+                fields_update(room, text="hello w"), actor="ann", origin=Origin.HTTP
+            )
+            assert blocker is not None  # queued, not committed: the writer is held
+            node.store._max_queued_bytes = 1  # so the next writer waits for room
+            with anyio.CancelScope() as reading:
+                tg.start_soon(_cancel_when_blocked, reading, release)
+                await room.on_update(conn, fields_update(room, text="hello world"), None)
+        node.manager.leave(room, conn)
+        assert room.logged_since_snapshot == 2
+        with anyio.fail_after(WAIT):
+            assert await node.manager.unload(room) is True
+        stored = stored_fields(await node.store.load(ORG, "note"))
+        assert stored == {"text": "hello world"}
+
+
+async def _cancel_when_blocked(scope: anyio.CancelScope, release: threading.Event) -> None:
+    """Cancel the reader once it waits for the store, then let the writer go on."""
+    await wait_all_tasks_blocked()
+    scope.cancel()
+    await wait_all_tasks_blocked()
+    release.set()
