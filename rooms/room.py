@@ -40,6 +40,10 @@ from .wire import (
 
 log = logging.getLogger(__name__)
 
+#: Most updates a room keeps waiting for missing dependencies: yrs re-examines every
+#: pending update on each apply, so their number (not only their bytes) costs CPU.
+MAX_PENDING_UPDATES = 256
+
 #: An update that changes nothing (no structs, empty delete set).
 EMPTY_UPDATE = b"\x00\x00"
 
@@ -518,7 +522,10 @@ class Room:
             LimitExceeded: ``owner`` (the sender of what was just applied) is the
                 connection that holds the most of it.
         """
-        if self.pending_bytes <= self.max_pending_bytes:
+        if (
+            self.pending_bytes <= self.max_pending_bytes
+            and len(self._pending) <= MAX_PENDING_UPDATES
+        ):
             return
         shares: dict[int, int] = {}
         for who, missing in self._pending:
@@ -526,9 +533,15 @@ class Room:
         offender = max(shares, key=lambda who: shares[who])
         held = self.pending_bytes
         self._drop_pending()
+        # Whoever else had updates pending: send them step 1, so that once their
+        # dependencies are here they send again what was dropped (no silent desync).
+        probe = encode_sync_step1(self.doc.get_state())
+        for who in shares.keys() - {offender}:
+            if (other := self.connections.get(who)) is not None:
+                other.enqueue(probe)
         detail = (
             f"updates waiting for missing dependencies exceed {self.max_pending_bytes} "
-            "bytes (--max-pending-bytes); they were dropped"
+            f"bytes (--max-pending-bytes) or {MAX_PENDING_UPDATES} updates; they were dropped"
         )
         log.warning(
             "room=%r holds %d bytes of pending updates (%d from conn %s): dropped",

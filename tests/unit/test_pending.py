@@ -14,7 +14,8 @@ from rooms.close_codes import CloseCode
 from rooms.connection import Connection
 from rooms.limits import LimitExceeded
 from rooms.pending import missing_part
-from rooms.room import Room
+from rooms.room import MAX_PENDING_UPDATES, Room
+from rooms.wire import encode_sync_step1
 
 from .live_node import RecordingTransport
 
@@ -112,4 +113,45 @@ async def test_the_connection_holding_most_pending_bytes_is_the_one_closed(tmp_p
         assert hog.closing and hog.close_code == CloseCode.PENDING_TOO_LARGE
         assert not bystander.closing
         assert room.pending_bytes == 0
+        room.mark_closed()
+
+
+async def test_many_small_pending_updates_are_bounded_by_count_too(tmp_path) -> None:
+    """Tiny updates far below --max-pending-bytes still cost yrs CPU on every apply:
+    past MAX_PENDING_UPDATES of them the pending state is dropped as well."""
+    updates = edits(MAX_PENDING_UPDATES + 10, 1)
+    async with SQLiteStore(tmp_path / "db") as store:
+        room = Room("default", "doc", store, max_pending_bytes=100_000_000)
+        await room.load()
+        attacker = Connection(MemorySocket())
+        room.join(attacker)
+        with pytest.raises(LimitExceeded) as caught:
+            for update in updates[1:]:  # never the first: all wait for it
+                await room.on_update(attacker, update, None)
+        assert caught.value.code == CloseCode.PENDING_TOO_LARGE
+        assert room.pending_bytes == 0
+        room.mark_closed()
+
+
+async def test_a_bystander_whose_pending_update_was_dropped_is_asked_to_resync(
+    tmp_path,
+) -> None:
+    big = edits(10, 1000)
+    small = edits(3, 10)
+    async with SQLiteStore(tmp_path / "db") as store:
+        room = Room("default", "doc", store, max_pending_bytes=1_000_000)
+        await room.load()
+        seen = MemorySocket()
+        hog, bystander = Connection(MemorySocket()), Connection(seen)
+        room.join(hog)
+        room.join(bystander)
+        await room.on_update(bystander, small[2], None)  # waits for small[0], small[1]
+        for update in big[1:]:
+            await room.on_update(hog, update, None)
+        before = len(seen.sent)
+        room.max_pending_bytes = room.pending_bytes - 1
+        await room.on_update(bystander, small[1], None)  # tips it over: the hog is closed
+        assert hog.closing and not bystander.closing
+        step1 = encode_sync_step1(room.doc.get_state())
+        assert step1 in seen.sent[before:], "asked to send its updates again"
         room.mark_closed()
