@@ -16,7 +16,9 @@ Threads and connections:
 Handing results back: the writer settles ``asyncio.Future`` objects with ONE
 ``loop.call_soon_threadsafe`` per batch. crdt-sync runs anyio on its asyncio backend
 only (DESIGN.md), so asyncio futures are fine here and cost no thread per op;
-:meth:`SQLiteStore.start` refuses to run on another backend.
+:meth:`SQLiteStore.start` refuses to run on another backend. What callers get for a
+queued write is a :class:`persistence.store.Commit`: an awaiter that is cancelled
+abandons its wait, never the commit's outcome (the writer commits the write anyway).
 
 Update ids: :meth:`SQLiteStore.append` must return the id before the commit (callers
 compact "up to" it), so ids come from an in-memory counter initialised from the
@@ -66,6 +68,7 @@ from persistence import values
 from persistence.schema import migrate
 from persistence.store import (
     Appended,
+    Commit,
     DocInfo,
     Frame,
     FrameBatch,
@@ -354,8 +357,9 @@ class SQLiteStore:
         Returns:
             The assigned update id and an awaitable that completes once the update is
             committed (raises :class:`StoreWriteError` if that commit fails) with the
-            sids of ``frames``. Nobody has to await it: a failure is logged, and
-            reported by the next :meth:`flush`.
+            sids of ``frames`` (a :class:`~persistence.store.Commit`: a cancelled
+            awaiter does not cancel it). Nobody has to await it: a failure is logged,
+            and reported by the next :meth:`flush`.
 
         Raises:
             persistence.values.UnstorableValue: a value of ``frames`` is not strict
@@ -368,7 +372,7 @@ class SQLiteStore:
         values.check_int(at, "at")
         batch = self._prepare(org, name, frames) if frames is not None else None
         assert self._loop is not None
-        future: asyncio.Future[list[int]] = self._loop.create_future()
+        future: Commit[list[int]] = Commit(loop=self._loop)
         size = len(data) + _batch_size(batch)
         with self._id_lock:
             self._last_update_id += 1
@@ -384,7 +388,7 @@ class SQLiteStore:
 
     def log_frames(
         self, org: str, batch: FrameBatch, *, delete: str | None = None
-    ) -> asyncio.Future[list[int]]:
+    ) -> Commit[list[int]]:
         """Queue a batch of frames (and an idempotency key) for the next group commit.
 
         Synchronous, so that a caller can draft frames and queue them without the
@@ -400,8 +404,9 @@ class SQLiteStore:
                 transaction: a record's ``d``.
 
         Returns:
-            An awaitable of the frames' sids, completed once committed (raises
-            :class:`StoreWriteError` if the commit fails).
+            A :class:`~persistence.store.Commit` of the frames' sids, completed once
+            committed (raises :class:`StoreWriteError` if the commit fails); a
+            cancelled awaiter does not cancel it.
 
         Raises:
             persistence.values.UnstorableValue: a value of ``batch`` is not strict
@@ -414,7 +419,7 @@ class SQLiteStore:
             values.check_key(org, delete)
         prepared = self._prepare(org, delete, batch)
         assert self._loop is not None
-        future: asyncio.Future[list[int]] = self._loop.create_future()
+        future: Commit[list[int]] = Commit(loop=self._loop)
         op = _Op(_Kind.FRAMES, (org, delete), future, batch=prepared)
         # Never waits (it cannot: synchronous); behind every write waiting for room.
         self._admit(op, _batch_size(prepared), wait=False)
@@ -844,9 +849,10 @@ class SQLiteStore:
     async def _submit(self, kind: _Kind, args: tuple[Any, ...], size: int = 0) -> Any:
         self._check_open()
         assert self._loop is not None
-        future: asyncio.Future[Any] = self._loop.create_future()
+        future: Commit[Any] = Commit(loop=self._loop)
         self._admit(_Op(kind, args, future), size, wait=False)
-        # If the caller is cancelled the op still runs; only the wait is abandoned.
+        # If the caller is cancelled the op still runs and is settled; only the wait is
+        # abandoned (a Commit is not cancelled by its awaiters).
         return await future
 
     def _admit(self, op: _Op, size: int = 0, *, wait: bool = True) -> asyncio.Future[None] | None:
@@ -908,7 +914,9 @@ class SQLiteStore:
                     )
         for op in ops:
             future = op.future
-            if future is None or future.done():  # e.g. cancelled by an abandoned await
+            # Done already: settled by the store itself (a Commit is never cancelled by
+            # an abandoned await; a plain future, e.g. close()'s, could be).
+            if future is None or future.done():
                 continue
             if op.error is None:
                 future.set_result(op.result)

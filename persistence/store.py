@@ -16,13 +16,20 @@ Durability contract:
   :class:`Appended` carries an awaitable that completes when the group commit
   holding it is on disk (or raises :class:`StoreWriteError`).
 * :meth:`Store.flush` waits until everything queued before the call is on disk.
+* What a store hands out for a queued write is a :class:`Commit`: awaiting it from a
+  task that is then cancelled abandons that wait only. The write is queued and will be
+  committed (or fail) all the same, so its done-callbacks see that outcome, never
+  ``cancelled()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+_T = TypeVar("_T")
 
 
 class StoreError(Exception):
@@ -39,6 +46,39 @@ class StoreReadError(StoreError):
 
 class StoreClosedError(StoreError):
     """The store was used after :meth:`Store.close`."""
+
+
+class Commit(asyncio.Future[_T]):
+    """The outcome of a queued write: settled by the store once its transaction is
+    committed (the result) or has failed (the exception), and by nobody else.
+
+    A plain ``asyncio.Future`` is cancelled when a task awaiting it is cancelled (a
+    client gone, a shutdown timeout, ``move_on_after``), although the writer commits
+    the write anyway: its done-callbacks would then see ``cancelled()`` and a failure
+    would go unreported, an idempotency key would be released before its commit. So:
+
+    * ``await commit`` waits through :func:`asyncio.shield`: a cancelled awaiter gets
+      :class:`asyncio.CancelledError`, the commit goes on, and others (and later
+      awaits) still get its outcome;
+    * :meth:`cancel` refuses (returns ``False``), so ``asyncio.gather`` or
+      ``wait_for`` cannot cancel it either (Python 3.11's ``asyncio.wait_for`` then
+      waits for the commit after its timeout: bound an ``await`` with anyio's
+      ``fail_after``/``move_on_after`` instead). A store that must give up on a
+      write settles it itself (``set_exception``; ``asyncio.Future.cancel(commit)``).
+
+    Everything else is ``asyncio.Future``'s: ``add_done_callback`` (called with the
+    commit), ``done``, ``cancelled``, ``result``, ``exception``.
+    """
+
+    def __await__(self) -> Generator[Any, None, _T]:
+        if self.done():
+            return (yield from super().__await__())
+        return (yield from asyncio.shield(self).__await__())
+
+    __iter__ = __await__
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
