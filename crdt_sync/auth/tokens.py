@@ -37,7 +37,6 @@ import dataclasses
 import json
 import logging
 import time
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +59,7 @@ from jwt.exceptions import (
     PyJWTError,
 )
 
+from ..inputs import refused_char
 from .principal import ALL_DOCS, DEFAULT_ORG, MODES, Grant, Principal
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def _valid_org(org: object) -> bool:
         isinstance(org, str)
         and 0 < len(org) <= MAX_ORG_CHARS
         and "/" not in org
-        and not any(unicodedata.category(c) in ("Cc", "Cs") for c in org)
+        and refused_char(org) is None
     )
 
 
@@ -127,6 +127,11 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_CHARS:
         raise TokenError("invalid_claims", "sub must be a non-empty string")
+    if refused_char(sub) is not None:
+        # The actor is logged, stored in frames (``who``) and named by revocation:
+        # the same character rule as every name (no lone surrogate the store would
+        # refuse after the doc changed, no control or bidi character).
+        raise TokenError("invalid_claims", "sub holds a character names may not hold")
     org = claims.get("org", DEFAULT_ORG)
     if not _valid_org(org):
         raise TokenError(

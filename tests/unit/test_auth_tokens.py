@@ -322,3 +322,11 @@ def test_issue_token_round_trips_and_validates_its_claims() -> None:
         issue_token(SECRET, "", org="acme")
     with pytest.raises(ValueError):
         issue_token("short", "alice")
+
+
+@pytest.mark.parametrize("sub", ["\ud800", "bob\x1b[31m", "a\u202eb", "a\u200db"])
+def test_a_sub_that_names_may_not_hold_is_refused(sub: str) -> None:
+    """The actor becomes ``who`` in stored frames and is named by revocation: a lone
+    surrogate would make the store refuse the write after the doc changed."""
+    token = jwt.encode(claims(sub=sub), SECRET, algorithm="HS256")
+    assert reason(TokenVerifier([SECRET]), token) == "invalid_claims"
