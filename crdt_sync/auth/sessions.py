@@ -61,14 +61,15 @@ class Sessions:
     def matching(
         self, *, org: str, sub: str | None = None, doc: str | None = None
     ) -> list[Session]:
-        """Sessions of tenant ``org`` whose actor is ``sub`` and/or whose doc is ``doc``
-        (both ``None``: every session of the org)."""
+        """Sessions of tenant ``org`` whose actor is ``sub`` and/or that are in ``doc``
+        (both ``None``: every session of the org). A session of no single doc (the
+        frame feed) is in ``doc`` when its grant covers it: it receives its frames."""
         return [
             s
             for s in self._live.values()
             if s.principal.org == org
             and (sub is None or s.principal.actor == sub)
-            and (doc is None or s.doc == doc)
+            and (doc is None or s.doc == doc or (s.doc is None and s.principal.grant.covers(doc)))
         ]
 
     def revoke(self, *, org: str, sub: str | None = None, doc: str | None = None) -> int:

@@ -214,9 +214,8 @@ async def test_revoke_closes_yjs_and_frame_connections_within_one_second(
     admin = token(sub="root", org="orga", mode="admin")
     other_org = token(sub="alice", org="orgb")
     bob = token(sub="bob", org="orga")
-    targets = [await yjs_socket(server, "task/1", alice)]
-    if "doc" not in body:
-        targets.append(await frame_feed(server, alice))
+    # alice's frame feed too: its grant covers task/1, so a revoke of the doc ends it.
+    targets = [await yjs_socket(server, "task/1", alice), await frame_feed(server, alice)]
     spared = [
         await yjs_socket(server, "task/1", other_org),  # same sub and doc, other org
         await frame_feed(server, other_org),

@@ -54,3 +54,15 @@ def test_principal_of_refuses_a_scope_that_bypassed_the_front_door() -> None:
     p = _principal("acme", "alice")
     set_principal(scope, p)
     assert principal_of(scope) is p
+
+
+def test_revoking_a_doc_closes_the_feeds_whose_grant_covers_it() -> None:
+    sessions = Sessions()
+    closed: list[str] = []
+    everything = Principal("acme", "alice", Grant(("**",), "read"))
+    issues = Principal("acme", "bob", Grant(("issue/*",), "read"))
+    notes = Principal("acme", "carol", Grant(("note/*",), "read"))
+    for name, who in (("all", everything), ("issues", issues), ("notes", notes)):
+        sessions.register(who, None, lambda code, reason, name=name: closed.append(name))
+    assert sessions.revoke(org="acme", doc="issue/7") == 2
+    assert sorted(closed) == ["all", "issues"]
