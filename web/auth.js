@@ -90,6 +90,19 @@ export function tokenExpiry (token) {
   }
 }
 
+/** Whose token this is, `org/sub` from a JWT's payload (for display and for keeping
+ * one identity's queued changes apart from another's); `open` without a token, `token`
+ * for one that is not a readable JWT. The server decides who a token really is. */
+export function tokenIdentity (token = getToken()) {
+  if (!token) return 'open'
+  try {
+    const payload = token.split('.')[1]
+    const claims = JSON.parse(atob(payload.replace(/-/g, '+').replace(/_/g, '/')))
+    if (typeof claims.sub === 'string') return `${claims.org ?? 'default'}/${claims.sub}`
+  } catch (_) {}
+  return 'token'
+}
+
 /** Close codes and HTTP statuses that mean "a (fresh) token is needed". */
 export const AUTH_CLOSE_CODES = new Set([4401, 4403])
 export const AUTH_STATUSES = new Set([401, 403])

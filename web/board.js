@@ -6,7 +6,7 @@
 // The access token (auth.js) rides on every request: Bearer on fetch, ?token= on the socket.
 
 import {
-  AUTH_CLOSE_CODES, AUTH_STATUSES, authHeaders, bindTokenForm, onTokenChange, withToken
+  AUTH_CLOSE_CODES, AUTH_STATUSES, authHeaders, bindTokenForm, onTokenChange, tokenIdentity, withToken
 } from './auth.js'
 
 const COLUMNS = ['open', 'doing', 'done']
@@ -22,6 +22,9 @@ const TOAST_MS = 8000
 const USER_KEY = 'crdt-sync.user' // shared with the editor: {name, color}
 const CLIENT_KEY = 'crdt-sync.board.client_id' // sessionStorage: one per tab
 const QUEUE_KEY = 'crdt-sync.board.outbox' // localStorage: survives reloads
+/** One outbox per identity (org/sub of the token): changes queued under one token are
+ * never sent with another's (another tenant's, another user's). */
+const queueKey = () => `${QUEUE_KEY}:${tokenIdentity()}`
 const HIDDEN_FIELDS = new Set(['title', 'status', 'body'])
 
 const COLORS = [
@@ -406,7 +409,7 @@ let txCounter = 0
 
 function loadOutbox () {
   try {
-    const stored = JSON.parse(readStorage(localStorage, QUEUE_KEY) || '[]')
+    const stored = JSON.parse(readStorage(localStorage, queueKey()) || '[]')
     return Array.isArray(stored)
       ? stored.filter((m) => m && typeof m.client_tx_id === 'string' && typeof m.id === 'string')
       : []
@@ -416,7 +419,7 @@ function loadOutbox () {
 }
 
 function saveOutbox () {
-  writeStorage(localStorage, QUEUE_KEY, JSON.stringify(outbox))
+  writeStorage(localStorage, queueKey(), JSON.stringify(outbox))
 }
 
 function newTxId () {
@@ -555,7 +558,7 @@ function settleAwaiting () {
 
 // Another tab of this browser changed the queue: take its version.
 window.addEventListener('storage', (event) => {
-  if (event.key === QUEUE_KEY) {
+  if (event.key === queueKey()) {
     outbox = loadOutbox()
     scheduleRender()
   }
@@ -933,6 +936,7 @@ els.createForm.addEventListener('submit', (event) => {
 const tokenForm = bindTokenForm()
 // A new token may grant other records (or another tenant): start over with it.
 onTokenChange(() => {
+  outbox = loadOutbox() // the new identity's queue, never the previous one's
   needBootstrap = true
   if (socket) socketGone(socket, 'token changed', false)
   reconnectAttempt = 0

@@ -318,7 +318,7 @@ async def test_offline_queue_is_kept_and_replayed_once(
     await board.wait_live()
     await expect(board.card("q2")).to_have_attribute("data-pending", "create")
     queued = await board.page.evaluate(
-        "() => JSON.parse(localStorage.getItem('crdt-sync.board.outbox'))"
+        "() => JSON.parse(localStorage.getItem('crdt-sync.board.outbox:open'))"
     )
     assert [m["id"] for m in queued] == ["q1", "q2"]
     assert len({m["client_tx_id"] for m in queued}) == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -134,6 +135,36 @@ async def test_board_sends_the_token_on_fetch_and_its_websocket(
     assert any("/sync/v1/ws?" in url and f"token={TOKEN}" in url for url in board.sockets)
     assert TOKEN not in page.url
     assert board.errors == []
+    await board.context.close()
+
+
+async def test_board_never_sends_changes_queued_under_one_token_with_another(
+    browser: Browser, server_factory
+) -> None:
+    """The outbox belongs to the identity it was queued under (org/sub of the token): a
+    new token (another user, another tenant) starts from its own, empty queue."""
+    server = server_factory("--delta-min-interval-ms", "0")
+    board = await open_watched(browser, f"{server.url}/web/board.html#token={TOKEN}")
+    page = board.page
+    await expect(page.locator("#status")).to_have_attribute("data-status", "connected")
+    await page.route("**/sync/v1/mutations", lambda route: route.abort())
+    await page.fill("#new-title", "queued by alice")
+    await page.click("#create-form button[type=submit]")
+    await expect(page.locator("#outbox")).to_have_attribute("data-count", "1")
+    await page.unroute("**/sync/v1/mutations")
+    await page.fill("#token-input", OTHER)
+    await page.click("#token-form button[type=submit]")
+    await expect(page.locator("#status")).to_have_attribute("data-status", "connected")
+    await expect(page.locator("#outbox")).to_be_hidden()
+    queued = await page.evaluate(
+        "() => [localStorage.getItem('crdt-sync.board.outbox:default/alice'),"
+        " localStorage.getItem('crdt-sync.board.outbox:default/bob')]"
+    )
+    assert [m["p"]["title"] for m in json.loads(queued[0])] == ["queued by alice"]
+    assert queued[1] in (None, "[]")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        records = (await http.get("/sync/v1/records")).json()["records"]
+    assert records == [], "alice's change was not sent with bob's token"
     await board.context.close()
 
 
