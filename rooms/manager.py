@@ -188,7 +188,10 @@ class RoomManager:
             idle = [
                 room
                 for room in self.rooms.values()
-                if room.state is RoomState.LOADED and not room.connections and not room.holds
+                if room.state is RoomState.LOADED
+                and not room.connections
+                and not room.holds
+                and (room.org, room.name) not in self._deleting  # the delete drops it
             ]
             if not idle:
                 log.warning(

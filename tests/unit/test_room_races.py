@@ -199,3 +199,29 @@ async def _cancel_when_blocked(scope: anyio.CancelScope, release: threading.Even
     scope.cancel()
     await wait_all_tasks_blocked()
     release.set()
+
+
+async def test_max_rooms_skips_an_idle_room_being_deleted_and_unloads_the_next(
+    tmp_path: Path,
+) -> None:
+    """At --max-rooms, the oldest idle room is being deleted (its unload must not store
+    it): the next idle room is unloaded instead of the join being refused."""
+    from persistence.sqlite import SQLiteStore
+    from rooms.manager import RoomManager, RoomSettings
+
+    async with SQLiteStore(tmp_path / "db") as store:
+        settings = RoomSettings(idle_seconds=60, max_rooms=2)
+        async with RoomManager(store, settings) as manager:
+            old = await manager.get_room(ORG, "old")
+            await old.apply_update(fields_update(old, n=1), actor="a", origin=Origin.HTTP)
+            newer = await manager.get_room(ORG, "newer")
+            await newer.apply_update(fields_update(newer, n=2), actor="a", origin=Origin.HTTP)
+            old.last_activity = 0.0  # the oldest idle room
+            async with manager.deleting(ORG, "old"):
+                with anyio.fail_after(WAIT):
+                    third = await manager.get_room(ORG, "third")
+                assert third.state is RoomState.LOADED
+                assert (ORG, "newer") not in manager.rooms, "the next idle room made room"
+                assert (ORG, "old") in manager.rooms
+                manager.delete_room(ORG, "old")
+                await store.delete(ORG, "old")
