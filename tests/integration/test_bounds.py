@@ -226,23 +226,30 @@ async def test_update_waiting_for_missing_deps_past_the_bound_closes_4413(server
 
 
 async def test_views_past_the_per_connection_bound_close_4461(server_factory) -> None:
-    server = server_factory(*FAST, "--max-views-per-connection", "3")
-    async with (
-        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
-        websockets.connect(ws_base(server) + "/sync/v1/ws") as ws,
-    ):
-        for i in range(3):
-            await ws.send(json.dumps({"type": "view", "t": "task", "id": str(i)}))
-        for _ in range(3):  # a presence answer each
+    server = server_factory(*FAST, "--max-views-per-connection", "3", "--room-idle-seconds", "0.1")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        # A view is of a record that exists (else not_found, and no room is loaded).
+        made = [{"t": "task", "id": str(i), "op": "i", "p": {"n": i}} for i in range(4)]
+        response = await http.post("/sync/v1/mutations", json={"mutations": made})
+        assert all(r["status"] == 201 for r in response.json()["results"]), response.text
+        with anyio.fail_after(10):
+            while (await healthz(http))["rooms"]:
+                await anyio.sleep(0.05)  # their rooms unload once idle
+        async with websockets.connect(ws_base(server) + "/sync/v1/ws") as ws:
+            for i in range(3):
+                await ws.send(json.dumps({"type": "view", "t": "task", "id": str(i)}))
+            for _ in range(3):  # a presence answer each
+                assert json.loads(await ws.recv())["type"] == "presence"
+            with anyio.fail_after(10):  # the three viewed rooms (held), and no other
+                while (await healthz(http))["rooms"] != 3:
+                    await anyio.sleep(0.05)
+            await ws.send(json.dumps({"type": "watch", "t": "task", "id": "1"}))  # has it
             assert json.loads(await ws.recv())["type"] == "presence"
-        assert (await healthz(http))["rooms"] == 3
-        await ws.send(json.dumps({"type": "watch", "t": "task", "id": "1"}))  # already has it
-        assert json.loads(await ws.recv())["type"] == "presence"
-        await ws.send(json.dumps({"type": "view", "t": "task", "id": "3"}))
-        code, received = await closed_with(ws)
-        assert code == 4461
-        assert json.loads(received[-1])["error"] == "too_many_views"
-        assert (await healthz(http))["rooms"] <= 3
+            await ws.send(json.dumps({"type": "view", "t": "task", "id": "3"}))
+            code, received = await closed_with(ws)
+            assert code == 4461
+            assert json.loads(received[-1])["error"] == "too_many_views"
+            assert (await healthz(http))["rooms"] <= 3
 
 
 async def test_max_rooms_refuses_joins_past_it_and_unloads_idle_rooms_first(

@@ -127,6 +127,7 @@ async def test_sse_feed_sends_only_its_orgs_covered_frames(server_factory) -> No
 async def test_presence_is_scoped_to_the_org(server_factory) -> None:
     server = server_factory(*FAST)
     with anyio.fail_after(TIMEOUT * 2):
+        await insert(server, "acme", "issue", "1")  # a view is of a record that exists
         async with (
             websockets.connect(feed_url(server, token())) as alice,
             websockets.connect(feed_url(server, token("bob", "other"))) as bob,
