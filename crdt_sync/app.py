@@ -30,6 +30,7 @@ from rooms.supervisor import Supervisor
 
 from . import openapi
 from .admin_api import AdminApi
+from .asgi import route_path
 from .auth.authenticator import Authenticator
 from .auth.sessions import Sessions
 from .browser_guard import BrowserGuard
@@ -346,10 +347,7 @@ class CrdtSyncApp:
     async def _dispatch(self, scope: dict, receive: Any, send: Any) -> None:
         """Behind the front door: the route."""
         if scope["type"] == "websocket":
-            path = scope["path"]
-            root = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :]
+            path = route_path(scope)
             if path.startswith("/yjs/"):
                 scope["path_params"] = {"doc": path[5:]}
                 await self._yjs(scope, receive, send)

@@ -143,8 +143,24 @@ class AsgiApp:
 
 
 def peer(scope: Scope) -> str:
+    """``host:port`` of the client, for log lines."""
     client = scope.get("client")
     return f"{client[0]}:{client[1]}" if client else "-"
+
+
+def client_ip(scope: Scope) -> str | None:
+    """The client's address (what limits count under while anonymous)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def route_path(scope: Scope) -> str:
+    """The request path below the app's mount point (``root_path`` taken off)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path
 
 
 def query_params(scope: Scope) -> dict[str, str]:

@@ -53,6 +53,8 @@ import anyio
 
 from rooms.connection import CLOSE_TIMEOUT
 
+from .asgi import peer, route_path
+
 log = logging.getLogger(__name__)
 
 #: Close code of a WebSocket handshake refused where no HTTP response can be sent
@@ -159,11 +161,6 @@ def is_loopback_name(name: str) -> bool:
 
 def _header(scope: dict[str, Any], name: bytes) -> list[str]:
     return [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name]
-
-
-def _peer(scope: dict[str, Any]) -> str:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else "-"
 
 
 class BrowserGuard:
@@ -296,11 +293,11 @@ class BrowserGuard:
         if allowed and method == "OPTIONS" and _header(scope, b"access-control-request-method"):
             await self._preflight(send, origin)  # type: ignore[arg-type]
             return
-        if method in BODY_METHODS and self._is_json_path(self._path(scope)):
+        if method in BODY_METHODS and self._is_json_path(route_path(scope)):
             content_type = (_header(scope, b"content-type") or [""])[0]
             media = content_type.split(";", 1)[0].strip().lower()
             if media != "application/json":
-                detail = f"{method} {self._path(scope)} takes Content-Type: application/json"
+                detail = f"{method} {route_path(scope)} takes Content-Type: application/json"
                 await self._refuse(
                     scope,
                     receive,
@@ -314,14 +311,6 @@ class BrowserGuard:
                 )
                 return
         await self.app(scope, receive, self._cors_send(send, origin if allowed else None))
-
-    @staticmethod
-    def _path(scope: dict[str, Any]) -> str:
-        path: str = scope.get("path", "")
-        root: str = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        return path
 
     @staticmethod
     def _cors_headers(origin: str | None) -> list[tuple[bytes, bytes]]:
@@ -380,13 +369,13 @@ class BrowserGuard:
         log.warning(
             "refused %s %r -> %d %s: %s; origin=%r host=%r peer=%s%s",
             what,
-            self._path(scope)[:200],
+            route_path(scope)[:200],
             status,
             error,
             detail,
             origin,
             host,
-            _peer(scope),
+            peer(scope),
             more,
         )
         body = json.dumps({"error": error, "detail": detail}).encode("utf-8")

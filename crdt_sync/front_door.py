@@ -46,6 +46,7 @@ import anyio
 from rooms.close_codes import CloseCode
 from rooms.wire import encode_auth
 
+from .asgi import client_ip, peer, route_path
 from .auth.authenticator import Authenticator, AuthError
 from .auth.extract import choose_subprotocol, offered_subprotocols, token_from_scope
 from .auth.principal import Mode, Principal, set_principal
@@ -85,14 +86,6 @@ class Target:
     need: Mode
 
 
-def route_path(scope: dict[str, Any]) -> str:
-    path: str = scope.get("path", "")
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
-    return path
-
-
 def classify(scope: dict[str, Any]) -> Target:
     """The :class:`Target` of an ``http`` or ``websocket`` scope."""
     path = route_path(scope)
@@ -118,16 +111,6 @@ def classify(scope: dict[str, Any]) -> Target:
     if path == "/sync/v1/mutations":
         return Target("http", None, "write")
     return Target("http", None, "read" if reading else "write")
-
-
-def client_ip(scope: dict[str, Any]) -> str | None:
-    client = scope.get("client")
-    return str(client[0]) if client else None
-
-
-def _peer(scope: dict[str, Any]) -> str:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else "-"
 
 
 class FrontDoor:
@@ -310,7 +293,7 @@ class FrontDoor:
             reason,
             detail,
             who,
-            _peer(scope),
+            peer(scope),
         )
 
     async def _limited(

@@ -75,6 +75,7 @@ from .asgi import (
     AsgiApp,
     Scope,
     WsTextTransport,
+    client_ip,
     drain_websocket,
     json_body,
     peer,
@@ -634,12 +635,6 @@ async def _keep_alive(session: FeedSession) -> None:
         left = expires_in(session.principal)
         suffix = "" if left is None else f" expires_in={left}"
         conn.enqueue(f": keep-alive{suffix}\n\n".encode())
-
-
-def client_ip(scope: Scope) -> str | None:
-    """The peer's address (what limits count under while anonymous)."""
-    client = scope.get("client")
-    return client[0] if client else None
 
 
 def accept_message(scope: Scope) -> dict[str, Any]:
