@@ -200,3 +200,37 @@ async def send_json_response(
         }
     )
     await send({"type": f"{prefix}.body", "body": body})
+
+
+async def deny_handshake(
+    scope: dict[str, Any],
+    receive: Any,
+    send: Any,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    reason: str,
+    *,
+    fallback_code: int,
+) -> None:
+    """Refuse a WebSocket handshake (its ``websocket.connect`` already received): an
+    HTTP response where the server offers ``websocket.http.response``, else a close
+    with ``fallback_code``.
+
+    uvicorn's sans-I/O protocol counts the handshake complete only once the socket is
+    gone (``connection_lost``): an app that returns right after the response makes it
+    log "ASGI callable returned without completing handshake" (an ERROR line per
+    refusal). So there we read until it says so: the first ``websocket.disconnect`` is
+    queued with the response, the second when the socket is closed (bounded).
+    """
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": fallback_code, "reason": reason})
+        return
+    prefix = "websocket.http.response"
+    await send({"type": f"{prefix}.start", "status": status, "headers": headers})
+    await send({"type": f"{prefix}.body", "body": body})
+    protocol = getattr(send, "__self__", None)
+    if type(protocol).__name__ == "WebSocketsSansIOProtocol":
+        with anyio.move_on_after(CLOSE_TIMEOUT):
+            while not getattr(protocol, "handshake_complete", True):
+                await receive()

@@ -49,11 +49,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
-
-from rooms.connection import CLOSE_TIMEOUT
-
-from .asgi import peer, route_path
+from .asgi import deny_handshake, peer, route_path
 
 log = logging.getLogger(__name__)
 
@@ -391,36 +387,6 @@ class BrowserGuard:
         event = await receive()  # the handshake's websocket.connect
         if event["type"] != "websocket.connect":
             return
-        await deny_handshake(scope, receive, send, status, headers, body, error)
-
-
-async def deny_handshake(
-    scope: dict[str, Any],
-    receive: Any,
-    send: Any,
-    status: int,
-    headers: list[tuple[bytes, bytes]],
-    body: bytes,
-    reason: str,
-) -> None:
-    """Refuse a WebSocket handshake (its ``websocket.connect`` already received): an
-    HTTP response where the server offers ``websocket.http.response``, else a close
-    with :data:`ORIGIN_REFUSED_CLOSE`.
-
-    uvicorn's sans-I/O protocol counts the handshake complete only once the socket is
-    gone (``connection_lost``): an app that returns right after the response makes it
-    log "ASGI callable returned without completing handshake" (an ERROR line per
-    refusal). So there we read until it says so: the first ``websocket.disconnect`` is
-    queued with the response, the second when the socket is closed (bounded).
-    """
-    if "websocket.http.response" not in scope.get("extensions", {}):
-        await send({"type": "websocket.close", "code": ORIGIN_REFUSED_CLOSE, "reason": reason})
-        return
-    prefix = "websocket.http.response"
-    await send({"type": f"{prefix}.start", "status": status, "headers": headers})
-    await send({"type": f"{prefix}.body", "body": body})
-    protocol = getattr(send, "__self__", None)
-    if type(protocol).__name__ == "WebSocketsSansIOProtocol":
-        with anyio.move_on_after(CLOSE_TIMEOUT):
-            while not getattr(protocol, "handshake_complete", True):
-                await receive()
+        await deny_handshake(
+            scope, receive, send, status, headers, body, error, fallback_code=ORIGIN_REFUSED_CLOSE
+        )

@@ -39,7 +39,7 @@ from rooms.manager import RoomManager, ShuttingDown, TooManyRooms
 from rooms.room import EMPTY_UPDATE, InvalidUpdate, Room, RoomLoadError
 from rooms.stats import TRAFFIC
 
-from .asgi import Scope, WsBinaryTransport, drain_websocket, json_body, peer, send_json_response
+from .asgi import Scope, WsBinaryTransport, deny_handshake, drain_websocket, json_body, peer
 from .auth.principal import Principal, principal_of
 from .codec import (
     LARGE_UPDATE_BYTES,
@@ -76,7 +76,7 @@ class YjsEndpoint:
             name = validate_doc_name(raw_name)
         except InvalidDocName as exc:
             log.warning("peer=%s refused ws for doc %r: %s", peer(scope), raw_name[:100], exc)
-            await self._deny(scope, send, 400, "invalid_doc_name", str(exc))
+            await self._deny(scope, receive, send, 400, "invalid_doc_name", str(exc))
             return
         principal = principal_of(scope)
         accept: dict[str, Any] = {"type": "websocket.accept"}
@@ -150,14 +150,19 @@ class YjsEndpoint:
                     conn.close_reason,
                 )
 
-    async def _deny(self, scope: Scope, send: Any, status: int, error: str, detail: str) -> None:
-        """Refuse the handshake with an HTTP JSON error where the server supports it."""
-        if "websocket.http.response" in scope.get("extensions", {}):
-            body = json_body(error, detail)
-            await send_json_response(send, status, body, prefix="websocket.http.response")
-            _mark_denial_complete(send)
-        else:
-            await send({"type": "websocket.close", "code": CloseCode.BAD_REQUEST})
+    async def _deny(
+        self, scope: Scope, receive: Any, send: Any, status: int, error: str, detail: str
+    ) -> None:
+        """Refuse the handshake with an HTTP JSON error where the server supports it
+        (else close 4400)."""
+        body = json_body(error, detail)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await deny_handshake(
+            scope, receive, send, status, headers, body, error, fallback_code=CloseCode.BAD_REQUEST
+        )
 
     def _refuse(self, conn: Connection, code: int, reason: str) -> None:
         log.warning(
@@ -307,21 +312,3 @@ def _has_structs(update: bytes) -> bool:
         return get_state(update) != b"\x00"
     except Exception:
         return True  # not decodable: count it as a refused edit, never apply it
-
-
-def _mark_denial_complete(send: Any) -> None:
-    """Tell uvicorn's websockets-sansio protocol that a denial response completed the
-    handshake.
-
-    Its ``send`` writes the whole denial response and closes the transport, but never
-    sets ``handshake_complete`` (its wsproto implementation does), so every refused
-    handshake would also log ``ERROR ... ASGI callable returned without completing
-    handshake``. Upstream: Kludex/uvicorn pull request 3138 sets the flag the same
-    way. Only touched once the response is on the wire (``close_sent``); any other
-    server is left alone.
-    """
-    protocol = getattr(send, "__self__", None)
-    if type(protocol).__name__ != "WebSocketsSansIOProtocol":
-        return
-    if getattr(protocol, "initial_response", None) is not None and protocol.close_sent:
-        protocol.handshake_complete = True
