@@ -39,7 +39,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.procstat import mib, rss_kib
+from bench.procstat import PeakRss, mib, rss_kib
 from crdt_sync.auth.tokens import TokenVerifier, issue_token
 from tests.integration.auth_support import OTHER_SECRET, SECRET, forged, unsigned
 from tests.server_process import ServerProcess
@@ -110,17 +110,6 @@ async def flood(base: str, start: int, count: int, concurrency: int, outcomes: C
     return time.monotonic() - began
 
 
-class Peak:
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.kib = rss_kib(pid)
-
-    async def run(self) -> None:
-        while True:
-            self.kib = max(self.kib, rss_kib(self.pid))
-            await anyio.sleep(0.05)
-
-
 async def accepted_once(base: str, doc: str, tok: str | None) -> float:
     url = base + f"/yjs/{doc}" + (f"?token={tok}" if tok else "")
     began = time.perf_counter()
@@ -173,7 +162,7 @@ async def main(args: argparse.Namespace) -> None:
         outcomes: Counter = Counter()
         await flood(base, 0, WARMUP, args.concurrency, outcomes)
         before = rss_kib(authed.proc.pid)
-        peak = Peak(authed.proc.pid)
+        peak = PeakRss(authed.proc.pid)
         outcomes.clear()
         seconds = 0.0
         after_rounds: list[int] = []

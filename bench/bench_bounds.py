@@ -45,7 +45,7 @@ import websockets
 from pycrdt import Doc, Map, Text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.procstat import mib, rss_kib
+from bench.procstat import PeakRss, mib, rss_kib
 from crdt_sync.codec import (
     AwarenessEntry,
     encode_awareness_update,
@@ -57,19 +57,6 @@ from tests.server_process import ServerProcess
 #: The bounds this benchmark runs the server with (their defaults but the room limit).
 BOUND_FLAGS = ("--max-rooms", "1000")
 PHASE_SECONDS = 120.0
-
-
-class Peak:
-    """Samples a process's RSS every 50 ms while a flood runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.kib = rss_kib(pid)
-
-    async def run(self) -> None:
-        while True:
-            self.kib = max(self.kib, rss_kib(self.pid))
-            await anyio.sleep(0.05)
 
 
 def ws_url(server: ServerProcess, path: str) -> str:
@@ -335,7 +322,7 @@ async def run(args: argparse.Namespace) -> None:
                 async with httpx.AsyncClient(base_url=server.url) as http:
                     await http.get("/healthz")  # warm the routes once
                 before = rss_kib(pid)
-                peak = Peak(pid)
+                peak = PeakRss(pid)
                 with anyio.fail_after(PHASE_SECONDS):
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(peak.run)

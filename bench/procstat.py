@@ -26,3 +26,18 @@ def cpu_seconds(pid: int) -> float:
 
 def mib(kib: float) -> str:
     return f"{kib / 1024:.1f} MiB"
+
+
+class PeakRss:
+    """Samples a process's RSS every 50 ms while a flood runs (``run`` until cancelled)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.kib = rss_kib(pid)
+
+    async def run(self) -> None:
+        import anyio
+
+        while True:
+            self.kib = max(self.kib, rss_kib(self.pid))
+            await anyio.sleep(0.05)
