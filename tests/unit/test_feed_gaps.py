@@ -235,6 +235,18 @@ async def scenario(
         return world.reset
 
 
+def run_buffered(max_buffered: int, *args: Any) -> dict[str, Any] | None:
+    """:func:`scenario` on a fresh store, with the hub buffering at most ``max_buffered``
+    frames of a subscriber that is catching up."""
+    saved = feed_hub.MAX_BUFFERED
+    feed_hub.MAX_BUFFERED = max_buffered
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return anyio.run(scenario, Path(tmp) / "store.db", *args, backend="asyncio")
+    finally:
+        feed_hub.MAX_BUFFERED = saved
+
+
 @settings(
     max_examples=60,
     deadline=None,
@@ -250,13 +262,7 @@ async def scenario(
 def test_subscriber_gets_gap_free_sids_or_ends_with_reset(
     first: int, todo: list[Action], t: str | None, page: int, max_buffered: int
 ) -> None:
-    saved = feed_hub.MAX_BUFFERED
-    feed_hub.MAX_BUFFERED = max_buffered
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            anyio.run(scenario, Path(tmp) / "store.db", first, todo, t, page, backend="asyncio")
-    finally:
-        feed_hub.MAX_BUFFERED = saved
+    run_buffered(max_buffered, first, todo, t, page)
 
 
 def test_trim_during_catch_up_resets_instead_of_skipping() -> None:
@@ -294,14 +300,7 @@ GRANTS = [
 def test_a_granted_subscriber_gets_exactly_the_covered_frames_in_order(
     first: int, todo: list[Action], t: str | None, page: int, max_buffered: int, docs: Grant
 ) -> None:
-    saved = feed_hub.MAX_BUFFERED
-    feed_hub.MAX_BUFFERED = max_buffered
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "store.db"
-            anyio.run(scenario, path, first, todo, t, page, docs, backend="asyncio")
-    finally:
-        feed_hub.MAX_BUFFERED = saved
+    run_buffered(max_buffered, first, todo, t, page, docs)
 
 
 def test_catch_up_pages_past_frames_the_grant_hides() -> None:
