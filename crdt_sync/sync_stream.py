@@ -305,16 +305,7 @@ class FrameStreams:
             # The close frame follows the error message once the sender drains.
             await self._finish_refused(conn, receive)
             return
-        log.info(
-            "conn=%s peer=%s org=%r actor=%r frame feed since=%s t=%r connected",
-            conn.id,
-            conn.peer,
-            principal.org,
-            principal.actor,
-            start,
-            t,
-        )
-        session = FeedSession(principal, sub, self.runtime)
+        session = self._session(principal, sub, "frame", start, t)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._receive_loop, receive, session, client_ip(scope))
@@ -334,6 +325,23 @@ class FrameStreams:
                 "disconnected" if conn.closed_by_peer else "closed by server",
                 conn.close_code,
             )
+
+    def _session(
+        self, principal: Principal, sub: FeedSubscriber, kind: str, start: int, t: str | None
+    ) -> FeedSession:
+        """The live session of an admitted subscriber (registered for revocation)."""
+        conn = sub.conn
+        log.info(
+            "conn=%s peer=%s org=%r actor=%r %s feed since=%s t=%r connected",
+            conn.id,
+            conn.peer,
+            principal.org,
+            principal.actor,
+            kind,
+            start,
+            t,
+        )
+        return FeedSession(principal, sub, self.runtime)
 
     async def _finish_refused(self, conn: Connection, receive: Any) -> None:
         async with anyio.create_task_group() as tg:
@@ -596,16 +604,7 @@ class FrameStreams:
         )
         # Tell EventSource how soon to reconnect, before any frame.
         conn.enqueue(b"retry: 2000\n\n")
-        log.info(
-            "conn=%s peer=%s org=%r actor=%r SSE feed since=%s t=%r connected",
-            conn.id,
-            conn.peer,
-            principal.org,
-            principal.actor,
-            start,
-            t,
-        )
-        session = FeedSession(principal, sub, self.runtime)
+        session = self._session(principal, sub, "SSE", start, t)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_disconnect, receive, conn)
