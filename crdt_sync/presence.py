@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 RENEW_SECONDS = 15.0
 PUSH_INTERVAL = 0.1
 MAX_VIEWER_STATE_BYTES = 4096
-#: The actor of every request while authentication is off: not an identity.
-ANONYMOUS = "anonymous"
 
 
 @dataclass(slots=True, eq=False)
@@ -56,22 +54,17 @@ class _Viewer:
     state: str
 
 
-def viewer_identity(
-    state: dict[str, Any], actor: str, *, authenticated: bool | None = None
-) -> dict[str, Any]:
+def viewer_identity(state: dict[str, Any], actor: str, *, authenticated: bool) -> dict[str, Any]:
     """What a viewer's state cannot override: ``actor`` and ``viewer`` always, and the
     user name too when the actor is an identity (with auth off every actor is
     ``anonymous``, and a viewer names itself as any Yjs editor does).
 
     Args:
         authenticated: Whether ``actor`` comes from a credential (the principal's
-            flag: a token whose ``sub`` is ``anonymous`` still names its viewer);
-            ``None``: judged by the name alone.
+            flag: a token whose ``sub`` is ``anonymous`` still names its viewer).
     """
     user = state.get("user")
     user = dict(user) if isinstance(user, dict) else {}
-    if authenticated is None:
-        authenticated = actor != ANONYMOUS
     if authenticated or not isinstance(user.get("name"), str):
         user["name"] = actor
     return {"user": user, "actor": actor, "viewer": True}
@@ -181,7 +174,7 @@ class Presence:
         *,
         actor: str,
         state: dict[str, Any],
-        authenticated: bool | None = None,
+        authenticated: bool,
     ) -> None:
         """Show ``sub`` in the record's awareness (loading its room) and watch it.
 
