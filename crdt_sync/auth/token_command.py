@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from .principal import ALL_DOCS, DEFAULT_ORG, MODES
+from .startup import secrets_from
 from .tokens import issue_token
 
 SECRET_ENV = "CRDT_SYNC_AUTH_SECRET"
@@ -70,7 +71,7 @@ def run_token_command(args: argparse.Namespace) -> int:
     """Print the token for ``args``; 2 with a message on stderr if it cannot be made."""
     secret = args.secret
     if not secret:
-        listed = [s.strip() for s in os.environ.get(SECRET_ENV, "").split(",") if s.strip()]
+        listed = secrets_from(None, os.environ.get(SECRET_ENV))
         secret = listed[0] if listed else None
     if not secret:
         print(f"crdt-sync token: error: give --secret or set {SECRET_ENV}", file=sys.stderr)
