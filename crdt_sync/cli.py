@@ -49,6 +49,13 @@ class EscapingFormatter(logging.Formatter):
     escaped.
     """
 
+    def format(self, record: logging.LogRecord) -> str:
+        # A traceback another handler (or a test's log capture) formatted first is
+        # cached raw on the record as exc_text: escape that too. Escaping is idempotent.
+        if record.exc_text:
+            record.exc_text = _escape_lines(record.exc_text)
+        return super().format(record)
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_text(record.message)
         return super().formatMessage(record)
