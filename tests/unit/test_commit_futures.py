@@ -85,6 +85,12 @@ async def abandon_awaiter(commit: Awaitable[Any]) -> None:
     assert outcome == ["cancelled"]
 
 
+async def callbacks_ran() -> None:
+    """A future's done-callbacks run on the loop's next iteration, not at its await
+    (awaiting a future that is already done returns at once)."""
+    await asyncio.sleep(0)
+
+
 def observe(commit: Any) -> list[Any]:
     """What the done-callbacks of ``commit`` see, as rooms/ and frame_feed look at it."""
     seen: list[Any] = []
@@ -117,6 +123,7 @@ async def test_a_cancelled_awaiter_does_not_cancel_an_appends_durable(
             release()
         sids = await appended.durable  # somebody else still gets the outcome
         assert sids == [1]
+        await callbacks_ran()
         assert seen == [[1]]
         stored = await store.load(ORG, "a/1")
         assert stored is not None and stored.updates == [update]
@@ -136,6 +143,7 @@ async def test_a_cancelled_awaiter_does_not_cancel_log_frames(store: SQLiteStore
             release()
         assert await commit == [1, 2]
         assert await commit == [1, 2]
+        await callbacks_ran()
         assert seen == [[1, 2]]
         assert [f.sid for f in (await store.read_frames(ORG, 0)).frames] == [1, 2]
         assert await store.get_mutation(ORG, "tx-1") == {"ok": True, "sid": 2}
@@ -153,6 +161,7 @@ async def test_nobody_but_the_writer_settles_a_commit(store: SQLiteStore) -> Non
             assert not commit.cancelled()  # type: ignore[attr-defined]
             release()
         assert await commit == [1]
+        await callbacks_ran()
         assert seen == [[1]]
 
 
