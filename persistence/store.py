@@ -1,4 +1,4 @@
-"""The store interface every backend implements (SQLite now, PostgreSQL later).
+"""The store contract every backend implements (memory, SQLite, PostgreSQL).
 
 Everything is keyed by ``(org, name)``: ``org`` is the tenant (``"default"`` while
 auth is off) and ``name`` the document name as clients send it (``issue/123``).
@@ -10,11 +10,23 @@ at commit, strictly increasing and never reused (not after trims, not after dele
 whatever other orgs write. A client's sids therefore tell it nothing about other
 tenants, and every ``since``/``newest``/``oldest`` is a position in its org's log.
 
+Ids are the backend's: an update's ``update_id`` and a frame's ``sid`` are assigned
+when the transaction holding them commits and are *returned* to the caller (in
+:class:`Committed`); nobody passes ids back in to say "up to here". Update ids grow
+per doc in commit order, and each commit names the doc's previous update
+(:attr:`Committed.prev_update_id`), so a node that hears about updates out of band (a
+bus) can tell a gap from a duplicate and read what it missed with
+:meth:`Store.updates_since`.
+
+No callbacks: the store never calls out of its writer. Whoever wrote frames gets them
+back (with their sids) from the commit and publishes them on a frame bus; metrics read
+:meth:`Store.stats`.
+
 Durability contract:
 
 * :meth:`Store.append` returns once the update is *queued*; the returned
-  :class:`Appended` carries an awaitable that completes when the group commit
-  holding it is on disk (or raises :class:`StoreWriteError`).
+  :class:`Appended` carries a :class:`Commit` that completes when the transaction
+  holding it is durable (or raises :class:`StoreWriteError`).
 * :meth:`Store.flush` waits until everything queued before the call is on disk.
 * What a store hands out for a queued write is a :class:`Commit`: awaiting it from a
   task that is then cancelled abandons that wait only. The write is queued and will be
@@ -25,7 +37,7 @@ Durability contract:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -46,6 +58,10 @@ class StoreReadError(StoreError):
 
 class StoreClosedError(StoreError):
     """The store was used after :meth:`Store.close`."""
+
+
+class StoreUnavailableError(StoreWriteError):
+    """The backend cannot be reached (a database server down): retry later (503)."""
 
 
 class Commit(asyncio.Future[_T]):
@@ -97,6 +113,36 @@ class StoredDoc:
 
 
 @dataclass(frozen=True, slots=True)
+class DocTail:
+    """What :meth:`Store.updates_since` returns: enough to bring a replica that holds
+    every update up to ``since`` to ``last_update_id``.
+
+    Attributes:
+        snapshot: ``None`` if every update after ``since`` is still in the log; else the
+            compacted state (the log before it is gone): apply it, then ``updates``.
+        updates: ``(update_id, update)`` logged after ``since`` (or after the
+            snapshot), oldest first.
+        last_update_id: The doc's newest update id (0: no such doc).
+    """
+
+    snapshot: bytes | None
+    updates: list[tuple[int, bytes]]
+    last_update_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counters for metrics and ``/healthz`` (read, never pushed)."""
+
+    commits: int = 0  # transactions committed since start
+    failed_batches: int = 0
+    last_commit_seconds: float = 0.0
+    last_batch_size: int = 0
+    queued: int = 0  # writes waiting for the writer
+    queued_bytes: int = 0
+    refused_batches: int = 0
+
+@dataclass(frozen=True, slots=True)
 class DocInfo:
     """One row of :meth:`Store.list_docs`."""
 
@@ -107,17 +153,31 @@ class DocInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Appended:
-    """Returned by :meth:`Store.append`.
+class Committed:
+    """The outcome of a committed :meth:`Store.append`.
 
     Attributes:
-        update_id: The id assigned to the update (strictly increasing per store).
-        durable: Awaitable that completes when the update is committed; its result
-            is the list of sids of the frames logged with it (empty if none).
+        update_id: The id the backend gave the update at commit (greater than every
+            earlier update id of the doc).
+        prev_update_id: The doc's newest update id before this one (0: the first). A
+            replica whose newest is not this one missed something.
+        frames: The frames committed with it, with their sids, in sid order.
     """
 
     update_id: int
-    durable: Awaitable[list[int]]
+    prev_update_id: int
+    frames: list[Frame]
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Returned by :meth:`Store.append` once the update is queued.
+
+    Attributes:
+        durable: Completes when the update is committed, with its :class:`Committed`.
+    """
+
+    durable: Commit[Committed]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +202,12 @@ class FrameDraft:
     Attributes:
         record: The record's whole projection after this frame (``None`` for ``op="d"``:
             the record is gone). Stored in ``records`` in the same transaction.
-        update_id: The newest update id this projection covers; ``None`` means the
-            id of the update the frame is logged with (see :meth:`Store.append`).
+        update_id: The newest update id of the doc this projection covers; ``None``
+            means the update the frame is logged with (:meth:`Store.append`), or, in
+            :meth:`Store.log_frames`, the doc's newest update at commit (right for
+            one writer, whose log is in queue order). A draft whose record the store
+            already holds at a ``update_id`` >= this one is stale (another node
+            framed that state first) and is not logged: frames are exactly once.
     """
 
     t: str
@@ -232,17 +296,39 @@ class Store(Protocol):
         at: int,
         frames: FrameBatch | None = None,
     ) -> Appended:
-        """Queue ``update`` (with ``frames``, same transaction) and return its id at once.
+        """Queue ``update`` (with ``frames``, same transaction); return at once.
 
-        Queues without yielding to the event loop, so callers can order writes.
+        Queues without yielding to the event loop, so callers can order writes. The
+        update id is assigned at commit: see :attr:`Appended.durable`.
         """
         ...
 
     def log_frames(
         self, org: str, batch: FrameBatch, *, delete: str | None = None
-    ) -> Awaitable[list[int]]:
+    ) -> Commit[list[Frame]]:
         """Queue frames (and an idempotency key, and the deletion of doc ``delete``)
-        synchronously; the returned awaitable gives their sids once committed."""
+        synchronously; the returned commit gives the frames logged (with their sids;
+        stale drafts left out, see :attr:`FrameDraft.update_id`) once committed."""
+        ...
+
+    async def updates_since(self, org: str, name: str, since: int) -> DocTail:
+        """What a replica holding the doc up to update ``since`` lacks (gap repair)."""
+        ...
+
+    def stats(self) -> StoreStats:
+        """Counters of the writer (cheap; no I/O)."""
+        ...
+
+    def health(self) -> str | None:
+        """``None`` when writes are going through; else why not (for ``/readyz``)."""
+        ...
+
+    async def probe(self) -> None:
+        """One small write, to learn whether the backend is writable again.
+
+        Raises:
+            StoreWriteError: it is not.
+        """
         ...
 
     async def flush(self) -> None:
@@ -253,10 +339,15 @@ class Store(Protocol):
         """
         ...
 
-    async def compact(self, org: str, name: str, state: bytes, upto_update_id: int) -> None:
-        """Replace the snapshot by ``state`` and drop log rows with id <= ``upto_update_id``.
+    async def compact(self, org: str, name: str, state: bytes) -> None:
+        """Fold ``state`` (a Yjs update holding at least everything appended to the doc
+        before this call) into the snapshot and drop the log rows it covers.
 
-        One transaction, queued behind earlier appends, awaited until committed.
+        One transaction, queued behind earlier appends, awaited until committed. Safe
+        when several writers hold the doc: what was logged by others and is missing
+        from ``state`` is merged into the snapshot, never dropped. Deleted docs stay
+        deleted (compacting a doc that is not stored does nothing unless it has never
+        been stored: then it is created).
         """
         ...
 
@@ -345,15 +436,6 @@ class Store(Protocol):
     async def stale_records(self, limit: int = 1000) -> list[tuple[str, str]]:
         """``(org, doc name)`` of record docs whose stored projection lags their
         update log (a crash between an update and its frame)."""
-        ...
-
-    def add_commit_listener(self, listener: Callable[[int, float], None]) -> None:
-        """Call ``listener(ops, seconds)`` after every committed transaction (any thread)."""
-        ...
-
-    def add_frame_listener(self, listener: Callable[[list[Frame]], None]) -> None:
-        """Call ``listener`` on the event loop with every committed frame, in commit
-        order (sid order within each org)."""
         ...
 
     async def put_mutation(self, org: str, client_tx_id: str, result: dict[str, Any]) -> None:
