@@ -230,6 +230,24 @@ class Settings:
         maximum=1 << 40,
     )
 
+    # -- several nodes (issue 12) --------------------------------------------------
+    database_url: str = _opt(
+        "",
+        "shared store of several nodes: postgresql://user@host:port/db (default: the "
+        "SQLite file of --db, one node)",
+        secret=True,
+    )
+    redis_url: str = _opt(
+        "",
+        "Redis that carries room updates, awareness and frames between nodes "
+        "(redis://host:port/n); needs --database-url",
+        secret=True,
+    )
+    node_id: str = _opt(
+        "", "this node's id in the cluster (default: host name, port and process id)"
+    )
+    redis_prefix: str = _opt("crdt-sync", "prefix of every Redis key and channel (one per cluster)")
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -254,12 +272,41 @@ class Settings:
                 raise SettingsError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
         if self.ping_timeout <= self.ping_interval:
             raise SettingsError("--ping-timeout must be greater than --ping-interval")
+        _check_cluster(self)
         from .browser_guard import InvalidOrigin, parse_allowed_origins
 
         try:
             parse_allowed_origins(self.allowed_origins)
         except InvalidOrigin as exc:
             raise SettingsError(f"--allowed-origins: {exc}") from None
+
+
+#: Characters a node id may hold (it names Redis keys and shows in logs and metrics).
+_NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def _check_cluster(settings: Settings) -> None:
+    """The several-node flags must make sense together: a Redis bus between nodes
+    that each keep their own SQLite file would split every doc."""
+    url = settings.database_url
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(
+            "--database-url must be a postgresql:// URL (SQLite is chosen with --db)"
+        )
+    if settings.redis_url:
+        if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("--redis-url must be a redis://, rediss:// or unix:// URL")
+        if not url:
+            raise SettingsError(
+                "--redis-url needs --database-url: nodes must share one store "
+                "(each node's own SQLite file would split every document)"
+            )
+    node = settings.node_id
+    if node and (len(node) > 64 or not set(node) <= _NODE_ID_CHARS):
+        raise SettingsError("--node-id must be 1-64 characters of letters, digits and - _ . :")
+    prefix = settings.redis_prefix
+    if not prefix or len(prefix) > 64 or not set(prefix) <= _NODE_ID_CHARS:
+        raise SettingsError("--redis-prefix must be 1-64 characters of letters, digits and - _ . :")
 
 
 def env_name(field_name: str) -> str:

@@ -89,3 +89,37 @@ def test_readme_documents_every_option_and_close_code() -> None:
         assert f"`{env_name(f.name)}`" in README, f.name
     for code in CloseCode:
         assert f"| {int(code)} |" in README, code
+
+
+def test_cluster_flags_parse_from_flags_and_env() -> None:
+    s = parse(
+        "--database-url",
+        "postgresql://postgres@127.0.0.1:5432/crdt",
+        "--node-id",
+        "node-1",
+        env={"CRDT_SYNC_REDIS_URL": "redis://127.0.0.1:6379/0"},
+    )
+    assert s.database_url == "postgresql://postgres@127.0.0.1:5432/crdt"
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert (s.node_id, s.redis_prefix) == ("node-1", "crdt-sync")
+    # URLs may hold passwords: they stay out of repr (and so out of every log line).
+    assert "postgresql://" not in repr(s) and "redis://" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--redis-url", "redis://127.0.0.1:6379"], "--redis-url needs --database-url"),
+        (["--database-url", "sqlite:///x.db"], "--database-url must be a postgresql://"),
+        (
+            ["--database-url", "postgresql://h/db", "--redis-url", "http://h"],
+            "--redis-url must be a redis://",
+        ),
+        (["--node-id", "a b"], "--node-id must be"),
+        (["--node-id", "x" * 65], "--node-id must be"),
+        (["--redis-prefix", "a/b"], "--redis-prefix must be"),
+    ],
+)
+def test_cluster_flags_that_do_not_fit_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        parse(*argv)
