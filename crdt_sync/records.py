@@ -19,6 +19,7 @@ from typing import Any
 
 from pycrdt import Array, Doc, Map, Text
 
+from persistence.framing import diff, same
 from persistence.values import valid_text
 
 from .projection import (
@@ -128,34 +129,6 @@ def project(doc: Doc, types: RootTypes) -> dict[str, JSON]:
         if reason is not None:
             types.conformed(name, reason)
     return fields
-
-
-def same(a: JSON, b: JSON) -> bool:
-    """JSON equality that tells ``true`` from ``1`` (Python's ``==`` does not)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
-def diff(before: dict[str, JSON] | None, after: dict[str, JSON]) -> dict[str, JSON]:
-    """The SyncFrame ``p`` from ``before`` to ``after``: changed fields, removed ones as null.
-
-    With no ``before`` (a new record) it is the whole of ``after``.
-    """
-    if before is None:
-        return dict(after)
-    p = {
-        key: value
-        for key, value in after.items()
-        if key not in before or not same(before[key], value)
-    }
-    for key in before.keys() - after.keys():
-        p[key] = None
-    return p
 
 
 def check_value(field: str, value: Any, depth: int = 0) -> None:
