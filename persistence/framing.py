@@ -48,37 +48,30 @@ def diff(before: dict[str, JSON] | None, after: dict[str, JSON]) -> dict[str, JS
     return p
 
 
-def settle(
-    draft: FrameDraft, stored: dict[str, JSON] | None, stored_update_id: int | None
-) -> FrameDraft | None:
+def settle(draft: FrameDraft, stored: dict[str, JSON] | None) -> FrameDraft | None:
     """The frame to log for ``draft`` given the stored record, or ``None`` (nothing new).
 
     Args:
         stored: The stored record's fields (``None``: no record row).
-        stored_update_id: The update id that row covers (``None``: no row).
 
-    Rules, in order:
+    Rules:
 
-    * stale: the draft covers an update id (not ``None``) that the stored row already
-      covers: another writer framed that state (or a later one) first;
     * a delete of a record that has no row: nothing to delete;
     * an insert of a record that has a row: an update with the difference;
     * an update: only the fields whose value differs from the row (all of ``p`` when
       there is no row); none left: nothing new.
+
+    No draft is refused for covering an older update id: a node's own change may be
+    drafted before its update's id is known, and refusing it would lose that change.
+    Drafts from an older view are harmless: they only hold fields their node saw
+    change, and when that node's view moves on it drafts the newer values itself.
     """
-    if (
-        draft.update_id is not None
-        and stored_update_id is not None
-        and stored_update_id >= draft.update_id
-    ):
-        return None
     if draft.op == "d":
         return draft if stored is not None else None
-    record = draft.record if draft.record is not None else {}
     if stored is None:
         return draft
     if draft.op == "i":
-        p = diff(stored, record)
+        p = diff(stored, draft.record if draft.record is not None else {})
         return dataclasses.replace(draft, op="u", p=p) if p else None
     p = {
         key: value
@@ -88,3 +81,21 @@ def settle(
     if len(p) == len(draft.p):
         return draft
     return dataclasses.replace(draft, p=p) if p else None
+
+
+def fold(stored: dict[str, JSON] | None, frame: FrameDraft) -> dict[str, JSON] | None:
+    """The record row after ``frame`` (``None``: no row): the stored fields with ``p``
+    applied (null removes), the whole record on an insert. The row is therefore always
+    what the frames say, whichever node's view each frame was drafted from."""
+    if frame.op == "d":
+        return None
+    if frame.op == "i" or stored is None:
+        base: dict[str, JSON] = {}
+    else:
+        base = dict(stored)
+    for key, value in frame.p.items():
+        if value is None:
+            base.pop(key, None)
+        else:
+            base[key] = value
+    return base

@@ -201,13 +201,18 @@ class FrameDraft:
 
     Attributes:
         record: The record's whole projection after this frame (``None`` for ``op="d"``:
-            the record is gone). Stored in ``records`` in the same transaction.
-        update_id: The newest update id of the doc this projection covers; ``None``
-            means the update the frame is logged with (:meth:`Store.append`), or, in
-            :meth:`Store.log_frames`, the doc's newest update at commit (right for
-            one writer, whose log is in queue order). A draft whose record the store
-            already holds at a ``update_id`` >= this one is stale (another node
-            framed that state first) and is not logged: frames are exactly once.
+            the record is gone), as the drafting node sees it (an insert of a record
+            another node framed first becomes an update of the difference).
+        update_id: The newest update id of the doc this projection covers (kept on
+            the record row, to find records whose frames lag their doc:
+            :meth:`Store.stale_records`); ``None`` means the update the frame is logged
+            with (:meth:`Store.append`), or, in :meth:`Store.log_frames`, the doc's
+            newest update at commit (right for one writer, whose log is in queue order).
+
+    Every backend logs a draft through :func:`persistence.framing.settle` against the
+    stored record row, in the logging transaction (only what is new is logged; several
+    nodes drafting one change log it once), and updates the row with
+    :func:`persistence.framing.fold` (the row is what the frames say).
     """
 
     t: str
@@ -308,7 +313,7 @@ class Store(Protocol):
     ) -> Commit[list[Frame]]:
         """Queue frames (and an idempotency key, and the deletion of doc ``delete``)
         synchronously; the returned commit gives the frames logged (with their sids;
-        stale drafts left out, see :attr:`FrameDraft.update_id`) once committed."""
+        drafts with nothing new left out, see :class:`FrameDraft`) once committed."""
         ...
 
     async def updates_since(self, org: str, name: str, since: int) -> DocTail:
