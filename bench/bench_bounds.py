@@ -46,7 +46,7 @@ from pycrdt import Doc, Map, Text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.procstat import PeakRss, mib, rss_kib
-from crdt_sync.codec import (
+from rooms.codec import (
     AwarenessEntry,
     encode_awareness_update,
     encode_sync_step1,

@@ -50,7 +50,7 @@ from pycrdt import Doc, Map, Text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.procstat import cpu_seconds, mib, rss_kib
-from crdt_sync.codec import (
+from rooms.codec import (
     SyncStep2,
     decode_message,
     encode_sync_step1,

@@ -24,7 +24,7 @@ from pycrdt import Doc, Text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.procstat import cpu_seconds, rss_kib
-from crdt_sync.codec import encode_sync_update
+from rooms.codec import encode_sync_update
 from tests.server_process import ServerProcess
 
 

@@ -29,7 +29,7 @@ import anyio
 import websockets
 from pycrdt import Awareness, Doc
 
-from .codec import (
+from rooms.codec import (
     AwarenessEntry,
     AwarenessUpdate,
     Reader,

@@ -37,18 +37,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from persistence.store import StoreError
-from rooms.limits import LimitExceeded
-from rooms.manager import TooManyRooms
-from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
-
-from .auth.principal import principal_of
-from .codec import (
+from rooms.codec import (
     LARGE_UPDATE_BYTES,
     InvalidPayload,
     ProtocolError,
     check_update,
     decode_state_vector,
 )
+from rooms.limits import LimitExceeded
+from rooms.manager import TooManyRooms
+from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
+
+from .auth.principal import principal_of
 from .docnames import InvalidDocName, split_record, validate_doc_name
 from .http_api import ApiError, int_param, read_body, routes
 from .inputs import InputError, check_name

@@ -44,7 +44,7 @@ from typing import Any
 import anyio
 
 from rooms.close_codes import CloseCode
-from rooms.wire import encode_auth
+from rooms.codec import encode_auth
 
 from .asgi import client_ip, peer, route_path
 from .auth.authenticator import Authenticator, AuthError

@@ -29,11 +29,11 @@ from typing import Any
 import anyio
 
 from rooms.close_codes import CloseCode
+from rooms.codec import AwarenessEntry
 from rooms.feed_hub import FeedHub, FeedSubscriber
 from rooms.limits import LimitExceeded
 from rooms.manager import RoomManager
 from rooms.room import Room, RoomState
-from rooms.wire import AwarenessEntry
 
 from .docnames import split_record
 from .projection import conform

@@ -33,15 +33,7 @@ from pycrdt import get_state
 
 from persistence.store import StoreError
 from rooms.close_codes import CloseCode
-from rooms.connection import Connection
-from rooms.limits import LimitExceeded
-from rooms.manager import RoomManager, ShuttingDown, TooManyRooms
-from rooms.room import EMPTY_UPDATE, InvalidUpdate, Room, RoomLoadError
-from rooms.stats import TRAFFIC
-
-from .asgi import Scope, WsBinaryTransport, deny_handshake, drain_websocket, json_body, peer
-from .auth.principal import Principal, principal_of
-from .codec import (
+from rooms.codec import (
     LARGE_UPDATE_BYTES,
     Auth,
     AwarenessUpdate,
@@ -53,6 +45,14 @@ from .codec import (
     SyncUpdate,
     decode_message,
 )
+from rooms.connection import Connection
+from rooms.limits import LimitExceeded
+from rooms.manager import RoomManager, ShuttingDown, TooManyRooms
+from rooms.room import EMPTY_UPDATE, InvalidUpdate, Room, RoomLoadError
+from rooms.stats import TRAFFIC
+
+from .asgi import Scope, WsBinaryTransport, deny_handshake, drain_websocket, json_body, peer
+from .auth.principal import Principal, principal_of
 from .docnames import InvalidDocName, validate_doc_name
 from .front_door import SUBPROTOCOL_KEY
 from .settings import Settings

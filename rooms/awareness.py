@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .close_codes import CloseCode
+from .codec import AwarenessEntry
 from .limits import LimitExceeded
-from .wire import AwarenessEntry
 
 
 @dataclass(slots=True)

@@ -21,12 +21,12 @@ from anyio.abc import TaskGroup
 from persistence.store import Store, StoreError
 
 from .close_codes import CloseCode
+from .codec import encode_sync_step1
 from .connection import Connection
 from .listener import RoomListener
 from .memory import release_freed_memory, trim_available
 from .room import Room, RoomError, RoomLoadError, RoomState
 from .supervisor import Supervisor
-from .wire import encode_sync_step1
 
 log = logging.getLogger(__name__)
 

@@ -26,17 +26,17 @@ from persistence.store import Appended, FrameBatch, Store, StoreError
 
 from .awareness import RoomAwareness
 from .close_codes import CloseCode
-from .connection import Connection
-from .limits import LimitExceeded
-from .listener import RoomListener
-from .pending import missing_part
-from .wire import (
+from .codec import (
     AwarenessEntry,
     encode_awareness_update,
     encode_sync_step1,
     encode_sync_step2,
     encode_sync_update,
 )
+from .connection import Connection
+from .limits import LimitExceeded
+from .listener import RoomListener
+from .pending import missing_part
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import websockets
 from pycrdt import Doc, Text
 
 from crdt_sync.client import YjsClient, connect
-from crdt_sync.codec import encode_sync_update
+from rooms.codec import encode_sync_update
 from tests.integration.auth_support import SECRET, bearer, token, wait_for, ws_base
 
 pytestmark = pytest.mark.anyio

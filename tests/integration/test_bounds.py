@@ -14,7 +14,7 @@ import websockets
 from pycrdt import Doc, Text
 
 from crdt_sync.client import connect
-from crdt_sync.codec import AwarenessEntry, encode_awareness_update, encode_sync_update
+from rooms.codec import AwarenessEntry, encode_awareness_update, encode_sync_update
 
 pytestmark = pytest.mark.anyio
 

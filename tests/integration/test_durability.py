@@ -37,7 +37,8 @@ from pycrdt import Array, Doc, Map, Text, merge_updates
 from websockets.protocol import State
 
 from crdt_sync.client import YjsClient, connect
-from crdt_sync.codec import (
+from crdt_sync.projection import doc_to_json
+from rooms.codec import (
     AwarenessEntry,
     SyncStep2,
     SyncUpdate,
@@ -47,7 +48,6 @@ from crdt_sync.codec import (
     encode_sync_step1,
     encode_sync_update,
 )
-from crdt_sync.projection import doc_to_json
 from tests.integration.test_yjs_server import (
     closed_with,
     raw_websocket,

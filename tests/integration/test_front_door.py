@@ -19,7 +19,7 @@ import websockets
 from pycrdt import Doc, Text
 
 from crdt_sync.auth.tokens import issue_token
-from crdt_sync.codec import (
+from rooms.codec import (
     Auth,
     AwarenessEntry,
     AwarenessUpdate,

@@ -11,7 +11,7 @@ import websockets
 from pycrdt import Doc, Map, Text
 
 from crdt_sync.client import connect
-from crdt_sync.codec import (
+from rooms.codec import (
     AwarenessEntry,
     encode_awareness_update,
     encode_query_awareness,

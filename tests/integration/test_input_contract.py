@@ -13,7 +13,7 @@ import httpx
 import pytest
 import websockets
 
-from crdt_sync.codec import (
+from rooms.codec import (
     AwarenessEntry,
     encode_awareness_update,
     encode_query_awareness,

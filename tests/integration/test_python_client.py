@@ -10,7 +10,7 @@ import websockets
 from pycrdt import Doc, Text
 
 from crdt_sync.client import connect
-from crdt_sync.codec import SyncUpdate, decode_message, encode_sync_update
+from rooms.codec import SyncUpdate, decode_message, encode_sync_update
 
 pytestmark = pytest.mark.anyio
 

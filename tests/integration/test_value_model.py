@@ -20,7 +20,7 @@ import websockets
 from pycrdt import Doc, Map
 
 from crdt_sync.client import connect
-from crdt_sync.codec import AwarenessEntry, encode_awareness_update
+from rooms.codec import AwarenessEntry, encode_awareness_update
 from tests.integration.test_sync_feed import FAST, FrameSocket, all_frames, feed_url, mutate
 
 pytestmark = pytest.mark.anyio

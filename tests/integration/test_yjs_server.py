@@ -17,7 +17,8 @@ import websockets
 from pycrdt import Doc, Map, Text
 
 from crdt_sync.client import connect
-from crdt_sync.codec import (
+from crdt_sync.projection import doc_to_json as doc_json
+from rooms.codec import (
     AwarenessEntry,
     AwarenessUpdate,
     SyncStep1,
@@ -28,7 +29,6 @@ from crdt_sync.codec import (
     encode_sync_step1,
     encode_sync_update,
 )
-from crdt_sync.projection import doc_to_json as doc_json
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""The update check (crdt_sync.codec.check_update) accepts every update the npm yjs
+"""The update check (rooms.codec.check_update) accepts every update the npm yjs
 encoder writes: every content type, formatting, embeds, subdocs, XML, deletions,
 concurrent merges (``tests/interop/js/all_content.mjs``)."""
 
@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from pycrdt import Doc, Text
 
-from crdt_sync.codec import check_update
+from rooms.codec import check_update
 from tests.interop.conftest import JS_DIR
 
 pytestmark = pytest.mark.interop

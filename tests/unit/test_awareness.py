@@ -8,8 +8,8 @@ import pytest
 
 from rooms.awareness import RoomAwareness
 from rooms.close_codes import CloseCode
+from rooms.codec import AwarenessEntry as E
 from rooms.limits import LimitExceeded
-from rooms.wire import AwarenessEntry as E
 
 
 def test_newer_clock_wins_older_is_ignored() -> None:

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Text, create_sync_message, create_update_message
 
-from crdt_sync.codec import (
+from rooms.codec import (
+    MAX_SAFE_INTEGER,
     Auth,
     AwarenessEntry,
     AwarenessUpdate,
@@ -23,7 +24,6 @@ from crdt_sync.codec import (
     encode_message,
     write_var_uint,
 )
-from rooms.wire import MAX_SAFE_INTEGER
 
 json_states = st.one_of(
     st.just("null"),
@@ -135,7 +135,7 @@ def test_fuzz_mutated_valid_frames(message, data) -> None:
 
 
 def test_state_vector_decodes_to_clocks_and_rejects_trailing_bytes() -> None:
-    from crdt_sync.codec import decode_state_vector
+    from rooms.codec import decode_state_vector
 
     a, b = Doc(), Doc()
     a["t"] = ta = Text()
@@ -229,7 +229,7 @@ doc_ops = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(doc_ops)
 def test_every_update_pycrdt_writes_passes_the_check(ops) -> None:
-    from crdt_sync.codec import check_update
+    from rooms.codec import check_update
 
     for update in _rich_doc_updates(ops):
         check_update(update)
@@ -239,7 +239,7 @@ def test_every_update_pycrdt_writes_passes_the_check(ops) -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=200))
 def test_any_bytes_pass_the_update_check_or_are_refused(data) -> None:
-    from crdt_sync.codec import InvalidPayload, check_update
+    from rooms.codec import InvalidPayload, check_update
 
     try:
         check_update(data)
@@ -250,7 +250,7 @@ def test_any_bytes_pass_the_update_check_or_are_refused(data) -> None:
 @settings(max_examples=200, deadline=None)
 @given(doc_ops, st.data())
 def test_corrupted_updates_are_refused_or_safe_for_pycrdt(ops, data) -> None:
-    from crdt_sync.codec import MAX_CLOCK, InvalidPayload, check_update
+    from rooms.codec import MAX_CLOCK, InvalidPayload, check_update
 
     update = bytearray(_rich_doc_updates(ops)[-1])
     for _ in range(data.draw(st.integers(1, 3))):
@@ -272,7 +272,7 @@ def test_corrupted_updates_are_refused_or_safe_for_pycrdt(ops, data) -> None:
 
 
 def decode_state_vector_of(doc: Doc) -> dict[int, int]:
-    from crdt_sync.codec import decode_state_vector
+    from rooms.codec import decode_state_vector
 
     return decode_state_vector(doc.get_state())
 
@@ -291,7 +291,7 @@ def decode_state_vector_of(doc: Doc) -> dict[int, int]:
     ],
 )
 def test_update_check_refuses_what_yrs_mishandles(update, why) -> None:
-    from crdt_sync.codec import InvalidPayload, check_update
+    from rooms.codec import InvalidPayload, check_update
 
     with pytest.raises(InvalidPayload, match=re.escape(why)):
         check_update(update)
@@ -302,7 +302,7 @@ def test_update_check_refuses_what_yrs_mishandles(update, why) -> None:
 
 @given(st.text(max_size=50))
 def test_awareness_states_are_json_or_refused_with_1007_error(state) -> None:
-    from crdt_sync.codec import InvalidPayload
+    from rooms.codec import InvalidPayload
 
     frame = encode_message(AwarenessUpdate((AwarenessEntry(1, 1, state),)))
     try:

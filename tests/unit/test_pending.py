@@ -11,11 +11,11 @@ from pycrdt import Doc, Text
 
 from persistence.sqlite import SQLiteStore
 from rooms.close_codes import CloseCode
+from rooms.codec import encode_sync_step1
 from rooms.connection import Connection
 from rooms.limits import LimitExceeded
 from rooms.pending import missing_part
 from rooms.room import MAX_PENDING_UPDATES, Room
-from rooms.wire import encode_sync_step1
 
 from .live_node import RecordingTransport
 

@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Map, Text
 
-from crdt_sync.codec import decode_state_vector
 from persistence import (
     SQLiteStore,
     Store,
@@ -25,6 +24,7 @@ from persistence import (
     StoreWriteError,
 )
 from persistence.schema import SCHEMA_VERSION
+from rooms.codec import decode_state_vector
 
 pytestmark = pytest.mark.anyio
 
