@@ -70,8 +70,13 @@ class RoomAwareness:
         """Entries held, removed ones included (what this costs in memory)."""
         return len(self._known)
 
-    def apply(self, owner: int, entries: Iterable[AwarenessEntry]) -> list[AwarenessEntry]:
+    def apply(
+        self, owner: int, entries: Iterable[AwarenessEntry], *, per_owner_limit: bool = True
+    ) -> list[AwarenessEntry]:
         """Record entries received through connection ``owner``; return those accepted.
+
+        ``per_owner_limit=False``: ``owner`` stands for another node, which checked
+        its own connections' limit (the room's limit still holds).
 
         Raises:
             LimitExceeded: the message would make ``owner`` carry more than
@@ -81,7 +86,7 @@ class RoomAwareness:
         now = time.monotonic()
         self.prune(now)
         entries = list(entries)
-        self._check_limits(owner, entries)
+        self._check_limits(owner, entries, per_owner_limit)
         accepted = []
         for entry in entries:
             known = self._known.get(entry.client_id)
@@ -109,7 +114,9 @@ class RoomAwareness:
             accepted.append(entry)
         return accepted
 
-    def _check_limits(self, owner: int, entries: list[AwarenessEntry]) -> None:
+    def _check_limits(
+        self, owner: int, entries: list[AwarenessEntry], per_owner_limit: bool = True
+    ) -> None:
         for entry in entries:
             if len(entry.state) > self.max_state_bytes:
                 raise LimitExceeded(
@@ -128,7 +135,7 @@ class RoomAwareness:
                 adding.add(entry.client_id)
         if not adding:
             return
-        if len(owned) + len(adding) > self.max_per_owner:
+        if per_owner_limit and len(owned) + len(adding) > self.max_per_owner:
             raise LimitExceeded(
                 CloseCode.AWARENESS_LIMIT,
                 "too_many_awareness_clients",

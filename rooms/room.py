@@ -17,7 +17,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pycrdt import Doc, merge_updates
@@ -38,11 +38,17 @@ from .limits import LimitExceeded
 from .listener import RoomListener
 from .pending import missing_part
 
+if TYPE_CHECKING:
+    from .replica import Replica
+
 log = logging.getLogger(__name__)
 
 #: Most updates a room keeps waiting for missing dependencies: yrs re-examines every
 #: pending update on each apply, so their number (not only their bytes) costs CPU.
 MAX_PENDING_UPDATES = 256
+
+#: The pending-update owner of what other nodes sent (never a connection id).
+REMOTE_OWNER = -1
 
 #: An update that changes nothing (no structs, empty delete set).
 EMPTY_UPDATE = b"\x00\x00"
@@ -76,6 +82,7 @@ class Origin(enum.Enum):
     HTTP = "http"
     STORE = "store"
     MUTATION = "mutation"  # a SyncFrame mutation: framed by the feed itself
+    REMOTE = "remote"  # committed by another node, arrived over the bus: not logged again
 
 
 def now_ms() -> int:
@@ -150,6 +157,8 @@ class Room:
         #: any hold it, it is not unloaded.
         self.holds = 0
         self._integrated: list[bytes] = []
+        #: The cross-node side of the room (``None``: one node), see :mod:`rooms.replica`.
+        self.replica: Replica | None = None
         # Held by yrs, out of sight of Python's cycle collector: dropped in _release().
         self._subscription = self.doc.observe(self._collect)
 
@@ -267,15 +276,25 @@ class Room:
             log.warning("room=%r viewer %s not shown: %s", self.name, owner, exc.detail)
             return False
         if accepted:
-            self.broadcast(encode_awareness_update(accepted))
+            message = encode_awareness_update(accepted)
+            self.broadcast(message)
+            self._share_awareness(message)
             self._awareness_changed()
         return True
 
-    def drop_presence(self, owner: int) -> None:
-        """Broadcast the removal of every awareness state ``owner`` carried."""
+    def drop_presence(self, owner: int, *, share: bool = True) -> None:
+        """Broadcast the removal of every awareness state ``owner`` carried.
+
+        Args:
+            share: Tell the other nodes too (not when ``owner`` stands for a node that
+                is gone: every node removes its states by itself).
+        """
         removals = self.awareness.remove_owner(owner)
         if removals:
-            self.broadcast(encode_awareness_update(removals))
+            message = encode_awareness_update(removals)
+            self.broadcast(message)
+            if share:
+                self._share_awareness(message)
             self._awareness_changed()
 
     def broadcast(
@@ -452,6 +471,41 @@ class Room:
         """
         accepted = self.awareness.apply(conn.id, entries)
         self.broadcast(frame, None, conn.last_received)
+        self._share_awareness(frame)
+        if accepted:
+            self._awareness_changed()
+
+    # -- messages from other nodes (rooms.replica) -------------------------------
+
+    def apply_remote(self, update: bytes, *, actor: str) -> None:
+        """Apply an update another node committed: relay what it changed to this
+        node's connections; do not log it (it is stored already).
+
+        Raises:
+            InvalidUpdate: pycrdt rejected it.
+        """
+        if update == EMPTY_UPDATE or self.state is not RoomState.LOADED:
+            return
+        if self._listener is not None:
+            self._listener.room_changing(self, actor)
+        changes = self._apply(update, Origin.REMOTE, REMOTE_OWNER)
+        if changes and self._listener is not None:
+            self._listener.room_changed(self, actor, Origin.REMOTE)
+        for change in changes:
+            self.broadcast(encode_sync_update(change))
+
+    def remote_awareness(
+        self, owner: int, entries: tuple[AwarenessEntry, ...], message: bytes
+    ) -> None:
+        """Record awareness relayed by another node (``owner`` stands for that node)
+        and relay it to this node's connections. The per-connection limit was the
+        origin node's to enforce; the room's limit holds here too."""
+        try:
+            accepted = self.awareness.apply(owner, entries, per_owner_limit=False)
+        except LimitExceeded as exc:
+            log.warning("room=%r awareness from another node not shown: %s", self.name, exc.detail)
+            return
+        self.broadcast(message)
         if accepted:
             self._awareness_changed()
 
@@ -459,6 +513,10 @@ class Room:
         conn.enqueue(encode_awareness_update(self.awareness.current()))
 
     # -- internals ---------------------------------------------------------------
+
+    def _share_awareness(self, message: bytes) -> None:
+        if self.replica is not None:
+            self.replica.awareness(message)
 
     def _awareness_changed(self) -> None:
         if self._listener is not None:
