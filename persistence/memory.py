@@ -9,7 +9,9 @@ every read, so a caller never shares a dict with the store and gets back exactly
 a database would give it (lists for tuples, strict JSON refused before queueing).
 
 Every op of a commit is computed before it changes anything, so an op that fails (a
-compaction handed bytes that are no Yjs update) fails alone and leaves no trace. The
+compaction handed bytes that are no Yjs update: the only write that can fail here) fails
+alone, leaves no trace and raises to its awaiter; appends never fail, so :meth:`flush`
+has nothing to report. The
 rules shared with every backend live in :mod:`persistence.framing` (which drafts are
 logged) and :mod:`persistence.values` (what may be stored).
 """

@@ -664,6 +664,16 @@ async def test_a_draft_the_stored_record_already_covers_is_not_logged(store: Sto
         assert sids(await store.frames_since(ORG, 0)) == [1, 2, 3]
 
 
+async def test_the_update_id_a_record_row_covers_never_goes_back(store: Store) -> None:
+    with anyio.fail_after(TIMEOUT):
+        await log(store, draft("task", "1", p={"n": 1}, update_id=100))
+        # No update id and no doc: it covers the doc's newest (0), the row keeps 100.
+        await log(store, draft("task", "1", "u", {"n": 2}))
+        record = await store.get_record(ORG, "task", "1")
+        assert record is not None and (record.fields, record.update_id) == ({"n": 2}, 100)
+        assert await log(store, draft("task", "1", "u", {"n": 3}, update_id=50)) == []
+
+
 async def test_only_what_is_new_against_the_record_row_is_logged(store: Store) -> None:
     # persistence.framing.settle, applied by the store in the commit.
     with anyio.fail_after(TIMEOUT):
@@ -844,8 +854,8 @@ async def test_a_batch_key_remembers_the_sid_of_its_last_logged_frame(store: Sto
             ORG, batch(draft("task", "1"), draft("task", "2"), mutation=("tx", {"ok": 1}))
         )
         assert await store.get_mutation(ORG, "tx") == {"ok": 1, "sid": 2}
-        await store.log_frames(ORG, batch(draft("task", "3"), mutation=("tx", {"ok": 2})))
-        assert await store.get_mutation(ORG, "tx") == {"ok": 1, "sid": 2}  # first wins
+        # (What a second batch with a stored key does is not pinned here yet: the
+        # PostgreSQL branch proposes MutationReplayed for it.)
         await store.log_frames(OTHER, batch(mutation=("tx", {"ok": 3})))  # no frames
         assert await store.get_mutation(OTHER, "tx") == {"ok": 3}
         # Every draft stale: the key is stored, with no sid.
