@@ -48,6 +48,7 @@ class _Org:
     pending: dict[int, Frame] = field(default_factory=dict)
     want_read: bool = False  # resync asked: read until the store has nothing newer
     repair: asyncio.Task[None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # cuts a wait short
 
 
 class FrameSequencer:
@@ -118,6 +119,7 @@ class FrameSequencer:
             if state is None:
                 continue  # no starting point: nobody follows it yet
             state.want_read = True
+            state.wake.set()
             self._ensure_repair(name, state, wait=0.0)
 
     async def close(self) -> None:
@@ -169,7 +171,7 @@ class FrameSequencer:
 
     async def _repair(self, org: str, state: _Org, wait: float) -> None:
         try:
-            await asyncio.sleep(wait)
+            await self._pause(state, wait)
             fruitless = failures = 0
             while not self._closed and (state.target > state.last or state.want_read):
                 resyncing, state.want_read = state.want_read, False
@@ -185,7 +187,7 @@ class FrameSequencer:
                             state.last,
                             exc,
                         )
-                    await asyncio.sleep(min(MAX_RETRY_WAIT, self.gap_wait * 2**failures))
+                    await self._pause(state, min(MAX_RETRY_WAIT, self.gap_wait * 2**failures))
                     continue
                 failures = 0
                 self.read += len(frames)
@@ -202,9 +204,19 @@ class FrameSequencer:
                     self._skip(org, state)
                     fruitless = 0
                     continue
-                await asyncio.sleep(self.gap_wait)
+                await self._pause(state, self.gap_wait)
         finally:
             state.repair = None
+
+    @staticmethod
+    async def _pause(state: _Org, seconds: float) -> None:
+        """Sleep ``seconds``, or less if :meth:`resync` asks for a read now."""
+        if state.wake.is_set():
+            state.wake.clear()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.wake.wait(), seconds)
+        state.wake.clear()
 
     def _skip(self, org: str, state: _Org) -> None:
         resume = min(state.pending, default=state.target + 1) - 1

@@ -110,6 +110,8 @@ class _Reader:
             byte = self.u8()
             value |= (byte & 0x7F) << shift
             if not byte & 0x80:
+                if byte == 0 and shift:
+                    raise WireError("overlong varint")  # one encoding per value
                 return value
             shift += 7
         raise WireError("varint too long")
