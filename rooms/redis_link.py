@@ -230,12 +230,13 @@ class RedisLink:
                 await self._teardown()
                 if self._established:
                     failures = 0
-                self._down_reason = f"down ({exc.__class__.__name__}: {exc})"[:200]
+                reason = f"{exc.__class__.__name__}: {exc}"[:200]
+                self._down_reason = f"down ({reason})"
                 if failures == 0:  # once per outage
                     log.warning(
                         "redis %s: connection lost (%s); retrying with backoff",
                         self.name,
-                        self._down_reason,
+                        reason,
                         exc_info=not isinstance(exc, LINK_ERRORS),
                     )
                 else:
