@@ -112,6 +112,7 @@ class RedisLink:
         self._down_reason: str | None = "not started"
         self._queue_full_logged = False
         self._last_heard = 0.0
+        self._beat_lock = asyncio.Lock()
         #: Messages sent to Redis / dropped (down, queue full, or lost in a failure).
         self.published = 0
         self.dropped = 0
@@ -139,9 +140,7 @@ class RedisLink:
         client = self._client
         if client is not None and self._connected.is_set():
             try:
-                await asyncio.wait_for(self._queue.join(), wait)
-                if farewell is not None:
-                    await asyncio.wait_for(farewell(client), wait)
+                await asyncio.wait_for(self._goodbye(client, farewell), wait)
             except (TimeoutError, *LINK_ERRORS) as exc:
                 log.info("redis %s: closing without a clean goodbye: %r", self.name, exc)
         if self._task is not None:
@@ -149,6 +148,14 @@ class RedisLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._down_reason = "closed"
+
+    async def _goodbye(self, client: Redis, farewell: SessionHook | None) -> None:
+        await self._queue.join()
+        # After the last heartbeat (none starts once closing): a lease renewal must not
+        # land after the farewell that deletes the lease.
+        async with self._beat_lock:
+            if farewell is not None:
+                await farewell(client)
 
     @property
     def connected(self) -> bool:
@@ -175,7 +182,7 @@ class RedisLink:
             await asyncio.wait_for(ack, wait)
         except (TimeoutError, *LINK_ERRORS) as exc:
             # The reader notices a dead connection and starts a new session, which
-            # subscribes again; the owner hears of it through on_connect.
+            # subscribes again; the owner hears of it through on_resumed.
             log.debug("redis %s: subscribe %r not confirmed: %r", self.name, channel, exc)
         finally:
             waiting = self._acks.get(channel, [])
@@ -391,4 +398,6 @@ class RedisLink:
             await asyncio.sleep(self._heartbeat_s)
             await pubsub.ping()  # answered through the reader (keeps _last_heard fresh)
             if self._heartbeat is not None:
-                await self._heartbeat(client)
+                async with self._beat_lock:
+                    if not self._closing:
+                        await self._heartbeat(client)

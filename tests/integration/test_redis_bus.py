@@ -116,6 +116,21 @@ async def test_nodes_deliver_each_others_messages_never_their_own(prefix: str) -
         assert (n1.published, n1.dropped, n2.delivered) == (2, 0, 2)
 
 
+async def test_a_burst_arrives_complete_and_in_order(prefix: str) -> None:
+    async with (
+        broadcaster(SHARED, "n1", prefix) as n1,
+        broadcaster(SHARED, "n2", prefix) as n2,
+    ):
+        sink = Sink()
+        await n2.join("acme", "doc", sink)
+        for uid in range(1, 2001):  # far more than one pipeline batch
+            n1.publish_update(update("n1", uid, "acme", "doc"))
+        await until(lambda: len(sink.updates) == 2000)
+        assert [u.update_id for u in sink.updates] == list(range(1, 2001))
+        await until(lambda: n1.published == 2000)  # counted when Redis answers
+        assert n1.dropped == 0
+
+
 async def test_docs_are_separate_channels_and_leave_stops_delivery(prefix: str) -> None:
     async with (
         broadcaster(SHARED, "n1", prefix) as n1,
