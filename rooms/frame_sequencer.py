@@ -12,9 +12,10 @@ overlaps the bus) or not at all (pub/sub drops messages; an outage). The
 * A frame past a gap is buffered; if the gap is still open after ``gap_wait`` s the
   missing frames are read from the store (``read_since(org, last_delivered)``,
   which returns committed frames with a greater sid, in sid order, perhaps only a
-  page of them). A gap that the store cannot fill either (the sids were trimmed, or
-  never committed) is skipped after ``max_reads`` reads, with a warning: the store
-  is the source of truth.
+  page of them). The store is the source of truth: a gap it cannot fill either after
+  ``max_reads`` reads (the sids were trimmed, or never committed) is skipped up to
+  the first frame it holds, with a warning; frames it does not hold at all (a
+  forged or broken message) are dropped, with an error.
 * :meth:`FrameSequencer.resync` reads the store until it has nothing newer (after an
   outage of the bus, when frames may have been lost without a later frame showing
   the gap).
@@ -78,11 +79,13 @@ class FrameSequencer:
         self.max_pending = max_pending
         self._orgs: dict[str, _Org] = {}
         self._closed = False
-        #: Frames delivered; duplicates dropped; frames read from the store; sids skipped.
+        #: Frames delivered; duplicates dropped; frames read from the store; sids skipped
+        #: (not in the store); frames dropped because the store did not have them.
         self.delivered = 0
         self.duplicates = 0
         self.read = 0
         self.skipped = 0
+        self.unconfirmed = 0
 
     def last_delivered(self, org: str) -> int | None:
         state = self._orgs.get(org)
@@ -201,7 +204,7 @@ class FrameSequencer:
                     continue
                 fruitless += 1  # the gap is still open and the store did not fill it
                 if fruitless >= self.max_reads:
-                    self._skip(org, state)
+                    self._skip(org, state, fresh)
                     fruitless = 0
                     continue
                 await self._pause(state, self.gap_wait)
@@ -218,18 +221,34 @@ class FrameSequencer:
             await asyncio.wait_for(state.wake.wait(), seconds)
         state.wake.clear()
 
-    def _skip(self, org: str, state: _Org) -> None:
-        resume = min(state.pending, default=state.target + 1) - 1
-        log.warning(
-            "org=%s: frames %d..%d are not in the store after %d reads; skipping them",
+    def _skip(self, org: str, state: _Org, stored: list[Frame]) -> None:
+        """The gap stayed open through ``max_reads`` reads: believe the store. If it
+        holds frames past the gap, the missing sids are not there (trimmed, or never
+        committed): go on from its first. If it holds none, the buffered frames are not
+        in the store either: they are dropped, never delivered."""
+        if stored:
+            resume = min(f.sid for f in stored) - 1
+            log.warning(
+                "org=%s: frames %d..%d are not in the store after %d reads; skipping them",
+                org,
+                state.last + 1,
+                resume,
+                self.max_reads,
+            )
+            self.skipped += resume - state.last
+            state.last = resume
+            self._drain(org, state)
+            return
+        log.error(
+            "org=%s: %d frames after %d (up to %d) are not in the store; dropped",
             org,
-            state.last + 1,
-            resume,
-            self.max_reads,
+            len(state.pending),
+            state.last,
+            state.target,
         )
-        self.skipped += resume - state.last
-        state.last = resume
-        self._drain(org, state)
+        self.unconfirmed += len(state.pending)
+        state.pending.clear()
+        state.target = state.last
 
 
 def _span(frames: list[Frame]) -> tuple[int, int]:

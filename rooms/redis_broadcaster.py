@@ -127,6 +127,10 @@ class RedisBroadcaster:
         self._heard.clear()
 
     async def join(self, org: str, name: str, sink: RoomSink) -> None:
+        """Subscribe the doc's channel. While connected this waits (up to 2 s) until
+        Redis confirms, so that whatever is published after it returns reaches
+        ``sink``; while down it returns at once, and ``sink.bus_resumed()`` is called
+        once the link is back and subscribed."""
         key = (org, name)
         channel = doc_channel(self.prefix, org, name)
         if key in self._sinks:
@@ -146,6 +150,9 @@ class RedisBroadcaster:
         await self._link.unsubscribe(channel)
 
     def publish_update(self, update: RemoteUpdate) -> None:
+        """Queue a committed update (dropped and counted while down). ``origin`` must be
+        this node (``ValueError`` otherwise: the others would file it under another
+        node's lease)."""
         self._publish(update)
 
     def publish_awareness(self, awareness: RemoteAwareness) -> None:

@@ -151,6 +151,22 @@ async def test_a_gap_the_store_cannot_fill_is_skipped_after_max_reads() -> None:
     await seq.close()
 
 
+async def test_frames_the_store_does_not_hold_are_dropped() -> None:
+    store = FakeStore([1, 2])
+    seq, rec = make(store, max_reads=2)
+    seq.push("o", [frame(1)])
+    seq.push("o", [frame(10**12)])  # a broken (or forged) message
+    with anyio.fail_after(TIMEOUT):
+        while seq.unconfirmed == 0:
+            await asyncio.sleep(GAP)
+    assert rec.sids() == [1, 2]  # 2 came with the first read
+    store.commit(frame(3))
+    seq.push("o", [frame(3)])  # and the feed goes on
+    assert rec.sids() == [1, 2, 3]
+    assert seq.unconfirmed == 1 and seq.skipped == 0
+    await seq.close()
+
+
 async def test_the_first_frames_set_the_starting_point() -> None:
     store = FakeStore(range(1, 10))
     seq, rec = make(store)
