@@ -4,6 +4,7 @@ prefix per test) and, for outages, a private redis-server that the test stops.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
 import socket
@@ -458,3 +459,65 @@ async def test_a_node_starts_while_redis_is_down(private_redis: PrivateRedis, pr
             await until(lambda: len(sink.updates) == 1)
     finally:
         await bus.close()
+
+
+class FreezingProxy:
+    """TCP between the buses and Redis that can go silent without closing anything
+    (a partition, a host that vanished): only a heartbeat can tell."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.frozen = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> FreezingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.frozen:  # a vanished host: the connection is never answered
+            self._writers.append(writer)
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers += [writer, up_writer]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    if self.frozen:
+                        continue  # swallowed: nothing arrives, nothing fails
+                    dst.write(data)
+                    await dst.drain()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+
+async def test_a_silent_connection_is_noticed_and_replaced(
+    private_redis: PrivateRedis, prefix: str
+) -> None:
+    async with FreezingProxy(private_redis.port) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with (
+            broadcaster(url, "n1", prefix) as n1,
+            broadcaster(private_redis.url, "n2", prefix) as n2,
+        ):
+            sink = Sink()
+            await n1.join("acme", "doc", sink)
+            n2.publish_update(update("n2", 1, "acme", "doc"))
+            await until(lambda: len(sink.updates) == 1)
+            proxy.frozen = True
+            await until(lambda: n1.health() is not None)  # the heartbeat went unanswered
+            proxy.frozen = False
+            await until(lambda: n1.health() is None and sink.resumed == 1)
+            n2.publish_update(update("n2", 2, "acme", "doc"))
+            await until(lambda: len(sink.updates) == 2)
