@@ -65,6 +65,7 @@ class RedisFrameBus:
         self.received = 0
         self.own = 0
         self.malformed = 0
+        self.unpublishable = 0
 
     @property
     def published(self) -> int:
@@ -94,7 +95,13 @@ class RedisFrameBus:
         if not frames:
             return
         self.sequencer.push(org, frames)
-        self._link.publish(self._channel, encode_frames(self.node_id, org, frames))
+        try:
+            message = encode_frames(self.node_id, org, frames)
+        except (TypeError, ValueError):  # not JSON (the store holds none such)
+            log.exception("org=%s: frames %d..%d not published", org, frames[0].sid, frames[-1].sid)
+            self.unpublishable += 1
+            return  # the other nodes read them from the store at the next frame
+        self._link.publish(self._channel, message)
 
     def follow(self, org: str, since: int) -> None:
         self.sequencer.follow(org, since)

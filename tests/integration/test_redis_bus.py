@@ -117,6 +117,27 @@ async def test_nodes_deliver_each_others_messages_never_their_own(prefix: str) -
         assert (n1.published, n1.dropped, n2.delivered) == (2, 0, 2)
 
 
+async def test_a_failing_sink_does_not_stop_delivery(prefix: str) -> None:
+    class Failing(Sink):
+        def remote_update(self, update: RemoteUpdate) -> None:
+            super().remote_update(update)
+            raise RuntimeError("room bug")
+
+    async with (
+        broadcaster(SHARED, "n1", prefix) as n1,
+        broadcaster(SHARED, "n2", prefix) as n2,
+    ):
+        failing, fine = Failing(), Sink()
+        await n2.join("acme", "a", failing)
+        await n2.join("acme", "b", fine)
+        n1.publish_update(update("n1", 1, "acme", "a"))
+        n1.publish_update(update("n1", 2, "acme", "a"))
+        n1.publish_update(update("n1", 3, "acme", "b"))
+        await until(lambda: len(fine.updates) == 1)
+        assert [u.update_id for u in failing.updates] == [1, 2]
+        assert n2.health() is None
+
+
 async def test_a_burst_arrives_complete_and_in_order(prefix: str) -> None:
     async with (
         broadcaster(SHARED, "n1", prefix) as n1,
