@@ -223,6 +223,9 @@ class PostgresStore:
             if isinstance(exc, PoolTimeout):
                 raise StoreUnavailableError(f"cannot open PostgreSQL {self._where}: {exc}") from exc
             raise
+        if self._state == "closed":  # close() was called while we were starting
+            await pool.close()
+            raise StoreClosedError(f"PostgresStore({self._where}) was closed while starting")
         self._pool = pool
         self._writer = Writer(
             pool,

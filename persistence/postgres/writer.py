@@ -77,7 +77,9 @@ class Writer:
         self._room = asyncio.Event()
         self._queued_bytes = 0
         self._task: asyncio.Task[None] | None = None
-        self._unreported_failure: str | None = None
+        # The failure of an append no flush has reported yet (its class kept: an
+        # outage stays a StoreUnavailableError).
+        self._unreported_failure: StoreWriteError | None = None
         self.failing: str | None = None  # why the last batch failed; None once one commits
         self._failures_in_outage = 0
         self._commits = 0
@@ -99,6 +101,11 @@ class Writer:
 
     def submit(self, op: Op, size: int = 0) -> None:
         """Put ``op`` at the end of the queue (no await: call order is commit order)."""
+        if self._task is not None and self._task.done() and op.future is not None:
+            # Nobody would ever settle it (cannot happen short of a bug: see _run).
+            op.future.set_exception(StoreWriteError(f"store {self._where}: the writer stopped"))
+            op.future.exception()
+            return
         op.size = size + OP_OVERHEAD
         self._queued_bytes += op.size
         self._queue.append(op)
@@ -177,15 +184,16 @@ class Writer:
         if barrier is not None:
             if error is not None:
                 barrier.error = error
-            elif self._unreported_failure is not None:
-                barrier.error = StoreWriteError(
-                    f"an append queued before this flush failed: {self._unreported_failure}"
+            elif (failure := self._unreported_failure) is not None:
+                barrier.error = type(failure)(
+                    f"an append queued before this flush failed: {failure}"
                 )
+                barrier.error.__cause__ = failure.__cause__
             self._unreported_failure = None
         elif error is not None and any(op.kind is Kind.APPEND for op in writes):
             # Appends are the writes whose outcome callers may ignore; every other
             # write raised to the caller awaiting it.
-            self._unreported_failure = str(error)
+            self._unreported_failure = error
         self._settle(batch)
         return barrier is not None and barrier.kind is Kind.STOP
 
