@@ -10,6 +10,7 @@ from persistence.store import StoreReadError, StoreUnavailableError, StoreWriteE
 __all__ = [
     "ReadUnavailableError",
     "describe",
+    "is_rolled_back",
     "is_unavailable",
     "read_error",
     "reason",
@@ -23,6 +24,17 @@ class ReadUnavailableError(StoreUnavailableError, StoreReadError):
     :class:`StoreUnavailableError` (retry later, 503)."""
 
 
+def is_rolled_back(exc: BaseException) -> bool:
+    """Whether PostgreSQL rolled the transaction back to break a deadlock or a
+    serialisation conflict (SQLSTATE class 40): the same transaction may succeed again.
+
+    By SQLSTATE: psycopg's ``DeadlockDetected`` and ``SerializationFailure`` are not
+    subclasses of its ``TransactionRollback``.
+    """
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(exc, psycopg.Error) and isinstance(sqlstate, str) and sqlstate[:2] == "40"
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the server or the connection is gone (not our SQL's fault).
 
@@ -31,9 +43,7 @@ def is_unavailable(exc: BaseException) -> bool:
     Deadlocks and serialisation failures are ``OperationalError`` too, but they are
     answered by retrying the transaction, not as an outage (see the writer).
     """
-    return isinstance(exc, psycopg.OperationalError) and not isinstance(
-        exc, psycopg.errors.TransactionRollback
-    )
+    return isinstance(exc, psycopg.OperationalError) and not is_rolled_back(exc)
 
 
 def describe(dsn: str) -> str:

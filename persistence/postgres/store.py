@@ -424,6 +424,13 @@ class PostgresStore:
         """Counters of the writer (no I/O)."""
         return self._writer.stats() if self._writer is not None else StoreStats()
 
+    @property
+    def rolled_back(self) -> int:
+        """Write transactions PostgreSQL rolled back for a deadlock or a serialisation
+        failure (each retried). Our writers lock in one global order, so this stays 0
+        unless another client of the database takes the same locks."""
+        return self._writer.rolled_back if self._writer is not None else 0
+
     def health(self) -> str | None:
         """``None`` while writes go through; else why not (no I/O)."""
         if self._state != "open":

@@ -87,6 +87,7 @@ class Writer:
         self._last_batch_size = 0
         self._last_commit_seconds = 0.0
         self.refused_batches = 0  # counted by the store (values refused before queueing)
+        self.rolled_back = 0  # attempts lost to a deadlock or serialisation failure
 
     # -- event-loop side ---------------------------------------------------------------
 
@@ -204,18 +205,19 @@ class Writer:
                 async with self._pool.connection(timeout=self._acquire_timeout) as conn:
                     async with conn.transaction(), conn.pipeline():
                         await write_sql.apply(conn, ops)
-            except psycopg.errors.TransactionRollback as exc:
-                if attempt < ROLLBACK_RETRIES:
-                    logger.warning(
-                        "store %s: batch of %d ops rolled back (%s), retrying",
-                        self._where,
-                        len(ops),
-                        exc,
-                    )
-                    continue
-                return self._failed(ops, exc)
             except Exception as exc:  # psycopg.Error, or a bug: nothing is committed
-                return self._failed(ops, exc)
+                if not errors.is_rolled_back(exc):
+                    return self._failed(ops, exc)
+                self.rolled_back += 1
+                if attempt == ROLLBACK_RETRIES:
+                    return self._failed(ops, exc)
+                logger.warning(
+                    "store %s: batch of %d ops rolled back (%s), retrying",
+                    self._where,
+                    len(ops),
+                    exc,
+                )
+                continue
             break
         self._commits += 1
         self._last_batch_size = len(ops)
