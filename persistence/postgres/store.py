@@ -72,6 +72,19 @@ _KEEPALIVE = {
 }
 
 
+#: A node that dies (or loses the network) inside a transaction holds its row locks,
+#: and so every other node's writes to those docs and orgs, until the server drops its
+#: session: our transactions never sit idle this long, so the server may end one that does.
+IDLE_IN_TRANSACTION_TIMEOUT = "30s"
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(
+        "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+        [IDLE_IN_TRANSACTION_TIMEOUT],
+    )
+
+
 class PostgresStore:
     """The crdt-sync store on a PostgreSQL database shared by several nodes.
 
@@ -213,6 +226,7 @@ class PostgresStore:
             # An idle connection the server dropped is replaced before use, not
             # handed to a batch to fail on.
             check=AsyncConnectionPool.check_connection,
+            configure=_configure,
             name=f"crdt-sync {self._where}",
         )
         try:
