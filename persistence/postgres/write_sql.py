@@ -184,7 +184,8 @@ async def apply(conn: AsyncConnection, ops: list[Op]) -> None:
         op.result = None
         op.error = None
         op.replayed = False
-    txn = _Txn(conn, values.now_ms(), await _lock_docs(conn, ops, values.now_ms()), {})
+    now = values.now_ms()
+    txn = _Txn(conn, now, await _lock_docs(conn, ops, now), {})
     replayed_keys = await _store_keys(txn, ops)
     txn.sids = await _lock_sequences(conn, ops)
     appends = sum(op.kind is Kind.APPEND for op in ops)
