@@ -32,7 +32,7 @@ from typing import Any
 from pycrdt import merge_updates
 
 from persistence import values
-from persistence.framing import settle
+from persistence.framing import fold, settle
 from persistence.store import (
     Appended,
     Commit,
@@ -568,15 +568,16 @@ class MemoryStore:
         prepared: tuple[tuple[FrameDraft, ...], Any],
         update_id: int | None,
     ) -> list[Frame]:
-        """Log what is new of each draft (:func:`persistence.framing.settle`), replace
-        its record row, store the batch's key; inside the commit."""
+        """Log what is new of each draft (:func:`persistence.framing.settle`), fold it
+        into its record row (:func:`persistence.framing.fold`), store the batch's key;
+        inside the commit."""
         drafts, mutation = prepared
         logged = []
         for draft in drafts:
             key = (draft.t, draft.id)
             row = tenant.records.get(key)
             stored = None if row is None else values.loads(row.fields)
-            d = settle(draft, stored, None if row is None else row.update_id)
+            d = settle(draft, stored)
             if d is None:
                 continue
             tenant.last_sid += 1
@@ -584,7 +585,8 @@ class MemoryStore:
             p, ctx = values.dumps(d.p, "p"), values.dumps(d.ctx, "ctx")
             frame_row = _FrameRow(sid, d.t, d.id, d.op, p, d.who, d.at, ctx)
             tenant.frames.append(frame_row)
-            if d.record is None:
+            folded = fold(stored, d)
+            if folded is None:
                 tenant.records.pop(key, None)
             else:
                 if d.update_id is not None:
@@ -596,7 +598,7 @@ class MemoryStore:
                     covered = doc.last_update_id if doc is not None else 0
                 if row is not None:
                     covered = max(covered, row.update_id)
-                fields = values.dumps(d.record, "record")
+                fields = values.dumps(folded, "record")
                 tenant.records[key] = _RecordRow(fields, sid, covered, d.at)
             logged.append(_frame(org, frame_row))
         if mutation is not None:

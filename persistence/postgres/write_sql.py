@@ -39,6 +39,7 @@ from psycopg import AsyncConnection
 from pycrdt import merge_updates
 
 from persistence import values
+from persistence.framing import fold, settle
 from persistence.store import (
     Committed,
     Frame,
@@ -172,9 +173,11 @@ class _Txn:
     sids: dict[str, int]  # org -> last sid (locked)
     sids_changed: set[str] = field(default_factory=set)
     ids: list[int] = field(default_factory=list)  # drawn update ids, ascending
-    # (org, t, id) -> update_id of the stored record (None: no record), as this
-    # transaction leaves it.
-    records: dict[tuple[str, str, str], int | None] = field(default_factory=dict)
+    # (org, t, id) -> (fields, covered update id) of the stored record (None: no
+    # record), as this transaction leaves it.
+    records: dict[tuple[str, str, str], tuple[dict[str, Any], int] | None] = field(
+        default_factory=dict
+    )
     keys: dict[tuple[str, str], Op] = field(default_factory=dict)  # key -> op storing it
 
 
@@ -440,25 +443,29 @@ def _merge(parts: list[bytes]) -> bytes:
 
 
 async def _write_frames(txn: _Txn, batch: PreparedBatch, *, update_id: int | None) -> list[Frame]:
-    """Log the frames of ``batch`` (stale drafts left out), their records, its key's sid."""
+    """Log what is new in the drafts of ``batch`` against the stored record rows
+    (:func:`persistence.framing.settle`), fold them into the rows, and store its key's sid."""
     org = batch.org
     conn = txn.conn
     await _load_records(txn, batch)
     covered_by_doc = await _doc_heads(txn, batch) if update_id is None else {}
     committed: list[Frame] = []
     for prepared in batch.frames:
-        d = prepared.draft
-        rkey = (org, d.t, d.id)
-        stored = txn.records.get(rkey)
-        if d.update_id is not None and stored is not None and stored >= d.update_id:
-            continue  # stale: that state of the record is framed already
+        rkey = (org, prepared.draft.t, prepared.draft.id)
+        row = txn.records.get(rkey)
+        stored_fields, stored_covered = row if row is not None else (None, None)
+        d = settle(prepared.draft, stored_fields)
+        if d is None:
+            continue  # nothing new: another node (or an earlier draft) framed it
         sid = _next_sid(txn, org)
+        p_text = prepared.p if d is prepared.draft else values.dumps(d.p, "p")
         await conn.execute(
             "INSERT INTO frames (org, sid, t, id, op, p, who, at, ctx)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [org, sid, d.t, d.id, d.op, prepared.p, d.who, d.at, prepared.ctx],
+            [org, sid, d.t, d.id, d.op, p_text, d.who, d.at, prepared.ctx],
         )
-        if prepared.record is None:
+        fields = fold(stored_fields, d)
+        if fields is None:
             await conn.execute(
                 "DELETE FROM records WHERE org = %s AND t = %s AND id = %s", [org, d.t, d.id]
             )
@@ -470,15 +477,17 @@ async def _write_frames(txn: _Txn, batch: PreparedBatch, *, update_id: int | Non
                 covered = update_id
             else:
                 covered = covered_by_doc.get(f"{d.t}/{d.id}", 0)
+            if stored_covered is not None:
+                covered = max(stored_covered, covered)
             await conn.execute(
                 "INSERT INTO records (org, t, id, fields, sid, update_id, updated_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (org, t, id) DO UPDATE SET"
                 " fields = excluded.fields, sid = excluded.sid,"
                 " update_id = greatest(records.update_id, excluded.update_id),"
                 " updated_at = excluded.updated_at",
-                [org, d.t, d.id, prepared.record, sid, covered, d.at],
+                [org, d.t, d.id, values.dumps(fields, "record"), sid, covered, d.at],
             )
-            txn.records[rkey] = covered if stored is None else max(stored, covered)
+            txn.records[rkey] = (fields, covered)
         committed.append(Frame(sid, org, d.t, d.id, d.op, d.p, d.who, d.at, d.ctx))
     if batch.mutation is not None and committed:
         await conn.execute(
@@ -489,7 +498,8 @@ async def _write_frames(txn: _Txn, batch: PreparedBatch, *, update_id: int | Non
 
 
 async def _load_records(txn: _Txn, batch: PreparedBatch) -> None:
-    """Read (once per transaction) the stored update ids of the batch's records.
+    """Read (once per transaction) the stored rows of the batch's records: their
+    fields and covered update id.
 
     Under the org's ``frame_seq`` lock: nobody else writes these rows until we commit.
     """
@@ -498,12 +508,12 @@ async def _load_records(txn: _Txn, batch: PreparedBatch) -> None:
     if not missing:
         return
     cur = await txn.conn.execute(
-        "SELECT r.t, r.id, r.update_id FROM records r"
+        "SELECT r.t, r.id, r.fields, r.update_id FROM records r"
         " JOIN unnest(%s::text[], %s::text[]) AS k(t, id) ON r.t = k.t AND r.id = k.id"
         " WHERE r.org = %s",
         [[k[0] for k in missing], [k[1] for k in missing], org],
     )
-    found = {(t, id_): int(u) for t, id_, u in await cur.fetchall()}
+    found = {(t, id_): (values.loads(fields), int(u)) for t, id_, fields, u in await cur.fetchall()}
     for t, id_ in missing:
         txn.records[(org, t, id_)] = found.get((t, id_))
 

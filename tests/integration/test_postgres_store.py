@@ -369,30 +369,36 @@ async def test_record_writers_and_stale_records(store: PostgresStore, org: str) 
         assert stale == [(org, "issue/never")]
 
 
-async def test_stale_drafts_are_left_out_and_record_update_ids_never_go_back(
+async def test_drafts_are_settled_and_record_update_ids_never_go_back(
     store: PostgresStore, org: str
 ) -> None:
     with anyio.fail_after(TIMEOUT):
         first = await store.log_frames(org, FrameBatch((draft("r", "1", "i", update_id=10),)))
         assert len(first) == 1
-        # Stored at 10 already: a draft covering 10 or less is stale.
-        assert await store.log_frames(org, FrameBatch((draft("r", "1", "u", update_id=10),))) == []
-        assert await store.log_frames(org, FrameBatch((draft("r", "1", "u", update_id=4),))) == []
-        # In one batch, the second of two drafts of one state is stale too.
+        # The same state again (another node framing it): nothing new, no sid taken.
+        assert await store.log_frames(org, FrameBatch((draft("r", "1", "i", update_id=10),))) == []
+        # In one batch, the second of two drafts of one value is nothing new either.
         two = await store.log_frames(
             org,
             FrameBatch(
                 (
                     draft("r", "1", "u", {"n": 1}, update_id=11),
-                    draft("r", "1", "u", {"n": 2}, update_id=11),
+                    draft("r", "1", "u", {"n": 1}, update_id=11),
                 )
             ),
         )
-        assert [f.p for f in two] == [{"n": 1}]
-        # Without update_id: not checked; covers the doc's newest update (none here).
-        assert len(await store.log_frames(org, FrameBatch((draft("r", "1", "u", {"n": 3}),)))) == 1
+        assert [(f.sid, f.p) for f in two] == [(2, {"n": 1})]
+        # An older update id is no reason to drop a new value; the row keeps 11.
+        assert (
+            len(
+                await store.log_frames(
+                    org, FrameBatch((draft("r", "1", "u", {"n": 3}, update_id=4),))
+                )
+            )
+            == 1
+        )
         record = await store.get_record(org, "r", "1")
-        assert record is not None and record.update_id == 11 and record.fields == {"n": 3}
+        assert record is not None and record.update_id == 11 and record.fields["n"] == 3
 
 
 async def test_bad_values_are_refused_at_the_call_and_nothing_is_queued(

@@ -288,9 +288,7 @@ async def test_update_ids_grow_per_doc_in_call_order_and_chain(store: Store) -> 
         queued = []
         for i in range(3):  # interleaved, all queued before any commit is awaited
             for name, replica, org in (("a", a, ORG), ("b", b, ORG), ("a", b, OTHER)):
-                appended = await store.append(
-                    org, name, replica.set(f"k{i}", i), actor="ann", at=i
-                )
+                appended = await store.append(org, name, replica.set(f"k{i}", i), actor="ann", at=i)
                 queued.append(((org, name), appended))
         chains: dict[tuple[str, str], list[Committed]] = {}
         for key, appended in queued:
@@ -304,9 +302,7 @@ async def test_update_ids_grow_per_doc_in_call_order_and_chain(store: Store) -> 
             stored = await store.load(org, name)
             assert stored is not None and stored.last_update_id == commits[-1].update_id
             tail = await store.updates_since(org, name, 0)
-            assert [update_id for update_id, _ in tail.updates] == [
-                c.update_id for c in commits
-            ]
+            assert [update_id for update_id, _ in tail.updates] == [c.update_id for c in commits]
 
 
 async def test_prev_update_id_is_the_newest_id_whatever_compaction_did(store: Store) -> None:
@@ -587,7 +583,10 @@ async def test_frames_are_numbered_per_org(store: Store) -> None:
                 got[org] += sids(await log(store, draft("task", f"l{i}"), org=org))
                 got[org].append(await add_frame(store, id=f"f{i}", org=org))
                 committed = await append(
-                    store, f"task/a{i}", Replica(1).set("a", i), org=org,
+                    store,
+                    f"task/a{i}",
+                    Replica(1).set("a", i),
+                    org=org,
                     frames=batch(draft("task", f"a{i}"), draft("note", f"a{i}")),
                 )
                 got[org] += sids(committed.frames)
@@ -604,7 +603,11 @@ async def test_frames_queued_one_after_another_get_sids_in_that_order(store: Sto
         first = store.log_frames(ORG, batch(draft("task", "1")))
         assert isinstance(first, Commit) and not first.done()
         second = await store.append(
-            ORG, "task/2", Replica(1).set("a", 1), actor="ann", at=1,
+            ORG,
+            "task/2",
+            Replica(1).set("a", 1),
+            actor="ann",
+            at=1,
             frames=batch(draft("task", "2")),
         )
         third = store.log_frames(ORG, batch(draft("task", "3"), draft("task", "4")))
@@ -618,7 +621,9 @@ async def test_append_logs_frames_records_and_key_with_the_update(store: Store) 
         tx = {"client_tx_id": "tx-1", "client_id": "c1"}
         frames = batch(
             draft("issue", "1", "i", {"title": "Ünï", "tags": ["a", 1]}, ctx=tx, at=5),
-            draft("issue", "1", "u", {"n": 2}, record={"title": "Ünï", "n": 2}, at=6),
+            draft(
+                "issue", "1", "u", {"n": 2}, record={"title": "Ünï", "tags": ["a", 1], "n": 2}, at=6
+            ),
             mutation=("tx-1", {"ok": True, "id": "1"}),
         )
         committed = await append(store, "issue/1", Replica(1).set("t", 1), frames=frames)
@@ -631,26 +636,31 @@ async def test_append_logs_frames_records_and_key_with_the_update(store: Store) 
         assert (await store.read_frames(ORG, 0)).frames == expected
         record = await store.get_record(ORG, "issue", "1")
         assert record is not None
-        assert (record.t, record.id, record.fields) == ("issue", "1", {"title": "Ünï", "n": 2})
+        fields = {"title": "Ünï", "tags": ["a", 1], "n": 2}
+        assert (record.t, record.id, record.fields) == ("issue", "1", fields)
         assert (record.sid, record.update_id, record.updated_at) == (2, committed.update_id, 6)
         assert await store.get_mutation(ORG, "tx-1") == {"ok": True, "id": "1", "sid": 2}
         assert await store.stale_records() == []
 
 
-async def test_a_draft_the_stored_record_already_covers_is_not_logged(store: Store) -> None:
+async def test_drafts_are_settled_against_the_row_not_refused_by_update_id(
+    store: Store,
+) -> None:
+    # A node's own change may be drafted before its update id is known, so an older
+    # update id never makes a draft stale; only what is new against the row is logged.
     with anyio.fail_after(TIMEOUT):
         a = Replica(1)
         committed = await append(
             store, "task/1", a.set("n", 1), frames=batch(draft("task", "1", p={"n": 1}))
         )
         covered = committed.update_id
-        for stale in (covered, covered - 1):
-            assert await log(store, draft("task", "1", "u", {"n": 2}, update_id=stale)) == []
-        # No update id: the doc's newest at commit; never stale.
-        [frame] = await log(store, draft("task", "1", "u", {"n": 3}))
-        assert frame.sid == 2  # stale drafts took no sid
+        # The same state again, from another node: nothing new, no sid taken.
+        assert await log(store, draft("task", "1", "u", {"n": 1}, update_id=covered)) == []
+        # A new value drafted from an older view is logged.
+        [frame] = await log(store, draft("task", "1", "u", {"n": 2}, update_id=covered - 1))
+        assert frame.sid == 2
         record = await store.get_record(ORG, "task", "1")
-        assert record is not None and (record.fields, record.update_id) == ({"n": 3}, covered)
+        assert record is not None and (record.fields, record.update_id) == ({"n": 2}, covered)
 
         newer = (await append(store, "task/1", a.set("n", 4))).update_id
         assert await store.stale_records() == [(ORG, "task/1")]
@@ -659,9 +669,20 @@ async def test_a_draft_the_stored_record_already_covers_is_not_logged(store: Sto
         record = await store.get_record(ORG, "task", "1")
         assert record is not None and (record.fields, record.update_id) == ({"n": 4}, newer)
         assert await store.stale_records() == []
-        # Another node framing the same state later: exactly once.
-        assert await log(store, draft("task", "1", "u", {"n": 5}, update_id=newer)) == []
+        # Another node framing the same change later: exactly once.
+        assert await log(store, draft("task", "1", "u", {"n": 4}, update_id=newer)) == []
         assert sids(await store.frames_since(ORG, 0)) == [1, 2, 3]
+
+
+async def test_a_record_row_is_what_its_frames_say(store: Store) -> None:
+    # persistence.framing.fold: p applied to the row, whichever view drafted it.
+    with anyio.fail_after(TIMEOUT):
+        await log(store, draft("task", "1", "i", {"a": 1, "b": 1}))
+        await log(store, draft("task", "1", "u", {"a": 2}, record={"a": 2, "b": 1}))
+        # drafted by a node that has not seen a=2 yet: its record says a=1
+        await log(store, draft("task", "1", "u", {"b": 5}, record={"a": 1, "b": 5}))
+        record = await store.get_record(ORG, "task", "1")
+        assert record is not None and record.fields == {"a": 2, "b": 5}
 
 
 async def test_the_update_id_a_record_row_covers_never_goes_back(store: Store) -> None:
@@ -671,7 +692,9 @@ async def test_the_update_id_a_record_row_covers_never_goes_back(store: Store) -
         await log(store, draft("task", "1", "u", {"n": 2}))
         record = await store.get_record(ORG, "task", "1")
         assert record is not None and (record.fields, record.update_id) == ({"n": 2}, 100)
-        assert await log(store, draft("task", "1", "u", {"n": 3}, update_id=50)) == []
+        await log(store, draft("task", "1", "u", {"n": 3}, update_id=50))
+        record = await store.get_record(ORG, "task", "1")
+        assert record is not None and (record.fields, record.update_id) == ({"n": 3}, 100)
 
 
 async def test_only_what_is_new_against_the_record_row_is_logged(store: Store) -> None:
@@ -693,7 +716,13 @@ async def test_only_what_is_new_against_the_record_row_is_logged(store: Store) -
 async def test_append_frame_logs_one_frame(store: Store) -> None:
     with anyio.fail_after(TIMEOUT):
         sid = await store.append_frame(
-            ORG, t="task", id="1", op="u", p={"a": [1, {"b": None}]}, who=None, at=3,
+            ORG,
+            t="task",
+            id="1",
+            op="u",
+            p={"a": [1, {"b": None}]},
+            who=None,
+            at=3,
             ctx={"client_tx_id": "x"},
         )
         assert sid == 1
@@ -771,7 +800,10 @@ async def test_record_rows_are_listed_by_type_and_id(store: Store) -> None:
 
         rows, newest = await store.list_records(ORG, limit=10)
         assert [(r.t, r.id) for r in rows] == [
-            ("note", "1"), ("task", "1"), ("task", "10"), ("task", "2")
+            ("note", "1"),
+            ("task", "1"),
+            ("task", "10"),
+            ("task", "2"),
         ]
         assert newest == 5
         note = rows[0]
@@ -802,20 +834,21 @@ async def test_record_writers_names_other_writers_of_each_field(store: Store) ->
         await add_frame(store, p={"a": 4}, who="dan", org=OTHER)
 
         async def writers(since: int, fields: list[str], exclude: Any) -> set[Any]:
-            return set(
-                await store.record_writers(ORG, "task", "1", since, fields, exclude=exclude)
-            )
+            return set(await store.record_writers(ORG, "task", "1", since, fields, exclude=exclude))
 
         assert await writers(0, ["a", "b", "c"], ("ann", "c1")) == {
-            ("a", "bob", 5), ("b", "ann", 3), ("c", None, 4), (None, "bob", 6)
+            ("a", "bob", 5),
+            ("b", "ann", 3),
+            ("c", None, 4),
+            (None, "bob", 6),
         }
         assert await writers(5, ["a", "b", "c"], ("ann", "c1")) == {(None, "bob", 6)}
         assert await writers(0, ["c"], (None, None)) == {(None, "ann", 8)}
         assert await writers(0, ["b"], ("bob", None)) == {("b", "ann", 3), (None, "ann", 8)}
         assert await writers(8, ["a"], ("ann", "c1")) == set()
-        assert await store.record_writers(
-            OTHER, "task", "1", 0, ["a"], exclude=(None, None)
-        ) == [("a", "dan", 1)]
+        assert await store.record_writers(OTHER, "task", "1", 0, ["a"], exclude=(None, None)) == [
+            ("a", "dan", 1)
+        ]
 
 
 async def test_stale_records_are_record_docs_whose_row_lags_the_log(store: Store) -> None:
