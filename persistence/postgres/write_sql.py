@@ -17,9 +17,9 @@ deadlock:
    (gap-free, in commit order).
 
 Then the ops run in queue order. Records are written only by transactions holding
-their org's ``frame_seq`` row, which therefore also orders the staleness check of
-:attr:`~persistence.store.FrameDraft.update_id` (a draft whose record already covers
-its update id is left out: whichever node frames a change first logs it, once).
+their org's ``frame_seq`` row, which therefore also orders the settling of drafts
+against the row (:func:`persistence.framing.settle`: only what is new is logged, so a
+change framed by several nodes is logged once, by whichever commits first).
 
 Compaction takes the doc's row lock like an append, so it sees every committed log
 row of the doc and no other writer can add or drop one until it commits; it merges
