@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from persistence import sqlite_reads
+from persistence.sqlite import reads as sqlite_reads
 from persistence.sqlite import SQLiteStore
 from persistence.store import FrameBatch, FrameDraft
 

@@ -24,7 +24,7 @@ from persistence import (
     StoreReadError,
     StoreWriteError,
 )
-from persistence.schema import SCHEMA_VERSION
+from persistence.sqlite.schema import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 

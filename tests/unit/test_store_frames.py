@@ -16,7 +16,7 @@ from pycrdt import Doc, Map
 from sqlite_utils import Database
 
 from persistence import Frame, SQLiteStore, StoreWriteError
-from persistence.schema import MIGRATIONS, SCHEMA_VERSION
+from persistence.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from persistence.store import FrameBatch, FrameDraft
 
 pytestmark = pytest.mark.anyio

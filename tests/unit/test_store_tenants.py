@@ -19,7 +19,7 @@ import pytest
 from sqlite_utils import Database
 
 from persistence import SQLiteStore, StoreWriteError
-from persistence.schema import MIGRATIONS
+from persistence.sqlite.schema import MIGRATIONS
 from persistence.store import FrameBatch
 from tests.unit.test_store_frames import draft, refuse_frames_of_type_boom, yupdate
 

@@ -9,7 +9,8 @@ import threading
 import anyio
 import pytest
 
-from persistence.sqlite import OP_OVERHEAD, SQLiteStore
+from persistence.sqlite import SQLiteStore
+from persistence.sqlite.writer import OP_OVERHEAD
 from persistence.store import FrameBatch, FrameDraft
 
 pytestmark = pytest.mark.anyio

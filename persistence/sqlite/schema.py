@@ -132,7 +132,7 @@ def _v3(db: Database) -> None:
     saw its sids jump by what other tenants wrote. ``frames`` is rebuilt keyed by
     ``(org, sid)`` (SQLite's implicit rowid stays internal) and ``frame_seq`` holds
     each org's last assigned sid, advanced by the writer in the transaction that logs
-    the frames (see :mod:`persistence.sqlite_frames`), so sids are never reused even
+    the frames (see :mod:`persistence.sqlite.write_sql`), so sids are never reused even
     after every frame of an org is trimmed.
 
     Existing frames keep their sids (within one org they are already strictly

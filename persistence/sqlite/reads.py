@@ -1,7 +1,13 @@
-"""The read side of the SQLite store: queries run on read-only connections.
+"""The read side of the SQLite store: a pool of read-only connections and the queries.
 
-Each function takes a ``sqlite3.Connection`` and runs in a worker thread (see
-:class:`persistence.sqlite.SQLiteStore`); none of them writes.
+Reads run in anyio worker threads on a small pool of read-only connections
+(:class:`ReaderPool`; ``check_same_thread=False``: a connection is used by one thread
+at a time, it is taken from and returned to the pool under a lock). WAL lets them run
+while the writer commits; each read starts a new read transaction, so it sees every
+commit that finished before it began, in particular every write whose awaitable
+completed.
+
+Each query function takes a ``sqlite3.Connection``; none of them writes.
 """
 
 from __future__ import annotations
@@ -9,12 +15,108 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import sqlite3
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from persistence import values
-from persistence.store import DocInfo, Frame, FramePage, RecordRow, StoredDoc, StoreReadError
+from persistence.store import (
+    DocInfo,
+    Frame,
+    FramePage,
+    RecordRow,
+    StoreClosedError,
+    StoredDoc,
+    StoreReadError,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ReaderPool:
+    """Read-only connections to one file, reused by the worker threads that read.
+
+    Args:
+        path: The database file.
+        busy_timeout_ms: How long a connection waits for SQLite's locks.
+    """
+
+    def __init__(self, path: str, *, busy_timeout_ms: int) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+
+    def run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """Run ``fn(connection, *args)`` on a pooled connection (in a worker thread).
+
+        Raises:
+            StoreReadError: SQLite failed.
+            StoreClosedError: the pool is closed.
+        """
+        conn = self._acquire()
+        reusable = True
+        try:
+            return fn(conn, *args)
+        except sqlite3.Error as exc:
+            raise StoreReadError(f"cannot read {self._path}: {exc}") from exc
+        finally:
+            if conn.in_transaction:
+                # A connection left inside a read transaction would keep serving an
+                # old snapshot of the database: never return one to the pool.
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:
+                    logger.warning("dropping read connection to %s: %s", self._path, exc)
+                    reusable = False
+            self._release(conn, reusable)
+
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when they come back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _acquire(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError(f"SQLiteStore({self._path!r}) is closed")
+            if self._idle:
+                return self._idle.pop()
+        try:
+            conn = sqlite3.connect(
+                self._path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self._busy_timeout_ms / 1000,
+            )
+        except sqlite3.Error as exc:
+            raise StoreReadError(f"cannot open {self._path} for reading: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            conn.execute("PRAGMA query_only = ON")  # reads only: every write is the writer's
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreReadError(f"cannot open {self._path} for reading: {exc}") from exc
+        return conn
+
+    def _release(self, conn: sqlite3.Connection, reusable: bool) -> None:
+        with self._lock:
+            if reusable and not self._closed:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+
+# -- queries -----------------------------------------------------------------------------
 
 
 def load_doc(conn: sqlite3.Connection, org: str, name: str) -> StoredDoc | None:
