@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from persistence import values
 from persistence.store import (
     DocInfo,
+    DocTail,
     Frame,
     FramePage,
     RecordRow,
@@ -123,38 +124,73 @@ def load_doc(conn: sqlite3.Connection, org: str, name: str) -> StoredDoc | None:
     # One read transaction: a compaction committed between the snapshot and the log
     # queries would otherwise make us miss the updates it folded in.
     conn.execute("BEGIN")
-    key = (org, name)
-    if conn.execute("SELECT 1 FROM documents WHERE org = ? AND name = ?", key).fetchone() is None:
+    try:
+        found = _doc_rows(conn, org, name, 0)
+    finally:
+        conn.execute("COMMIT")
+    if found is None:
         return None
+    snapshot, rows, last = found
+    return StoredDoc(snapshot=snapshot, updates=[data for _, data in rows], last_update_id=last)
+
+
+def updates_since(conn: sqlite3.Connection, org: str, name: str, since: int) -> DocTail:
+    conn.execute("BEGIN")
+    try:
+        found = _doc_rows(conn, org, name, since)
+    finally:
+        conn.execute("COMMIT")
+    if found is None:
+        return DocTail(snapshot=None, updates=[], last_update_id=0)
+    snapshot, rows, last = found
+    return DocTail(snapshot=snapshot, updates=rows, last_update_id=last)
+
+
+def _doc_rows(
+    conn: sqlite3.Connection, org: str, name: str, since: int
+) -> tuple[bytes | None, list[tuple[int, bytes]], int] | None:
+    """``(snapshot, log rows, newest update id)`` of a doc for a replica holding every
+    update up to ``since``: the snapshot (``None`` unless it folded updates after
+    ``since``) and the log rows after it, or after ``since``. ``None``: no such doc.
+    Inside the caller's read transaction."""
+    key = (org, name)
+    doc = conn.execute(
+        "SELECT last_update_id FROM documents WHERE org = ? AND name = ?", key
+    ).fetchone()
+    if doc is None:
+        return None
+    last = doc[0]
+    if not isinstance(last, int):
+        raise StoreReadError(f"doc {name!r} (org {org!r}) has a bad last_update_id")
     snap = conn.execute(
         "SELECT data, upto_update_id FROM snapshots WHERE org = ? AND name = ?", key
     ).fetchone()
     snapshot: bytes | None = None
-    upto = 0
+    after = since
     if snap is not None:
-        snapshot, upto = snap
-        if not isinstance(snapshot, bytes):
-            raise StoreReadError(
-                f"snapshot of {name!r} (org {org!r}) is unreadable: "
-                f"data is {type(snapshot).__name__}, not bytes"
-            )
+        data, upto = snap
         if not isinstance(upto, int):
             raise StoreReadError(f"snapshot of {name!r} (org {org!r}) has a bad upto_update_id")
+        if since == 0 or upto > since:
+            # The log before ``upto`` is gone: the replica needs the snapshot.
+            if not isinstance(data, bytes):
+                raise StoreReadError(
+                    f"snapshot of {name!r} (org {org!r}) is unreadable: "
+                    f"data is {type(data).__name__}, not bytes"
+                )
+            snapshot = data
+            after = max(since, upto)
     rows = conn.execute(
         "SELECT id, data FROM updates WHERE org = ? AND name = ? AND id > ? ORDER BY id",
-        (org, name, upto),
+        (org, name, after),
     ).fetchall()
-    conn.execute("COMMIT")
-    updates: list[bytes] = []
     for update_id, data in rows:
         if not isinstance(data, bytes):
             raise StoreReadError(
                 f"update {update_id} of {name!r} (org {org!r}) is unreadable: "
                 f"data is {type(data).__name__}, not bytes"
             )
-        updates.append(data)
-    last = max(upto, rows[-1][0]) if rows else upto
-    return StoredDoc(snapshot=snapshot, updates=updates, last_update_id=last)
+    return snapshot, [(int(i), d) for i, d in rows], last
 
 
 def has_doc(conn: sqlite3.Connection, org: str, name: str) -> bool:
@@ -347,10 +383,7 @@ def stale_records(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]
         "  AND r.t = substr(d.name, 1, instr(d.name, '/') - 1)"
         "  AND r.id = substr(d.name, instr(d.name, '/') + 1)"
         " WHERE instr(d.name, '/') > 1 AND length(d.name) > instr(d.name, '/')"
-        " AND coalesce(r.update_id, -1) < max("
-        "  coalesce((SELECT max(u.id) FROM updates u WHERE u.org = d.org AND u.name = d.name), 0),"
-        "  coalesce((SELECT s.upto_update_id FROM snapshots s"
-        "            WHERE s.org = d.org AND s.name = d.name), 0))"
+        " AND coalesce(r.update_id, -1) < d.last_update_id"
         " LIMIT ?",
         (limit,),
     ).fetchall()

@@ -15,14 +15,13 @@ anyio's asyncio backend. What callers get for a queued write is a
 :class:`persistence.store.Commit`: an awaiter that is cancelled abandons its wait,
 never the commit's outcome (the writer commits the write anyway).
 
-Update ids: :meth:`SQLiteStore.append` must return the id before the commit (callers
-compact "up to" it), so ids come from an in-memory counter initialised from the
-database at start and rows are inserted with explicit ids. ``AUTOINCREMENT`` keeps
-``sqlite_sequence`` above every id ever used, so ids are never reused after deletes.
-Consequence: **one writing SQLiteStore per database file.** A second instance can
-open the same file safely (schema creation is serialised) and read, but appends
-from both would collide; a collision fails that batch with :class:`StoreWriteError`
-(never overwrites) and the counter resynchronises with the file for later appends.
+Ids are the backend's (store contract v2): update ids and sids are assigned by the
+writer inside the transaction that commits them, from counters read under that
+transaction's write lock (see :mod:`persistence.sqlite.write_sql`), and returned in
+the commit (:class:`~persistence.store.Committed`, the frames of
+:meth:`SQLiteStore.log_frames`). Nothing is counted in memory between transactions,
+so several stores (processes) may write one file: SQLite serialises their
+transactions and each reads the ids the others committed.
 
 Durability window (DESIGN.md "Storage"): an op is on disk when its awaitable
 completes (``synchronous=FULL``). An update whose ``durable`` has not completed
@@ -44,14 +43,15 @@ import anyio
 import anyio.to_thread
 
 from persistence import values
-from persistence.sqlite import reads
-from persistence.sqlite import write_sql as frame_sql
+from persistence.sqlite import reads, write_sql
 from persistence.sqlite.write_sql import Kind, Op
 from persistence.sqlite.writer import Writer, rollback
 from persistence.store import (
     Appended,
     Commit,
+    Committed,
     DocInfo,
+    DocTail,
     Frame,
     FrameBatch,
     FramePage,
@@ -59,6 +59,7 @@ from persistence.store import (
     StoreClosedError,
     StoredDoc,
     StoreError,
+    StoreStats,
     StoreWriteError,
 )
 
@@ -118,52 +119,23 @@ class SQLiteStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._refused_batches = 0
 
-    # -- metrics -----------------------------------------------------------------------
-
     @property
     def path(self) -> str:
         """The database file."""
         return self._path
 
-    @property
-    def commits(self) -> int:
-        """Transactions committed by the writer since :meth:`start`."""
-        return self._writer.commits
-
-    @property
-    def failed_batches(self) -> int:
-        """Batches rolled back because a write failed."""
-        return self._writer.failed_batches
-
-    @property
-    def last_batch_size(self) -> int:
-        """Write ops in the last committed transaction."""
-        return self._writer.last_batch_size
-
-    @property
-    def last_commit_seconds(self) -> float:
-        """Wall time of the last committed transaction, ``BEGIN`` to ``COMMIT`` (with fsync)."""
-        return self._writer.last_commit_seconds
-
-    @property
-    def refused_batches(self) -> int:
-        """Frame batches refused before queueing: a value in them is not strict JSON."""
-        return self._refused_batches
-
-    @property
-    def listener_failures(self) -> int:
-        """Frame listener calls that raised (their subscribers are told by the listener)."""
-        return self._writer.listener_failures
-
-    @property
-    def queued(self) -> int:
-        """Ops waiting for the writer (approximate), those waiting for room included."""
-        return self._writer.queued
-
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes of writes handed to the writer and not yet settled."""
-        return self._writer.queued_bytes
+    def stats(self) -> StoreStats:
+        """Counters of the writer (cheap; no I/O). ``queued`` is approximate."""
+        writer = self._writer
+        return StoreStats(
+            failed_batches=writer.failed_batches,
+            last_commit_seconds=writer.last_commit_seconds,
+            last_batch_size=writer.last_batch_size,
+            queued=writer.queued,
+            queued_bytes=writer.queued_bytes,
+            refused_batches=self._refused_batches,
+            **writer.histograms.fields(),
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -208,8 +180,6 @@ class SQLiteStore:
                 self._writer.put_stop()
                 await anyio.to_thread.run_sync(self._writer.join)
                 raise StoreClosedError(f"SQLiteStore({self._path!r}) was closed while starting")
-        with self._writer.id_lock:
-            self._writer.last_update_id = last_id
         self._state = "open"
         logger.info("opened store %s (last update id %d)", self._path, last_id)
 
@@ -256,7 +226,7 @@ class SQLiteStore:
         at: int,
         frames: FrameBatch | None = None,
     ) -> Appended:
-        """Queue ``update`` for the next group commit and return its id.
+        """Queue ``update`` for the next group commit.
 
         Nothing here yields to the event loop unless the writer queue is full
         (``max_queued_bytes``): then it waits for room. Either way calls made one after
@@ -271,11 +241,12 @@ class SQLiteStore:
             frames: SyncFrames (and an idempotency key) to log in the same transaction.
 
         Returns:
-            The assigned update id and an awaitable that completes once the update is
-            committed (raises :class:`StoreWriteError` if that commit fails) with the
-            sids of ``frames`` (a :class:`~persistence.store.Commit`: a cancelled
-            awaiter does not cancel it). Nobody has to await it: a failure is logged,
-            and reported by the next :meth:`flush`.
+            Its ``durable``: a :class:`~persistence.store.Commit` that completes once the
+            update is committed, with its :class:`~persistence.store.Committed` (the
+            update id assigned in that transaction, the doc's previous one, the frames
+            logged with it), or raises :class:`StoreWriteError` if that commit fails. A
+            cancelled awaiter does not cancel it. Nobody has to await it: a failure is
+            logged, and reported by the next :meth:`flush`.
 
         Raises:
             persistence.values.UnstorableValue: a value of ``frames`` is not strict
@@ -288,24 +259,18 @@ class SQLiteStore:
         values.check_int(at, "at")
         batch = self._prepare(org, name, frames) if frames is not None else None
         assert self._loop is not None
-        future: Commit[list[int]] = Commit(loop=self._loop)
-        size = len(data) + frame_sql.batch_size(batch)
-        writer = self._writer
-        with writer.id_lock:
-            writer.last_update_id += 1
-            update_id = writer.last_update_id
-            # Inside the lock so that queue order is id order.
-            op = Op(Kind.APPEND, (update_id, org, name, data, actor, at), future, batch=batch)
-            admitted = writer.admit(op, size)
+        future: Commit[Committed] = Commit(loop=self._loop)
+        op = Op(Kind.APPEND, (org, name, data, actor, at), future, batch=batch)
+        admitted = self._writer.admit(op, len(data) + write_sql.batch_size(batch))
         if admitted is not None:
             # The queue is full: wait for room (the op keeps its place and still runs
             # if this wait is cancelled).
             await asyncio.shield(admitted)
-        return Appended(update_id=update_id, durable=future)
+        return Appended(durable=future)
 
     def log_frames(
         self, org: str, batch: FrameBatch, *, delete: str | None = None
-    ) -> Commit[list[int]]:
+    ) -> Commit[list[Frame]]:
         """Queue a batch of frames (and an idempotency key) for the next group commit.
 
         Synchronous, so that a caller can draft frames and queue them without the
@@ -314,6 +279,11 @@ class SQLiteStore:
         when the writer queue is full; it takes its place behind the writes that wait
         (its callers frame changes that came through those writes, which did wait).
 
+        A draft without ``update_id`` covers its record doc's newest update at this
+        point of the queue; a draft with one is stale, and not logged, if the stored
+        projection of its record already covers that id (see
+        :attr:`~persistence.store.FrameDraft.update_id`).
+
         Args:
             org: The tenant.
             batch: The frames, each with the record projection it leaves behind.
@@ -321,9 +291,9 @@ class SQLiteStore:
                 transaction: a record's ``d``.
 
         Returns:
-            A :class:`~persistence.store.Commit` of the frames' sids, completed once
-            committed (raises :class:`StoreWriteError` if the commit fails); a
-            cancelled awaiter does not cancel it.
+            A :class:`~persistence.store.Commit` of the frames logged, with their sids,
+            completed once committed (raises :class:`StoreWriteError` if the commit
+            fails); a cancelled awaiter does not cancel it.
 
         Raises:
             persistence.values.UnstorableValue: a value of ``batch`` is not strict
@@ -336,34 +306,20 @@ class SQLiteStore:
             values.check_key(org, delete)
         prepared = self._prepare(org, delete, batch)
         assert self._loop is not None
-        future: Commit[list[int]] = Commit(loop=self._loop)
+        future: Commit[list[Frame]] = Commit(loop=self._loop)
         op = Op(Kind.FRAMES, (org, delete), future, batch=prepared)
         # Never waits (it cannot: synchronous); behind every write waiting for room.
-        self._writer.admit(op, frame_sql.batch_size(prepared), wait=False)
+        self._writer.admit(op, write_sql.batch_size(prepared), wait=False)
         return future
 
-    def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> frame_sql.PreparedBatch:
+    def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> write_sql.PreparedBatch:
         """Check and serialise ``batch``; a refusal is logged and counted once here."""
         try:
-            return frame_sql.prepare(org, batch)
+            return write_sql.prepare(org, batch)
         except values.UnstorableValue as exc:
             self._refused_batches += 1
             logger.error("store %s: frames refused (org=%r doc=%r): %s", self._path, org, name, exc)
             raise
-
-    def add_commit_listener(self, listener: Callable[[int, float], None]) -> None:
-        """Call ``listener(ops, seconds)`` after every committed transaction.
-
-        It runs on the writer thread, between commits: it must be quick and thread-safe
-        (a metrics histogram).
-        """
-        self._writer.commit_listeners.append(listener)
-
-    def add_frame_listener(self, listener: Callable[[list[Frame]], None]) -> None:
-        """Call ``listener(frames)`` on the event loop with the frames of every commit,
-        in commit order (so in sid order within each org), before the writers'
-        awaitables complete."""
-        self._writer.frame_listeners.append(listener)
 
     async def flush(self) -> None:
         """Wait until every write queued before this call is committed.
@@ -375,36 +331,36 @@ class SQLiteStore:
         """
         await self._submit(Kind.FLUSH, ())
 
-    async def compact(self, org: str, name: str, state: bytes, upto_update_id: int) -> None:
-        """Replace the doc's snapshot by ``state`` and drop log rows with id <= ``upto_update_id``.
+    async def compact(self, org: str, name: str, state: bytes) -> None:
+        """Fold the doc's log into its snapshot, in one transaction queued behind every
+        earlier write.
 
-        One transaction, queued behind earlier appends. Creates the doc if it does not
-        exist. The doc's ``updated_at`` is not changed: its content is not.
+        The transaction drops exactly the log rows the doc holds when it runs: in
+        queue order, the updates appended before this call (and any another store
+        committed to the file before it). Each dropped row is merged into the new
+        snapshot with ``state`` (:func:`pycrdt.merge_updates`), so nothing logged is
+        lost even if ``state`` lacks it; merging what ``state`` holds already changes
+        nothing. The doc's newest update id is unchanged.
+
+        Creates the doc if it was never stored; a deleted doc stays deleted (the
+        compaction does nothing). The doc's ``updated_at`` is not changed: its content
+        is not.
 
         Args:
             org: The tenant.
             name: The document name.
-            state: The full document state (a Yjs update) covering every update up to
-                and including ``upto_update_id``.
-            upto_update_id: The newest update id folded into ``state``.
+            state: The document's state (a Yjs update) holding at least everything
+                appended to it before this call.
 
         Raises:
-            ValueError: ``upto_update_id`` was never returned by :meth:`append`.
             StoreWriteError: the transaction failed (nothing changed).
+            StoreReadError: a log row of the doc is not a readable update (nothing
+                changed; the other writes of its batch are committed).
         """
         self._check_open()
         values.check_key(org, name)
         data = values.as_bytes(state, "state")
-        values.check_int(upto_update_id, "upto_update_id")
-        # An id this store has not handed out yet would hide later appends (load()
-        # returns only log rows after the snapshot's id).
-        if not 0 <= upto_update_id <= self._writer.last_update_id:
-            raise ValueError(
-                f"upto_update_id {upto_update_id} is not an update id of this store "
-                f"(0..{self._writer.last_update_id})"
-            )
-        args = (org, name, data, upto_update_id, values.now_ms())
-        await self._submit(Kind.COMPACT, args, len(data))
+        await self._submit(Kind.COMPACT, (org, name, data, values.now_ms()), len(data))
 
     async def delete(self, org: str, name: str) -> bool:
         """Delete a doc with its snapshot and update log, in one transaction.
@@ -579,6 +535,28 @@ class SQLiteStore:
         """Whether the doc is stored (one primary-key lookup: nothing is loaded)."""
         values.check_key(org, name)
         return await self._read(reads.has_doc, org, name)
+
+    async def updates_since(self, org: str, name: str, since: int) -> DocTail:
+        """What a replica holding the doc up to update ``since`` lacks (gap repair).
+
+        Args:
+            org: The tenant.
+            name: The document name.
+            since: The newest update id the replica holds (0: none).
+
+        Returns:
+            The updates logged after ``since``, oldest first, with their ids; if some of
+            them were compacted, the snapshot too (apply it, then the updates after
+            it). ``last_update_id`` is the doc's newest (0: no such doc).
+
+        Raises:
+            StoreReadError: the rows exist but cannot be read.
+        """
+        values.check_key(org, name)
+        values.check_int(since, "since")
+        if since < 0:
+            raise ValueError(f"since must be >= 0, got {since}")
+        return await self._read(reads.updates_since, org, name, since)
 
     async def list_docs(
         self, org: str, *, prefix: str = "", limit: int = 100, cursor: str | None = None

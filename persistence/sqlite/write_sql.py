@@ -15,19 +15,29 @@ Sids are per tenant: org ``a``'s frames are numbered 1, 2, 3, ... whatever other
 write, so a client's sids say nothing about other tenants' activity. ``frame_seq``
 holds each org's last assigned sid; it only grows, so a sid is never reused after
 trims or deletes.
+
+Update ids are assigned here too, inside the transaction (:class:`UpdateIds`): the
+next id of the file's ``updates`` sequence, and as ``prev_update_id`` the doc's
+``documents.last_update_id``, both read under the transaction's write lock (``BEGIN
+IMMEDIATE``). Nothing is handed out before the commit and nothing is kept between
+transactions, so several stores (processes) may append to one file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import json
+import logging
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from pycrdt import merge_updates
+
 from persistence import values
-from persistence.store import Frame, FrameBatch, FrameDraft
+from persistence.store import Committed, Frame, FrameBatch, FrameDraft, StoreReadError
+
+logger = logging.getLogger(__name__)
 
 OPS = frozenset({"i", "u", "d"})
 
@@ -58,7 +68,6 @@ class Op:
     result: Any = None
     error: BaseException | None = None
     batch: PreparedBatch | None = None  # frames logged in the same transaction
-    committed: list[Frame] | None = None  # those frames, with their sids, once written
     size: int = 0  # bytes counted against max_queued_bytes while it is queued
 
 
@@ -151,26 +160,93 @@ class SidSequence:
             self._last.clear()
 
 
+class UpdateIds:
+    """The update ids of one writer transaction: the file's sequence, each doc's newest.
+
+    The sequence is read once per transaction (``sqlite_sequence``, which
+    ``AUTOINCREMENT`` keeps above every id ever inserted, so ids are never reused
+    after deletes and compactions) and each doc's newest id once (its
+    ``documents.last_update_id``), then advanced in memory; :meth:`save` writes the
+    docs' newest ids back before the commit. Rows are inserted with explicit ids,
+    which advances ``sqlite_sequence`` in the same transaction.
+    """
+
+    __slots__ = ("_conn", "_dirty", "_newest", "_next")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._next: int | None = None
+        self._newest: dict[tuple[str, str], int] = {}
+        self._dirty: set[tuple[str, str]] = set()
+
+    def newest(self, org: str, name: str) -> int:
+        """The doc's newest update id at this point of the transaction (0: none)."""
+        key = (org, name)
+        newest = self._newest.get(key)
+        if newest is None:
+            row = self._conn.execute(
+                "SELECT last_update_id FROM documents WHERE org = ? AND name = ?", key
+            ).fetchone()
+            newest = self._newest[key] = int(row[0]) if row is not None else 0
+        return newest
+
+    def take(self, org: str, name: str) -> tuple[int, int]:
+        """A new update of the doc: ``(its id, the doc's previous newest id)``."""
+        if self._next is None:
+            row = self._conn.execute(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'updates'), 0),"
+                " coalesce((SELECT max(id) FROM updates), 0))"
+            ).fetchone()
+            self._next = int(row[0]) + 1
+        prev = self.newest(org, name)
+        update_id = self._next
+        self._next += 1
+        key = (org, name)
+        self._newest[key] = update_id
+        self._dirty.add(key)
+        return update_id, prev
+
+    def forget(self, org: str, name: str) -> None:
+        """The doc was deleted in this transaction: a new one starts with no history."""
+        key = (org, name)
+        self._newest[key] = 0
+        self._dirty.discard(key)
+
+    def save(self) -> None:
+        """Write the docs' newest ids advanced by :meth:`take` (same transaction)."""
+        if self._dirty:
+            self._conn.executemany(
+                "UPDATE documents SET last_update_id = ? WHERE org = ? AND name = ?",
+                [(self._newest[key], *key) for key in self._dirty],
+            )
+            self._dirty.clear()
+
+
 def write_frames(
     conn: sqlite3.Connection,
     batch: PreparedBatch,
     sids: SidSequence,
+    ids: UpdateIds,
     *,
     update_id: int | None,
 ) -> list[Frame]:
-    """Write ``batch`` inside the caller's transaction; return the frames with their sids.
+    """Write ``batch`` inside the caller's transaction; return the frames logged, with
+    their sids (stale drafts are left out: see :attr:`FrameDraft.update_id`).
 
     Args:
         sids: The transaction's sid counters (the caller saves them before committing).
-        update_id: The update the batch rides on: the covered update id of records
-            whose draft leaves it ``None``.
+        ids: The transaction's update ids: a draft without ``update_id`` logged on its
+            own covers its doc's newest update at this point of the queue.
+        update_id: The update the batch rides on (``None``: none): the covered update
+            id of records whose draft leaves it ``None``.
     """
     org = batch.org
     committed = []
-    sid = sids.take(org, len(batch.frames)) - 1 if batch.frames else 0
     for prepared in batch.frames:
         d = prepared.draft
-        sid += 1
+        if d.update_id is not None and _stale(conn, org, d.t, d.id, d.update_id):
+            continue
+        sid = sids.take(org)
         conn.execute(
             "INSERT INTO frames (org, sid, t, id, op, p, who, at, ctx) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -179,7 +255,12 @@ def write_frames(
         if prepared.record is None:
             conn.execute("DELETE FROM records WHERE org = ? AND t = ? AND id = ?", (org, d.t, d.id))
         else:
-            covered = d.update_id if d.update_id is not None else (update_id or 0)
+            if d.update_id is not None:
+                covered = d.update_id
+            elif update_id is not None:
+                covered = update_id
+            else:
+                covered = ids.newest(org, f"{d.t}/{d.id}")
             conn.execute(
                 "INSERT INTO records (org, t, id, fields, sid, update_id, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org, t, id) DO UPDATE SET "
@@ -199,6 +280,15 @@ def write_frames(
     return committed
 
 
+def _stale(conn: sqlite3.Connection, org: str, t: str, id: str, update_id: int) -> bool:
+    """The record's stored projection already covers ``update_id``: another writer
+    framed that state first, so a frame drafted from it would repeat its change."""
+    row = conn.execute(
+        "SELECT update_id FROM records WHERE org = ? AND t = ? AND id = ?", (org, t, id)
+    ).fetchone()
+    return row is not None and int(row[0]) >= update_id
+
+
 def batch_size(batch: PreparedBatch | None) -> int:
     """Bytes of ``batch``'s serialised values (counted against the queue bound)."""
     if batch is None:
@@ -216,49 +306,44 @@ _UPSERT_DOC = (
 
 
 def apply(conn: sqlite3.Connection, ops: list[Op]) -> None:
-    """Execute ``ops`` in order, setting each one's result."""
+    """Execute ``ops`` in order, setting each one's result (or, for a compaction that
+    cannot read its doc's log, its own error: the rest of the batch goes on)."""
     sids = SidSequence(conn)
+    ids = UpdateIds(conn)
     i = 0
     while i < len(ops):
         op = ops[i]
         if op.kind is Kind.APPEND:
-            # Consecutive appends (the common case) go in with two executemany calls.
+            # Consecutive appends (the common case) go in with a few executemany calls.
             j = i + 1
             while j < len(ops) and ops[j].kind is Kind.APPEND:
                 j += 1
-            _apply_appends(conn, ops[i:j])
-            for op in ops[i:j]:
-                if op.batch is not None:
-                    op.result = _apply_batch(conn, op, sids, update_id=op.args[0])
-                else:
-                    op.result = []
+            assigned = _apply_appends(conn, ids, ops[i:j])
+            for op, (update_id, prev) in zip(ops[i:j], assigned, strict=True):
+                frames = (
+                    write_frames(conn, op.batch, sids, ids, update_id=update_id)
+                    if op.batch is not None
+                    else []
+                )
+                op.result = Committed(update_id=update_id, prev_update_id=prev, frames=frames)
             i = j
             continue
         if op.kind is Kind.COMPACT:
-            org, name, data, upto, now = op.args
-            conn.execute(
-                "INSERT INTO documents (org, name, created_at, updated_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (org, name) DO NOTHING",
-                (org, name, now, now),
-            )
-            conn.execute(
-                "INSERT INTO snapshots (org, name, data, upto_update_id, at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (org, name) DO UPDATE SET "
-                "data = excluded.data, upto_update_id = excluded.upto_update_id, at = excluded.at",
-                (org, name, data, upto, now),
-            )
-            conn.execute(
-                "DELETE FROM updates WHERE org = ? AND name = ? AND id <= ?", (org, name, upto)
-            )
+            try:
+                compact_doc(conn, ids, *op.args)
+            except StoreReadError as exc:
+                logger.error("compaction not written: %s", exc)
+                op.error = exc
         elif op.kind is Kind.DELETE:
-            op.result = delete_doc(conn, *op.args)
+            op.result = delete_doc(conn, ids, *op.args)
         elif op.kind is Kind.FRAMES:
             org, delete = op.args
             if delete is not None:
-                delete_doc(conn, org, delete)
-            op.result = _apply_batch(conn, op, sids, update_id=None)
+                delete_doc(conn, ids, org, delete)
+            assert op.batch is not None
+            op.result = write_frames(conn, op.batch, sids, ids, update_id=None)
         elif op.kind is Kind.FRAME:
-            org, t, id_, kind, p, who, at, ctx = op.args
+            org = op.args[0]
             sid = sids.take(org)
             conn.execute(
                 "INSERT INTO frames (org, sid, t, id, op, p, who, at, ctx) "
@@ -266,7 +351,6 @@ def apply(conn: sqlite3.Connection, ops: list[Op]) -> None:
                 (org, sid, *op.args[1:]),
             )
             op.result = sid
-            op.committed = [Frame(sid, org, t, id_, kind, json.loads(p), who, at, json.loads(ctx))]
         elif op.kind is Kind.MUTATION:
             conn.execute(
                 "INSERT INTO mutations (org, client_tx_id, result, at) VALUES (?, ?, ?, ?) "
@@ -284,47 +368,115 @@ def apply(conn: sqlite3.Connection, ops: list[Op]) -> None:
         else:  # pragma: no cover - barriers never reach here
             raise AssertionError(f"unexpected op {op.kind} in a write batch")
         i += 1
+    ids.save()
     sids.save()
 
 
-def _apply_appends(conn: sqlite3.Connection, ops: list[Op]) -> None:
+def _apply_appends(
+    conn: sqlite3.Connection, ids: UpdateIds, ops: list[Op]
+) -> list[tuple[int, int]]:
+    """Insert the updates of ``ops``; return each one's ``(update_id, prev_update_id)``."""
     docs: dict[tuple[str, str], list[int]] = {}
     for op in ops:
-        _, org, name, _, _, at = op.args
+        org, name, _, _, at = op.args
         span = docs.get((org, name))
         if span is None:
             docs[(org, name)] = [at, at]
         else:
             span[1] = max(span[1], at)
-    # The documents row first: the update rows reference it.
+    # The documents row first: the update rows reference it. An append re-creates a
+    # deleted doc: its tombstone goes.
     conn.executemany(_UPSERT_DOC, [(o, n, first, last) for (o, n), (first, last) in docs.items()])
+    conn.executemany("DELETE FROM deleted_docs WHERE org = ? AND name = ?", list(docs))
+    assigned = []
+    rows = []
+    for op in ops:
+        org, name, data, actor, at = op.args
+        update_id, prev = ids.take(org, name)
+        assigned.append((update_id, prev))
+        rows.append((update_id, org, name, data, actor, at))
     conn.executemany(
-        "INSERT INTO updates (id, org, name, data, actor, at) VALUES (?, ?, ?, ?, ?, ?)",
-        [op.args for op in ops],
+        "INSERT INTO updates (id, org, name, data, actor, at) VALUES (?, ?, ?, ?, ?, ?)", rows
     )
+    return assigned
 
 
-def delete_doc(conn: sqlite3.Connection, org: str, name: str) -> bool:
+def compact_doc(
+    conn: sqlite3.Connection, ids: UpdateIds, org: str, name: str, state: bytes, now: int
+) -> None:
+    """Fold the doc's log into its snapshot: drop every log row it holds now (in queue
+    order: exactly the updates appended before the compaction) and store ``state``
+    merged with them.
+
+    The merge is what makes dropping rows safe whatever ``state`` holds: a row another
+    writer appended (another process on this file), or one whose update the caller's
+    doc lacks, ends up in the snapshot instead of being lost; merging an update that
+    ``state`` already holds changes nothing (Yjs updates are idempotent). The old
+    snapshot is not merged again: ``state`` holds at least everything appended before
+    the call, the old snapshot included.
+
+    Raises:
+        StoreReadError: a log row is not a readable update (nothing was written).
+    """
+    key = (org, name)
+    if conn.execute("SELECT 1 FROM documents WHERE org = ? AND name = ?", key).fetchone() is None:
+        if (
+            conn.execute("SELECT 1 FROM deleted_docs WHERE org = ? AND name = ?", key).fetchone()
+            is not None
+        ):
+            return  # deleted: a late compaction must not bring it back
+        conn.execute(
+            "INSERT INTO documents (org, name, created_at, updated_at) VALUES (?, ?, ?, ?)",
+            (org, name, now, now),
+        )
+    rows = conn.execute(
+        "SELECT id, data FROM updates WHERE org = ? AND name = ? ORDER BY id", key
+    ).fetchall()
+    snapshot = state
+    if rows:
+        for update_id, data in rows:
+            if not isinstance(data, bytes):
+                raise StoreReadError(
+                    f"update {update_id} of {name!r} (org {org!r}) is unreadable: "
+                    f"data is {type(data).__name__}, not bytes"
+                )
+        try:
+            snapshot = merge_updates(state, *(data for _, data in rows))
+        except Exception as exc:  # pycrdt raises plain exceptions on a malformed update
+            raise StoreReadError(
+                f"log of {name!r} (org {org!r}) cannot be merged into its snapshot: {exc}"
+            ) from exc
+    conn.execute(
+        "INSERT INTO snapshots (org, name, data, upto_update_id, at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (org, name) DO UPDATE SET "
+        "data = excluded.data, upto_update_id = excluded.upto_update_id, at = excluded.at",
+        (org, name, snapshot, ids.newest(org, name), now),
+    )
+    conn.execute("DELETE FROM updates WHERE org = ? AND name = ?", key)
+
+
+def delete_doc(conn: sqlite3.Connection, ids: UpdateIds, org: str, name: str) -> bool:
+    """Delete the doc, its snapshot and log, leaving a tombstone if it existed."""
     key = (org, name)
     conn.execute("DELETE FROM updates WHERE org = ? AND name = ?", key)
     conn.execute("DELETE FROM snapshots WHERE org = ? AND name = ?", key)
     cur = conn.execute("DELETE FROM documents WHERE org = ? AND name = ?", key)
-    return cur.rowcount > 0
-
-
-def _apply_batch(
-    conn: sqlite3.Connection, op: Op, sids: SidSequence, *, update_id: int | None
-) -> list[int]:
-    assert op.batch is not None
-    op.committed = write_frames(conn, op.batch, sids, update_id=update_id)
-    return [frame.sid for frame in op.committed]
+    ids.forget(org, name)
+    existed = cur.rowcount > 0
+    if existed:
+        conn.execute(
+            "INSERT INTO deleted_docs (org, name, at) VALUES (?, ?, ?) "
+            "ON CONFLICT (org, name) DO UPDATE SET at = excluded.at",
+            (org, name, values.now_ms()),
+        )
+    return existed
 
 
 def max_update_id(conn: sqlite3.Connection) -> int:
+    """The newest update id the file has ever given (for the start-up log line)."""
     row = conn.execute(
         "SELECT max("
         " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'updates'), 0),"
-        " coalesce((SELECT max(id) FROM updates), 0),"
-        " coalesce((SELECT max(upto_update_id) FROM snapshots), 0))"
+        " coalesce((SELECT max(id) FROM updates), 0))"
     ).fetchone()
     return int(row[0])

@@ -41,7 +41,7 @@ from sqlite_utils import Database
 from persistence.sqlite import write_sql
 from persistence.sqlite.schema import migrate
 from persistence.sqlite.write_sql import BARRIERS, Kind, Op
-from persistence.store import Commit, Frame, StoreError, StoreWriteError
+from persistence.store import Commit, CommitHistograms, StoreError, StoreWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -84,20 +84,13 @@ class Writer:
         self._backlog: deque[tuple[Op, asyncio.Future[None] | None]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        # Guards the id counter, so ids and queue order agree (the writer also bumps
-        # it after a failed batch).
-        self.id_lock = threading.Lock()
-        self.last_update_id = 0
         # Writer-thread state: message of a failed batch no flush has reported yet.
         self._unreported_failure: str | None = None
-        self.commits = 0
+        self.histograms = CommitHistograms()  # counts the commits too
         self.failed_batches = 0
         self.last_batch_size = 0
         self.last_commit_seconds = 0.0
         self.write_failing = False  # the last write batch (or probe) failed
-        self.listener_failures = 0
-        self.frame_listeners: list[Callable[[list[Frame]], None]] = []
-        self.commit_listeners: list[Callable[[int, float], None]] = []
 
     @property
     def queued(self) -> int:
@@ -178,24 +171,9 @@ class Writer:
                 admitted.set_result(None)
 
     def _settle(self, ops: Sequence[Op]) -> None:
-        """Runs on the event loop: announce committed frames, complete the futures of ``ops``."""
+        """Runs on the event loop: complete the futures of ``ops``, in queue order (so
+        their done-callbacks run in commit order: sid order within each org)."""
         self._release(ops)
-        committed = [frame for op in ops if op.committed for frame in op.committed]
-        if committed:
-            for listener in self.frame_listeners:
-                try:
-                    listener(committed)
-                except Exception:
-                    # Writers must not hang on a listener's bug; it is counted (metrics,
-                    # /healthz) and logged with the sids whose announcement it broke
-                    # (per org: every org has its own sids).
-                    self.listener_failures += 1
-                    logger.exception(
-                        "store %s: frame listener failed on sids %s (%r)",
-                        self.path,
-                        _sid_ranges(committed),
-                        listener,
-                    )
         for op in ops:
             future = op.future
             # Done already: settled by the store itself (a Commit is never cancelled by
@@ -343,7 +321,6 @@ class Writer:
         if error is not None:
             for op in writes:
                 op.error = error
-                op.committed = None
         if barrier is not None and barrier.kind in (Kind.FLUSH, Kind.STOP):
             if error is not None:
                 barrier.error = error
@@ -391,30 +368,15 @@ class Writer:
                 exc,
                 exc_info=not isinstance(exc, sqlite3.Error),
             )
-            self._resync_ids(conn)
             error = StoreWriteError(f"write to {self.path} failed: {exc}")
             error.__cause__ = exc
             return error
-        self.commits += 1
+        seconds = time.monotonic() - began
         self.write_failing = False
         self.last_batch_size = len(ops)
-        self.last_commit_seconds = time.monotonic() - began
-        for listener in self.commit_listeners:
-            try:
-                listener(len(ops), self.last_commit_seconds)
-            except Exception:
-                logger.exception("store %s: commit listener failed", self.path)
+        self.last_commit_seconds = seconds
+        self.histograms.observe(len(ops), seconds)
         return None
-
-    def _resync_ids(self, conn: sqlite3.Connection) -> None:
-        # If another store wrote to this file, our next ids could collide: skip past.
-        try:
-            seen = write_sql.max_update_id(conn)
-        except sqlite3.Error as exc:
-            logger.warning("store %s: cannot read the update id sequence: %s", self.path, exc)
-            return
-        with self.id_lock:
-            self.last_update_id = max(self.last_update_id, seen)
 
 
 def rollback(conn: sqlite3.Connection, path: str) -> None:
@@ -425,15 +387,6 @@ def rollback(conn: sqlite3.Connection, path: str) -> None:
         conn.execute("ROLLBACK")
     except sqlite3.Error as exc:
         logger.error("store %s: rollback failed: %s", path, exc)
-
-
-def _sid_ranges(frames: list[Frame]) -> str:
-    """``"org=a 3..5, org=b 1..1"``: the sids of ``frames`` per org (for logs)."""
-    spans: dict[str, list[int]] = {}
-    for frame in frames:
-        span = spans.setdefault(frame.org, [frame.sid, frame.sid])
-        span[1] = frame.sid
-    return ", ".join(f"org={org!r} {lo}..{hi}" for org, (lo, hi) in spans.items())
 
 
 def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
