@@ -166,18 +166,18 @@ class UpdateIds:
     The sequence is read once per transaction (``sqlite_sequence``, which
     ``AUTOINCREMENT`` keeps above every id ever inserted, so ids are never reused
     after deletes and compactions) and each doc's newest id once (its
-    ``documents.last_update_id``), then advanced in memory; :meth:`save` writes the
-    docs' newest ids back before the commit. Rows are inserted with explicit ids,
-    which advances ``sqlite_sequence`` in the same transaction.
+    ``documents.last_update_id``), then advanced in memory. Rows are inserted with
+    explicit ids, which advances ``sqlite_sequence`` in the same transaction; the
+    appends write each doc's newest id back with its ``documents`` row.
     """
 
-    __slots__ = ("_conn", "_dirty", "_newest", "_next")
+    __slots__ = ("_conn", "_missing", "_newest", "_next")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._next: int | None = None
         self._newest: dict[tuple[str, str], int] = {}
-        self._dirty: set[tuple[str, str]] = set()
+        self._missing: set[tuple[str, str]] = set()  # docs without a documents row
 
     def newest(self, org: str, name: str) -> int:
         """The doc's newest update id at this point of the transaction (0: none)."""
@@ -187,6 +187,8 @@ class UpdateIds:
             row = self._conn.execute(
                 "SELECT last_update_id FROM documents WHERE org = ? AND name = ?", key
             ).fetchone()
+            if row is None:
+                self._missing.add(key)
             newest = self._newest[key] = int(row[0]) if row is not None else 0
         return newest
 
@@ -201,25 +203,25 @@ class UpdateIds:
         prev = self.newest(org, name)
         update_id = self._next
         self._next += 1
-        key = (org, name)
-        self._newest[key] = update_id
-        self._dirty.add(key)
+        self._newest[(org, name)] = update_id
         return update_id, prev
 
+    def created(self, org: str, name: str) -> bool:
+        """Whether the doc had no ``documents`` row when this transaction last looked
+        (new, or deleted: it may have a tombstone); the caller gives it one now."""
+        self.newest(org, name)
+        key = (org, name)
+        if key in self._missing:
+            self._missing.discard(key)
+            return True
+        return False
+
     def forget(self, org: str, name: str) -> None:
-        """The doc was deleted in this transaction: a new one starts with no history."""
+        """The doc's row is gone (deleted in this transaction): a new doc of that name
+        starts with no history."""
         key = (org, name)
         self._newest[key] = 0
-        self._dirty.discard(key)
-
-    def save(self) -> None:
-        """Write the docs' newest ids advanced by :meth:`take` (same transaction)."""
-        if self._dirty:
-            self._conn.executemany(
-                "UPDATE documents SET last_update_id = ? WHERE org = ? AND name = ?",
-                [(self._newest[key], *key) for key in self._dirty],
-            )
-            self._dirty.clear()
+        self._missing.add(key)
 
 
 def write_frames(
@@ -300,8 +302,10 @@ def batch_size(batch: PreparedBatch | None) -> int:
 # -- the ops of one writer transaction ---------------------------------------------------
 
 _UPSERT_DOC = (
-    "INSERT INTO documents (org, name, created_at, updated_at) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (org, name) DO UPDATE SET updated_at = max(updated_at, excluded.updated_at)"
+    "INSERT INTO documents (org, name, created_at, updated_at, last_update_id)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (org, name) DO UPDATE SET"
+    " updated_at = max(updated_at, excluded.updated_at),"
+    " last_update_id = excluded.last_update_id"
 )
 
 
@@ -320,12 +324,11 @@ def apply(conn: sqlite3.Connection, ops: list[Op]) -> None:
                 j += 1
             assigned = _apply_appends(conn, ids, ops[i:j])
             for op, (update_id, prev) in zip(ops[i:j], assigned, strict=True):
-                frames = (
-                    write_frames(conn, op.batch, sids, ids, update_id=update_id)
-                    if op.batch is not None
-                    else []
-                )
-                op.result = Committed(update_id=update_id, prev_update_id=prev, frames=frames)
+                if op.batch is None:
+                    op.result = Committed(update_id, prev, [])
+                else:
+                    frames = write_frames(conn, op.batch, sids, ids, update_id=update_id)
+                    op.result = Committed(update_id, prev, frames)
             i = j
             continue
         if op.kind is Kind.COMPACT:
@@ -368,7 +371,6 @@ def apply(conn: sqlite3.Connection, ops: list[Op]) -> None:
         else:  # pragma: no cover - barriers never reach here
             raise AssertionError(f"unexpected op {op.kind} in a write batch")
         i += 1
-    ids.save()
     sids.save()
 
 
@@ -377,24 +379,27 @@ def _apply_appends(
 ) -> list[tuple[int, int]]:
     """Insert the updates of ``ops``; return each one's ``(update_id, prev_update_id)``."""
     docs: dict[tuple[str, str], list[int]] = {}
+    assigned = []
+    rows = []
     for op in ops:
-        org, name, _, _, at = op.args
+        org, name, data, actor, at = op.args
         span = docs.get((org, name))
         if span is None:
             docs[(org, name)] = [at, at]
         else:
             span[1] = max(span[1], at)
-    # The documents row first: the update rows reference it. An append re-creates a
-    # deleted doc: its tombstone goes.
-    conn.executemany(_UPSERT_DOC, [(o, n, first, last) for (o, n), (first, last) in docs.items()])
-    conn.executemany("DELETE FROM deleted_docs WHERE org = ? AND name = ?", list(docs))
-    assigned = []
-    rows = []
-    for op in ops:
-        org, name, data, actor, at = op.args
         update_id, prev = ids.take(org, name)
         assigned.append((update_id, prev))
         rows.append((update_id, org, name, data, actor, at))
+    # The documents rows first (with each doc's newest id): the update rows reference
+    # them. An append re-creates a deleted doc: its tombstone goes.
+    created = [key for key in docs if ids.created(*key)]
+    conn.executemany(
+        _UPSERT_DOC,
+        [(o, n, first, last, ids.newest(o, n)) for (o, n), (first, last) in docs.items()],
+    )
+    if created:
+        conn.executemany("DELETE FROM deleted_docs WHERE org = ? AND name = ?", created)
     conn.executemany(
         "INSERT INTO updates (id, org, name, data, actor, at) VALUES (?, ?, ?, ?, ?, ?)", rows
     )
@@ -419,11 +424,13 @@ def compact_doc(
         StoreReadError: a log row is not a readable update (nothing was written).
     """
     key = (org, name)
-    if conn.execute("SELECT 1 FROM documents WHERE org = ? AND name = ?", key).fetchone() is None:
+    upto = ids.newest(org, name)
+    if ids.created(org, name):  # it had no documents row
         if (
             conn.execute("SELECT 1 FROM deleted_docs WHERE org = ? AND name = ?", key).fetchone()
             is not None
         ):
+            ids.forget(org, name)  # still has none
             return  # deleted: a late compaction must not bring it back
         conn.execute(
             "INSERT INTO documents (org, name, created_at, updated_at) VALUES (?, ?, ?, ?)",
@@ -441,7 +448,7 @@ def compact_doc(
                     f"data is {type(data).__name__}, not bytes"
                 )
         try:
-            snapshot = merge_updates(state, *(data for _, data in rows))
+            snapshot = merge_all([state, *(data for _, data in rows)])
         except Exception as exc:  # pycrdt raises plain exceptions on a malformed update
             raise StoreReadError(
                 f"log of {name!r} (org {org!r}) cannot be merged into its snapshot: {exc}"
@@ -450,9 +457,24 @@ def compact_doc(
         "INSERT INTO snapshots (org, name, data, upto_update_id, at) "
         "VALUES (?, ?, ?, ?, ?) ON CONFLICT (org, name) DO UPDATE SET "
         "data = excluded.data, upto_update_id = excluded.upto_update_id, at = excluded.at",
-        (org, name, snapshot, ids.newest(org, name), now),
+        (org, name, snapshot, upto, now),
     )
     conn.execute("DELETE FROM updates WHERE org = ? AND name = ?", key)
+
+
+#: Updates merged in one call: yrs merges n updates in time growing faster than n (10,000
+#: small ones: half a second), so a long log is merged in rounds of this many.
+MERGE_CHUNK = 100
+
+
+def merge_all(updates: list[bytes]) -> bytes:
+    """One Yjs update holding everything ``updates`` hold (:func:`pycrdt.merge_updates`)."""
+    while len(updates) > MERGE_CHUNK:
+        updates = [
+            merge_updates(*updates[i : i + MERGE_CHUNK])
+            for i in range(0, len(updates), MERGE_CHUNK)
+        ]
+    return merge_updates(*updates)
 
 
 def delete_doc(conn: sqlite3.Connection, ids: UpdateIds, org: str, name: str) -> bool:
