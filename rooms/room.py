@@ -646,7 +646,16 @@ class Room:
             )
             self.stored = True
             self.logged_since_snapshot += 1
-            watch_durable(appended, self._durable_failed, self._committed)
+            if self.replica is None:
+                watch_durable(appended, self._durable_failed, self._committed)
+            else:
+                replica = self.replica
+
+                def committed(committed: Committed) -> None:
+                    self._committed(committed)
+                    replica.committed(committed, update, actor)
+
+                watch_durable(appended, self._durable_failed, committed)
         return appended
 
     def _committed(self, committed: Committed) -> None:
