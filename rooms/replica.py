@@ -191,10 +191,10 @@ class Replica:
         applied = 0
         try:
             if tail.snapshot is not None:
-                self.room.apply_remote(tail.snapshot, actor="")
+                self.room.apply_remote(tail.snapshot, actor=None)
                 applied += 1
             for _update_id, data in tail.updates:
-                self.room.apply_remote(data, actor="")
+                self.room.apply_remote(data, actor=None)
                 applied += 1
         except Exception as exc:
             log.error("room=%r stored updates after %d not applied: %s", self.room.name, since, exc)

@@ -483,9 +483,10 @@ class Room:
 
     # -- messages from other nodes (rooms.replica) -------------------------------
 
-    def apply_remote(self, update: bytes, *, actor: str) -> None:
+    def apply_remote(self, update: bytes, *, actor: str | None) -> None:
         """Apply an update another node committed: relay what it changed to this
-        node's connections; do not log it (it is stored already).
+        node's connections; do not log it (it is stored already). ``actor``: who
+        made it (``None``: unknown, read back from the store).
 
         Raises:
             InvalidUpdate: pycrdt rejected it.
