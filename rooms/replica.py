@@ -15,7 +15,10 @@ and applied. Applying an update twice is harmless (Yjs integrates each struct on
 so updates are applied as they arrive and only the bookkeeping waits.
 
 The same read runs right after the room joins the bus (what was committed between
-loading the doc and subscribing) and after a bus outage (:meth:`bus_resumed`).
+loading the doc and subscribing) and after a bus outage (:meth:`bus_resumed`). After an
+outage the replica also announces its head (an empty update naming itself as its own
+predecessor): what this node committed while its link was down was never published, and
+the nodes that missed it see the gap and read the store.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: An update that changes nothing: the body of a head announcement.
+EMPTY_UPDATE = b"\x00\x00"
+
 #: How long a gap may stay open before the store is read (messages from several
 #: publishers may arrive slightly out of commit order).
 GAP_WAIT_SECONDS = 0.05
@@ -65,6 +71,7 @@ class Replica:
         #: Update ids above ``last`` already held (arrived out of order).
         self._ahead: dict[int, int] = {}  # prev_update_id -> update_id
         self._repair_due = False
+        self._announce_due = False
         self._wake = anyio.Event()
         self._owners: dict[str, int] = {}
         self.repairs = 0
@@ -89,6 +96,9 @@ class Replica:
                 if self._repair_due or self._ahead:
                     self._repair_due = False
                     await self._repair()
+                if self._announce_due:
+                    self._announce_due = False
+                    self._announce()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.broadcaster.leave(self.room.org, self.room.name)
@@ -162,6 +172,10 @@ class Replica:
             self.room.drop_presence(owner, share=False)
 
     def bus_resumed(self) -> None:
+        """Back on the bus after an outage: read what others committed meanwhile, then
+        announce how far this node is, so that nodes which missed what it committed
+        while its link was down (its publishes were dropped) repair too."""
+        self._announce_due = True
         self._repair_soon()
 
     # -- internals -------------------------------------------------------------------
@@ -178,6 +192,23 @@ class Replica:
         if owner is None:
             owner = self._owners[node] = -(len(self._owners) + 1)
         return owner
+
+    def _announce(self) -> None:
+        """Publish this node's head of the doc as an empty update whose previous id is
+        itself: a node behind it sees a gap and reads the store."""
+        if self.last == 0:
+            return
+        self.broadcaster.publish_update(
+            RemoteUpdate(
+                origin=self.broadcaster.node_id,
+                org=self.room.org,
+                name=self.room.name,
+                update_id=self.last,
+                prev_update_id=self.last,
+                update=EMPTY_UPDATE,
+                actor="",
+            )
+        )
 
     def _advance(self, prev: int, update_id: int) -> None:
         if update_id <= self.last:

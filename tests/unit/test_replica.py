@@ -201,3 +201,18 @@ async def test_a_node_that_loads_the_doc_later_is_told_the_awareness_states_of_t
         # a answers with its own clients' states only, never b's (no echo loop)
         assert [e.client_id for e in b.awareness.current()] == [7]
         tg.cancel_scope.cancel()
+
+
+async def test_what_a_node_committed_while_its_link_was_down_reaches_the_others_once_it_is_back():
+    async with MemoryStore() as store, anyio.create_task_group() as tg:
+        a_bus, _b_bus, a, b = await two_nodes(store, tg)
+        a_bus.dropping = True  # a's own link is down: its publishes are lost
+        appended = await a.apply_update(
+            text_update(Doc(), 0, "offline"), actor="ann", origin=Origin.HTTP
+        )
+        committed = await appended.durable
+        a_bus.dropping = False
+        a.replica.bus_resumed()  # a is back: it announces its head
+        await wait_for(lambda: body(b) == "offline", "b repaired from the store")
+        assert b.replica.last == committed.update_id
+        tg.cancel_scope.cancel()
