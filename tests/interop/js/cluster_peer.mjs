@@ -112,7 +112,9 @@ run(async () => {
         sv: stateVector(doc),
         users: remoteUsers(awareness, ownID),
         connected: provider.wsconnected,
-        closes: peer.closes.length
+        closes: peer.closes.length,
+        close_events: peer.closes,
+        errors: peer.errors
       })
     } else if (cmd === 'await_body') {
       await waitFor(() => body.toString() === command.body, `${name}: body ${JSON.stringify(command.body)}`,
