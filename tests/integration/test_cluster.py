@@ -155,14 +155,14 @@ class Miss:
 
 
 @contextlib.asynccontextmanager
-async def editors(*targets: tuple[str, str]) -> AsyncIterator[list[YjsClient]]:
-    """One synced ``crdt_sync.client`` per ``(ws_url, doc)``, each in a task of its own
-    (a node that goes away ends only that client's session, never the test)."""
+async def editors(*targets: tuple) -> AsyncIterator[list[YjsClient]]:
+    """One synced ``crdt_sync.client`` per ``(ws_url, doc name[, Doc])``, each in a task
+    of its own (a node that goes away ends only that client's session, never the test)."""
     release = anyio.Event()
 
-    async def hold(url: str, name: str, *, task_status: anyio.abc.TaskStatus) -> None:
+    async def hold(url: str, name: str, doc=None, *, task_status: anyio.abc.TaskStatus) -> None:
         try:
-            async with connect(url, name) as client:
+            async with connect(url, name, doc) as client:
                 with anyio.fail_after(15):
                     await client.synced()
                 task_status.started(client)
@@ -171,7 +171,7 @@ async def editors(*targets: tuple[str, str]) -> AsyncIterator[list[YjsClient]]:
             pass
 
     async with anyio.create_task_group() as tg:
-        clients = [await tg.start(hold, url, name) for url, name in targets]
+        clients = [await tg.start(hold, *target) for target in targets]
         try:
             yield clients
         finally:
@@ -665,35 +665,38 @@ async def test_sigterm_closes_clients_1001_and_they_carry_on_elsewhere(
     name = "notes/handoff"
     doc = Doc()
     async with editors((n2.ws_url, name)) as [other]:
-        async with connect(n1.ws_url, name, doc=doc) as leaving:
-            with anyio.fail_after(10):
-                await leaving.synced()
+        async with editors((n1.ws_url, name, doc)) as [leaving]:
             doc["body"] = text = Text()
             for piece in ["typed on node 1. ", "more. ", "last words before SIGTERM. "]:
                 text += piece
             await leaving.flush()
+            before = "typed on node 1. more. last words before SIGTERM. "
+
+            async def on_node1() -> Any:
+                seen = body_of(await node_copy(n1, name))
+                return seen == before or Miss(seen)
+
+            await eventually(on_node1, 10, "node 1 holding the editor's text")
             async with websockets.connect(feed_url(n1)) as frames:
                 assert n1.proc is not None
                 n1.proc.send_signal(signal.SIGTERM)
                 with anyio.fail_after(15):
                     await leaving.closed.wait()
                 assert leaving.close_code == 1001
-                with anyio.fail_after(15):
-                    with contextlib.suppress(websockets.ConnectionClosed):
-                        async for _ in frames:
-                            pass
+                with anyio.fail_after(15), contextlib.suppress(websockets.ConnectionClosed):
+                    async for _ in frames:
+                        pass
                 assert frames.close_code == 1001
         with anyio.fail_after(15):
             while n1.proc.poll() is None:
                 await anyio.sleep(0.05)
         assert n1.proc.returncode == 0, n1.log()[-2000:]
         n1.stop()  # exited: releases its pipes
+        # What node 1 had is in the shared store, before anyone reconnects.
+        assert body_of(await node_copy(n2, name)) == before
         # The same doc reconnects to node 2 and goes on; nothing typed before is lost.
-        async with connect(n2.ws_url, name, doc=doc) as back:
-            with anyio.fail_after(10):
-                await back.synced()
+        async with editors((n2.ws_url, name, doc)):
             text += "typed on node 2."
-            await back.flush()
             expected = "typed on node 1. more. last words before SIGTERM. typed on node 2."
             with anyio.fail_after(10):
                 while body_of(other.doc) != expected:
