@@ -64,6 +64,27 @@ class StoreUnavailableError(StoreWriteError):
     """The backend cannot be reached (a database server down): retry later (503)."""
 
 
+class MutationReplayed(StoreError):
+    """The idempotency key of a :class:`FrameBatch` was already stored (by another
+    node, or earlier in the same transaction): the mutation was applied before.
+
+    Raised by the commit of :meth:`Store.log_frames`, which then wrote nothing of its
+    batch (no frame, no key, no deletion). An :meth:`Store.append` carrying the key
+    still commits its update (the doc changed) but logs none of the batch's frames and
+    reports the stored result in :attr:`Committed.replayed` instead.
+
+    Attributes:
+        client_tx_id: The key.
+        result: The stored result, as :meth:`Store.get_mutation` returns it (with its
+            ``sid``): what to answer the replay with.
+    """
+
+    def __init__(self, client_tx_id: str, result: dict[str, Any]) -> None:
+        super().__init__(f"mutation {client_tx_id!r} was already applied")
+        self.client_tx_id = client_tx_id
+        self.result = result
+
+
 class Commit(asyncio.Future[_T]):
     """The outcome of a queued write: settled by the store once its transaction is
     committed (the result) or has failed (the exception), and by nobody else.
@@ -167,6 +188,9 @@ class Committed:
     update_id: int
     prev_update_id: int
     frames: list[Frame]
+    #: The stored result when the batch's ``client_tx_id`` was already stored (see
+    #: :class:`MutationReplayed`): then ``frames`` is empty, the update is committed.
+    replayed: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

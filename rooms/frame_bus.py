@@ -6,8 +6,9 @@ subscribes. The bus delivers each org's frames **in sid order, each once, withou
 gaps**, whichever node committed them, so that a subscriber cannot tell where a frame
 came from:
 
-* :class:`LocalFrameBus`: one node. Frames are delivered as published, through a
-  :class:`FrameSequencer` (commits of a pooled backend may be reported out of order).
+* :class:`LocalFrameBus`: one node. Frames are delivered as published; given the
+  store's ``read_since``, through a :class:`~rooms.frame_sequencer.FrameSequencer`
+  (commits of a pooled backend may be reported out of order).
 * ``rooms.redis_frame_bus.RedisFrameBus``: every node publishes its commits on Redis
   and delivers everyone's; a gap (a lost message) is read back from the store.
 """
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from persistence.store import Frame
+
+from .frame_sequencer import FrameSequencer, ReadSince
 
 Deliver = Callable[[list[Frame]], None]
 
@@ -35,20 +38,39 @@ class FrameBus(Protocol):
         """Call ``deliver`` with every org's committed frames, in sid order per org."""
         ...
 
+    def follow(self, org: str, since: int) -> None:
+        """A subscriber of ``org`` has read the store up to ``since``: if the bus has
+        not seen the org yet, deliver its frames from ``since`` on (without it, the
+        first frames the bus sees set the org's starting point)."""
+        ...
+
     def health(self) -> str | None: ...
 
 
 class LocalFrameBus:
-    """One node: what is published is delivered, in order, to the subscribers."""
+    """One node: what is published is delivered, in order, to the subscribers.
 
-    def __init__(self) -> None:
+    Args:
+        read_since: The store's committed frames of an org after a sid; given, the
+            frames go through a :class:`FrameSequencer` (a gap, such as a commit
+            reported late, waits ``gap_wait`` s and is then read from the store).
+            Without it they are delivered as published.
+    """
+
+    def __init__(self, read_since: ReadSince | None = None, *, gap_wait: float = 0.2) -> None:
         self._subscribers: list[Deliver] = []
+        self._sequencer = (
+            None
+            if read_since is None
+            else FrameSequencer(read_since, self._fan_out, gap_wait=gap_wait)
+        )
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
-        return None
+        if self._sequencer is not None:
+            await self._sequencer.close()
 
     def subscribe(self, deliver: Deliver) -> None:
         self._subscribers.append(deliver)
@@ -56,8 +78,18 @@ class LocalFrameBus:
     def publish(self, org: str, frames: list[Frame]) -> None:
         if not frames:
             return
-        for deliver in list(self._subscribers):
-            deliver(frames)
+        if self._sequencer is None:
+            self._fan_out(frames)
+        else:
+            self._sequencer.push(org, frames)
+
+    def follow(self, org: str, since: int) -> None:
+        if self._sequencer is not None:
+            self._sequencer.follow(org, since)
 
     def health(self) -> str | None:
         return None
+
+    def _fan_out(self, frames: list[Frame]) -> None:
+        for deliver in list(self._subscribers):
+            deliver(frames)
