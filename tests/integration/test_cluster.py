@@ -303,7 +303,8 @@ async def test_mutation_on_node1_reaches_feed_on_node3_and_editor_on_node2(
             assert response.status_code == 200, response.text
             records.append(response.content)
         assert deltas[0] == deltas[1] == deltas[2], [d[-300:] for d in deltas]
-        assert records[0] == records[1] == records[2], [r[-300:] for r in records]
+        rows = [json.loads(r)["records"] for r in records]
+        assert rows[0] == rows[1] == rows[2], [r[-300:] for r in records]
         # The records equal the merged doc state (as any node serves it).
         for node in cluster.nodes:
             doc = await node_copy(node, name)
@@ -535,6 +536,12 @@ async def test_redis_cut_mid_stream_every_node_converges(clusters: Clusters) -> 
         assert not any(c.closed.is_set() for c in clients), "a client was disconnected"
     for node in cluster.nodes:
         assert node.proc is not None and node.proc.poll() is None, node.log()[-2000:]
+        warned = [
+            line
+            for line in node.log().splitlines()
+            if "WARNING" in line and "redis" in line.lower()
+        ]
+        assert warned, "a node did not log the Redis outage"
 
 
 # -- stale replica -----------------------------------------------------------------------

@@ -63,8 +63,9 @@ class Peer:
         return [e for e in self.script.events if e.get("event") == event]
 
 
-def open_peer(node: Node, server_url: str, room: str, name: str) -> Peer:
-    return Peer(node.start("cluster_peer.mjs", server_url, room, {"name": name}), name)
+def open_peer(node: Node, server_url: str, room: str, name: str, aware: bool = True) -> Peer:
+    params = {"name": name, "aware": aware}
+    return Peer(node.start("cluster_peer.mjs", server_url, room, params), name)
 
 
 def converged(peers: list[Peer], timeout: float = 15.0) -> list[dict[str, Any]]:
@@ -83,12 +84,14 @@ def converged(peers: list[Peer], timeout: float = 15.0) -> list[dict[str, Any]]:
 def test_editors_on_three_nodes_converge_and_share_awareness(cluster: Cluster, node) -> None:
     room = "notes/cluster-converge"
     n1, n2, n3 = cluster.nodes
-    alice = open_peer(node, n1.ws_url, room, "alice")
-    bob = open_peer(node, n2.ws_url, room, "bob")
-    carol = open_peer(node, n3.ws_url, room, "carol")
+    # Everyone connected first (every node has the room loaded), then awareness set:
+    # what is set on one node is seen on the others.
+    alice = open_peer(node, n1.ws_url, room, "alice", aware=False)
+    bob = open_peer(node, n2.ws_url, room, "bob", aware=False)
+    carol = open_peer(node, n3.ws_url, room, "carol", aware=False)
     peers = [alice, bob, carol]
-
-    # Awareness set on one node is seen on the others.
+    for peer in peers:
+        peer.ask("aware")
     for watcher, others in [(carol, ["alice", "bob"]), (alice, ["bob", "carol"]), (bob, ["alice"])]:
         for other in others:
             seen = watcher.expect(f"seen:{other}", timeout=10)
@@ -172,3 +175,23 @@ def test_kill9_of_a_node_removes_its_clients_awareness_elsewhere(cluster: Cluste
     erin = open_peer(node, n2.ws_url, room, "erin")
     assert erin.synced["body"] == expected
     assert not erin.events("seen:alice")
+
+
+def test_a_node_that_loads_a_room_late_hands_newcomers_the_existing_awareness(
+    cluster: Cluster, node
+) -> None:
+    """Alice shows herself on node 1 before any other node has the room loaded; a
+    newcomer on node 3 gets her state at once, not at her next renewal (y-protocols
+    renews a state every 15 s)."""
+    room = "notes/cluster-late-awareness"
+    n1, _, n3 = cluster.nodes
+    alice = open_peer(node, n1.ws_url, room, "alice")
+    alice.ask("insert", at=None, text="hi")
+    started = time.monotonic()
+    bob = open_peer(node, n3.ws_url, room, "bob")
+    assert bob.synced["body"] == "hi"
+    seen = bob.expect("seen:alice", timeout=20)
+    waited = time.monotonic() - started
+    assert seen["clientID"] == alice.client_id
+    assert waited < 10, f"bob saw alice only after {waited:.1f} s: at her renewal, not at join"
+    alice.expect("seen:bob", timeout=10)

@@ -4,7 +4,7 @@
 //   node cluster_peer.mjs WS_BASE ROOM '{"name": "alice"}'
 //
 // Connects, waits for the server's sync step 2, sets its awareness user = {name}
-// and prints 'synced' with its clientID. Then reads commands, one JSON object per
+// (unless params.aware is false) and prints 'synced' with its clientID and body. Then reads commands, one JSON object per
 // line, each with an "id"; the answer is a line whose event is that id:
 //   {"id", "cmd": "type", "text", "delay_ms"?, "seed"?}
 //       types `text` one character at a time, each at a pseudo-random position of
@@ -16,6 +16,7 @@
 //       answers {body, sv, users, connected, closes}
 //   {"id", "cmd": "await_body", "body", "timeout_ms"?}
 //       answers once the body is exactly `body` (fails the script after the timeout)
+//   {"id", "cmd": "aware"}   sets the awareness user = {name} now
 //   {"id", "cmd": "leave"}   provider.destroy() (y-websocket sends its null awareness
 //       state), waits for the socket to close, answers, exits 0
 // EOF on stdin leaves too.
@@ -85,7 +86,7 @@ run(async () => {
   })
 
   await synced(peer, 10000)
-  awareness.setLocalStateField('user', { name })
+  if (params.aware !== false) awareness.setLocalStateField('user', { name })
   emit('synced', { clientID: ownID, body: body.toString() })
 
   const lines = readline.createInterface({ input: process.stdin })
@@ -120,6 +121,9 @@ run(async () => {
       await waitFor(() => body.toString() === command.body, `${name}: body ${JSON.stringify(command.body)}`,
         command.timeout_ms ?? 10000, () => JSON.stringify(body.toString()))
       emit(id, { body: body.toString(), connected: provider.wsconnected, closes: peer.closes.length })
+    } else if (cmd === 'aware') {
+      awareness.setLocalStateField('user', { name })
+      emit(id, {})
     } else if (cmd === 'leave') {
       await leave(peer)
       emit(id, {})
