@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from persistence.store import Store, StoreError
 from rooms.close_codes import CloseCode
 from rooms.feed_hub import FeedHub
+from rooms.frame_bus import FrameBus, LocalFrameBus
 from rooms.manager import RoomManager, RoomSettings
 from rooms.supervisor import Supervisor
 
@@ -95,6 +96,9 @@ class Runtime:
         self.shutting_down = False
         self.started = anyio.Event()
         self.hub = FeedHub()
+        #: Where committed frames go, on their way to the hub (and other nodes').
+        self.frame_bus: FrameBus = LocalFrameBus()
+        self.frame_bus.subscribe(self.hub.publish)
         self.throttle = ReadThrottle(settings.delta_min_interval_ms, settings.delta_max_concurrency)
         self._feed: RecordFeed | None = None
         self._presence: Presence | None = None
@@ -133,9 +137,9 @@ class Runtime:
     async def running(self) -> AsyncIterator[Runtime]:
         settings = self.settings
         store = self.open_store()
-        store.add_commit_listener(self.metrics.observe_commit)
         await store.start()
         try:
+            await self.frame_bus.start()
             self.store = store
             room_settings = RoomSettings(
                 idle_seconds=settings.room_idle_seconds,
@@ -151,7 +155,7 @@ class Runtime:
             )
             feed = RecordFeed(
                 store,
-                self.hub,
+                self.frame_bus,
                 coalesce_ms=settings.frame_coalesce_ms,
                 retention=settings.frame_retention,
             )
@@ -170,8 +174,11 @@ class Runtime:
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await store.close()
-                await self.auth.aclose()
+                try:
+                    await store.close()  # the frames of its last commits are published
+                finally:
+                    await self.frame_bus.close()
+                    await self.auth.aclose()
 
     async def problems(self) -> dict[str, str]:
         """What keeps this node from serving fully now (empty: healthy).
@@ -183,22 +190,24 @@ class Runtime:
         store = self.store
         if store is None:
             return {"store": "not open"}
-        health = getattr(store, "health", None)
-        problem = health() if health is not None else None
+        problem = store.health()
         if problem == "write failing":
             # Cheap while all is well; after a failed commit, one probe at a time
             # finds out whether writes succeed again (most checks wait for it).
             async with self._probing:
-                problem = health()
+                problem = store.health()
                 if problem == "write failing":
                     with anyio.move_on_after(PROBE_TIMEOUT) as scope:
                         try:
-                            await store.probe()  # type: ignore[attr-defined]
+                            await store.probe()
                         except StoreError as exc:
                             log.warning("health: store write probe failed: %s", exc)
-                    problem = "write probe timed out" if scope.cancelled_caught else health()
+                    problem = "write probe timed out" if scope.cancelled_caught else store.health()
         if problem is not None:
             found["store"] = problem
+        bus_problem = self.frame_bus.health()
+        if bus_problem is not None:
+            found["frame bus"] = bus_problem
         for name, why in self.supervisor.problems().items():
             found[f"task {name}"] = why
         return found

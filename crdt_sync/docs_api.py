@@ -197,7 +197,7 @@ class DocsApi:
                 appended = await room.apply_update(body, actor=principal.actor, origin=Origin.HTTP)
                 if appended is None:
                     return JSONResponse({"name": name, "update_id": None, "applied": False})
-                await appended.durable
+                committed = await appended.durable
             except InvalidUpdate as exc:
                 raise ApiError(400, "invalid_update", f"not a valid Yjs update: {exc}") from None
             except LimitExceeded as exc:
@@ -205,7 +205,7 @@ class DocsApi:
             except StoreError as exc:
                 raise ApiError(503, "store_unavailable", f"update not stored: {exc}") from None
             self.runtime.manager.after_update(room)
-        return JSONResponse({"name": name, "update_id": appended.update_id, "applied": True})
+        return JSONResponse({"name": name, "update_id": committed.update_id, "applied": True})
 
     async def delete_doc(self, request: Request) -> Response:
         name = self.doc_name(request)

@@ -9,8 +9,13 @@ difference is logged as one frame.
 
 Ordering: drafting a frame (project, diff, move the baseline) and queueing it in
 the store never yield to the event loop, and the store commits in queue order, so
-baselines and sids advance together. The store announces committed frames to the
-:class:`~rooms.feed_hub.FeedHub` in sid order.
+baselines and sids advance together. The frames each commit returns are published on
+the node's :class:`~rooms.frame_bus.FrameBus` (which the
+:class:`~rooms.feed_hub.FeedHub` subscribes to) in queue order, so in sid order, each
+commit once: see :mod:`crdt_sync.frame_publisher`.
+
+A draft's ``update_id`` is left to the store (``None``: the doc's newest update at its
+place in the queue, or the update it rides on): this node's log is in queue order.
 
 Crashes: a record's stored projection remembers the newest update it covers. A
 room that loads with a projection different from its stored one (its last frame
@@ -24,21 +29,22 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
 from persistence import values
-from persistence.store import FrameBatch, FrameDraft, Store, StoreError
-from rooms.feed_hub import FeedHub
+from persistence.store import Commit, Committed, Frame, FrameBatch, FrameDraft, Store, StoreError
+from rooms.frame_bus import FrameBus
 from rooms.limits import LimitExceeded
 from rooms.manager import RoomManager, ShuttingDown
 from rooms.room import Origin, Room, RoomLoadError, RoomState, now_ms
 from rooms.supervisor import Supervisor
 
 from .docnames import split_record
+from .frame_publisher import FramePublisher, Slot
 from .records import FieldError, RootTypes, diff, plan_write, project, same
 
 log = logging.getLogger(__name__)
@@ -113,16 +119,17 @@ class RecordFeed:
 
     Args:
         store: Where frames and projections are logged.
-        hub: Where committed frames are fanned out (registered as a store listener).
+        bus: Where the frames this node commits are published (the node's
+            :class:`~rooms.feed_hub.FeedHub` subscribes to it).
         coalesce_ms: The coalescing window of Yjs updates.
         retention: Frames kept per tenant.
     """
 
     def __init__(
-        self, store: Store, hub: FeedHub, *, coalesce_ms: float = 200, retention: int = 1_000_000
+        self, store: Store, bus: FrameBus, *, coalesce_ms: float = 200, retention: int = 1_000_000
     ) -> None:
         self.store = store
-        self.hub = hub
+        self.publisher = FramePublisher(bus, self._published)
         self.coalesce = coalesce_ms / 1000
         self.retention = retention
         self._manager: RoomManager | None = None
@@ -135,7 +142,6 @@ class RecordFeed:
         self._trim_wake = anyio.Event()
         self.presence: Any = None  # crdt_sync.presence.Presence, told of awareness changes
         self.frames_logged = 0
-        store.add_frame_listener(self._committed)
 
     @property
     def manager(self) -> RoomManager:
@@ -264,7 +270,6 @@ class RecordFeed:
             at=now_ms(),
             ctx={"client_tx_id": None},
             record=after,
-            update_id=room.last_update_id,
         )
 
     def _queue(
@@ -274,13 +279,15 @@ class RecordFeed:
         *,
         mutation: tuple[str, dict[str, Any]] | None = None,
         delete: str | None = None,
-    ) -> Awaitable[list[int]] | None:
+    ) -> Commit[list[Frame]] | None:
         """Queue drafts (None: nothing to frame), an idempotency key and a doc deletion
-        in the store, in one transaction, in order; no yield. ``None``: nothing to queue."""
+        in the store, in one transaction, in order; no yield. ``None``: nothing to queue.
+        What the commit logs is published on the frame bus."""
         frames = tuple(d for d in drafts if d is not None)
         if not frames and mutation is None and delete is None:
             return None
         future = self.store.log_frames(org, FrameBatch(frames, mutation), delete=delete)
+        self.publisher.publish_on_commit(future, _logged)
         self._watch(org, frames, future)
         return future
 
@@ -441,13 +448,11 @@ class RecordFeed:
 
     # -- committed frames ----------------------------------------------------------
 
-    def _committed(self, frames: list[Any]) -> None:
-        """Store listener (runs in an event-loop callback, outside any task)."""
+    def _published(self, frames: list[Frame]) -> None:
+        """Frames this node committed, about to be published (in a commit's
+        done-callback, outside any task)."""
         self.frames_logged += len(frames)
-        try:
-            self.hub.publish(frames)
-        finally:  # the trim bookkeeping still counts them (the store logs the failure)
-            self._count_for_trim(frames)
+        self._count_for_trim(frames)
 
     def _count_for_trim(self, frames: list[Any]) -> None:
         for frame in frames:
@@ -653,16 +658,29 @@ class RecordFeed:
         result["overwritten"] = overwritten
         own: list[FrameDraft] = []
         mutation_key = (m.client_tx_id, result) if m.client_tx_id else None
+        slot: Slot | None = None
 
         def frames() -> FrameBatch:
+            nonlocal slot
             draft = self._draft(rec, who=actor)
             if draft is not None:
                 own.append(_with_ctx(draft, ctx))
+            # The append is queued right after this returns (no yield in between).
+            slot = self.publisher.reserve()
             return FrameBatch(tuple(own), mutation_key)
 
-        appended = await room.change(write, actor=actor, frames=frames)
+        try:
+            appended = await room.change(write, actor=actor, frames=frames)
+        except BaseException:
+            # Raised before the append was queued (a value the store refused): once
+            # queued, nothing in room.change() raises.
+            if slot is not None:
+                self.publisher.drop(slot)
+            raise
         if appended is None:  # nothing changed: no frame, but remember the answer
             return _Started(result, self._queue(org, [], mutation=mutation_key), False)
+        assert slot is not None, "room.change() logged the change without its frames"
+        self.publisher.attach(slot, appended.durable, _committed_frames)
         self._watch(org, tuple(own), appended.durable)
         begun = _Started(result, appended.durable, bool(own))
         manager = self.manager
@@ -750,8 +768,8 @@ class RecordFeed:
                 org, [draft], delete=name, mutation=(tx, mutation) if tx and mutation else None
             )
             assert future is not None
-            sids = await future
-        return sids[-1]
+            frames = await future
+        return frames[-1].sid
 
 
 class _Started:
@@ -759,7 +777,9 @@ class _Started:
 
     def __init__(self, result: dict[str, Any], commit: Any, framed: bool) -> None:
         self.result = result
-        self._commit = commit  # awaitable of the sids, or None when nothing was written
+        # The store's commit (an append's Committed, or log_frames' frames), or None
+        # when nothing was written.
+        self._commit = commit
         self._framed = framed  # whether the commit's last frame is this mutation's
         self._finish: list[Callable[[], None]] = []
         self._replay_of: int | None = None
@@ -793,8 +813,9 @@ class _Started:
                 raise first
             return {**first, "replayed": True}
         if self._commit is not None:
-            sids = await self._commit
-            self.result["sid"] = sids[-1] if self._framed else None
+            outcome = await self._commit
+            frames = outcome.frames if isinstance(outcome, Committed) else outcome
+            self.result["sid"] = frames[-1].sid if self._framed and frames else None
         self.result.setdefault("sid", None)
         return self.result
 
@@ -830,6 +851,16 @@ def _tx_reused(m: Mutation) -> MutationError:
         f"client_tx_id {m.client_tx_id!r} already names another mutation "
         "(a different record or op): use a new client_tx_id",
     )
+
+
+def _logged(frames: list[Frame]) -> list[Frame]:
+    """The frames a :meth:`~persistence.store.Store.log_frames` commit logged."""
+    return frames
+
+
+def _committed_frames(committed: Committed) -> list[Frame]:
+    """The frames an append committed with its update."""
+    return committed.frames
 
 
 def _with_ctx(draft: FrameDraft, ctx: dict[str, Any]) -> FrameDraft:

@@ -1,8 +1,10 @@
 """``GET /metrics``: Prometheus text exposition of what the node is doing.
 
 Hot-path counts are plain integers (:mod:`rooms.stats`) read at scrape time by a
-custom collector; histograms get observations that happen at most once per commit
-or per sampled delivery. Each app has its own registry (tests run several).
+custom collector, the store's included (:meth:`persistence.store.Store.stats`: its
+commit histograms are counted by the store's writer and read here); the delivery
+histogram gets an observation per sampled delivery. Each app has its own registry
+(tests run several).
 
 =============================================  =========================================
 ``crdt_sync_rooms``                            loaded rooms
@@ -34,7 +36,7 @@ or per sampled delivery. Each app has its own registry (tests run several).
                                                too_deep, too_large, not_json
 ``crdt_sync_store_refused_frame_batches_total``  frame batches the store refused (a value
                                                it could not read back)
-``crdt_sync_frame_listener_failures_total``    store frame-listener calls that raised
+``crdt_sync_frame_listener_failures_total``    publications of committed frames that raised
 ``crdt_sync_frame_send_failures_total``        frame subscribers closed with 1011 because
                                                their frames could not be encoded
 ``crdt_sync_auth_refused_total``               requests and connections the front door
@@ -51,22 +53,28 @@ when auth is on) says how the node does, never what any tenant holds.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
 
+from persistence.store import COMMIT_OPS_BUCKETS, COMMIT_SECONDS_BUCKETS, StoreStats
 from rooms.stats import MESSAGE_TYPES, TRAFFIC
 
 from .projection import CONFORMED
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
-COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
-BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
 
 
 class _NodeCollector:
@@ -74,6 +82,7 @@ class _NodeCollector:
 
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
+        self.created = time.time()  # of the commit histograms (their ``_created``)
 
     def collect(self) -> Iterator[Metric]:
         runtime = self.runtime
@@ -114,16 +123,33 @@ class _NodeCollector:
             closes.add_metric([str(code)], count)
         yield closes
         store = runtime.store
+        stats = store.stats() if store is not None else StoreStats()
+        yield self._histogram(
+            "crdt_sync_store_commit_seconds",
+            "One group commit, BEGIN to COMMIT.",
+            COMMIT_SECONDS_BUCKETS,
+            stats.commit_seconds_buckets,
+            stats.commits,
+            stats.commit_seconds_sum,
+        )
+        yield self._histogram(
+            "crdt_sync_store_commit_ops",
+            "Writes per group commit.",
+            COMMIT_OPS_BUCKETS,
+            stats.commit_ops_buckets,
+            stats.commits,
+            stats.commit_ops_sum,
+        )
         if store is not None:
             yield CounterMetricFamily(
                 "crdt_sync_store_failed_batches",
                 "Group commits rolled back.",
-                value=getattr(store, "failed_batches", 0),
+                value=stats.failed_batches,
             )
             yield GaugeMetricFamily(
                 "crdt_sync_store_queue",
                 "Writes waiting for the store writer.",
-                value=getattr(store, "queued", 0),
+                value=stats.queued,
             )
         feed = runtime._feed
         yield CounterMetricFamily(
@@ -154,9 +180,28 @@ class _NodeCollector:
         yield GaugeMetricFamily(
             "crdt_sync_sessions", "Live sessions (revocable).", value=len(runtime.sessions)
         )
-        yield from self._supervision()
+        yield from self._supervision(stats)
 
-    def _supervision(self) -> Iterator[Metric]:
+    def _histogram(
+        self,
+        name: str,
+        help_text: str,
+        bounds: tuple[float, ...],
+        counts: tuple[int, ...],
+        total: int,
+        sum_value: float,
+    ) -> Metric:
+        """A histogram counted elsewhere (cumulative ``counts`` per bound), exposed as
+        ``prometheus_client.Histogram`` would expose it."""
+        if len(counts) != len(bounds):  # a store that keeps no histogram
+            counts = (0,) * len(bounds)
+        buckets = [(floatToGoString(b), c) for b, c in zip(bounds, counts, strict=True)]
+        family = HistogramMetricFamily(name, help_text)
+        family.add_metric([], [*buckets, ("+Inf", total)], sum_value)
+        family.add_sample(f"{name}_created", {}, self.created)
+        return family
+
+    def _supervision(self, stats: StoreStats) -> Iterator[Metric]:
         runtime = self.runtime
         supervisor = runtime.supervisor
         failures = CounterMetricFamily(
@@ -179,16 +224,16 @@ class _NodeCollector:
         for reason, count in sorted(CONFORMED.items()):
             conformed.add_metric([reason], count)
         yield conformed
-        store = runtime.store
+        feed = runtime._feed
         yield CounterMetricFamily(
             "crdt_sync_store_refused_frame_batches",
             "Frame batches the store refused: a value it could not read back.",
-            value=getattr(store, "refused_batches", 0),
+            value=stats.refused_batches,
         )
         yield CounterMetricFamily(
             "crdt_sync_frame_listener_failures",
-            "Store frame-listener calls that raised.",
-            value=getattr(store, "listener_failures", 0),
+            "Publications of committed frames that raised.",
+            value=feed.publisher.failures if feed is not None else 0,
         )
         yield CounterMetricFamily(
             "crdt_sync_frame_send_failures",
@@ -209,29 +254,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.commit_seconds = Histogram(
-            "crdt_sync_store_commit_seconds",
-            "One group commit, BEGIN to COMMIT.",
-            buckets=COMMIT_BUCKETS,
-            registry=self.registry,
-        )
-        self.commit_ops = Histogram(
-            "crdt_sync_store_commit_ops",
-            "Writes per group commit.",
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
-        )
         self.mutations = Counter(
             "crdt_sync_mutations",
             "HTTP mutations by result status.",
             labelnames=["status"],
             registry=self.registry,
         )
-
-    def observe_commit(self, ops: int, seconds: float) -> None:
-        """Store commit listener (runs on the writer thread; histograms are thread-safe)."""
-        self.commit_seconds.observe(seconds)
-        self.commit_ops.observe(ops)
 
     async def endpoint(self, request: Request) -> Response:
         for seconds in TRAFFIC.take_deliveries():

@@ -37,6 +37,7 @@ Durability contract:
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -151,9 +152,22 @@ class DocTail:
     last_update_id: int
 
 
+#: Upper bounds (``le``) of the commit histograms of :class:`StoreStats`: seconds of one
+#: commit, and writes in one commit.
+COMMIT_SECONDS_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0
+)  # fmt: skip
+COMMIT_OPS_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStats:
-    """Counters for metrics and ``/healthz`` (read, never pushed)."""
+    """Counters for metrics and ``/healthz`` (read, never pushed).
+
+    The histograms (``commit_*``) count every commit since start: per bound of
+    :data:`COMMIT_SECONDS_BUCKETS` / :data:`COMMIT_OPS_BUCKETS`, the commits at or
+    below it (cumulative, as Prometheus buckets; ``commits`` is the ``+Inf`` one).
+    """
 
     commits: int = 0  # transactions committed since start
     failed_batches: int = 0
@@ -162,6 +176,48 @@ class StoreStats:
     queued: int = 0  # writes waiting for the writer
     queued_bytes: int = 0
     refused_batches: int = 0
+    commit_seconds_sum: float = 0.0
+    commit_seconds_buckets: tuple[int, ...] = ()
+    commit_ops_sum: int = 0
+    commit_ops_buckets: tuple[int, ...] = ()
+
+
+class CommitHistograms:
+    """The commit histograms of :class:`StoreStats`, recorded by a backend's writer
+    (any thread) and read on the event loop: one lock, taken once per commit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._commits = 0
+        self._seconds = [0] * len(COMMIT_SECONDS_BUCKETS)
+        self._seconds_sum = 0.0
+        self._ops = [0] * len(COMMIT_OPS_BUCKETS)
+        self._ops_sum = 0
+
+    def observe(self, ops: int, seconds: float) -> None:
+        """One commit of ``ops`` writes that took ``seconds``."""
+        with self._lock:
+            self._commits += 1
+            self._seconds_sum += seconds
+            self._ops_sum += ops
+            for i, bound in enumerate(COMMIT_SECONDS_BUCKETS):
+                if seconds <= bound:
+                    self._seconds[i] += 1
+            for i, bound in enumerate(COMMIT_OPS_BUCKETS):
+                if ops <= bound:
+                    self._ops[i] += 1
+
+    def fields(self) -> dict[str, Any]:
+        """``commits`` and the ``commit_*`` fields of :class:`StoreStats`, consistent."""
+        with self._lock:
+            return {
+                "commits": self._commits,
+                "commit_seconds_sum": self._seconds_sum,
+                "commit_seconds_buckets": tuple(self._seconds),
+                "commit_ops_sum": self._ops_sum,
+                "commit_ops_buckets": tuple(self._ops),
+            }
+
 
 @dataclass(frozen=True, slots=True)
 class DocInfo:

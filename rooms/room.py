@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pycrdt import Doc, merge_updates
 
-from persistence.store import Appended, FrameBatch, Store, StoreError
+from persistence.store import Appended, Committed, FrameBatch, Store, StoreError
 
 from .awareness import RoomAwareness
 from .close_codes import CloseCode
@@ -144,7 +144,12 @@ class Room:
         self.closed = anyio.Event()
         self.unload_settled = anyio.Event()
         self.compact_updates = compact_updates
+        #: The newest update id of the doc this room knows committed (the store assigns
+        #: ids at commit: learnt from each commit as it completes; 0: none).
         self.last_update_id = 0
+        #: Whether the doc has anything in the store or queued for it (loaded from it,
+        #: or appended to since): a doc that does not is not created by a compaction.
+        self.stored = False
         self.logged_since_snapshot = 0
         self.compacting = False
         # One compaction at a time: an unload waits for a running one.
@@ -188,6 +193,7 @@ class Room:
                 self._integrated = []
                 self.size_bound = len(stored.snapshot or b"") + sum(map(len, stored.updates))
                 self.last_update_id = stored.last_update_id
+                self.stored = stored.last_update_id != 0
                 self.logged_since_snapshot = len(stored.updates)
         except Exception as exc:
             self.state = RoomState.FAILED
@@ -638,10 +644,14 @@ class Room:
             appended = await self.store.append(
                 self.org, self.name, update, actor=actor, at=now_ms(), frames=frames
             )
-            self.last_update_id = appended.update_id
+            self.stored = True
             self.logged_since_snapshot += 1
-            watch_durable(appended, self._durable_failed)
+            watch_durable(appended, self._durable_failed, self._committed)
         return appended
+
+    def _committed(self, committed: Committed) -> None:
+        # Commits complete in queue order; max() all the same (cheap, and order-proof).
+        self.last_update_id = max(self.last_update_id, committed.update_id)
 
     def _durable_failed(self, exc: BaseException) -> None:
         self.store_failed = True
@@ -651,7 +661,7 @@ class Room:
     @property
     def is_empty(self) -> bool:
         """Nothing stored and nothing in the doc: the document does not exist yet."""
-        return self.last_update_id == 0 and self.doc.get_state() == b"\x00"
+        return not self.stored and self.doc.get_state() == b"\x00"
 
     @property
     def wants_compaction(self) -> bool:
@@ -662,7 +672,9 @@ class Room:
 
         Waits for a compaction already running, then compacts what is left. Returns
         once the snapshot is committed, and with it every append of this room queued
-        before it.
+        before it: the store drops exactly the log rows queued before the compaction,
+        and the snapshot is the whole state, so it also covers appends whose commit
+        failed (and the store merges in whatever else it drops).
 
         Args:
             force: Write the snapshot even if nothing was logged since the last one.
@@ -673,37 +685,45 @@ class Room:
             if self.state is RoomState.CLOSED:
                 return  # unloaded or deleted meanwhile: a snapshot would bring it back
             force = force or self.store_failed
-            if not force and self.logged_since_snapshot == 0 and self.last_update_id != 0:
+            if not force and self.logged_since_snapshot == 0 and self.stored:
                 return
             self.compacting = True
             try:
-                upto = self.last_update_id
                 covered = self.logged_since_snapshot
                 state = self.doc.get_update()
-                if upto == 0 and state == EMPTY_UPDATE:
+                if not self.stored and state == EMPTY_UPDATE:
                     return  # never stored, nothing to store: do not create an empty doc
                 failed_before = self.store_failed
-                await self.store.compact(self.org, self.name, state, upto)
+                await self.store.compact(self.org, self.name, state)
                 self.logged_since_snapshot -= covered
                 if failed_before:
                     self.store_failed = False
-                log.debug("room=%r compacted %d updates up to id %d", self.name, covered, upto)
+                log.debug(
+                    "room=%r compacted %d updates (newest id %d)",
+                    self.name,
+                    covered,
+                    self.last_update_id,
+                )
             finally:
                 self.compacting = False
 
 
-def watch_durable(appended: Appended, on_error: Callable[[BaseException], None]) -> None:
-    """Call ``on_error`` if the commit holding ``appended`` fails, without awaiting it."""
-    durable = appended.durable
-    add_done_callback = getattr(durable, "add_done_callback", None)
-    if add_done_callback is None:
-        return
+def watch_durable(
+    appended: Appended,
+    on_error: Callable[[BaseException], None],
+    on_committed: Callable[[Committed], None] | None = None,
+) -> None:
+    """Call ``on_error`` if the commit holding ``appended`` fails, else ``on_committed``
+    with what it committed, without awaiting it."""
 
     def done(fut: Any) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()
-        if isinstance(exc, StoreError):
+        if exc is None:
+            if on_committed is not None:
+                on_committed(fut.result())
+        elif isinstance(exc, StoreError):
             on_error(exc)
 
-    add_done_callback(done)
+    appended.durable.add_done_callback(done)

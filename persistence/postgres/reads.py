@@ -4,7 +4,7 @@ Each function takes an autocommit connection. Reads made of several statements r
 one ``REPEATABLE READ READ ONLY`` transaction (:func:`snapshot`), so that they describe
 one state of the database, as SQLite's read transactions do; single statements see
 every transaction committed before they start (in particular every write whose
-commit completed). Semantics are those of :mod:`persistence.sqlite_reads`.
+commit completed). Semantics are those of :mod:`persistence.sqlite.reads`.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from persistence.sqlite import SQLiteStore
 from persistence.store import Appended, RecordRow, StoredDoc
 from rooms.connection import Connection
 from rooms.feed_hub import FeedHub
+from rooms.frame_bus import LocalFrameBus
 from rooms.manager import RoomManager, RoomSettings
 from rooms.room import Room
 
@@ -111,9 +112,9 @@ class PausingStore(SQLiteStore):
         await self._maybe_hold("record_writers", org, t, id, since)
         return await super().record_writers(org, t, id, since, fields, **kwargs)
 
-    async def compact(self, org: str, name: str, state: bytes, upto_update_id: int) -> None:
+    async def compact(self, org: str, name: str, state: bytes) -> None:
         await self._maybe_hold("compact", org, name)
-        await super().compact(org, name, state, upto_update_id)
+        await super().compact(org, name, state)
 
     async def hold_writer(
         self, release: threading.Event, *, task_status: Any = anyio.TASK_STATUS_IGNORED
@@ -151,6 +152,7 @@ class Node:
     store: PausingStore
     manager: RoomManager
     feed: RecordFeed
+    hub: FeedHub  # subscribed to the feed's frame bus, as the app wires it
 
     def connection(self, actor: str = "anonymous") -> Connection:
         return Connection(RecordingTransport(), actor=actor)
@@ -164,12 +166,14 @@ async def live_node(
     store = PausingStore(tmp_path / "node.db")
     await store.start()
     try:
-        feed = RecordFeed(store, FeedHub(), coalesce_ms=coalesce_ms)
+        hub, bus = FeedHub(), LocalFrameBus()
+        bus.subscribe(hub.publish)
+        feed = RecordFeed(store, bus, coalesce_ms=coalesce_ms)
         settings = RoomSettings(idle_seconds=idle_seconds)
         async with RoomManager(store, settings, listener=feed) as manager:
             async with anyio.create_task_group() as tg:
                 await tg.start(feed.run, manager)
-                yield Node(store, manager, feed)
+                yield Node(store, manager, feed, hub)
                 with anyio.fail_after(WAIT):
                     await manager.unload_all()
                 tg.cancel_scope.cancel()

@@ -28,6 +28,7 @@ from crdt_sync.auth.tokens import TokenVerifier, issue_token
 from crdt_sync.frame_feed import Mutation
 from crdt_sync.ratelimit import SlidingWindowLimiter
 from crdt_sync.settings import Settings
+from persistence.store import FrameBatch, FrameDraft
 
 pytestmark = pytest.mark.anyio
 
@@ -137,10 +138,14 @@ async def feed(runtime: Runtime, who: Principal, query: str = "") -> AsyncIterat
 
 
 async def write(runtime: Runtime, org: str, t: str, id: str, n: int = 0) -> int:
+    """Log a frame as the node's feed does: committed, then published on its frame bus."""
     assert runtime.store is not None
-    return await runtime.store.append_frame(
-        org, t=t, id=id, op="u", p={"n": n}, who="w", at=1, ctx={}
-    )
+    p = {"n": n}
+    draft = FrameDraft(t=t, id=id, op="u", p=p, who="w", at=1, ctx={}, record=p)
+    commit = runtime.store.log_frames(org, FrameBatch((draft,)))
+    runtime.feed.publisher.publish_on_commit(commit, lambda frames: frames)
+    (frame,) = await commit
+    return frame.sid
 
 
 async def create(runtime: Runtime, org: str, *names: str) -> None:

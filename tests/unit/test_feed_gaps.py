@@ -5,7 +5,8 @@ without a gap among them (its cursor moves past the others).
 
 Property test over interleavings of writes, trims and reconnects, run against the
 real catch-up (``crdt_sync.sync_stream.catch_up``), a real SQLite store and a real
-FeedHub. The client reads slowly: each message it takes lets the next action of the
+FeedHub fed as the node feeds it (the frames of each commit, published on a frame
+bus in queue order). The client reads slowly: each message it takes lets the next action of the
 example happen first, so writes and trims land between catch-up pages, inside the
 live phase and across reconnects.
 """
@@ -24,13 +25,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crdt_sync.auth.principal import Grant
+from crdt_sync.frame_publisher import FramePublisher
 from crdt_sync.http_api import ApiError
 from crdt_sync.sync_stream import catch_up
 from persistence.sqlite import SQLiteStore
+from persistence.store import FrameBatch, FrameDraft
 from rooms import feed_hub
 from rooms.close_codes import CloseCode
 from rooms.connection import Connection
 from rooms.feed_hub import FeedHub, FeedSubscriber, encode_json_array, encode_json_event
+from rooms.frame_bus import LocalFrameBus
 
 ORG = "default"
 TIMEOUT = 30
@@ -69,7 +73,9 @@ class World:
     ) -> None:
         self.store = store
         self.hub = FeedHub()
-        store.add_frame_listener(self.hub.publish)
+        bus = LocalFrameBus()
+        bus.subscribe(self.hub.publish)
+        self.publisher = FramePublisher(bus)  # what the node commits, published
         self.t = t
         self.docs = docs
         self.committed: list[tuple[int, str, str]] = []
@@ -84,13 +90,16 @@ class World:
 
     async def write(self, n: int, t: str) -> None:
         ids = [str(1 + i % 2) for i in range(n)]  # records t/1 and t/2, alternating
-        sids = await asyncio.gather(
-            *(
-                self.store.append_frame(ORG, t=t, id=id, op="u", p={"n": i}, who="w", at=1, ctx={})
-                for i, id in enumerate(ids)
-            )
-        )
-        self.committed += [(sid, t, id) for sid, id in zip(sids, ids, strict=True)]
+        commits = []
+        for i, id in enumerate(ids):  # queued together: they share commits
+            p = {"n": i}
+            draft = FrameDraft(t=t, id=id, op="u", p=p, who="w", at=1, ctx={}, record=p)
+            commit = self.store.log_frames(ORG, FrameBatch((draft,)))
+            self.publisher.publish_on_commit(commit, lambda frames: frames)
+            commits.append(commit)
+        for id, commit in zip(ids, commits, strict=True):
+            (frame,) = await commit
+            self.committed.append((frame.sid, t, id))
 
     async def act(self) -> None:
         async with self.lock:

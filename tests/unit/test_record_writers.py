@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from persistence import sqlite_reads
 from persistence.sqlite import SQLiteStore
+from persistence.sqlite import reads as sqlite_reads
 from persistence.store import FrameBatch, FrameDraft
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +37,7 @@ def expected(frames, since: int, fields: list[str], exclude) -> dict:
 async def log(store: SQLiteStore, record: str, op: str, p: dict, writer) -> None:
     who, client_id = writer
     ctx = {"client_tx_id": None} | ({"client_id": client_id} if client_id else {})
-    draft = FrameDraft("task", record, op, p, who, 1, ctx, None if op == "d" else {}, update_id=1)
+    draft = FrameDraft("task", record, op, p, who, 1, ctx, None if op == "d" else {})
     await store.log_frames(ORG, FrameBatch((draft,), None))
 
 

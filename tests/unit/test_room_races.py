@@ -181,7 +181,7 @@ async def test_an_editor_closed_while_its_update_waits_for_the_store_loses_nothi
                 fields_update(room, text="hello w"), actor="ann", origin=Origin.HTTP
             )
             assert blocker is not None  # queued, not committed: the writer is held
-            node.store._max_queued_bytes = 1  # so the next writer waits for room
+            node.store._writer.max_queued_bytes = 1  # so the next writer waits for room
             with anyio.CancelScope() as reading:
                 tg.start_soon(_cancel_when_blocked, reading, release)
                 await room.on_update(conn, fields_update(room, text="hello world"), None)

@@ -23,7 +23,8 @@ from persistence import (
     StoreReadError,
     StoreWriteError,
 )
-from persistence.schema import SCHEMA_VERSION
+from persistence.sqlite.schema import SCHEMA_VERSION
+from persistence.store import Appended
 from rooms.codec import decode_state_vector
 
 pytestmark = pytest.mark.anyio
@@ -50,6 +51,15 @@ def rebuild(stored: Any) -> Doc:
 
 def content(doc: Doc) -> tuple[str, dict[str, Any]]:
     return str(doc.get("body", type=Text)), doc.get("fields", type=Map).to_py()
+
+
+def yupdate(text: str, *, doc: Doc | None = None) -> bytes:
+    """A real Yjs update inserting ``text`` (on ``doc``, or on a doc of its own)."""
+    doc = Doc() if doc is None else doc
+    before = doc.get_state()
+    body = doc.get("body", type=Text)
+    body.insert(len(body), text)
+    return doc.get_update(before)
 
 
 def raw(path: Path) -> sqlite3.Connection:
@@ -81,13 +91,13 @@ async def test_append_load_roundtrip_with_pycrdt(store: SQLiteStore) -> None:
         for update in updates:
             last = await store.append(ORG, "issue/1", update, actor="alice", at=1000)
         assert last is not None
-        await last.durable
+        committed = await last.durable
 
         stored = await store.load(ORG, "issue/1")
         assert stored is not None
         assert stored.snapshot is None
         assert stored.updates == updates
-        assert stored.last_update_id == last.update_id
+        assert stored.last_update_id == committed.update_id
         loaded = rebuild(stored)
         assert content(loaded) == content(doc) == ("Héllo wörld 😀", {"title": "Ünïcode", "n": 3})
         assert decode_state_vector(loaded.get_state()) == decode_state_vector(doc.get_state())
@@ -99,47 +109,48 @@ async def test_close_makes_queued_appends_durable_and_reopen_sees_them(tmp_path:
     path = tmp_path / "s.db"
     with anyio.fail_after(TIMEOUT):
         async with SQLiteStore(path) as s:
-            ids = [
-                (await s.append(ORG, "d", b"u%d" % i, actor="a", at=i)).update_id for i in range(5)
-            ]
+            appended = [await s.append(ORG, "d", b"u%d" % i, actor="a", at=i) for i in range(5)]
             # Not awaited: close() must commit them.
+        ids = [a.durable.result().update_id for a in appended]
         assert ids == sorted(ids) and len(set(ids)) == 5
         async with SQLiteStore(path) as s:
             stored = await s.load(ORG, "d")
             assert stored is not None
             assert stored.updates == [b"u%d" % i for i in range(5)]
             assert stored.last_update_id == ids[-1]
-            nxt = await s.append(ORG, "d", b"u5", actor="a", at=5)
-            assert nxt.update_id > ids[-1]
-            await nxt.durable
+            nxt = await (await s.append(ORG, "d", b"u5", actor="a", at=5)).durable
+            assert (nxt.update_id, nxt.prev_update_id) == (ids[-1] + 1, ids[-1])
 
 
 async def test_ids_strictly_increase_and_are_never_reused_after_delete(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     with anyio.fail_after(TIMEOUT):
         async with SQLiteStore(path) as s:
-            first = [(await s.append(ORG, "x", b"a", actor="a", at=1)).update_id for _ in range(3)]
+            first = [
+                (await (await s.append(ORG, "x", b"a", actor="a", at=1)).durable).update_id
+                for _ in range(3)
+            ]
             assert first[0] < first[1] < first[2]
-            await s.flush()
             assert await s.delete(ORG, "x") is True
             assert await s.delete(ORG, "x") is False
             assert await s.load(ORG, "x") is None
-            after_delete = await s.append(ORG, "x", b"b", actor="a", at=2)
+            after_delete = await (await s.append(ORG, "x", b"b", actor="a", at=2)).durable
             assert after_delete.update_id > first[-1]
-            await after_delete.durable
+            # A new doc of that name: its history starts again.
+            assert after_delete.prev_update_id == 0
             assert await s.delete(ORG, "x") is True
         # The newest ids were deleted; a restart must still not hand them out again.
         async with SQLiteStore(path) as s:
-            again = await s.append(ORG, "y", b"c", actor="a", at=3)
+            again = await (await s.append(ORG, "y", b"c", actor="a", at=3)).durable
             assert again.update_id > after_delete.update_id
-            await again.durable
 
 
 async def test_delete_removes_snapshot_and_log_only_of_that_doc(store: SQLiteStore) -> None:
     with anyio.fail_after(TIMEOUT):
-        a = await store.append(ORG, "a", b"1", actor="x", at=1)
+        doc = Doc()
+        await store.append(ORG, "a", yupdate("1", doc=doc), actor="x", at=1)
         await store.append(ORG, "b", b"2", actor="x", at=1)
-        await store.compact(ORG, "a", b"state", a.update_id)
+        await store.compact(ORG, "a", doc.get_update())
         await store.append(ORG, "a", b"3", actor="x", at=2)
         assert await store.delete(ORG, "a") is True
         assert await store.load(ORG, "a") is None
@@ -157,20 +168,23 @@ async def test_group_commit_batches_concurrent_appends(tmp_path: Path) -> None:
     n = 1000
     with anyio.fail_after(TIMEOUT):
         async with SQLiteStore(path, commit_interval_ms=5) as s:
-            before = s.commits
+            before = s.stats().commits
             ids: list[int] = []
 
             async def one(i: int) -> None:
                 appended = await s.append(ORG, f"doc/{i % 10}", b"%d" % i, actor="a", at=i)
-                ids.append(appended.update_id)
-                await appended.durable
+                ids.append((await appended.durable).update_id)
 
             async with anyio.create_task_group() as tg:
                 for i in range(n):
                     tg.start_soon(one, i)
-            commits = s.commits - before
+            stats = s.stats()
+            commits = stats.commits - before
             assert 1 <= commits < 100, commits
-            assert s.last_batch_size >= 1 and s.last_commit_seconds > 0
+            assert stats.last_batch_size >= 1 and stats.last_commit_seconds > 0
+            # The histograms count every commit and every write.
+            assert stats.commit_ops_sum == n and stats.commit_ops_buckets[-1] == stats.commits
+            assert stats.commit_seconds_sum > 0
             assert len(set(ids)) == n
             total = 0
             for k in range(10):
@@ -188,8 +202,10 @@ async def test_without_group_commit_every_update_is_its_own_commit(tmp_path: Pat
         async with SQLiteStore(tmp_path / "s.db", commit_interval_ms=0, max_batch=1) as s:
             for i in range(20):
                 await (await s.append(ORG, "d", b"%d" % i, actor="a", at=i)).durable
-            assert s.commits == 20
-            assert s.last_batch_size == 1
+            stats = s.stats()
+            assert stats.commits == 20
+            assert stats.last_batch_size == 1
+            assert stats.commit_ops_buckets[0] == 20  # all 20 in the "<= 1 write" bucket
 
 
 # -- compaction ------------------------------------------------------------------------
@@ -197,23 +213,28 @@ async def test_without_group_commit_every_update_is_its_own_commit(tmp_path: Pat
 
 async def test_compact_is_queued_behind_unawaited_appends(store: SQLiteStore) -> None:
     with anyio.fail_after(TIMEOUT):
-        appended = [await store.append(ORG, "d", b"u%d" % i, actor="a", at=i) for i in range(3)]
-        # The ids are known before the commit, so compaction "up to" them is safe at once.
-        await store.compact(ORG, "d", b"STATE", appended[-1].update_id)
+        doc = Doc()
+        appended = [
+            await store.append(ORG, "d", yupdate(f"u{i}", doc=doc), actor="a", at=i)
+            for i in range(3)
+        ]
+        # No id is passed: the compaction drops exactly the rows appended before it.
+        await store.compact(ORG, "d", doc.get_update())
+        newest = appended[-1].durable.result()  # committed before the compaction
         stored = await store.load(ORG, "d")
-        assert stored is not None
-        assert (stored.snapshot, stored.updates) == (b"STATE", [])
-        assert stored.last_update_id == appended[-1].update_id
-        with pytest.raises(ValueError, match="upto_update_id"):
-            await store.compact(ORG, "d", b"STATE", appended[-1].update_id + 1)
-        later = await store.append(ORG, "d", b"u3", actor="a", at=3)
-        await later.durable
+        assert stored is not None and stored.snapshot is not None
+        assert stored.updates == []
+        assert content(rebuild(stored)) == content(doc) == ("u0u1u2", {})
+        assert stored.last_update_id == newest.update_id
+        update = yupdate("u3", doc=doc)
+        later = await (await store.append(ORG, "d", update, actor="a", at=3)).durable
+        assert later.prev_update_id == newest.update_id  # the chain survives compaction
         stored = await store.load(ORG, "d")
-        assert stored is not None
-        assert (stored.snapshot, stored.updates) == (b"STATE", [b"u3"])
+        assert stored is not None and stored.snapshot is not None
+        assert stored.updates == [update]
         assert stored.last_update_id == later.update_id
         docs, _ = await store.list_docs(ORG)
-        assert (docs[0].size, docs[0].update_count) == (len(b"STATE") + 2, 1)
+        assert (docs[0].size, docs[0].update_count) == (len(stored.snapshot) + len(update), 1)
 
 
 # Text edits stay ASCII: pycrdt 0.14 measures Text length/indexes in UTF-8 bytes
@@ -261,18 +282,19 @@ async def test_compaction_keeps_content_exactly(
             doc = Doc()
             pending: list[bytes] = []
             sub = doc.observe(lambda event: pending.append(event.update))
-            last_id = 0
+            last: Appended | None = None
             for i, ops in enumerate(transactions):
                 if i == compact_after:
-                    await s.compact(ORG, "rec/1", doc.get_update(), last_id)
+                    await s.compact(ORG, "rec/1", doc.get_update())
                 _run(doc, ops)
                 for update in pending:
-                    last_id = (await s.append(ORG, "rec/1", update, actor="h", at=i)).update_id
+                    last = await s.append(ORG, "rec/1", update, actor="h", at=i)
                 pending.clear()
             if compact_after == len(transactions):
-                await s.compact(ORG, "rec/1", doc.get_update(), last_id)
+                await s.compact(ORG, "rec/1", doc.get_update())
             doc.unobserve(sub)
             await s.flush()
+            last_id = last.durable.result().update_id if last is not None else 0
         async with SQLiteStore(path) as s:
             stored = await s.load(ORG, "rec/1")
         assert stored is not None
@@ -330,14 +352,18 @@ async def test_list_docs_pages_and_prefixes(store: SQLiteStore) -> None:
 
 async def test_list_docs_reports_size_count_and_updated_at(store: SQLiteStore) -> None:
     with anyio.fail_after(TIMEOUT):
-        await store.append(ORG, "d", b"abc", actor="a", at=100)
-        second = await store.append(ORG, "d", b"defg", actor="a", at=250)
-        await second.durable
+        doc = Doc()
+        first, second = yupdate("abc", doc=doc), yupdate("defg", doc=doc)
+        await store.append(ORG, "d", first, actor="a", at=100)
+        await (await store.append(ORG, "d", second, actor="a", at=250)).durable
         (info,), _ = await store.list_docs(ORG)
-        assert (info.name, info.size, info.update_count, info.updated_at) == ("d", 7, 2, 250)
-        await store.compact(ORG, "d", b"0123456789", second.update_id)
+        size = len(first) + len(second)
+        assert (info.name, info.size, info.update_count, info.updated_at) == ("d", size, 2, 250)
+        await store.compact(ORG, "d", doc.get_update())
+        stored = await store.load(ORG, "d")
+        assert stored is not None and stored.snapshot is not None
         (info,), _ = await store.list_docs(ORG)
-        assert (info.size, info.update_count, info.updated_at) == (10, 0, 250)
+        assert (info.size, info.update_count, info.updated_at) == (len(stored.snapshot), 0, 250)
 
 
 # -- frames and mutations --------------------------------------------------------------
@@ -411,10 +437,11 @@ async def test_corrupt_rows_fail_only_their_doc(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     with anyio.fail_after(TIMEOUT):
         async with SQLiteStore(path) as s:
-            bad = await s.append(ORG, "bad-log", b"1", actor="a", at=1)
-            snap = await s.append(ORG, "bad-snap", b"1", actor="a", at=1)
+            bad = await (await s.append(ORG, "bad-log", b"1", actor="a", at=1)).durable
+            snap = Doc()
+            await s.append(ORG, "bad-snap", yupdate("1", doc=snap), actor="a", at=1)
             await s.append(ORG, "good", b"ok", actor="a", at=1)
-            await s.compact(ORG, "bad-snap", b"state", snap.update_id)
+            await s.compact(ORG, "bad-snap", snap.get_update())
             await s.append_frame(ORG, t="t", id="1", op="i", p={}, who=None, at=1, ctx={})
             await s.put_mutation(ORG, "tx", {"ok": True})
             conn = raw(path)
@@ -425,6 +452,11 @@ async def test_corrupt_rows_fail_only_their_doc(tmp_path: Path) -> None:
                 conn.execute("UPDATE mutations SET result = x'00ff'")
             finally:
                 conn.close()
+            with pytest.raises(StoreReadError, match="bad-log"):
+                await s.load(ORG, "bad-log")
+            # A compaction cannot merge the unreadable row: it fails alone, drops nothing.
+            with pytest.raises(StoreReadError, match="bad-log"):
+                await s.compact(ORG, "bad-log", yupdate("x"))
             with pytest.raises(StoreReadError, match="bad-log"):
                 await s.load(ORG, "bad-log")
             with pytest.raises(StoreReadError, match="snapshot of 'bad-snap'"):
@@ -514,10 +546,11 @@ async def test_write_failure_fails_the_batch_then_recovers(
     def disk_freed(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA max_page_count = 1073741823")
 
-    big = bytes(range(256)) * 800  # 200 KiB: needs new pages
+    doc = Doc()
+    small = yupdate("kept", doc=doc)
+    big = yupdate("x" * 200_000, doc=doc)  # 200 KB: needs new pages
     with anyio.fail_after(TIMEOUT):
-        kept = await store.append(ORG, "d", b"kept", actor="a", at=1)
-        await kept.durable
+        kept = await (await store.append(ORG, "d", small, actor="a", at=1)).durable
         await store.run_in_writer(disk_full)
 
         caplog.set_level(logging.ERROR, logger="persistence.sqlite")
@@ -529,20 +562,22 @@ async def test_write_failure_fails_the_batch_then_recovers(
             await store.flush()
         await store.flush()
         with pytest.raises(StoreWriteError, match="full"):
-            await store.compact(ORG, "d", big, kept.update_id)
+            await store.compact(ORG, "d", doc.get_update())
         failures = [r for r in caplog.records if "failed and was rolled back" in r.getMessage()]
         assert len(failures) == 2  # one line per failed batch
-        assert store.failed_batches == 2
+        assert store.stats().failed_batches == 2
+        assert store.health() == "write failing"
 
         await store.run_in_writer(disk_freed)
-        again = await store.append(ORG, "d", big, actor="a", at=3)
-        await again.durable
-        assert again.update_id > lost.update_id
+        again = await (await store.append(ORG, "d", big, actor="a", at=3)).durable
+        # The rolled-back append took no id: the chain goes on from the kept one.
+        assert (again.update_id, again.prev_update_id) == (kept.update_id + 1, kept.update_id)
+        assert store.health() is None
         await store.flush()
         stored = await store.load(ORG, "d")
         assert stored is not None
         assert stored.snapshot is None
-        assert stored.updates == [b"kept", big]
+        assert stored.updates == [small, big]
         assert stored.last_update_id == again.update_id
 
 
@@ -611,22 +646,20 @@ async def test_two_stores_starting_on_one_new_file(tmp_path: Path) -> None:
                 conn.close()
 
 
-async def test_colliding_append_from_a_second_store_fails_instead_of_overwriting(
+async def test_two_stores_appending_to_one_file_share_its_ids_and_prev_chain(
     tmp_path: Path,
 ) -> None:
-    # Documented limitation: one writing store per file. A collision must be loud.
+    # Ids are read inside each writer transaction (BEGIN IMMEDIATE): a second store (a
+    # second process) on the same file continues the sequence, never collides.
     path = tmp_path / "s.db"
     with anyio.fail_after(TIMEOUT):
         async with SQLiteStore(path) as a, SQLiteStore(path) as b:
-            first = await a.append(ORG, "d", b"a", actor="a", at=1)
-            await first.durable
-            clash = await b.append(ORG, "d", b"b", actor="b", at=2)
-            assert clash.update_id == first.update_id
-            with pytest.raises(StoreWriteError, match="UNIQUE"):
-                await clash.durable
-            with pytest.raises(StoreWriteError):
-                await b.flush()
-            retry = await b.append(ORG, "d", b"b", actor="b", at=2)
-            await retry.durable
+            first = await (await a.append(ORG, "d", b"a", actor="a", at=1)).durable
+            second = await (await b.append(ORG, "d", b"b", actor="b", at=2)).durable
+            third = await (await a.append(ORG, "d", b"c", actor="a", at=3)).durable
+            assert [first.update_id, second.update_id, third.update_id] == [1, 2, 3]
+            assert [second.prev_update_id, third.prev_update_id] == [1, 2]
+            await b.flush()
             stored = await a.load(ORG, "d")
-            assert stored is not None and stored.updates == [b"a", b"b"]
+            assert stored is not None and stored.updates == [b"a", b"b", b"c"]
+            assert stored.last_update_id == 3

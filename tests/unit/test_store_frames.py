@@ -1,5 +1,6 @@
 """SQLiteStore's SyncFrame side: frames logged with updates in one transaction, record
-projections, idempotency keys, frame listeners, reads, stale records, schema migration."""
+projections, idempotency keys, commits settled in sid order, reads, stale records, schema
+migration."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pycrdt import Doc, Map
 from sqlite_utils import Database
 
 from persistence import Frame, SQLiteStore, StoreWriteError
-from persistence.schema import MIGRATIONS, SCHEMA_VERSION
+from persistence.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from persistence.store import FrameBatch, FrameDraft
 
 pytestmark = pytest.mark.anyio
@@ -88,7 +89,7 @@ async def test_append_logs_update_frames_record_and_key_in_one_transaction(
 ) -> None:
     with anyio.fail_after(TIMEOUT):
         await store.flush()
-        commits = store.commits
+        commits = store.stats().commits
         batch = FrameBatch(
             (
                 draft("issue", "1", "i", {"title": "Ünï"}, ctx={"client_tx_id": "tx-1"}, at=5),
@@ -99,9 +100,10 @@ async def test_append_logs_update_frames_record_and_key_in_one_transaction(
         appended = await store.append(
             ORG, "issue/1", yupdate("Ünï"), actor="alice", at=5, frames=batch
         )
-        sids = await appended.durable
-        assert store.commits == commits + 1
-        assert store.last_batch_size == 1
+        committed = await appended.durable
+        sids = [f.sid for f in committed.frames]
+        assert store.stats().commits == commits + 1
+        assert store.stats().last_batch_size == 1
         assert len(sids) == 2 and sids[0] < sids[1]
 
         stored = await store.load(ORG, "issue/1")
@@ -112,31 +114,30 @@ async def test_append_logs_update_frames_record_and_key_in_one_transaction(
             Frame(sids[0], ORG, "issue", "1", "i", {"title": "Ünï"}, "alice", 5, tx),
             Frame(sids[1], ORG, "issue", "1", "u", {"n": 2}, "alice", 6, no_tx),
         ]
+        assert committed.frames == page.frames  # what the commit returns is what was stored
         record = await store.get_record(ORG, "issue", "1")
         assert record is not None
         assert record.fields == {"title": "Ünï", "n": 2}
         assert (record.t, record.id, record.sid) == ("issue", "1", sids[1])
-        assert record.update_id == appended.update_id
+        assert record.update_id == committed.update_id
         assert record.updated_at == 6
         assert await store.get_mutation(ORG, "tx-1") == {"ok": True, "id": "1", "sid": sids[1]}
 
 
-async def test_append_without_frames_resolves_to_no_sids(store: SQLiteStore) -> None:
+async def test_append_without_frames_resolves_to_no_frames(store: SQLiteStore) -> None:
     with anyio.fail_after(TIMEOUT):
         plain = await store.append(ORG, "issue/1", yupdate("a"), actor="a", at=1)
-        assert await plain.durable == []
+        assert (await plain.durable).frames == []
         empty = await store.append(
             ORG, "issue/1", yupdate("b"), actor="a", at=2, frames=FrameBatch()
         )
-        assert await empty.durable == []
+        assert (await empty.durable).frames == []
         assert (await store.read_frames(ORG, 0)).frames == []
 
 
-async def test_failed_frame_fails_the_whole_append_and_nothing_is_announced(
+async def test_failed_frame_fails_the_whole_append_and_nothing_is_stored(
     store: SQLiteStore,
 ) -> None:
-    announced: list[list[Frame]] = []
-    store.add_frame_listener(announced.append)
     with anyio.fail_after(TIMEOUT):
         await refuse_frames_of_type_boom(store)
         batch = FrameBatch(
@@ -154,14 +155,14 @@ async def test_failed_frame_fails_the_whole_append_and_nothing_is_announced(
         assert await store.get_mutation(ORG, "tx-boom") is None
         page = await store.read_frames(ORG, 0)
         assert (page.frames, page.oldest, page.newest) == ([], 0, 0)
-        assert announced == []
 
-        # The writer goes on: the next batch commits and is announced.
+        # The writer goes on: the next batch commits; the failed one took no id, no sid.
         ok = await store.append(
             ORG, "ok/1", yupdate("y"), actor="a", at=2, frames=FrameBatch((draft("ok", "1"),))
         )
-        sids = await ok.durable
-        assert [[f.sid for f in frames] for frames in announced] == [sids]
+        committed = await ok.durable
+        assert (committed.update_id, committed.prev_update_id) == (1, 0)
+        assert [f.sid for f in committed.frames] == [1]
 
 
 # -- log_frames ----------------------------------------------------------------------------
@@ -174,7 +175,8 @@ async def test_log_frames_is_synchronous_and_sids_follow_call_order(store: SQLit
         only_key = store.log_frames(ORG, FrameBatch(mutation=("tx-0", {"ok": True})))
         assert isinstance(first, asyncio.Future) and not inspect.iscoroutine(first)
         assert not first.done()  # queued, not committed
-        first_sids, second_sids = await first, await second
+        first_sids = [f.sid for f in await first]
+        second_sids = [f.sid for f in await second]
         assert await only_key == []
         assert first_sids[0] < first_sids[1] < second_sids[0]
         frames = (await store.read_frames(ORG, 0)).frames
@@ -220,20 +222,20 @@ async def test_log_frames_deletes_the_doc_in_the_same_transaction(store: SQLiteS
             ORG, "issue/1", yupdate("a"), actor="a", at=1,
             frames=FrameBatch((draft("issue", "1", "i"),)),
         )  # fmt: skip
-        inserted = await created.durable
+        inserted = [f.sid for f in (await created.durable).frames]
         kept = await store.append(
             ORG, "issue/2", yupdate("b"), actor="a", at=1,
             frames=FrameBatch((draft("issue", "2", "i"),)),
         )  # fmt: skip
         await kept.durable
-        await store.compact(ORG, "issue/1", yupdate("a"), created.update_id)
+        await store.compact(ORG, "issue/1", yupdate("a"))
 
         gone = store.log_frames(
             ORG,
             FrameBatch((draft("issue", "1", "d", {}),), mutation=("tx-d", {"ok": True})),
             delete="issue/1",
         )
-        deleted = await gone
+        deleted = [f.sid for f in await gone]
         assert deleted[0] > inserted[0]
         assert await store.load(ORG, "issue/1") is None
         assert await store.get_record(ORG, "issue", "1") is None
@@ -258,51 +260,54 @@ async def test_delete_is_rolled_back_with_a_failed_frame(store: SQLiteStore) -> 
         assert stored is not None and stored.updates == [yupdate("x")]
 
 
-# -- the frame listener ------------------------------------------------------------------
+# -- commits in queue order -------------------------------------------------------------
 
 
-async def test_frame_listener_gets_committed_frames_in_sid_order_before_writers_resume(
-    store: SQLiteStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    calls: list[tuple[list[int], list[bool]]] = []
-    waits: list[asyncio.Future[list[int]]] = []
+async def test_commits_complete_in_queue_order_with_their_frames(store: SQLiteStore) -> None:
+    # Whoever publishes committed frames does it from done-callbacks added at queue time:
+    # they run in queue order, so each org's frames come in sid order, before the
+    # awaiting writers resume.
+    seen: list[tuple[str, list[tuple[str, int]]]] = []
 
-    def broken(frames: list[Frame]) -> None:
-        raise RuntimeError("a subscriber's bug")
+    def record(what: str, frames_of: Any) -> Any:
+        def done(commit: asyncio.Future[Any]) -> None:
+            frames = frames_of(commit.result())
+            seen.append((what, [(f.org, f.sid) for f in frames]))
 
-    def listener(frames: list[Frame]) -> None:
-        assert all(f.org in (ORG, "acme") for f in frames)
-        calls.append(([(f.org, f.sid) for f in frames], [w.done() for w in waits]))
+        return done
 
-    store.add_frame_listener(broken)  # must not keep the others or the writers waiting
-    store.add_frame_listener(listener)
     with anyio.fail_after(TIMEOUT):
         appended = await store.append(
             ORG, "a/1", yupdate("x"), actor="a", at=1,
             frames=FrameBatch((draft("a", "1", "i"), draft("a", "1", "u"))),
         )  # fmt: skip
-        waits.append(appended.durable)  # type: ignore[arg-type]
-        waits.append(store.log_frames("acme", FrameBatch((draft("b", "1", "i"),))))
-        waits.append(store.log_frames(ORG, FrameBatch(mutation=("tx", {"ok": True}))))
-        waits.append(store.log_frames(ORG, FrameBatch((draft("c", "1", "i"),))))
-        results = [await w for w in waits]
-    assert "frame listener failed" in caplog.text
-    orgs = [ORG, "acme", ORG, ORG]
-    everything = [(org, sid) for org, sids in zip(orgs, results, strict=True) for sid in sids]
+        appended.durable.add_done_callback(record("append", lambda c: c.frames))
+        commits: list[asyncio.Future[Any]] = [appended.durable]
+        for what, org, batch in (
+            ("acme", "acme", FrameBatch((draft("b", "1", "i"),))),
+            ("key", ORG, FrameBatch(mutation=("tx", {"ok": True}))),
+            ("last", ORG, FrameBatch((draft("c", "1", "i"),))),
+        ):
+            commit = store.log_frames(org, batch)
+            commit.add_done_callback(record(what, lambda frames: frames))
+            commits.append(commit)
+        for i, commit in enumerate(commits):
+            await commit
+            assert len(seen) > i  # its callback (and those before it) ran before this
     # Sids are per org: each org's are 1, 2, 3, ... in commit order.
-    assert everything == [(ORG, 1), (ORG, 2), ("acme", 1), (ORG, 3)]
-    assert [key for keys, _ in calls for key in keys] == everything
-    for keys, done in calls:
-        for org, result, was_done in zip(orgs, results, done, strict=True):
-            if {(org, sid) for sid in result} & set(keys):
-                assert not was_done, "a writer resumed before its frames were announced"
+    assert seen == [
+        ("append", [(ORG, 1), (ORG, 2)]),
+        ("acme", [("acme", 1)]),
+        ("key", []),
+        ("last", [(ORG, 3)]),
+    ]
 
 
 # -- reads -------------------------------------------------------------------------------
 
 
 async def _log(store: SQLiteStore, *drafts: FrameDraft, org: str = ORG) -> list[int]:
-    return await store.log_frames(org, FrameBatch(drafts))
+    return [f.sid for f in await store.log_frames(org, FrameBatch(drafts))]
 
 
 async def test_read_frames_pages_with_the_tenants_bounds_then_trim(store: SQLiteStore) -> None:
@@ -401,18 +406,19 @@ async def test_get_record_and_list_records_in_t_id_order(store: SQLiteStore) -> 
 async def test_record_update_id_never_goes_back(store: SQLiteStore) -> None:
     with anyio.fail_after(TIMEOUT):
         await _log(store, draft("issue", "1", "i", update_id=10))
-        await _log(store, draft("issue", "1", "u", update_id=4))
-        await _log(store, draft("issue", "1", "u"))  # covers no update of its own
+        assert await _log(store, draft("issue", "1", "u", update_id=4)) == []  # stale
+        # Covers the doc's newest update (there is none: 0), below what is stored.
+        assert len(await _log(store, draft("issue", "1", "u", {"n": 1}))) == 1
         record = await store.get_record(ORG, "issue", "1")
         assert record is not None and record.update_id == 10
+        assert record.fields == {"n": 1}
 
 
 async def test_stale_records(store: SQLiteStore) -> None:
     async def append(name: str, *drafts: FrameDraft, org: str = ORG) -> int:
         frames = FrameBatch(drafts) if drafts else None
         appended = await store.append(org, name, yupdate(name), actor="a", at=1, frames=frames)
-        await appended.durable
-        return appended.update_id
+        return (await appended.durable).update_id
 
     with anyio.fail_after(TIMEOUT):
         await append("issue/fresh", draft("issue", "fresh", "i"))
@@ -420,7 +426,8 @@ async def test_stale_records(store: SQLiteStore) -> None:
         await append("issue/behind", draft("issue", "behind", "i"))
         behind = await append("issue/behind")  # a change whose frame was lost
         compacted = await append("issue/compacted", draft("issue", "compacted", "i"))
-        await store.compact(ORG, "issue/compacted", yupdate("c"), compacted)
+        await store.compact(ORG, "issue/compacted", yupdate("c"))
+        assert (await store.load(ORG, "issue/compacted")).last_update_id == compacted  # type: ignore[union-attr]
         nested = await append("issue/a/b")  # t = "issue", id = "a/b"
         await append("team/x", draft("team", "x", "i"), org="acme")
         await append("team/y", org="acme")
@@ -446,13 +453,14 @@ async def test_stale_records(store: SQLiteStore) -> None:
 
 async def test_mutation_result_is_stored_with_its_sid_and_first_wins(store: SQLiteStore) -> None:
     with anyio.fail_after(TIMEOUT):
-        sids = await store.log_frames(
+        frames = await store.log_frames(
             ORG,
             FrameBatch(
                 (draft("issue", "1", "i"), draft("issue", "2", "i")),
                 mutation=("tx-1", {"ok": True, "ids": ["1", "2"], "note": "ünï"}),
             ),
         )
+        sids = [f.sid for f in frames]
         expected = {"ok": True, "ids": ["1", "2"], "note": "ünï", "sid": sids[-1]}
         assert await store.get_mutation(ORG, "tx-1") == expected
         await store.log_frames(
@@ -498,7 +506,7 @@ def make_v1_database(path: Path) -> None:
 async def test_version_1_database_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     make_v1_database(path)
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     with anyio.fail_after(TIMEOUT):
         async with SQLiteStore(path) as s:
             stored = await s.load(ORG, "issue/1")
@@ -513,16 +521,19 @@ async def test_version_1_database_is_migrated_and_keeps_its_data(tmp_path: Path)
                 ORG, "issue/1", yupdate("new"), actor="a", at=3,
                 frames=FrameBatch((draft("issue", "1", "u"),), mutation=("tx-new", {"ok": 1})),
             )  # fmt: skip
-            assert appended.update_id == 8
-            sids = await appended.durable
+            committed = await appended.durable
+            assert (committed.update_id, committed.prev_update_id) == (8, 7)
+            sids = [f.sid for f in committed.frames]
             assert sids[0] > old[0].sid
             assert await s.get_mutation(ORG, "tx-new") == {"ok": 1, "sid": sids[0]}
             assert await s.stale_records() == []
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        assert {"records", "frame_seq", "idx_frames_record"} <= tables
+        assert {"records", "frame_seq", "idx_frames_record", "deleted_docs"} <= tables
+        # The doc's newest update id, kept for its prev chain.
+        assert conn.execute("SELECT last_update_id FROM documents").fetchall() == [(8,)]
         columns = [row[1] for row in conn.execute("PRAGMA table_info(mutations)")]
         assert "sid" in columns
     finally:

@@ -16,17 +16,22 @@ from pathlib import Path
 
 import anyio
 import pytest
+from pycrdt import merge_updates
 from sqlite_utils import Database
 
 from persistence import SQLiteStore, StoreWriteError
-from persistence.schema import MIGRATIONS
-from persistence.store import FrameBatch
+from persistence.sqlite.schema import MIGRATIONS
+from persistence.store import Frame, FrameBatch
 from tests.unit.test_store_frames import draft, refuse_frames_of_type_boom, yupdate
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 10
 A, B = "acme", "globex"
+
+
+def sids(frames: list[Frame]) -> list[int]:
+    return [f.sid for f in frames]
 
 
 @pytest.fixture
@@ -60,13 +65,16 @@ async def two_tenants(store: SQLiteStore) -> dict[str, Tenant]:
             appended = await store.append(
                 org, "issue/1", yupdate(title), actor=f"{org}-alice", at=round_, frames=frames
             )
-            tenant.sids += await appended.durable
-            tenant.update_ids.append(appended.update_id)
+            committed = await appended.durable
+            tenant.sids += sids(committed.frames)
+            tenant.update_ids.append(committed.update_id)
             plain = await store.append(org, "notes", yupdate(title), actor="x", at=round_)
             await plain.durable
             if org == B:  # B is busier: A's sids must not show it
-                tenant.sids += await store.log_frames(
-                    org, FrameBatch((draft("issue", "2", "i" if round_ == 0 else "u"),))
+                tenant.sids += sids(
+                    await store.log_frames(
+                        org, FrameBatch((draft("issue", "2", "i" if round_ == 0 else "u"),))
+                    )
                 )
                 tenant.sids.append(
                     await store.append_frame(
@@ -102,7 +110,7 @@ async def test_frames_of_one_org_queued_together_get_consecutive_sids(
             store.log_frames(org, FrameBatch((draft("t", str(i), "i"), draft("t", str(i)))))
             for i, org in enumerate([A, B, A, A, B])
         ]
-        results = [await w for w in waits]
+        results = [sids(await w) for w in waits]
         assert results == [[1, 2], [1, 2], [3, 4], [5, 6], [3, 4]]
 
 
@@ -116,21 +124,21 @@ async def test_sids_are_never_reused_after_trims_deletes_and_restarts(tmp_path: 
             deleted = await store.log_frames(
                 A, FrameBatch((draft("issue", "1", "d"),)), delete="issue/1"
             )
-            assert deleted == [4]
+            assert sids(deleted) == [4]
             assert await store.trim_frames(A, 0) == 1
         async with SQLiteStore(path) as store:
-            assert await store.log_frames(A, FrameBatch((draft("issue", "1", "i"),))) == [5]
-            assert await store.log_frames(B, FrameBatch((draft("issue", "1", "u"),))) == [10]
+            assert sids(await store.log_frames(A, FrameBatch((draft("issue", "1", "i"),)))) == [5]
+            assert sids(await store.log_frames(B, FrameBatch((draft("issue", "1", "u"),)))) == [10]
 
 
 async def test_a_rolled_back_batch_leaves_the_sequence_as_it_was(store: SQLiteStore) -> None:
     with anyio.fail_after(TIMEOUT):
         await refuse_frames_of_type_boom(store)
-        assert await store.log_frames(A, FrameBatch((draft("ok", "1", "i"),))) == [1]
+        assert sids(await store.log_frames(A, FrameBatch((draft("ok", "1", "i"),)))) == [1]
         with pytest.raises(StoreWriteError, match="boom"):
             await store.log_frames(A, FrameBatch((draft("ok", "2", "i"), draft("boom", "1", "i"))))
         # Nobody saw sids 2 and 3: the next frame is 2, and A's log has no gap.
-        assert await store.log_frames(A, FrameBatch((draft("ok", "3", "i"),))) == [2]
+        assert sids(await store.log_frames(A, FrameBatch((draft("ok", "3", "i"),)))) == [2]
         assert [f.sid for f in await store.frames_since(A, 0)] == [1, 2]
 
 
@@ -138,10 +146,10 @@ async def test_two_stores_on_one_file_continue_each_orgs_sequence(tmp_path: Path
     path = tmp_path / "store.db"
     with anyio.fail_after(TIMEOUT):
         async with SQLiteStore(path) as one, SQLiteStore(path) as two:
-            assert await one.log_frames(A, FrameBatch((draft("t", "1", "i"),))) == [1]
-            assert await two.log_frames(A, FrameBatch((draft("t", "2", "i"),))) == [2]
-            assert await two.log_frames(B, FrameBatch((draft("t", "1", "i"),))) == [1]
-            assert await one.log_frames(A, FrameBatch((draft("t", "3", "i"),))) == [3]
+            assert sids(await one.log_frames(A, FrameBatch((draft("t", "1", "i"),)))) == [1]
+            assert sids(await two.log_frames(A, FrameBatch((draft("t", "2", "i"),)))) == [2]
+            assert sids(await two.log_frames(B, FrameBatch((draft("t", "1", "i"),)))) == [1]
+            assert sids(await one.log_frames(A, FrameBatch((draft("t", "3", "i"),)))) == [3]
             assert [f.sid for f in await two.frames_since(A, 0)] == [1, 2, 3]
 
 
@@ -194,10 +202,15 @@ async def test_delete_deletes_only_the_orgs_doc(store: SQLiteStore) -> None:
 async def test_compact_compacts_only_the_orgs_doc(store: SQLiteStore) -> None:
     with anyio.fail_after(TIMEOUT):
         tenants = await two_tenants(store)
-        # An update id of B's, the newest of all: A's compaction must not touch B's log.
-        await store.compact(A, "issue/1", yupdate("acme state"), tenants[B].update_ids[-1])
+        before = await store.load(A, "issue/1")
+        assert before is not None
+        # B's log of the same doc name is newer: A's compaction must not touch it.
+        assert tenants[B].update_ids[-1] > tenants[A].update_ids[-1]
+        await store.compact(A, "issue/1", yupdate("acme state"))
         a = await store.load(A, "issue/1")
-        assert a is not None and (a.snapshot, a.updates) == (yupdate("acme state"), [])
+        assert a is not None and a.updates == []
+        # A's log rows, merged into A's snapshot: nothing of B's.
+        assert a.snapshot == merge_updates(yupdate("acme state"), *before.updates)
         b = await store.load(B, "issue/1")
         assert b is not None and b.snapshot is None and len(b.updates) == 3
 
@@ -356,9 +369,9 @@ async def test_version_2_frames_keep_their_sids_and_each_org_continues_after_its
     old = make_v2_database(path)
     with anyio.fail_after(TIMEOUT):
         async with SQLiteStore(path) as store:
-            for org, sids in old.items():
+            for org, retained in old.items():
                 page = await store.read_frames(org, 0)
-                assert [f.sid for f in page.frames] == sids
+                assert [f.sid for f in page.frames] == retained
                 assert all(f.p["title"].startswith(f"{org} ") for f in page.frames)
                 assert all(f.who == f"{org}-alice" for f in page.frames)
             assert (await store.read_frames(A, 0)).oldest == 2
@@ -368,11 +381,13 @@ async def test_version_2_frames_keep_their_sids_and_each_org_continues_after_its
 
             # New frames continue after the newest sid each org had: A after 7, B
             # after 8, C after its record's 6 (its frames were all trimmed).
-            assert await store.log_frames(A, FrameBatch((draft("issue", "1", "u"),))) == [8]
-            assert await store.log_frames(B, FrameBatch((draft("issue", "1", "u"),))) == [9]
-            assert await store.log_frames("c", FrameBatch((draft("issue", "1", "u"),))) == [7]
-            assert await store.log_frames(A, FrameBatch((draft("issue", "3", "i"),))) == [9]
-            assert await store.log_frames("new", FrameBatch((draft("issue", "1", "i"),))) == [1]
+            assert sids(await store.log_frames(A, FrameBatch((draft("issue", "1", "u"),)))) == [8]
+            assert sids(await store.log_frames(B, FrameBatch((draft("issue", "1", "u"),)))) == [9]
+            assert sids(await store.log_frames("c", FrameBatch((draft("issue", "1", "u"),)))) == [7]
+            assert sids(await store.log_frames(A, FrameBatch((draft("issue", "3", "i"),)))) == [9]
+            assert sids(await store.log_frames("new", FrameBatch((draft("issue", "1", "i"),)))) == [
+                1
+            ]
 
             # Catch-up over the boundary, as the delta endpoint pages (limit 1): every
             # frame once, in order, from the old sids straight into the new ones.
@@ -390,10 +405,10 @@ async def test_version_2_frames_keep_their_sids_and_each_org_continues_after_its
             writers = await store.record_writers(A, "issue", "1", 3, ["title"], exclude=("x", None))
             assert writers == [("title", "alice", 8)]
         async with SQLiteStore(path) as store:  # reopened: no second migration
-            assert await store.log_frames(A, FrameBatch((draft("issue", "1", "u"),))) == [10]
+            assert sids(await store.log_frames(A, FrameBatch((draft("issue", "1", "u"),)))) == [10]
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
         assert dict(conn.execute("SELECT org, last_sid FROM frame_seq")) == {
             A: 10,
             B: 9,

@@ -9,7 +9,8 @@ import threading
 import anyio
 import pytest
 
-from persistence.sqlite import OP_OVERHEAD, SQLiteStore
+from persistence.sqlite import SQLiteStore
+from persistence.sqlite.writer import OP_OVERHEAD
 from persistence.store import FrameBatch, FrameDraft
 
 pytestmark = pytest.mark.anyio
@@ -45,20 +46,22 @@ async def test_appends_wait_for_room_instead_of_growing_the_queue(tmp_path) -> N
             async with anyio.create_task_group() as tg:
                 await held_writer(store, release, tg)
                 returned: list[int] = []
+                ids: dict[int, int] = {}
 
                 async def writer(i: int) -> None:
                     appended = await store.append(ORG, "doc", b"x" * 1000, actor="a", at=i)
-                    returned.append(appended.update_id)
-                    await appended.durable
+                    returned.append(i)
+                    ids[i] = (await appended.durable).update_id
 
                 for i in range(100):
                     tg.start_soon(writer, i)
-                await until(lambda: store.queued >= 100)  # every writer has its place
-                assert store.queued_bytes <= bound + OP_OVERHEAD
+                await until(lambda: store.stats().queued >= 100)  # every writer has its place
+                assert store.stats().queued_bytes <= bound + OP_OVERHEAD
                 assert len(returned) < 25, "writers past the bound must wait"
                 release.set()
-        assert len(returned) == 100 and returned == sorted(returned), "admitted in call order"
-        assert store.queued_bytes == 0 and store.queued == 0
+        assert returned == list(range(100)), "admitted in call order"
+        assert [ids[i] for i in range(100)] == list(range(1, 101)), "committed in call order"
+        assert store.stats().queued_bytes == 0 and store.stats().queued == 0
         stored = await store.load(ORG, "doc")
         assert stored is not None and len(stored.updates) == 100
 
@@ -86,18 +89,17 @@ async def test_frames_logged_behind_waiting_writes_keep_the_call_order(tmp_path)
                         at=i,
                         ctx={},
                         record={"i": i},
-                        update_id=1,
                     )
                     await store.log_frames(ORG, FrameBatch((draft,), None))
                     order.append(f"f{i}")
 
-                queued = store.queued
+                queued = store.stats().queued
                 for i in range(3):  # each takes its place in line before the next starts
                     tg.start_soon(append, i)
                     queued += 1
-                    await until(lambda n=queued: store.queued == n)
+                    await until(lambda n=queued: store.stats().queued == n)
                     tg.start_soon(frames, i)
                     queued += 1
-                    await until(lambda n=queued: store.queued == n)
+                    await until(lambda n=queued: store.stats().queued == n)
                 release.set()
         assert order == ["u0", "f0", "u1", "f1", "u2", "f2"]

@@ -1,7 +1,13 @@
-"""The read side of the SQLite store: queries run on read-only connections.
+"""The read side of the SQLite store: a pool of read-only connections and the queries.
 
-Each function takes a ``sqlite3.Connection`` and runs in a worker thread (see
-:class:`persistence.sqlite.SQLiteStore`); none of them writes.
+Reads run in anyio worker threads on a small pool of read-only connections
+(:class:`ReaderPool`; ``check_same_thread=False``: a connection is used by one thread
+at a time, it is taken from and returned to the pool under a lock). WAL lets them run
+while the writer commits; each read starts a new read transaction, so it sees every
+commit that finished before it began, in particular every write whose awaitable
+completed.
+
+Each query function takes a ``sqlite3.Connection``; none of them writes.
 """
 
 from __future__ import annotations
@@ -9,50 +15,182 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import sqlite3
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from persistence import values
-from persistence.store import DocInfo, Frame, FramePage, RecordRow, StoredDoc, StoreReadError
+from persistence.store import (
+    DocInfo,
+    DocTail,
+    Frame,
+    FramePage,
+    RecordRow,
+    StoreClosedError,
+    StoredDoc,
+    StoreReadError,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ReaderPool:
+    """Read-only connections to one file, reused by the worker threads that read.
+
+    Args:
+        path: The database file.
+        busy_timeout_ms: How long a connection waits for SQLite's locks.
+    """
+
+    def __init__(self, path: str, *, busy_timeout_ms: int) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+
+    def run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """Run ``fn(connection, *args)`` on a pooled connection (in a worker thread).
+
+        Raises:
+            StoreReadError: SQLite failed.
+            StoreClosedError: the pool is closed.
+        """
+        conn = self._acquire()
+        reusable = True
+        try:
+            return fn(conn, *args)
+        except sqlite3.Error as exc:
+            raise StoreReadError(f"cannot read {self._path}: {exc}") from exc
+        finally:
+            if conn.in_transaction:
+                # A connection left inside a read transaction would keep serving an
+                # old snapshot of the database: never return one to the pool.
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:
+                    logger.warning("dropping read connection to %s: %s", self._path, exc)
+                    reusable = False
+            self._release(conn, reusable)
+
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when they come back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _acquire(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError(f"SQLiteStore({self._path!r}) is closed")
+            if self._idle:
+                return self._idle.pop()
+        try:
+            conn = sqlite3.connect(
+                self._path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self._busy_timeout_ms / 1000,
+            )
+        except sqlite3.Error as exc:
+            raise StoreReadError(f"cannot open {self._path} for reading: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            conn.execute("PRAGMA query_only = ON")  # reads only: every write is the writer's
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreReadError(f"cannot open {self._path} for reading: {exc}") from exc
+        return conn
+
+    def _release(self, conn: sqlite3.Connection, reusable: bool) -> None:
+        with self._lock:
+            if reusable and not self._closed:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+
+# -- queries -----------------------------------------------------------------------------
 
 
 def load_doc(conn: sqlite3.Connection, org: str, name: str) -> StoredDoc | None:
     # One read transaction: a compaction committed between the snapshot and the log
     # queries would otherwise make us miss the updates it folded in.
     conn.execute("BEGIN")
-    key = (org, name)
-    if conn.execute("SELECT 1 FROM documents WHERE org = ? AND name = ?", key).fetchone() is None:
+    try:
+        found = _doc_rows(conn, org, name, 0)
+    finally:
+        conn.execute("COMMIT")
+    if found is None:
         return None
+    snapshot, rows, last = found
+    return StoredDoc(snapshot=snapshot, updates=[data for _, data in rows], last_update_id=last)
+
+
+def updates_since(conn: sqlite3.Connection, org: str, name: str, since: int) -> DocTail:
+    conn.execute("BEGIN")
+    try:
+        found = _doc_rows(conn, org, name, since)
+    finally:
+        conn.execute("COMMIT")
+    if found is None:
+        return DocTail(snapshot=None, updates=[], last_update_id=0)
+    snapshot, rows, last = found
+    return DocTail(snapshot=snapshot, updates=rows, last_update_id=last)
+
+
+def _doc_rows(
+    conn: sqlite3.Connection, org: str, name: str, since: int
+) -> tuple[bytes | None, list[tuple[int, bytes]], int] | None:
+    """``(snapshot, log rows, newest update id)`` of a doc for a replica holding every
+    update up to ``since``: the snapshot (``None`` unless it folded updates after
+    ``since``) and the log rows after it, or after ``since``. ``None``: no such doc.
+    Inside the caller's read transaction."""
+    key = (org, name)
+    doc = conn.execute(
+        "SELECT last_update_id FROM documents WHERE org = ? AND name = ?", key
+    ).fetchone()
+    if doc is None:
+        return None
+    last = doc[0]
+    if not isinstance(last, int):
+        raise StoreReadError(f"doc {name!r} (org {org!r}) has a bad last_update_id")
     snap = conn.execute(
         "SELECT data, upto_update_id FROM snapshots WHERE org = ? AND name = ?", key
     ).fetchone()
     snapshot: bytes | None = None
-    upto = 0
+    after = since
     if snap is not None:
-        snapshot, upto = snap
-        if not isinstance(snapshot, bytes):
-            raise StoreReadError(
-                f"snapshot of {name!r} (org {org!r}) is unreadable: "
-                f"data is {type(snapshot).__name__}, not bytes"
-            )
+        data, upto = snap
         if not isinstance(upto, int):
             raise StoreReadError(f"snapshot of {name!r} (org {org!r}) has a bad upto_update_id")
+        if since == 0 or upto > since:
+            # The log before ``upto`` is gone: the replica needs the snapshot.
+            if not isinstance(data, bytes):
+                raise StoreReadError(
+                    f"snapshot of {name!r} (org {org!r}) is unreadable: "
+                    f"data is {type(data).__name__}, not bytes"
+                )
+            snapshot = data
+            after = max(since, upto)
     rows = conn.execute(
         "SELECT id, data FROM updates WHERE org = ? AND name = ? AND id > ? ORDER BY id",
-        (org, name, upto),
+        (org, name, after),
     ).fetchall()
-    conn.execute("COMMIT")
-    updates: list[bytes] = []
     for update_id, data in rows:
         if not isinstance(data, bytes):
             raise StoreReadError(
                 f"update {update_id} of {name!r} (org {org!r}) is unreadable: "
                 f"data is {type(data).__name__}, not bytes"
             )
-        updates.append(data)
-    last = max(upto, rows[-1][0]) if rows else upto
-    return StoredDoc(snapshot=snapshot, updates=updates, last_update_id=last)
+    return snapshot, [(int(i), d) for i, d in rows], last
 
 
 def has_doc(conn: sqlite3.Connection, org: str, name: str) -> bool:
@@ -245,10 +383,7 @@ def stale_records(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]
         "  AND r.t = substr(d.name, 1, instr(d.name, '/') - 1)"
         "  AND r.id = substr(d.name, instr(d.name, '/') + 1)"
         " WHERE instr(d.name, '/') > 1 AND length(d.name) > instr(d.name, '/')"
-        " AND coalesce(r.update_id, -1) < max("
-        "  coalesce((SELECT max(u.id) FROM updates u WHERE u.org = d.org AND u.name = d.name), 0),"
-        "  coalesce((SELECT s.upto_update_id FROM snapshots s"
-        "            WHERE s.org = d.org AND s.name = d.name), 0))"
+        " AND coalesce(r.update_id, -1) < d.last_update_id"
         " LIMIT ?",
         (limit,),
     ).fetchall()

@@ -132,7 +132,7 @@ def _v3(db: Database) -> None:
     saw its sids jump by what other tenants wrote. ``frames`` is rebuilt keyed by
     ``(org, sid)`` (SQLite's implicit rowid stays internal) and ``frame_seq`` holds
     each org's last assigned sid, advanced by the writer in the transaction that logs
-    the frames (see :mod:`persistence.sqlite_frames`), so sids are never reused even
+    the frames (see :mod:`persistence.sqlite.write_sql`), so sids are never reused even
     after every frame of an org is trimmed.
 
     Existing frames keep their sids (within one org they are already strictly
@@ -182,12 +182,40 @@ def _v3(db: Database) -> None:
     db.execute("CREATE INDEX idx_frames_record ON frames (org, t, id, sid)")
 
 
+def _v4(db: Database) -> None:
+    """Update ids assigned at commit (store contract v2).
+
+    ``documents.last_update_id`` is the doc's newest update id: the writer reads it in
+    the transaction that appends the next update (that update's ``prev_update_id``) and
+    advances it there. It survives compaction (which drops the log rows), so the prev
+    chain of a doc never breaks. Existing docs start at their newest update id: the
+    newest log row, else the snapshot's.
+
+    ``deleted_docs`` remembers the docs deleted (a tombstone each), so that a
+    compaction arriving after the delete (another writer still holding the doc) does
+    not bring the doc back; an append re-creates the doc and clears its tombstone.
+    """
+    db.execute("ALTER TABLE documents ADD COLUMN last_update_id INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "UPDATE documents SET last_update_id = max("
+        " coalesce((SELECT max(u.id) FROM updates u"
+        "           WHERE u.org = documents.org AND u.name = documents.name), 0),"
+        " coalesce((SELECT s.upto_update_id FROM snapshots s"
+        "           WHERE s.org = documents.org AND s.name = documents.name), 0))"
+    )
+    db.execute(
+        "CREATE TABLE deleted_docs (org TEXT NOT NULL, name TEXT NOT NULL, at INTEGER NOT NULL,"
+        " PRIMARY KEY (org, name)) WITHOUT ROWID"
+    )
+
+
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = frozenset(
     {
         "documents",
+        "deleted_docs",
         "updates",
         "snapshots",
         "frames",
