@@ -23,6 +23,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from persistence.store import Store, StoreError
+from rooms.broadcaster import Broadcaster
 from rooms.close_codes import CloseCode
 from rooms.feed_hub import FeedHub
 from rooms.frame_bus import FrameBus, LocalFrameBus
@@ -35,6 +36,7 @@ from .asgi import route_path
 from .auth.authenticator import Authenticator
 from .auth.sessions import Sessions
 from .browser_guard import BrowserGuard
+from .cluster import Buses, node_id_of, open_buses, open_store
 from .docs_api import DocsApi
 from .errors import json_error
 from .frame_feed import RecordFeed
@@ -96,9 +98,14 @@ class Runtime:
         self.shutting_down = False
         self.started = anyio.Event()
         self.hub = FeedHub()
-        #: Where committed frames go, on their way to the hub (and other nodes').
+        #: This node's id in the cluster (logs, metrics, Redis lease).
+        self.node_id = node_id_of(settings)
+        #: Where committed frames go, on their way to the hub (and other nodes'); set
+        #: by :meth:`running` (on Redis it reads gaps from the store).
         self.frame_bus: FrameBus = LocalFrameBus()
-        self.frame_bus.subscribe(self.hub.publish)
+        #: The bus to other nodes (``None``: this node is alone).
+        self.broadcaster: Broadcaster | None = None
+        self.buses: Buses | None = None
         self.throttle = ReadThrottle(settings.delta_min_interval_ms, settings.delta_max_concurrency)
         self._feed: RecordFeed | None = None
         self._presence: Presence | None = None
@@ -125,21 +132,21 @@ class Runtime:
         return self._manager
 
     def open_store(self) -> Store:
-        from persistence.sqlite import SQLiteStore
-
-        return SQLiteStore(
-            self.settings.db,
-            commit_interval_ms=self.settings.commit_interval_ms,
-            max_queued_bytes=self.settings.max_queued_write_bytes,
-        )
+        return open_store(self.settings)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runtime]:
         settings = self.settings
         store = self.open_store()
         await store.start()
+        buses = self.buses = open_buses(settings, store, self.node_id)
+        self.frame_bus = buses.frames
+        self.broadcaster = buses.rooms
+        self.frame_bus.subscribe(self.hub.publish)
+        if buses.rooms is not None:
+            log.info("node %s: several nodes, on Redis and the shared store", self.node_id)
         try:
-            await self.frame_bus.start()
+            await buses.start()
             self.store = store
             room_settings = RoomSettings(
                 idle_seconds=settings.room_idle_seconds,
@@ -160,7 +167,11 @@ class Runtime:
                 retention=settings.frame_retention,
             )
             async with RoomManager(
-                store, room_settings, listener=feed, supervisor=self.supervisor
+                store,
+                room_settings,
+                listener=feed,
+                supervisor=self.supervisor,
+                broadcaster=buses.rooms,
             ) as manager:
                 self._manager = manager
                 self._feed = feed
@@ -177,7 +188,7 @@ class Runtime:
                 try:
                     await store.close()  # the frames of its last commits are published
                 finally:
-                    await self.frame_bus.close()
+                    await buses.close()
                     await self.auth.aclose()
 
     async def problems(self) -> dict[str, str]:
@@ -205,12 +216,20 @@ class Runtime:
                     problem = "write probe timed out" if scope.cancelled_caught else store.health()
         if problem is not None:
             found["store"] = problem
-        bus_problem = self.frame_bus.health()
-        if bus_problem is not None:
+        if self.broadcaster is None and (bus_problem := self.frame_bus.health()) is not None:
             found["frame bus"] = bus_problem
+        # A Redis outage is reported (redis_status) but is not a problem that takes the
+        # node out of service: its clients keep working, and every node would be
+        # taken out at once.
         for name, why in self.supervisor.problems().items():
             found[f"task {name}"] = why
         return found
+
+    def redis_status(self) -> str:
+        """``off`` (one node), ``ok``, or why the buses to other nodes are down."""
+        if self.buses is None or self.buses.rooms is None:
+            return "off"
+        return self.buses.health() or "ok"
 
     async def shutdown(self) -> None:
         """Close every WebSocket with 1001 and persist every room (idempotent)."""
@@ -265,6 +284,9 @@ def create_app(
         manager = runtime._manager
         body: dict[str, Any] = {
             "status": status,
+            "node": runtime.node_id,
+            "store": problems.get("store", "ok") if status != "starting" else "starting",
+            "redis": runtime.redis_status(),
             "rooms": len(manager.rooms) if manager is not None else 0,
             "connections": manager.connection_count if manager is not None else 0,
             "frame_subscribers": len(runtime.hub),

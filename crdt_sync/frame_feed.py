@@ -36,7 +36,16 @@ from typing import Any
 import anyio
 
 from persistence import values
-from persistence.store import Commit, Committed, Frame, FrameBatch, FrameDraft, Store, StoreError
+from persistence.store import (
+    Commit,
+    Committed,
+    Frame,
+    FrameBatch,
+    FrameDraft,
+    MutationReplayed,
+    Store,
+    StoreError,
+)
 from rooms.frame_bus import FrameBus
 from rooms.limits import LimitExceeded
 from rooms.manager import RoomManager, ShuttingDown
@@ -311,6 +320,8 @@ class RecordFeed:
             exc = fut.exception()
             if exc is None:
                 return
+            if isinstance(exc, MutationReplayed):
+                log.info("mutation %r was applied by another node first", exc.client_tx_id)
             # The baselines moved on without their frames: read them again from the
             # store, so the next change (or reload) frames the difference.
             log.error("frames of %d records not stored: %s", len(names), exc)
@@ -813,7 +824,12 @@ class _Started:
                 raise first
             return {**first, "replayed": True}
         if self._commit is not None:
-            outcome = await self._commit
+            try:
+                outcome = await self._commit
+            except MutationReplayed as exc:  # another node stored the key first
+                return {**exc.result, "replayed": True}
+            if isinstance(outcome, Committed) and outcome.replayed is not None:
+                return {**outcome.replayed, "replayed": True}
             frames = outcome.frames if isinstance(outcome, Committed) else outcome
             self.result["sid"] = frames[-1].sid if self._framed and frames else None
         self.result.setdefault("sid", None)

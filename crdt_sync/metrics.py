@@ -45,6 +45,11 @@ histogram gets an observation per sampled delivery. Each app has its own registr
                                                connection's grant is read-only
 ``crdt_sync_rate_limited_total{kind}``         refused by a rate limit: http, ws
 ``crdt_sync_sessions``                         live sessions revocation can close
+``crdt_sync_node_info{node}``                  1, labelled with this node's id
+``crdt_sync_bus_messages_total{bus,event}``    Redis bus messages (rooms, frames): published,
+                                               dropped, delivered, received, malformed
+``crdt_sync_bus_reconnects_total{bus}``        reconnections to Redis
+``crdt_sync_bus_up{bus}``                      1 while connected to Redis
 =============================================  =========================================
 
 No metric has a doc name, an org or an actor as a label: ``/metrics`` (admin token
@@ -181,6 +186,37 @@ class _NodeCollector:
             "crdt_sync_sessions", "Live sessions (revocable).", value=len(runtime.sessions)
         )
         yield from self._supervision(stats)
+        yield from self._cluster()
+
+    def _cluster(self) -> Iterator[Metric]:
+        runtime = self.runtime
+        info = GaugeMetricFamily(
+            "crdt_sync_node_info", "This node (always 1): its id in the cluster.", labels=["node"]
+        )
+        info.add_metric([runtime.node_id], 1)
+        yield info
+        buses = runtime.buses
+        if buses is None or buses.rooms is None:
+            return
+        messages = CounterMetricFamily(
+            "crdt_sync_bus_messages",
+            "Messages on the Redis buses between nodes.",
+            labels=["bus", "event"],
+        )
+        reconnects = CounterMetricFamily(
+            "crdt_sync_bus_reconnects", "Reconnections to Redis.", labels=["bus"]
+        )
+        up = GaugeMetricFamily("crdt_sync_bus_up", "1 while connected to Redis.", labels=["bus"])
+        for name, bus in (("rooms", buses.rooms), ("frames", buses.frames)):
+            for event in ("published", "dropped", "delivered", "received", "malformed"):
+                value = getattr(bus, event, None)
+                if isinstance(value, int):
+                    messages.add_metric([name, event], value)
+            reconnects.add_metric([name], getattr(bus, "reconnects", 0))
+            up.add_metric([name], 1 if bus.health() is None else 0)
+        yield messages
+        yield reconnects
+        yield up
 
     def _histogram(
         self,

@@ -52,6 +52,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -176,9 +177,18 @@ class FeedSession:
 
 
 async def catch_up(
-    store: Store, hub: FeedHub, sub: FeedSubscriber, page_size: int = CATCHUP_PAGE
+    store: Store,
+    hub: FeedHub,
+    sub: FeedSubscriber,
+    page_size: int = CATCHUP_PAGE,
+    *,
+    follow: Callable[[str, int], None] | None = None,
 ) -> None:
     """Send what ``sub`` missed from the store, then switch it to live frames.
+
+    ``follow(org, newest)`` tells the frame bus where this org's log stood when the
+    subscriber caught up, so that a bus that has not seen the org yet delivers every
+    frame after it (:meth:`rooms.frame_bus.FrameBus.follow`).
 
     Every page is checked against the log's bounds read in the same transaction: if
     frames after ``sub.last_sid`` were trimmed meanwhile (a slow reader of an old
@@ -201,6 +211,8 @@ async def catch_up(
         sub.deliver(page.frames)
         if len(page.frames) < page_size:
             sub.caught_up_to(page.newest)
+            if follow is not None:
+                follow(sub.org, page.newest)
             if sub.go_live():
                 return
         # Let the client read before the next page: never queue a whole log.
@@ -264,7 +276,8 @@ class FrameStreams:
         return since
 
     async def _catch_up(self, sub: FeedSubscriber) -> None:
-        await catch_up(self.runtime.store, self.runtime.hub, sub)
+        runtime = self.runtime
+        await catch_up(runtime.store, runtime.hub, sub, follow=runtime.frame_bus.follow)
 
     # -- WebSocket -------------------------------------------------------------------
 

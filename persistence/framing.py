@@ -56,7 +56,9 @@ def settle(draft: FrameDraft, stored: dict[str, JSON] | None) -> FrameDraft | No
 
     Rules:
 
-    * a delete of a record that has no row: nothing to delete;
+    * a delete is always logged: it is an explicit act (a mutation, a delete call),
+      never drafted by several nodes from their views, and a record deleted before
+      its first frame still gets its ``d`` (harmless to a client that never saw it);
     * an insert of a record that has a row: an update with the difference;
     * an update: only the fields whose value differs from the row (all of ``p`` when
       there is no row); none left: nothing new.
@@ -66,9 +68,7 @@ def settle(draft: FrameDraft, stored: dict[str, JSON] | None) -> FrameDraft | No
     Drafts from an older view are harmless: they only hold fields their node saw
     change, and when that node's view moves on it drafts the newer values itself.
     """
-    if draft.op == "d":
-        return draft if stored is not None else None
-    if stored is None:
+    if draft.op == "d" or stored is None:
         return draft
     if draft.op == "i":
         p = diff(stored, draft.record if draft.record is not None else {})

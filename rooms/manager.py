@@ -20,11 +20,13 @@ from anyio.abc import TaskGroup
 
 from persistence.store import Store, StoreError
 
+from .broadcaster import Broadcaster
 from .close_codes import CloseCode
 from .codec import encode_sync_step1
 from .connection import Connection
 from .listener import RoomListener
 from .memory import release_freed_memory, trim_available
+from .replica import Replica
 from .room import Room, RoomError, RoomLoadError, RoomState
 from .supervisor import Supervisor
 
@@ -70,8 +72,12 @@ class RoomManager:
         settings: RoomSettings | None = None,
         listener: RoomListener | None = None,
         supervisor: Supervisor | None = None,
+        broadcaster: Broadcaster | None = None,
     ) -> None:
         self.supervisor = supervisor or Supervisor()
+        #: The bus to the other nodes (``None``: one node): each loaded room gets a
+        #: :class:`~rooms.replica.Replica` on it.
+        self.broadcaster = broadcaster
         self.store = store
         self.settings = settings or RoomSettings()
         self.listener = listener
@@ -160,6 +166,8 @@ class RoomManager:
                         room.mark_closed()
                 # After the check above: while the listener awaits, the room may
                 # legitimately begin to unload (shutdown), which is not a failed load.
+                if room.state is RoomState.LOADED and self.broadcaster is not None:
+                    self._replicate(room)
                 if room.state is RoomState.LOADED and self.listener is not None:
                     try:
                         await self.listener.room_loaded(room)
@@ -176,6 +184,21 @@ class RoomManager:
             if room.load_error is not None:
                 raise RoomLoadError(str(room.load_error)) from room.load_error
             # CLOSED while we waited: look again.
+
+    def _replicate(self, room: Room) -> None:
+        """Keep ``room`` in step with the other nodes until it is closed. Its replica is
+        set before any connection joins, so every local commit is published; updates
+        committed elsewhere before it subscribed are read from the store by it."""
+        assert self.broadcaster is not None
+        replica = room.replica = Replica(room, self.broadcaster, self.store)
+
+        async def run() -> None:
+            async with anyio.create_task_group() as tg:
+                await tg.start(replica.run)
+                await room.closed.wait()
+                tg.cancel_scope.cancel()
+
+        self.spawn(f"replica {room.name!r}", run)
 
     async def _make_room_for(self, key: tuple[str, str]) -> None:
         """Unload idle rooms (nobody connected or holding them, waiting for their idle

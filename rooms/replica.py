@@ -28,7 +28,7 @@ import anyio
 from persistence.store import Committed, Store, StoreError
 
 from .broadcaster import Broadcaster, RemoteAwareness, RemoteUpdate
-from .codec import decode_awareness_update
+from .codec import AwarenessUpdate, decode_message
 from .strict_json import InputError
 
 if TYPE_CHECKING:
@@ -133,7 +133,10 @@ class Replica:
 
     def remote_awareness(self, awareness: RemoteAwareness) -> None:
         try:
-            entries = decode_awareness_update(awareness.message)
+            message = decode_message(awareness.message)
+            if not isinstance(message, AwarenessUpdate):
+                raise ValueError(f"not an awareness message: {type(message).__name__}")
+            entries = message.entries
         except (ValueError, InputError) as exc:
             log.warning(
                 "room=%r bad awareness from node %s: %s", self.room.name, awareness.origin, exc
@@ -188,10 +191,10 @@ class Replica:
         applied = 0
         try:
             if tail.snapshot is not None:
-                self.room.apply_remote(tail.snapshot, actor="")
+                self.room.apply_remote(tail.snapshot, actor=None)
                 applied += 1
             for _update_id, data in tail.updates:
-                self.room.apply_remote(data, actor="")
+                self.room.apply_remote(data, actor=None)
                 applied += 1
         except Exception as exc:
             log.error("room=%r stored updates after %d not applied: %s", self.room.name, since, exc)

@@ -483,9 +483,10 @@ class Room:
 
     # -- messages from other nodes (rooms.replica) -------------------------------
 
-    def apply_remote(self, update: bytes, *, actor: str) -> None:
+    def apply_remote(self, update: bytes, *, actor: str | None) -> None:
         """Apply an update another node committed: relay what it changed to this
-        node's connections; do not log it (it is stored already).
+        node's connections; do not log it (it is stored already). ``actor``: who
+        made it (``None``: unknown, read back from the store).
 
         Raises:
             InvalidUpdate: pycrdt rejected it.
@@ -646,7 +647,16 @@ class Room:
             )
             self.stored = True
             self.logged_since_snapshot += 1
-            watch_durable(appended, self._durable_failed, self._committed)
+            if self.replica is None:
+                watch_durable(appended, self._durable_failed, self._committed)
+            else:
+                replica = self.replica
+
+                def committed(committed: Committed) -> None:
+                    self._committed(committed)
+                    replica.committed(committed, update, actor)
+
+                watch_durable(appended, self._durable_failed, committed)
         return appended
 
     def _committed(self, committed: Committed) -> None:

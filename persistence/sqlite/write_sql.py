@@ -432,8 +432,8 @@ def compact_doc(
     writer appended (another process on this file), or one whose update the caller's
     doc lacks, ends up in the snapshot instead of being lost; merging an update that
     ``state`` already holds changes nothing (Yjs updates are idempotent). The old
-    snapshot is not merged again: ``state`` holds at least everything appended before
-    the call, the old snapshot included.
+    snapshot is merged in too: with several writers of the file, another one may have
+    folded into it what this caller's ``state`` lacks.
 
     Raises:
         StoreReadError: a log row is not a readable update (nothing was written).
@@ -454,8 +454,10 @@ def compact_doc(
     rows = conn.execute(
         "SELECT id, data FROM updates WHERE org = ? AND name = ? ORDER BY id", key
     ).fetchall()
+    old = conn.execute("SELECT data FROM snapshots WHERE org = ? AND name = ?", key).fetchone()
+    parts = [state] if old is None or not isinstance(old[0], bytes) else [old[0], state]
     snapshot = state
-    if rows:
+    if rows or len(parts) > 1:
         for update_id, data in rows:
             if not isinstance(data, bytes):
                 raise StoreReadError(
@@ -463,7 +465,7 @@ def compact_doc(
                     f"data is {type(data).__name__}, not bytes"
                 )
         try:
-            snapshot = merge_all([state, *(data for _, data in rows)])
+            snapshot = merge_all([*parts, *(data for _, data in rows)])
         except Exception as exc:  # pycrdt raises plain exceptions on a malformed update
             raise StoreReadError(
                 f"log of {name!r} (org {org!r}) cannot be merged into its snapshot: {exc}"

@@ -229,9 +229,19 @@ doc_ops = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(doc_ops)
 def test_every_update_pycrdt_writes_passes_the_check(ops) -> None:
+    from hypothesis import reject
+
     from rooms.codec import check_update
 
-    for update in _rich_doc_updates(ops):
+    try:
+        updates = _rich_doc_updates(ops)
+    except BaseException as exc:
+        # pycrdt itself panics on some edit sequences (seen: "attempt to divide by
+        # zero" in yrs while formatting): then it writes no update to check.
+        if type(exc).__name__ != "PanicException":
+            raise
+        reject()
+    for update in updates:
         check_update(update)
         decode_message(encode_message(SyncUpdate(update)))
 

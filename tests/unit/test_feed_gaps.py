@@ -87,12 +87,14 @@ class World:
         self.reset_since: int | None = None
         self.after_reset: list[bytes] = []
         self.reconnect_wanted = False
+        self.written = 0
 
     async def write(self, n: int, t: str) -> None:
         ids = [str(1 + i % 2) for i in range(n)]  # records t/1 and t/2, alternating
         commits = []
-        for i, id in enumerate(ids):  # queued together: they share commits
-            p = {"n": i}
+        for id in ids:  # queued together: they share commits
+            self.written += 1
+            p = {"n": self.written}  # a new value each time (the store logs only what is new)
             draft = FrameDraft(t=t, id=id, op="u", p=p, who="w", at=1, ctx={}, record=p)
             commit = self.store.log_frames(ORG, FrameBatch((draft,)))
             self.publisher.publish_on_commit(commit, lambda frames: frames)

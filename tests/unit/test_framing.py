@@ -59,9 +59,9 @@ def test_an_insert_or_update_without_a_row_is_kept_whole() -> None:
     assert settle(u, None) == u
 
 
-def test_a_delete_needs_a_row() -> None:
+def test_a_delete_is_always_logged() -> None:
     d = draft("d", {}, None)
-    assert settle(d, None) is None
+    assert settle(d, None) == d
     assert settle(d, {"a": 1}) == d
 
 

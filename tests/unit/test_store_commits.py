@@ -108,30 +108,33 @@ async def test_appends_of_one_batch_chain_in_queue_order(store: SQLiteStore) -> 
     assert [c.prev_update_id for c in committed] == [0, *ids[:-1]]
 
 
-# -- staleness of frame drafts ---------------------------------------------------------------
+# -- frame drafts: settled against the record row ---------------------------------------------
 
 
-async def test_a_draft_the_stored_projection_already_covers_is_not_logged(
+async def test_only_what_is_new_of_a_draft_is_logged_whatever_its_update_id(
     store: SQLiteStore,
 ) -> None:
     with anyio.fail_after(TIMEOUT):
         first = await store.log_frames(ORG, FrameBatch((draft("1", {"n": 1}, update_id=5),)))
         assert [f.p for f in first] == [{"n": 1}]
-        # Another writer framed the same state (5), or an older one (4): stale.
-        assert await store.log_frames(ORG, FrameBatch((draft("1", {"n": 2}, update_id=5),))) == []
-        assert await store.log_frames(ORG, FrameBatch((draft("1", {"n": 2}, update_id=4),))) == []
-        # In one batch: the fresh draft is logged, the stale one after it is not, and
-        # the idempotency key remembers the sid of the last frame logged.
+        # Another writer framing the same value: nothing new, no sid taken.
+        assert await store.log_frames(ORG, FrameBatch((draft("1", {"n": 1}, update_id=5),))) == []
+        # A new value from an older view is logged (a change drafted before its id was
+        # known must not be lost); the row keeps the newest update id it covered.
+        [older] = await store.log_frames(ORG, FrameBatch((draft("1", {"n": 2}, update_id=4),)))
+        assert older.sid == 2
+        # In one batch: the second draft of the same value is nothing new, and the
+        # idempotency key remembers the sid of the last frame logged.
         batch = FrameBatch(
-            (draft("1", {"n": 3}, update_id=6), draft("1", {"n": 4}, update_id=6)),
+            (draft("1", {"n": 3}, update_id=6), draft("1", {"n": 3}, update_id=6)),
             mutation=("tx", {"ok": True}),
         )
         logged = await store.log_frames(ORG, batch)
-        assert [(f.sid, f.p) for f in logged] == [(2, {"n": 3})]
-        assert await store.get_mutation(ORG, "tx") == {"ok": True, "sid": 2}
+        assert [(f.sid, f.p) for f in logged] == [(3, {"n": 3})]
+        assert await store.get_mutation(ORG, "tx") == {"ok": True, "sid": 3}
         record = await store.get_record(ORG, "task", "1")
         assert record is not None and (record.fields, record.update_id) == ({"n": 3}, 6)
-        assert [f.sid for f in await store.frames_since(ORG, 0)] == [1, 2]
+        assert [f.sid for f in await store.frames_since(ORG, 0)] == [1, 2, 3]
 
 
 async def test_a_draft_without_update_id_covers_its_docs_newest_update_at_its_place(
@@ -155,7 +158,7 @@ async def test_a_draft_without_update_id_covers_its_docs_newest_update_at_its_pl
         assert await store.stale_records() == []
 
 
-async def test_an_append_does_not_log_its_stale_drafts(store: SQLiteStore) -> None:
+async def test_an_append_logs_only_what_is_new_of_its_drafts(store: SQLiteStore) -> None:
     editor = Editor(1)
     with anyio.fail_after(TIMEOUT):
         await store.log_frames(ORG, FrameBatch((draft("1", {"n": 1}, update_id=9),)))
@@ -164,10 +167,10 @@ async def test_an_append_does_not_log_its_stale_drafts(store: SQLiteStore) -> No
             "task/1",
             editor.edit("x"),
             frames=FrameBatch(
-                (draft("1", {"n": 2}, update_id=9), draft("2", {"n": 2}, update_id=None))
+                (draft("1", {"n": 1}, update_id=9), draft("2", {"n": 2}, update_id=None))
             ),
         )
-        # task/1's draft is stale; task/2's covers the update it rides on.
+        # task/1's draft holds nothing new; task/2's covers the update it rides on.
         assert [(f.id, f.sid) for f in committed.frames] == [("2", 2)]
         record = await store.get_record(ORG, "task", "2")
         assert record is not None and record.update_id == committed.update_id

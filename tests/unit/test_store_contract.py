@@ -707,10 +707,11 @@ async def test_only_what_is_new_against_the_record_row_is_logged(store: Store) -
         assert record is not None and record.fields == {"a": 1, "c": 3}
         unchanged = draft("task", "1", "u", {"a": 1}, record={"a": 1, "c": 3})
         assert await log(store, unchanged) == []
-        assert await log(store, draft("task", "2", "d")) == []  # no such record
         [gone] = await log(store, draft("task", "1", "d"))
         assert gone.op == "d" and await store.get_record(ORG, "task", "1") is None
-        assert sids(await store.frames_since(ORG, 0)) == [1, 2, 3]
+        # a delete is explicit: logged even for a record never framed
+        assert len(await log(store, draft("task", "2", "d"))) == 1
+        assert sids(await store.frames_since(ORG, 0)) == [1, 2, 3, 4]
 
 
 async def test_append_frame_logs_one_frame(store: Store) -> None:

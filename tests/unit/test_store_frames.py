@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,6 +34,9 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
         yield s
 
 
+_REVISIONS = itertools.count(1)
+
+
 def draft(
     t: str,
     id: str,
@@ -45,8 +49,10 @@ def draft(
     at: int = 1000,
     ctx: dict[str, Any] | None = None,
 ) -> FrameDraft:
-    """A frame; unless given, the record it leaves behind is ``p`` (none for ``d``)."""
-    p = {"title": f"{t}/{id}"} if p is None else p
+    """A frame; unless given, the record it leaves behind is ``p`` (none for ``d``).
+
+    The default ``p`` is new each time (a store logs only what is new of a draft)."""
+    p = {"title": f"{t}/{id}", "rev": next(_REVISIONS)} if p is None else p
     if record is KEEP:
         record = None if op == "d" else dict(p)
     return FrameDraft(
@@ -171,7 +177,7 @@ async def test_failed_frame_fails_the_whole_append_and_nothing_is_stored(
 async def test_log_frames_is_synchronous_and_sids_follow_call_order(store: SQLiteStore) -> None:
     with anyio.fail_after(TIMEOUT):
         first = store.log_frames(ORG, FrameBatch((draft("a", "1", "i"), draft("b", "1", "i"))))
-        second = store.log_frames(ORG, FrameBatch((draft("a", "1", "u"),)))
+        second = store.log_frames(ORG, FrameBatch((draft("a", "1", "u", {"title": "changed"}),)))
         only_key = store.log_frames(ORG, FrameBatch(mutation=("tx-0", {"ok": True})))
         assert isinstance(first, asyncio.Future) and not inspect.iscoroutine(first)
         assert not first.done()  # queued, not committed
@@ -405,13 +411,14 @@ async def test_get_record_and_list_records_in_t_id_order(store: SQLiteStore) -> 
 
 async def test_record_update_id_never_goes_back(store: SQLiteStore) -> None:
     with anyio.fail_after(TIMEOUT):
-        await _log(store, draft("issue", "1", "i", update_id=10))
-        assert await _log(store, draft("issue", "1", "u", update_id=4)) == []  # stale
+        await _log(store, draft("issue", "1", "i", {"n": 0}, update_id=10))
+        # An older update id is logged all the same (only what is new counts).
+        assert len(await _log(store, draft("issue", "1", "u", {"n": 1}, update_id=4))) == 1
         # Covers the doc's newest update (there is none: 0), below what is stored.
-        assert len(await _log(store, draft("issue", "1", "u", {"n": 1}))) == 1
+        assert len(await _log(store, draft("issue", "1", "u", {"n": 2}))) == 1
         record = await store.get_record(ORG, "issue", "1")
         assert record is not None and record.update_id == 10
-        assert record.fields == {"n": 1}
+        assert record.fields == {"n": 2}
 
 
 async def test_stale_records(store: SQLiteStore) -> None:
