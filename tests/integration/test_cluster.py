@@ -36,7 +36,8 @@ from tests.integration.test_sync_feed import FrameSocket, all_frames, feed_url, 
 
 pytestmark = pytest.mark.anyio
 
-FAST = ("--delta-min-interval-ms", "0", "--frame-coalesce-ms", "50")
+#: Fast feeds; info logs (the debug ones bury what a failure's log tail should show).
+FAST = ("--delta-min-interval-ms", "0", "--frame-coalesce-ms", "50", "--log-level", "info")
 
 
 # -- clusters ----------------------------------------------------------------------------
@@ -50,12 +51,15 @@ def shows_logs(test: Callable) -> Callable:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return await test(*args, **kwargs)
-        except BaseException:
+        except BaseException as exc:
             for value in kwargs.values():
                 for cluster in getattr(value, "started", [value]):
                     if isinstance(cluster, Cluster):
                         print(cluster.logs())
-            raise
+            # A failure inside a client task group arrives wrapped: show it plainly.
+            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]
+            raise exc from None
 
     return wrapper
 

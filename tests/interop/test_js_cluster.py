@@ -33,7 +33,10 @@ GHOST_SECONDS = 5.0
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    with throwaway_database() as url, Cluster(tmp_path, url, size=3) as nodes:
+    with (
+        throwaway_database() as url,
+        Cluster(tmp_path, url, size=3, args=("--log-level", "info")) as nodes,
+    ):
         try:
             yield nodes
         finally:
@@ -139,9 +142,12 @@ def test_editors_on_three_nodes_converge_and_share_awareness(cluster: Cluster, n
 def test_kill9_of_a_node_removes_its_clients_awareness_elsewhere(cluster: Cluster, node) -> None:
     room = "notes/cluster-kill9"
     n1, n2, n3 = cluster.nodes
-    alice = open_peer(node, n1.ws_url, room, "alice")
+    # Every node has the room loaded before alice shows herself (a node that loads
+    # it later is the test below).
+    alice = open_peer(node, n1.ws_url, room, "alice", aware=False)
     bob = open_peer(node, n2.ws_url, room, "bob")
     carol = open_peer(node, n3.ws_url, room, "carol")
+    alice.ask("aware")
     for watcher in (bob, carol):
         assert watcher.expect("seen:alice")["clientID"] == alice.client_id
     alice.ask("insert", at=None, text="before the kill. ")
