@@ -98,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         auth = authenticator_from(settings)
         warning = check_open(settings, auth)
-        check_database(settings.db)
+        if not settings.database_url:  # PostgreSQL is checked when the store starts
+            check_database(settings.db)
     except SettingsError as exc:
         parser.exit(2, f"crdt-sync: error: {escape_text(str(exc))}\n")
     if warning is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from persistence.store import Frame, Store
 from rooms.broadcaster import Broadcaster
@@ -33,6 +34,19 @@ def node_id_of(settings: Settings, port: int | None = None) -> str:
         return settings.node_id
     host = socket.gethostname().split(".", 1)[0] or "node"
     return f"{host}-{port if port is not None else settings.port}-{os.getpid()}"
+
+
+def store_label(settings: Settings) -> str:
+    """Where the node stores, for its ready line: the SQLite path, or the database URL
+    without its password."""
+    if not settings.database_url:
+        return settings.db
+    parts = urlsplit(settings.database_url)
+    host = parts.hostname or ""
+    netloc = (f"{parts.username}@" if parts.username else "") + host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def open_store(settings: Settings) -> Store:

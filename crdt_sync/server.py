@@ -29,6 +29,7 @@ import anyio
 from persistence.store import StoreError
 
 from .app import Runtime, create_app
+from .cluster import store_label
 from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def run(settings: Settings, auth: Any = None) -> int:
     def ready() -> None:
         ws = url.replace("http://", "ws://", 1)
         print(
-            f"crdt-sync ready on {url} (Yjs: {ws}/yjs/<doc>, db: {settings.db}, "
+            f"crdt-sync ready on {url} (Yjs: {ws}/yjs/<doc>, db: {store_label(settings)}, "
             f"server: {settings.server})",
             flush=True,
         )

@@ -28,7 +28,13 @@ import anyio
 from persistence.store import Committed, Store, StoreError
 
 from .broadcaster import Broadcaster, RemoteAwareness, RemoteUpdate
-from .codec import AwarenessUpdate, decode_message
+from .codec import (
+    AwarenessUpdate,
+    QueryAwareness,
+    decode_message,
+    encode_awareness_update,
+    encode_query_awareness,
+)
 from .strict_json import InputError
 
 if TYPE_CHECKING:
@@ -70,6 +76,9 @@ class Replica:
         """Join the doc's channel, catch up once, then repair gaps as they show up."""
         await self.broadcaster.join(self.room.org, self.room.name, self)
         try:
+            # Nodes that held the doc before us know awareness states that they will
+            # not renew for up to 15 s: ask them (y-protocols' query-awareness).
+            self.awareness(encode_query_awareness())
             self._repair_due = True
             task_status.started()
             while True:
@@ -134,6 +143,9 @@ class Replica:
     def remote_awareness(self, awareness: RemoteAwareness) -> None:
         try:
             message = decode_message(awareness.message)
+            if isinstance(message, QueryAwareness):
+                self._answer_query()
+                return
             if not isinstance(message, AwarenessUpdate):
                 raise ValueError(f"not an awareness message: {type(message).__name__}")
             entries = message.entries
@@ -153,6 +165,12 @@ class Replica:
         self._repair_soon()
 
     # -- internals -------------------------------------------------------------------
+
+    def _answer_query(self) -> None:
+        """Another node loaded the doc: tell it the states of this node's clients."""
+        states = self.room.awareness.current(local_only=True)
+        if states:
+            self.awareness(encode_awareness_update(states))
 
     def owner_of(self, node: str) -> int:
         """The awareness owner id standing for ``node`` (negative: never a connection)."""
