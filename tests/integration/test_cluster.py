@@ -194,13 +194,15 @@ async def node_copy(node, name: str) -> Doc:
 
 
 async def all_converged(nodes, name: str, clients: list[YjsClient]) -> Any:
-    """``Miss`` unless every client's doc and every node's copy hold the same state."""
-    states = [snapshot(c.doc) for c in clients]
-    for node in nodes:
-        states.append(snapshot(await node_copy(node, name)))
-    if all(s == states[0] for s in states):
-        return states[0]
-    return Miss([(sorted(sv.items()), content) for sv, content in states])
+    """``Miss`` (saying who holds what) unless every client's doc and every node's copy
+    hold the same state; ``clients[i]`` is connected to ``nodes[i]``."""
+    states = {f"client on node-{i + 1}": snapshot(c.doc) for i, c in enumerate(clients)}
+    for i, node in enumerate(nodes):
+        states[f"node-{i + 1}"] = snapshot(await node_copy(node, name))
+    first = next(iter(states.values()))
+    if all(s == first for s in states.values()):
+        return first
+    return Miss({who: (sorted(sv.items()), content) for who, (sv, content) in states.items()})
 
 
 class FeedReader:
