@@ -101,6 +101,8 @@ class Runtime:
         self._manager: RoomManager | None = None
         self.shutting_down = False
         self.started = anyio.Event()
+        #: Why the lifespan could not start (the store would not open), for its log line.
+        self.start_failure: str | None = None
         self.hub = FeedHub()
         #: This node's id in the cluster (logs, metrics, Redis lease).
         self.node_id = node_id_of(settings)
@@ -145,7 +147,13 @@ class Runtime:
     async def running(self) -> AsyncIterator[Runtime]:
         settings = self.settings
         store = self.open_store()
-        await store.start()
+        try:
+            await store.start()
+        except StoreError as exc:
+            # The node does not start without its store (the operator's supervisor
+            # starts it again): one line that says why, not a traceback.
+            self.start_failure = f"cannot start: {exc}"
+            raise
         buses = self.buses = open_buses(settings, store, self.node_id)
         self.frame_bus = buses.frames
         self.broadcaster = buses.rooms
@@ -421,7 +429,23 @@ class CrdtSyncApp:
         self._entry = BrowserGuard(self.front_door, settings.allowed_origins, settings.host, port)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._entry(scope, receive, self._lifespan_send(send))
+            return
         await self._entry(scope, receive, send)
+
+    def _lifespan_send(self, send: Any) -> Any:
+        """``send`` for the lifespan: a startup that failed for a known reason (the
+        store cannot be opened) is reported as that reason, which the ASGI server
+        logs, instead of Starlette's traceback."""
+        runtime: Runtime = self.state.runtime
+
+        async def lifespan_send(message: dict) -> None:
+            if message["type"] == "lifespan.startup.failed" and runtime.start_failure:
+                message = {**message, "message": runtime.start_failure}
+            await send(message)
+
+        return lifespan_send
 
     async def _dispatch(self, scope: dict, receive: Any, send: Any) -> None:
         """Behind the front door: the route."""
