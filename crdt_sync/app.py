@@ -8,6 +8,7 @@ room, so that nothing acknowledged is lost on a clean stop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 
 #: Longest a health check waits for the store's write probe.
 PROBE_TIMEOUT = 2.0
+#: A store that committed nothing for this long is probed by a health check, so an
+#: idle node notices a database it lost (a busy one notices at its next commit).
+IDLE_PROBE_SECONDS = 5.0
 
 #: Static pages (editor, record board, inspector), served as files: no build step.
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -97,6 +101,8 @@ class Runtime:
         self._manager: RoomManager | None = None
         self.shutting_down = False
         self.started = anyio.Event()
+        #: Why the lifespan could not start (the store would not open), for its log line.
+        self.start_failure: str | None = None
         self.hub = FeedHub()
         #: This node's id in the cluster (logs, metrics, Redis lease).
         self.node_id = node_id_of(settings)
@@ -111,6 +117,9 @@ class Runtime:
         self._presence: Presence | None = None
         self.supervisor = Supervisor()
         self._probing = anyio.Lock()
+        self._probe_failed = False  # the last probe failed (its warning was logged)
+        self._pending_probe: asyncio.Future[None] | None = None
+        self._commits_seen = (-1, 0.0)  # store commits, and when that count was first seen
         self.metrics = Metrics(self)
 
     @property
@@ -138,7 +147,13 @@ class Runtime:
     async def running(self) -> AsyncIterator[Runtime]:
         settings = self.settings
         store = self.open_store()
-        await store.start()
+        try:
+            await store.start()
+        except StoreError as exc:
+            # The node does not start without its store (the operator's supervisor
+            # starts it again): one line that says why, not a traceback.
+            self.start_failure = f"cannot start: {exc}"
+            raise
         buses = self.buses = open_buses(settings, store, self.node_id)
         self.frame_bus = buses.frames
         self.broadcaster = buses.rooms
@@ -187,6 +202,11 @@ class Runtime:
             with anyio.CancelScope(shield=True):
                 try:
                     await store.close()  # the frames of its last commits are published
+                except StoreError as exc:
+                    # A write that failed during an outage is reported here once more;
+                    # its clients were told then (503 / 4503), and the rooms stored
+                    # their whole state when they unloaded.
+                    log.error("store: %s", exc)
                 finally:
                     await buses.close()
                     await self.auth.aclose()
@@ -202,18 +222,15 @@ class Runtime:
         if store is None:
             return {"store": "not open"}
         problem = store.health()
-        if problem == "write failing":
-            # Cheap while all is well; after a failed commit, one probe at a time
-            # finds out whether writes succeed again (most checks wait for it).
+        if problem is not None or self._store_idle(store):
+            # Cheap while all is well; after a failed commit (whatever the backend calls
+            # it) or a quiet spell, one probe at a time finds out whether writes go
+            # through (most checks wait for it): without it nothing would clear a
+            # failure on a node that takes no writes, nor notice one on an idle node.
             async with self._probing:
                 problem = store.health()
-                if problem == "write failing":
-                    with anyio.move_on_after(PROBE_TIMEOUT) as scope:
-                        try:
-                            await store.probe()
-                        except StoreError as exc:
-                            log.warning("health: store write probe failed: %s", exc)
-                    problem = "write probe timed out" if scope.cancelled_caught else store.health()
+                if problem is not None or self._store_idle(store):
+                    problem = await self._probe(store)
         if problem is not None:
             found["store"] = problem
         if self.broadcaster is None and (bus_problem := self.frame_bus.health()) is not None:
@@ -224,6 +241,45 @@ class Runtime:
         for name, why in self.supervisor.problems().items():
             found[f"task {name}"] = why
         return found
+
+    def _store_idle(self, store: Store) -> bool:
+        """No commit for :data:`IDLE_PROBE_SECONDS` (since this was last asked)."""
+        commits, since = self._commits_seen
+        now = anyio.current_time()
+        if store.stats().commits != commits:
+            self._commits_seen = (store.stats().commits, now)
+            return False
+        return now - since >= IDLE_PROBE_SECONDS
+
+    async def _probe(self, store: Store) -> str | None:
+        """One write probe at a time, waited for at most :data:`PROBE_TIMEOUT`; the
+        store's problem after it (a failing probe is logged once per outage).
+
+        A probe still queued from an earlier check is waited for, not joined by
+        another: during a long outage the writer's queue must not fill with probes
+        (every real write would wait behind them).
+        """
+        pending = self._pending_probe
+        if pending is None or pending.done():
+            pending = self._pending_probe = asyncio.ensure_future(store.probe())
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+        failure: StoreError | None = None
+        with anyio.move_on_after(PROBE_TIMEOUT) as scope:
+            try:
+                await asyncio.shield(pending)
+            except StoreError as exc:
+                failure = exc
+        if scope.cancelled_caught:
+            return "write probe timed out"
+        if failure is not None:
+            if not self._probe_failed:
+                log.warning("health: store write probe failed: %s", failure)
+            self._probe_failed = True
+            return store.health() or f"write probe failed: {failure}"
+        if self._probe_failed:
+            log.info("health: store write probe committed: the store takes writes again")
+            self._probe_failed = False
+        return store.health()
 
     def redis_status(self) -> str:
         """``off`` (one node), ``ok``, or why the buses to other nodes are down."""
@@ -373,7 +429,23 @@ class CrdtSyncApp:
         self._entry = BrowserGuard(self.front_door, settings.allowed_origins, settings.host, port)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._entry(scope, receive, self._lifespan_send(send))
+            return
         await self._entry(scope, receive, send)
+
+    def _lifespan_send(self, send: Any) -> Any:
+        """``send`` for the lifespan: a startup that failed for a known reason (the
+        store cannot be opened) is reported as that reason, which the ASGI server
+        logs, instead of Starlette's traceback."""
+        runtime: Runtime = self.state.runtime
+
+        async def lifespan_send(message: dict) -> None:
+            if message["type"] == "lifespan.startup.failed" and runtime.start_failure:
+                message = {**message, "message": runtime.start_failure}
+            await send(message)
+
+        return lifespan_send
 
     async def _dispatch(self, scope: dict, receive: Any, send: Any) -> None:
         """Behind the front door: the route."""

@@ -50,6 +50,7 @@ from rooms.room import InvalidUpdate, Origin, Room, RoomLoadError
 
 from .auth.principal import principal_of
 from .docnames import InvalidDocName, split_record, validate_doc_name
+from .errors import store_failure
 from .http_api import ApiError, int_param, read_body, routes
 from .inputs import InputError, check_name
 from .projection import doc_to_json
@@ -111,6 +112,8 @@ class DocsApi:
         try:
             room = await manager.hold(org, name)
         except RoomLoadError as exc:
+            if (cause := store_failure(exc)) is not None:
+                raise ApiError(503, "store_unavailable", f"cannot read: {cause}") from None
             raise ApiError(500, "doc_load_failed", f"document {name!r} cannot be loaded") from exc
         except TooManyRooms as exc:
             raise ApiError(503, "too_many_rooms", str(exc)) from None
@@ -198,6 +201,11 @@ class DocsApi:
                 if appended is None:
                     return JSONResponse({"name": name, "update_id": None, "applied": False})
                 committed = await appended.durable
+                if room.store_failed:
+                    # An earlier write of this doc failed: the log lacks what this
+                    # update may depend on. Acknowledged means loadable, so the whole
+                    # state is stored first.
+                    await room.compact()
             except InvalidUpdate as exc:
                 raise ApiError(400, "invalid_update", f"not a valid Yjs update: {exc}") from None
             except LimitExceeded as exc:

@@ -33,6 +33,7 @@ from rooms.room import RoomLoadError
 
 from .auth.principal import principal_of
 from .docnames import InvalidDocName, validate_doc_name
+from .errors import store_failure
 from .frame_feed import Mutation, MutationError
 from .http_api import ApiError, int_param, read_body, routes
 from .inputs import InputError, check_name, parse_json, parse_uint
@@ -255,7 +256,24 @@ class SyncApi:
                     result["detail"],
                 )
             results.append({"index": index, **result})
+        return _batch_response(results)
+
+
+def _batch_response(results: list[dict[str, Any]]) -> Response:
+    """200 with every result; 503 ``store_unavailable`` (results included) when the
+    store refused the batch: a mutation failed for it and none was applied, so the
+    request as a whole may be retried (a retry with the same ``client_tx_id`` is safe).
+    """
+    unstored = [r for r in results if r.get("error") == "store_unavailable"]
+    applied = any(200 <= r["status"] < 300 for r in results)
+    if not unstored or applied:
         return JSONResponse({"results": results})
+    body = {
+        "error": "store_unavailable",
+        "detail": f"{len(unstored)} of {len(results)} not stored: {unstored[0]['detail']}",
+        "results": results,
+    }
+    return JSONResponse(body, status_code=503)
 
 
 def _failure(m: Mutation, exc: Exception) -> dict[str, Any]:
@@ -263,6 +281,8 @@ def _failure(m: Mutation, exc: Exception) -> dict[str, Any]:
     if isinstance(exc, MutationError):
         return _failed(m, exc.status, exc.error, exc.detail)
     if isinstance(exc, RoomLoadError):
+        if (cause := store_failure(exc)) is not None:
+            return _failed(m, 503, "store_unavailable", f"cannot read: {cause}")
         return _failed(m, 500, "doc_load_failed", "the record cannot be loaded")
     if isinstance(exc, StoreError):
         return _failed(m, 503, "store_unavailable", f"not stored: {exc}")

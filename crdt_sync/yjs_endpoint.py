@@ -54,6 +54,7 @@ from rooms.stats import TRAFFIC
 from .asgi import Scope, WsBinaryTransport, deny_handshake, drain_websocket, json_body, peer
 from .auth.principal import Principal, principal_of
 from .docnames import InvalidDocName, validate_doc_name
+from .errors import store_failure
 from .front_door import SUBPROTOCOL_KEY
 from .settings import Settings
 
@@ -101,6 +102,10 @@ class YjsEndpoint:
             if isinstance(exc, TooManyRooms):
                 log.warning("conn=%s room=%r refused: %s", conn.id, name, exc)
                 conn.close(CloseCode.TRY_AGAIN_LATER, "too many rooms loaded, try again later")
+            elif isinstance(exc, RoomLoadError) and store_failure(exc) is not None:
+                # Logged by the room; the doc is fine, the store cannot be read now.
+                log.warning("conn=%s room=%r refused: the store is unavailable", conn.id, name)
+                conn.close(CloseCode.STORE_UNAVAILABLE, "the store is unavailable, try again later")
             elif isinstance(exc, RoomLoadError):
                 log.error("conn=%s room=%r cannot be served: %s", conn.id, name, exc)
                 conn.close(CloseCode.LOAD_FAILED, "document failed to load")

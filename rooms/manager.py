@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds after an unload before freed memory is handed back (unloads come in waves).
 TRIM_DELAY = 2.0
+#: First and longest pause before a room whose write failed is compacted (again).
+REPAIR_PAUSE = 0.5
+REPAIR_MAX_PAUSE = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,8 @@ class RoomManager:
         #: Docs being deleted: no room of them loads until the deletion is committed.
         self._deleting: dict[tuple[str, str], anyio.Event] = {}
         self.store_failures = 0
+        self._repairing: set[Room] = set()  # rooms waiting to be stored whole again
+        self._repair_wanted = anyio.Event()
         self.closing = False
         self._trim_scheduled = False
 
@@ -94,6 +99,7 @@ class RoomManager:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self.supervisor.loop, "liveness", self._sweep_liveness)
+        self._tg.start_soon(self.supervisor.loop, "repair", self._repair_rooms)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -296,6 +302,7 @@ class RoomManager:
         """A commit holding updates of ``room`` failed: its clients must not believe
         their edits are stored. Called once per failed update; logged once per room."""
         self.store_failures += 1
+        self._repair_later(room)
         open_conns = [c for c in room.connections.values() if not c.closing]
         if not open_conns:
             return
@@ -306,6 +313,42 @@ class RoomManager:
             exc,
         )
         room.close_all(CloseCode.STORE_UNAVAILABLE, "updates cannot be stored")
+
+    def _repair_later(self, room: Room) -> None:
+        """Have :meth:`_repair_rooms` store the whole state of ``room`` (called from a
+        commit's callback, so it only marks the room)."""
+        self._repairing.add(room)
+        self._repair_wanted.set()
+
+    async def _repair_rooms(self) -> None:
+        """Store whole again every room whose write failed, once the store takes writes.
+
+        Such a room's log lacks the updates whose commit failed, while its doc holds
+        them: updates logged after them depend on them, and loading the doc from the
+        store would leave those out too (acknowledged, yet not seen). A compaction
+        writes the whole state and closes the gap. Tried with a growing pause while
+        the store fails (an unload compacts the room as well).
+        """
+        pause = REPAIR_PAUSE
+        while True:
+            await self._repair_wanted.wait()
+            await anyio.sleep(pause)
+            failed = False
+            for room in list(self._repairing):
+                if not room.store_failed or room.state is not RoomState.LOADED:
+                    self._repairing.discard(room)
+                    continue
+                try:
+                    await room.compact()
+                except StoreError as exc:
+                    log.debug("room=%r repair compaction failed: %s", room.name, exc)
+                    failed = True
+                    break  # the store still fails: the others wait for the next round
+                self._repairing.discard(room)
+                log.info("room=%r stored whole again after a failed write", room.name)
+            pause = min(pause * 2, REPAIR_MAX_PAUSE) if failed else REPAIR_PAUSE
+            if not self._repairing:
+                self._repair_wanted = anyio.Event()
 
     # -- unloading ---------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from persistence.store import (
     StoreUnavailableError,
     StoreWriteError,
 )
+from tests.tcp_relay import TcpRelay
 
 pytestmark = pytest.mark.anyio
 
@@ -743,69 +744,10 @@ async def test_server_gone_fails_writes_as_unavailable_then_recovers(
                 assert stored is not None and stored.updates == [yupdate("a"), yupdate("b")]
 
 
-class _Proxy:
-    """A TCP relay to PostgreSQL on a fixed local port, which can vanish and come back:
-    the server as seen through a network that drops (connections reset, port closed)."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._transports: set[asyncio.BaseTransport] = set()
-        self._relays: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._relay, "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        self._server = None
-        for transport in list(self._transports):
-            transport.abort()  # a reset, not a clean goodbye
-        with anyio.fail_after(10):
-            while self._relays:
-                await asyncio.wait(list(self._relays))
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._relays.add(task)
-        ends = [writer.transport]
-        self._transports.add(writer.transport)
-        try:
-            try:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 5432)
-            except OSError:
-                return
-            ends.append(up_writer.transport)
-            self._transports.add(up_writer.transport)
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        finally:
-            for transport in ends:
-                transport.abort()
-                self._transports.discard(transport)
-            self._relays.discard(task)
-
-
-async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    try:
-        while data := await src.read(65536):
-            dst.write(data)
-            await dst.drain()
-    except OSError:
-        pass  # reset: the relay ends
-    finally:
-        dst.transport.abort()
-
-
 async def test_network_gone_fails_writes_and_reads_then_recovers() -> None:
     with throwaway_database("proxy") as dsn:
         dbname = dsn.rsplit("/", 1)[1]
-        proxy = _Proxy()
+        proxy = TcpRelay()
         await proxy.start()
         via_proxy = f"postgresql://postgres@127.0.0.1:{proxy.port}/{dbname}"
         with anyio.fail_after(TIMEOUT):
