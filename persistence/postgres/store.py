@@ -226,6 +226,11 @@ class PostgresStore:
             # An idle connection the server dropped is replaced before use, not
             # handed to a batch to fail on.
             check=AsyncConnectionPool.check_connection,
+            # psycopg_pool retries a lost connection with doubling delays for up to
+            # 300 s: after a minute's outage its next try could be a minute away, and
+            # the node would stay unready although PostgreSQL is back. A short chain
+            # gives up instead, and the next request starts a fresh, immediate one.
+            reconnect_timeout=max(2 * self._acquire_timeout, 10.0),
             configure=_configure,
             name=f"crdt-sync {self._where}",
         )
