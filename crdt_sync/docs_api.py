@@ -52,7 +52,7 @@ from .auth.principal import principal_of
 from .docnames import InvalidDocName, split_record, validate_doc_name
 from .http_api import ApiError, int_param, read_body, routes
 from .inputs import InputError, check_name
-from .projection import doc_to_json
+from .records.projection import doc_to_json
 
 log = logging.getLogger(__name__)
 

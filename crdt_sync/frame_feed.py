@@ -54,7 +54,8 @@ from rooms.supervisor import Supervisor
 
 from .docnames import split_record
 from .frame_publisher import FramePublisher, Slot
-from .records import FieldError, RootTypes, diff, plan_write, project, same
+from .records.projection import RootTypes, diff, project, same
+from .records.writes import FieldError, plan_write
 
 log = logging.getLogger(__name__)
 
