@@ -27,7 +27,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from persistence.store import StoreError
-from rooms.feed_hub import frame_dict
 from rooms.manager import ShuttingDown, TooManyRooms
 from rooms.room import RoomLoadError
 
@@ -36,6 +35,7 @@ from .docnames import InvalidDocName, validate_doc_name
 from .frame_feed import Mutation, MutationError
 from .http_api import ApiError, int_param, read_body, routes
 from .inputs import InputError, check_name, parse_json, parse_uint
+from .records.wire import frame_dict
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("crdt_sync.audit")

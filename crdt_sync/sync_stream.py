@@ -60,14 +60,7 @@ import anyio
 from persistence.store import Store, StoreError
 from rooms.close_codes import CloseCode
 from rooms.connection import Connection
-from rooms.feed_hub import (
-    FeedHub,
-    FeedSubscriber,
-    encode_json_array,
-    encode_json_event,
-    encode_sse,
-    encode_sse_event,
-)
+from rooms.feed_hub import FeedHub, FeedSubscriber
 from rooms.limits import LimitExceeded
 from rooms.manager import ShuttingDown, TooManyRooms
 from rooms.room import RoomLoadError
@@ -91,6 +84,7 @@ from .front_door import SUBPROTOCOL_KEY
 from .http_api import ApiError
 from .inputs import InputError, parse_json
 from .presence import RecordNotFound
+from .records.wire import encode_json_array, encode_json_event, encode_sse, encode_sse_event
 from .sync_api import parse_sid, parse_type, record_type_error, too_old
 
 log = logging.getLogger(__name__)
