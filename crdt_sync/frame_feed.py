@@ -12,7 +12,7 @@ the store never yield to the event loop, and the store commits in queue order, s
 baselines and sids advance together. The frames each commit returns are published on
 the node's :class:`~rooms.frame_bus.FrameBus` (which the
 :class:`~rooms.feed_hub.FeedHub` subscribes to) in queue order, so in sid order, each
-commit once: see :mod:`crdt_sync.frame_publisher`.
+commit once: see :mod:`crdt_sync.records.publisher`.
 
 A draft's ``update_id`` is left to the store (``None``: the doc's newest update at its
 place in the queue, or the update it rides on): this node's log is in queue order.
@@ -53,7 +53,7 @@ from rooms.room import Origin, Room, RoomLoadError, RoomState, now_ms
 from rooms.supervisor import Supervisor
 
 from .docnames import split_record
-from .frame_publisher import FramePublisher, Slot
+from .records.publisher import FramePublisher, Slot
 from .records.projection import RootTypes, diff, project, same
 from .records.writes import FieldError, plan_write
 

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from crdt_sync.frame_feed import Mutation
-from crdt_sync.frame_publisher import FramePublisher
+from crdt_sync.records.publisher import FramePublisher
 from persistence.store import Commit, Frame, StoreWriteError
 from rooms.frame_bus import LocalFrameBus
 from tests.unit.live_node import ORG, fields_update, live_node
