@@ -214,7 +214,8 @@ class DocsApi:
         try:
             if split_record(name) is not None:
                 # A record: its deletion is a "d" frame, logged in the same transaction.
-                existed = await self.runtime.feed.delete(org, name, actor=actor) is not None
+                deleted = await self.runtime.feed.mutations.delete(org, name, actor=actor)
+                existed = deleted is not None
             else:
                 existed = await self.runtime.manager.delete(org, name)
         except StoreError as exc:

@@ -157,9 +157,8 @@ class _NodeCollector:
                 value=stats.queued,
             )
         feed = runtime._feed
-        yield CounterMetricFamily(
-            "crdt_sync_frames", "SyncFrames logged.", value=feed.frames_logged if feed else 0
-        )
+        logged = feed.publisher.frames_logged if feed else 0
+        yield CounterMetricFamily("crdt_sync_frames", "SyncFrames logged.", value=logged)
         yield CounterMetricFamily(
             "crdt_sync_throttled",
             "delta/records requests refused with 429.",

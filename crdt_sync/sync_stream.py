@@ -1,5 +1,10 @@
 """The live SyncFrame feed: ``WS /sync/v1/ws`` and ``GET /sync/v1/events`` (SSE).
 
+Ordering rule owned here (with each :class:`~rooms.feed_hub.FeedSubscriber`'s
+cursor): *what a subscriber has seen*. Frames come from the store (catch-up) and the
+node's :class:`~rooms.frame_bus.FrameBus` (live) only, never from this node's writers,
+so a subscriber cannot tell which node committed a frame.
+
 Both take ``?since=SID`` (SSE: or ``Last-Event-ID``, which wins) and ``?t=TYPE``,
 send every frame after ``since`` from the store, then live frames, with no gap and
 no duplicate across the boundary (see :mod:`rooms.feed_hub`). Without ``since``

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crdt_sync.auth.principal import Grant
-from crdt_sync.records.publisher import FramePublisher
 from crdt_sync.http_api import ApiError
+from crdt_sync.records.publisher import FramePublisher
 from crdt_sync.records.wire import encode_json_array, encode_json_event
 from crdt_sync.sync_stream import catch_up
 from persistence.sqlite import SQLiteStore
