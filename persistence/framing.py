@@ -73,14 +73,22 @@ def settle(draft: FrameDraft, stored: dict[str, JSON] | None) -> FrameDraft | No
     if draft.op == "i":
         p = diff(stored, draft.record if draft.record is not None else {})
         return dataclasses.replace(draft, op="u", p=p) if p else None
-    p = {
-        key: value
-        for key, value in draft.p.items()
-        if not same(stored.get(key), value) or (value is None and key in stored)
-    }
+    p = {key: value for key, value in draft.p.items() if _is_new(key, value, draft, stored)}
     if len(p) == len(draft.p):
         return draft
     return dataclasses.replace(draft, p=p) if p else None
+
+
+def _removes(key: str, value: JSON, draft: FrameDraft) -> bool:
+    """A null in ``p`` is a removed field, unless the draft's record holds the field
+    with a null value (a value projected as null, such as NaN from a Yjs client)."""
+    return value is None and (draft.record is None or key not in draft.record)
+
+
+def _is_new(key: str, value: JSON, draft: FrameDraft, stored: dict[str, JSON]) -> bool:
+    if _removes(key, value, draft):
+        return key in stored
+    return key not in stored or not same(stored[key], value)
 
 
 def fold(stored: dict[str, JSON] | None, frame: FrameDraft) -> dict[str, JSON] | None:
@@ -94,7 +102,7 @@ def fold(stored: dict[str, JSON] | None, frame: FrameDraft) -> dict[str, JSON] |
     else:
         base = dict(stored)
     for key, value in frame.p.items():
-        if value is None:
+        if _removes(key, value, frame):
             base.pop(key, None)
         else:
             base[key] = value

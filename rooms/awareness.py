@@ -199,13 +199,18 @@ class RoomAwareness:
             removals.append(AwarenessEntry(client_id, clock, "null"))
         return removals
 
-    def current(self) -> list[AwarenessEntry]:
-        """Live states, leaving out those not renewed within the outdated timeout."""
+    def current(self, *, local_only: bool = False) -> list[AwarenessEntry]:
+        """Live states, leaving out those not renewed within the outdated timeout.
+
+        ``local_only``: only those that came through this node's connections (owners
+        >= 0; another node's states have negative owners, see :mod:`rooms.replica`).
+        """
         self.prune()
         return [
             AwarenessEntry(client_id, known.clock, known.state)
             for client_id, known in self._known.items()
             if known.state is not None
+            and not (local_only and (known.owner is None or known.owner < 0))
         ]
 
     def _disown(self, owner: int, client_id: int) -> None:

@@ -15,7 +15,10 @@ and applied. Applying an update twice is harmless (Yjs integrates each struct on
 so updates are applied as they arrive and only the bookkeeping waits.
 
 The same read runs right after the room joins the bus (what was committed between
-loading the doc and subscribing) and after a bus outage (:meth:`bus_resumed`).
+loading the doc and subscribing) and after a bus outage (:meth:`bus_resumed`). After an
+outage the replica also announces its head (an empty update naming itself as its own
+predecessor): what this node committed while its link was down was never published, and
+the nodes that missed it see the gap and read the store.
 """
 
 from __future__ import annotations
@@ -28,13 +31,22 @@ import anyio
 from persistence.store import Committed, Store, StoreError
 
 from .broadcaster import Broadcaster, RemoteAwareness, RemoteUpdate
-from .codec import AwarenessUpdate, decode_message
+from .codec import (
+    AwarenessUpdate,
+    QueryAwareness,
+    decode_message,
+    encode_awareness_update,
+    encode_query_awareness,
+)
 from .strict_json import InputError
 
 if TYPE_CHECKING:
     from .room import Room
 
 log = logging.getLogger(__name__)
+
+#: An update that changes nothing: the body of a head announcement.
+EMPTY_UPDATE = b"\x00\x00"
 
 #: How long a gap may stay open before the store is read (messages from several
 #: publishers may arrive slightly out of commit order).
@@ -59,6 +71,7 @@ class Replica:
         #: Update ids above ``last`` already held (arrived out of order).
         self._ahead: dict[int, int] = {}  # prev_update_id -> update_id
         self._repair_due = False
+        self._announce_due = False
         self._wake = anyio.Event()
         self._owners: dict[str, int] = {}
         self.repairs = 0
@@ -70,6 +83,9 @@ class Replica:
         """Join the doc's channel, catch up once, then repair gaps as they show up."""
         await self.broadcaster.join(self.room.org, self.room.name, self)
         try:
+            # Nodes that held the doc before us know awareness states that they will
+            # not renew for up to 15 s: ask them (y-protocols' query-awareness).
+            self.awareness(encode_query_awareness())
             self._repair_due = True
             task_status.started()
             while True:
@@ -80,6 +96,9 @@ class Replica:
                 if self._repair_due or self._ahead:
                     self._repair_due = False
                     await self._repair()
+                if self._announce_due:
+                    self._announce_due = False
+                    self._announce()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.broadcaster.leave(self.room.org, self.room.name)
@@ -134,6 +153,9 @@ class Replica:
     def remote_awareness(self, awareness: RemoteAwareness) -> None:
         try:
             message = decode_message(awareness.message)
+            if isinstance(message, QueryAwareness):
+                self._answer_query()
+                return
             if not isinstance(message, AwarenessUpdate):
                 raise ValueError(f"not an awareness message: {type(message).__name__}")
             entries = message.entries
@@ -150,9 +172,19 @@ class Replica:
             self.room.drop_presence(owner, share=False)
 
     def bus_resumed(self) -> None:
+        """Back on the bus after an outage: read what others committed meanwhile, then
+        announce how far this node is, so that nodes which missed what it committed
+        while its link was down (its publishes were dropped) repair too."""
+        self._announce_due = True
         self._repair_soon()
 
     # -- internals -------------------------------------------------------------------
+
+    def _answer_query(self) -> None:
+        """Another node loaded the doc: tell it the states of this node's clients."""
+        states = self.room.awareness.current(local_only=True)
+        if states:
+            self.awareness(encode_awareness_update(states))
 
     def owner_of(self, node: str) -> int:
         """The awareness owner id standing for ``node`` (negative: never a connection)."""
@@ -160,6 +192,23 @@ class Replica:
         if owner is None:
             owner = self._owners[node] = -(len(self._owners) + 1)
         return owner
+
+    def _announce(self) -> None:
+        """Publish this node's head of the doc as an empty update whose previous id is
+        itself: a node behind it sees a gap and reads the store."""
+        if self.last == 0:
+            return
+        self.broadcaster.publish_update(
+            RemoteUpdate(
+                origin=self.broadcaster.node_id,
+                org=self.room.org,
+                name=self.room.name,
+                update_id=self.last,
+                prev_update_id=self.last,
+                update=EMPTY_UPDATE,
+                actor="",
+            )
+        )
 
     def _advance(self, prev: int, update_id: int) -> None:
         if update_id <= self.last:

@@ -156,7 +156,9 @@ class Cluster:
                     node._close_pipes()
 
     def logs(self) -> str:
-        return "\n".join(f"--- {n.log_path.name}\n{n.log()[-4000:]}" for n in self.nodes)
+        return "\n".join(
+            f"--- node-{i + 1} ({n.log_path})\n{n.log()[-4000:]}" for i, n in enumerate(self.nodes)
+        )
 
     def __enter__(self) -> Cluster:
         return self.start()

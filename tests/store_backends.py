@@ -16,8 +16,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
-import pytest
-
 from persistence.memory import MemoryStore
 from persistence.sqlite import SQLiteStore
 from persistence.store import Store
@@ -31,13 +29,9 @@ POSTGRES_ADMIN_DSN = os.environ.get(
 
 
 def postgres_store_class() -> type:
-    """``persistence.postgres.PostgresStore``; skips the test while it does not exist."""
-    try:
-        from persistence.postgres import PostgresStore
-    except ModuleNotFoundError as exc:
-        if exc.name != "persistence.postgres":
-            raise
-        pytest.skip("persistence.postgres does not exist yet (issue 12)")
+    """``persistence.postgres.PostgresStore`` (never skipped: CI starts PostgreSQL)."""
+    from persistence.postgres import PostgresStore
+
     return PostgresStore
 
 

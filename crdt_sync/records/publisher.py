@@ -14,6 +14,12 @@ the feed's subscribers, already past them, would drop them). So a write takes it
 (:meth:`FramePublisher.reserve`) when it is queued, and the frames of a commit are
 published once every write queued before it has been published (or has failed).
 
+Batching: the writes of one group commit complete together; their frames go out as
+one publication per org (one message per subscriber, not one per write). The drain
+runs once per event-loop iteration in which a commit completed, after every
+done-callback of that iteration (measured: 1 frame per message made fan-out to 104
+subscribers 3.8x slower than the store's former commit listener, which batched so).
+
 Ordering rule owned here: *a commit's frames reach the bus in queue order, once*. It
 sits with the writers (the :mod:`~crdt_sync.records.coalescer` and the mutation
 engine), not with the frame stream: a write's place must be taken where it is queued,
@@ -24,6 +30,7 @@ the bus, so that a subscriber cannot tell which node committed a frame.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -60,6 +67,7 @@ class FramePublisher:
         self.bus = bus
         self._on_published = on_published
         self._slots: deque[Slot] = deque()
+        self._drain_scheduled = False
         #: Publications that raised (a subscriber's bug): counted and logged, never
         #: allowed to stop the ones behind them.
         self.failures = 0
@@ -85,14 +93,25 @@ class FramePublisher:
             if not fut.cancelled() and fut.exception() is None:
                 slot.frames = frames_of(fut.result())
             slot.done = True
-            self._drain()
+            self._drain_soon()
 
         commit.add_done_callback(done)
 
     def drop(self, slot: Slot) -> None:
         """Nothing was queued at ``slot`` (the write was refused before it was queued)."""
         slot.done = True
-        self._drain()
+        self._drain_soon()
+
+    def _drain_soon(self) -> None:
+        if self._drain_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): drain now
+            self._drain()
+            return
+        self._drain_scheduled = True
+        loop.call_soon(self._drain)
 
     def publish_on_commit(
         self, commit: Commit[Any], frames_of: Callable[[Any], list[Frame]]
@@ -101,11 +120,19 @@ class FramePublisher:
         self.attach(self.reserve(), commit, frames_of)
 
     def _drain(self) -> None:
+        """Publish the frames of every leading finished write, one publication per run
+        of one org's frames (in queue order)."""
+        self._drain_scheduled = False
         slots = self._slots
+        run: list[Frame] = []
         while slots and slots[0].done:
-            frames = slots.popleft().frames
-            if frames:
-                self._publish(frames)
+            for frame in slots.popleft().frames:
+                if run and run[-1].org != frame.org:
+                    self._publish(run)
+                    run = []
+                run.append(frame)
+        if run:
+            self._publish(run)
 
     def _publish(self, frames: list[Frame]) -> None:
         self.frames_logged += len(frames)

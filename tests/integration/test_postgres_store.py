@@ -65,7 +65,8 @@ def throwaway_database(tag: str) -> Iterator[str]:
         with _admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {SERVER}: {exc}")
+        # Never a skip: .ci/run starts PostgreSQL, and a skip would hide a broken setup.
+        pytest.fail(f"PostgreSQL is not reachable at {SERVER} (start it, see .ci/run): {exc}")
     try:
         yield f"{SERVER}/{name}"
     finally:

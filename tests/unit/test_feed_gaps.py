@@ -103,6 +103,9 @@ class World:
         for id, commit in zip(ids, commits, strict=True):
             (frame,) = await commit
             self.committed.append((frame.sid, t, id))
+        # The publisher publishes a commit's frames in the loop iteration after it
+        # completes (one publication per group commit): let it, before the next action.
+        await asyncio.sleep(0)
 
     async def act(self) -> None:
         async with self.lock:

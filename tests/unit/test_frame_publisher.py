@@ -87,6 +87,7 @@ async def test_a_failed_commit_or_a_dropped_place_publishes_nothing_and_holds_no
     await settled()
     assert got.sids == []
     publisher.drop(refused)
+    await settled()
     assert got.sids == [1]
 
 
@@ -111,6 +112,7 @@ async def test_a_failing_subscriber_is_counted_and_the_frames_behind_still_go_ou
         publisher.publish_on_commit(commit, same)
     with caplog.at_level(logging.ERROR):
         commits[0].set_result([frame(1)])
+        await settled()
         commits[1].set_result([frame(2)])
         await settled()
     assert "publishing failed" in caplog.text
@@ -159,3 +161,20 @@ async def test_every_frame_the_feed_commits_is_published_once_in_sid_order(
     assert got.frames == stored  # each once, in sid order
     assert feed.publisher.frames_logged == len(stored)
     assert [r["sid"] for r in results] == [f.sid for f in stored[:3]]  # type: ignore[index]
+
+
+async def test_the_writes_of_one_group_commit_are_one_publication_per_org() -> None:
+    bus = LocalFrameBus()
+    publications: list[list[tuple[str, int]]] = []
+    bus.subscribe(lambda frames: publications.append([(f.org, f.sid) for f in frames]))
+    publisher = FramePublisher(bus)
+    loop = asyncio.get_running_loop()
+    commits = [Commit(loop=loop) for _ in range(4)]
+    for commit in commits:
+        publisher.publish_on_commit(commit, same)
+    # one group commit settles them all in one go
+    for sid, commit in enumerate(commits[:3], start=1):
+        commit.set_result([frame(sid)])
+    commits[3].set_result([frame(1, org="other")])
+    await settled()
+    assert publications == [[("default", 1), ("default", 2), ("default", 3)], [("other", 1)]]

@@ -82,3 +82,17 @@ def test_a_row_folded_from_settled_drafts_of_two_views_equals_the_newest_values(
     assert row == {"a": 2, "b": 5}
     # B, once it sees A's change, drafts a=2 again: nothing new
     assert settle(draft("u", {"a": 2}, {"a": 2, "b": 5}), row) is None
+
+
+def test_a_field_projected_as_null_is_not_a_removal() -> None:
+    # NaN from a Yjs client is projected as null: the field is there, its value null.
+    d = draft("u", {"high": None}, {"a": 1, "high": None})
+    out = settle(d, {"a": 1})
+    assert out is not None and out.p == {"high": None}
+    assert fold({"a": 1}, d) == {"a": 1, "high": None}
+    # and once the row holds that null, the same draft is nothing new
+    assert settle(d, {"a": 1, "high": None}) is None
+    # a removal (not in the record) of a field the row holds is new
+    removal = draft("u", {"high": None}, {"a": 1})
+    assert settle(removal, {"a": 1, "high": None}) == removal
+    assert fold({"a": 1, "high": None}, removal) == {"a": 1}

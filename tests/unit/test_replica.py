@@ -106,7 +106,8 @@ async def test_a_committed_update_reaches_the_other_node_and_advances_both_chain
         [sent] = [m for m in a_bus.published if isinstance(m, RemoteUpdate)]
         assert (sent.origin, sent.actor, sent.prev_update_id) == ("a", "ann", 0)
         assert b.replica.repairs == 0  # nothing was missing
-        assert b_bus.published == []  # b logged nothing of it and relayed nothing back
+        # b relayed nothing of it back (it only asked, once, for the others' awareness)
+        assert [m for m in b_bus.published if isinstance(m, RemoteUpdate)] == []
         tg.cancel_scope.cancel()
 
 
@@ -180,4 +181,38 @@ async def test_a_remote_awareness_message_that_does_not_decode_is_dropped() -> N
         ok = encode_awareness_update((AwarenessEntry(3, 1, '{"u":1}'),))
         b.replica.remote_awareness(RemoteAwareness("a", "default", "note", ok))
         assert len(b.awareness) == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_a_node_that_loads_the_doc_later_is_told_the_awareness_states_of_the_others() -> None:
+    async with MemoryStore() as store, anyio.create_task_group() as tg:
+        a_bus, b_bus = PairBus("a"), PairBus("b")
+        a_bus.peer, b_bus.peer = b_bus, a_bus
+        a = Room("default", "note", store)
+        await a.load()
+        a.replica = Replica(a, a_bus, store)
+        await tg.start(a.replica.run)
+        a.set_presence(1, AwarenessEntry(client_id=7, clock=1, state='{"user":"ann"}'))
+        b = Room("default", "note", store)  # loads the doc after ann showed herself
+        await b.load()
+        b.replica = Replica(b, b_bus, store)
+        await tg.start(b.replica.run)
+        await wait_for(lambda: len(b.awareness) == 1, "b was told about ann")
+        # a answers with its own clients' states only, never b's (no echo loop)
+        assert [e.client_id for e in b.awareness.current()] == [7]
+        tg.cancel_scope.cancel()
+
+
+async def test_what_a_node_committed_while_its_link_was_down_reaches_the_others_once_it_is_back():
+    async with MemoryStore() as store, anyio.create_task_group() as tg:
+        a_bus, _b_bus, a, b = await two_nodes(store, tg)
+        a_bus.dropping = True  # a's own link is down: its publishes are lost
+        appended = await a.apply_update(
+            text_update(Doc(), 0, "offline"), actor="ann", origin=Origin.HTTP
+        )
+        committed = await appended.durable
+        a_bus.dropping = False
+        a.replica.bus_resumed()  # a is back: it announces its head
+        await wait_for(lambda: body(b) == "offline", "b repaired from the store")
+        assert b.replica.last == committed.update_id
         tg.cancel_scope.cancel()
