@@ -40,11 +40,11 @@ from .browser_guard import BrowserGuard
 from .cluster import Buses, node_id_of, open_buses, open_store
 from .docs_api import DocsApi
 from .errors import json_error
-from .frame_feed import RecordFeed
 from .front_door import FrontDoor, authenticator_from
 from .metrics import Metrics
 from .presence import Presence
 from .ratelimit import ConnectionLimiter, SlidingWindowLimiter
+from .record_feed import RecordFeed
 from .settings import Settings
 from .sync_api import SyncApi
 from .sync_stream import FrameStreams

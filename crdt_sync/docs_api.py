@@ -53,7 +53,7 @@ from .docnames import InvalidDocName, split_record, validate_doc_name
 from .errors import store_failure
 from .http_api import ApiError, int_param, read_body, routes
 from .inputs import InputError, check_name
-from .projection import doc_to_json
+from .records.projection import doc_to_json
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,8 @@ class DocsApi:
         try:
             if split_record(name) is not None:
                 # A record: its deletion is a "d" frame, logged in the same transaction.
-                existed = await self.runtime.feed.delete(org, name, actor=actor) is not None
+                deleted = await self.runtime.feed.mutations.delete(org, name, actor=actor)
+                existed = deleted is not None
             else:
                 existed = await self.runtime.manager.delete(org, name)
         except StoreError as exc:

@@ -77,7 +77,7 @@ from starlette.responses import Response
 from persistence.store import COMMIT_OPS_BUCKETS, COMMIT_SECONDS_BUCKETS, StoreStats
 from rooms.stats import MESSAGE_TYPES, TRAFFIC
 
-from .projection import CONFORMED
+from .records.projection import CONFORMED
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -157,9 +157,8 @@ class _NodeCollector:
                 value=stats.queued,
             )
         feed = runtime._feed
-        yield CounterMetricFamily(
-            "crdt_sync_frames", "SyncFrames logged.", value=feed.frames_logged if feed else 0
-        )
+        logged = feed.publisher.frames_logged if feed else 0
+        yield CounterMetricFamily("crdt_sync_frames", "SyncFrames logged.", value=logged)
         yield CounterMetricFamily(
             "crdt_sync_throttled",
             "delta/records requests refused with 429.",

@@ -36,7 +36,7 @@ from rooms.manager import RoomManager
 from rooms.room import Room, RoomState
 
 from .docnames import split_record
-from .projection import conform
+from .records.projection import conform
 
 log = logging.getLogger(__name__)
 

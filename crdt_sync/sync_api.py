@@ -27,16 +27,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from persistence.store import StoreError
-from rooms.feed_hub import frame_dict
 from rooms.manager import ShuttingDown, TooManyRooms
 from rooms.room import RoomLoadError
 
 from .auth.principal import principal_of
 from .docnames import InvalidDocName, validate_doc_name
 from .errors import store_failure
-from .frame_feed import Mutation, MutationError
 from .http_api import ApiError, int_param, read_body, routes
 from .inputs import InputError, check_name, parse_json, parse_uint
+from .mutations import Mutation, MutationError
+from .records.wire import frame_dict
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("crdt_sync.audit")
@@ -219,7 +219,7 @@ class SyncApi:
         principal = principal_of(request.scope)
         allowed = [m for m in mutations if principal.grant.allows(f"{m.t}/{m.id}", "write")]
         applied = iter(
-            await self.runtime.feed.mutate_many(
+            await self.runtime.feed.mutations.mutate_many(
                 principal.org, allowed, actor=principal.actor, client_id=client_id
             )
             if allowed

@@ -1,5 +1,10 @@
 """The live SyncFrame feed: ``WS /sync/v1/ws`` and ``GET /sync/v1/events`` (SSE).
 
+Ordering rule owned here (with each :class:`~rooms.feed_hub.FeedSubscriber`'s
+cursor): *what a subscriber has seen*. Frames come from the store (catch-up) and the
+node's :class:`~rooms.frame_bus.FrameBus` (live) only, never from this node's writers,
+so a subscriber cannot tell which node committed a frame.
+
 Both take ``?since=SID`` (SSE: or ``Last-Event-ID``, which wins) and ``?t=TYPE``,
 send every frame after ``since`` from the store, then live frames, with no gap and
 no duplicate across the boundary (see :mod:`rooms.feed_hub`). Without ``since``
@@ -60,14 +65,7 @@ import anyio
 from persistence.store import Store, StoreError
 from rooms.close_codes import CloseCode
 from rooms.connection import Connection
-from rooms.feed_hub import (
-    FeedHub,
-    FeedSubscriber,
-    encode_json_array,
-    encode_json_event,
-    encode_sse,
-    encode_sse_event,
-)
+from rooms.feed_hub import FeedHub, FeedSubscriber
 from rooms.limits import LimitExceeded
 from rooms.manager import ShuttingDown, TooManyRooms
 from rooms.room import RoomLoadError
@@ -91,6 +89,7 @@ from .front_door import SUBPROTOCOL_KEY
 from .http_api import ApiError
 from .inputs import InputError, parse_json
 from .presence import RecordNotFound
+from .records.wire import encode_json_array, encode_json_event, encode_sse, encode_sse_event
 from .sync_api import parse_sid, parse_type, record_type_error, too_old
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,11 @@
 """Fan-out of committed SyncFrames to the frame subscribers of this node.
 
-The store calls :meth:`FeedHub.publish` with the frames of every commit, in sid
-order, on the event loop. Each subscriber (a WebSocket or SSE client of the frame
-feed) has a bounded :class:`~rooms.connection.Connection` queue, so a subscriber
-that stops reading is closed with 4429 and never slows anybody down.
+The node's :class:`~rooms.frame_bus.FrameBus` calls :meth:`FeedHub.publish` with the
+frames of every commit, in sid order, on the event loop. Each subscriber (a WebSocket
+or SSE client of the frame feed) has a bounded :class:`~rooms.connection.Connection`
+queue, so a subscriber that stops reading is closed with 4429 and never slows anybody
+down. The hub does not know the SyncFrame wire shape: each subscriber carries the
+encoders its endpoint gave it (``crdt_sync.records.wire``).
 
 Catch-up without gaps or duplicates: a new subscriber is registered *before* it
 reads the frames it missed from the store, and buffers what is published
@@ -22,7 +24,6 @@ as it catches up, so catch-up pages over them; the overlap logic above is unchan
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Protocol
@@ -39,6 +40,8 @@ CLOSE_INTERNAL_ERROR = CloseCode.INTERNAL_ERROR
 #: Frames a subscriber buffers while it catches up; past it, it reads the store again.
 MAX_BUFFERED = 10_000
 
+#: How a subscriber's frames are put on its wire, and its other events (presence):
+#: given by the feed's endpoints (``crdt_sync.records.wire``), never chosen here.
 Encoder = Callable[[list[Frame]], bytes]
 EventEncoder = Callable[[dict[str, Any]], bytes]
 
@@ -48,60 +51,6 @@ class DocFilter(Hashable, Protocol):
     so that subscribers with equal filters share one encoding of each publish."""
 
     def covers(self, doc_name: str) -> bool: ...
-
-
-def frame_dict(frame: Frame) -> dict[str, Any]:
-    """The SyncFrame wire shape: ``{sid, t, id, op, p, who, at, ctx: {client_tx_id}}``."""
-    ctx = frame.ctx if "client_tx_id" in frame.ctx else {"client_tx_id": None, **frame.ctx}
-    return {
-        "sid": frame.sid,
-        "t": frame.t,
-        "id": frame.id,
-        "op": frame.op,
-        "p": frame.p,
-        "who": frame.who,
-        "at": frame.at,
-        "ctx": ctx,
-    }
-
-
-def dumps(value: Any, *, ascii: bool = False) -> str:
-    """Strict JSON text (NaN and infinities raise ``ValueError``: they are not JSON)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=ascii, allow_nan=False)
-
-
-def _utf8(render: Callable[[bool], str]) -> bytes:
-    """``render(ascii=False)`` as UTF-8; if a lone surrogate has no UTF-8 encoding, the
-    JSON is rendered ASCII-escaped instead: still valid JSON and valid UTF-8. (The
-    store holds no such string; this keeps every encoder total all the same.)"""
-    try:
-        return render(False).encode("utf-8")
-    except UnicodeEncodeError:
-        return render(True).encode("ascii")
-
-
-def encode_json_array(frames: list[Frame]) -> bytes:
-    """One WebSocket message: a JSON array of frames."""
-    wire = [frame_dict(f) for f in frames]
-    return _utf8(lambda ascii: dumps(wire, ascii=ascii))
-
-
-def encode_json_event(event: dict[str, Any]) -> bytes:
-    """One WebSocket message: a JSON object such as ``{"type": "presence", ...}``."""
-    return _utf8(lambda ascii: dumps(event, ascii=ascii))
-
-
-def encode_sse(frames: list[Frame]) -> bytes:
-    """Server-Sent Events, one per frame, ``id:`` = sid (resumable with Last-Event-ID)."""
-    wire = [(f.sid, frame_dict(f)) for f in frames]
-    return _utf8(
-        lambda ascii: "".join(f"id: {sid}\ndata: {dumps(d, ascii=ascii)}\n\n" for sid, d in wire)
-    )
-
-
-def encode_sse_event(event: dict[str, Any]) -> bytes:
-    """A named Server-Sent Event (``event: presence``) without an id."""
-    return _utf8(lambda ascii: f"event: {event['type']}\ndata: {dumps(event, ascii=ascii)}\n\n")
 
 
 class FeedSubscriber:

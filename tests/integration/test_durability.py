@@ -37,7 +37,7 @@ from pycrdt import Array, Doc, Map, Text, merge_updates
 from websockets.protocol import State
 
 from crdt_sync.client import YjsClient, connect
-from crdt_sync.projection import doc_to_json
+from crdt_sync.records.projection import doc_to_json
 from rooms.codec import (
     AwarenessEntry,
     SyncStep2,

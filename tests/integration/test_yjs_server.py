@@ -17,7 +17,7 @@ import websockets
 from pycrdt import Doc, Map, Text
 
 from crdt_sync.client import connect
-from crdt_sync.projection import doc_to_json as doc_json
+from crdt_sync.records.projection import doc_to_json as doc_json
 from rooms.codec import (
     AwarenessEntry,
     AwarenessUpdate,

@@ -20,7 +20,7 @@ import anyio
 import anyio.to_thread
 from pycrdt import Doc, Map
 
-from crdt_sync.frame_feed import RecordFeed
+from crdt_sync.record_feed import RecordFeed
 from persistence.sqlite import SQLiteStore
 from persistence.store import Appended, RecordRow, StoredDoc
 from rooms.connection import Connection

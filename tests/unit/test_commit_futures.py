@@ -92,7 +92,7 @@ async def callbacks_ran() -> None:
 
 
 def observe(commit: Any) -> list[Any]:
-    """What the done-callbacks of ``commit`` see, as rooms/ and frame_feed look at it."""
+    """What the done-callbacks of ``commit`` see, as rooms/ and the record feed look at it."""
     seen: list[Any] = []
 
     def done(fut: Any) -> None:

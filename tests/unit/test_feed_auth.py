@@ -25,7 +25,7 @@ from crdt_sync.auth.authenticator import Authenticator
 from crdt_sync.auth.principal import Grant, Principal, set_principal
 from crdt_sync.auth.sessions import Sessions
 from crdt_sync.auth.tokens import TokenVerifier, issue_token
-from crdt_sync.frame_feed import Mutation
+from crdt_sync.mutations import Mutation
 from crdt_sync.ratelimit import SlidingWindowLimiter
 from crdt_sync.settings import Settings
 from persistence.store import FrameBatch, FrameDraft
@@ -151,7 +151,7 @@ async def write(runtime: Runtime, org: str, t: str, id: str, n: int = 0) -> int:
 async def create(runtime: Runtime, org: str, *names: str) -> None:
     """Make records exist (a ``view`` of a record that does not is refused)."""
     mutations = [Mutation(*name.split("/", 1), "i", {"n": 0}) for name in names]
-    results = await runtime.feed.mutate_many(org, mutations, actor="w", client_id=None)
+    results = await runtime.feed.mutations.mutate_many(org, mutations, actor="w", client_id=None)
     assert all(isinstance(r, dict) and r["status"] == 201 for r in results), results
 
 

@@ -25,15 +25,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crdt_sync.auth.principal import Grant
-from crdt_sync.frame_publisher import FramePublisher
 from crdt_sync.http_api import ApiError
+from crdt_sync.records.publisher import FramePublisher
+from crdt_sync.records.wire import encode_json_array, encode_json_event
 from crdt_sync.sync_stream import catch_up
 from persistence.sqlite import SQLiteStore
 from persistence.store import FrameBatch, FrameDraft
 from rooms import feed_hub
 from rooms.close_codes import CloseCode
 from rooms.connection import Connection
-from rooms.feed_hub import FeedHub, FeedSubscriber, encode_json_array, encode_json_event
+from rooms.feed_hub import FeedHub, FeedSubscriber
 from rooms.frame_bus import LocalFrameBus
 
 ORG = "default"

@@ -12,19 +12,17 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
-from persistence.store import Frame
-from rooms import feed_hub
-from rooms.close_codes import CloseCode
-from rooms.connection import Connection
-from rooms.feed_hub import (
-    FeedHub,
-    FeedSubscriber,
+from crdt_sync.records.wire import (
     encode_json_array,
     encode_json_event,
     encode_sse,
     encode_sse_event,
-    frame_dict,
 )
+from persistence.store import Frame
+from rooms import feed_hub
+from rooms.close_codes import CloseCode
+from rooms.connection import Connection
+from rooms.feed_hub import FeedHub, FeedSubscriber
 
 from .live_node import RecordingTransport
 
@@ -298,47 +296,3 @@ async def test_close_all_closes_every_subscriber_of_every_tenant() -> None:
             feed.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
     for socket in (socket_a, socket_b, socket_c):
         assert socket.closed == (int(CloseCode.GOING_AWAY), "server shutting down")
-
-
-# -- wire shapes ------------------------------------------------------------------------
-
-
-def test_frame_dict_shape_always_has_client_tx_id() -> None:
-    plain = Frame(7, ORG, "issue", "1/x", "i", {"title": "ü"}, None, 123, {})
-    assert frame_dict(plain) == {
-        "sid": 7,
-        "t": "issue",
-        "id": "1/x",
-        "op": "i",
-        "p": {"title": "ü"},
-        "who": None,
-        "at": 123,
-        "ctx": {"client_tx_id": None},
-    }
-    with_tx = Frame(8, ORG, "issue", "1", "d", {}, "bob", 5, {"client_tx_id": "tx", "x": 1})
-    d = frame_dict(with_tx)
-    assert list(d) == ["sid", "t", "id", "op", "p", "who", "at", "ctx"]
-    assert d["ctx"] == {"client_tx_id": "tx", "x": 1}
-    extra = Frame(9, ORG, "issue", "1", "u", {}, "bob", 5, {"base_sid": 3})
-    assert frame_dict(extra)["ctx"] == {"client_tx_id": None, "base_sid": 3}
-    assert "org" not in d
-
-
-def test_encode_json_array_is_compact_utf8() -> None:
-    message = encode_json_array([frame(1), frame(2)])
-    assert message.startswith(b'[{"sid":1,')
-    assert [f["sid"] for f in json.loads(message)] == [1, 2]
-    unicode = Frame(3, ORG, "t", "1", "u", {"s": "ü😀"}, None, 1, {})
-    assert "ü😀".encode() in encode_json_array([unicode])
-
-
-def test_encode_sse_gives_one_event_per_frame_with_its_sid_as_id() -> None:
-    frames = [frame(41, client_tx_id="tx"), frame(42)]
-    text = encode_sse(frames).decode("utf-8")
-    events = text.split("\n\n")
-    assert events[-1] == "" and len(events) == 3
-    for event, f in zip(events[:2], frames, strict=True):
-        id_line, data_line = event.split("\n")
-        assert id_line == f"id: {f.sid}"
-        assert data_line.startswith("data: ")
-        assert json.loads(data_line.removeprefix("data: ")) == frame_dict(f)

@@ -12,8 +12,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from crdt_sync.frame_feed import Mutation
-from crdt_sync.frame_publisher import FramePublisher
+from crdt_sync.mutations import Mutation
+from crdt_sync.records.publisher import FramePublisher
 from persistence.store import Commit, Frame, StoreWriteError
 from rooms.frame_bus import LocalFrameBus
 from tests.unit.live_node import ORG, fields_update, live_node
@@ -135,7 +135,7 @@ async def test_every_frame_the_feed_commits_is_published_once_in_sid_order(
             got = Recorder(node.feed.publisher.bus)  # type: ignore[arg-type]
             feed = node.feed
             # Mutations: frames appended with their update (one store transaction).
-            results = await feed.mutate_many(
+            results = await feed.mutations.mutate_many(
                 ORG,
                 [Mutation("task", str(i), "i", {"n": i}) for i in range(3)],
                 actor="alice",
@@ -155,11 +155,11 @@ async def test_every_frame_the_feed_commits_is_published_once_in_sid_order(
             finally:
                 node.manager.unhold(room)
             # A delete: a "d" frame logged with the doc's deletion.
-            assert await feed.delete(ORG, "task/2", actor="carol") is not None
+            assert await feed.mutations.delete(ORG, "task/2", actor="carol") is not None
             stored = (await node.store.read_frames(ORG, 0)).frames
     assert [f.op for f in stored] == ["i", "i", "i", "u", "d"]
     assert got.frames == stored  # each once, in sid order
-    assert feed.frames_logged == len(stored)
+    assert feed.publisher.frames_logged == len(stored)
     assert [r["sid"] for r in results] == [f.sid for f in stored[:3]]  # type: ignore[index]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from crdt_sync.frame_feed import Mutation, MutationError
+from crdt_sync.mutations import Mutation, MutationError
 
 from .live_node import ORG, Node, live_node
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def mutate(node: Node, *mutations: Mutation, actor: str) -> list[Any]:
-    return await node.feed.mutate_many(ORG, list(mutations), actor=actor, client_id=None)
+    return await node.feed.mutations.mutate_many(ORG, list(mutations), actor=actor, client_id=None)
 
 
 async def test_a_key_reused_on_another_record_is_refused_not_replayed(tmp_path: Path) -> None:

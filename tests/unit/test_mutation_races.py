@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from crdt_sync.frame_feed import Mutation, MutationError
+from crdt_sync.mutations import Mutation, MutationError
 from rooms.room import Origin
 
 from .live_node import ORG, WAIT, Node, fields_update, live_node
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def mutate(node: Node, *mutations: Mutation, actor: str = "bob") -> list[Any]:
-    return await node.feed.mutate_many(ORG, list(mutations), actor=actor, client_id=None)
+    return await node.feed.mutations.mutate_many(ORG, list(mutations), actor=actor, client_id=None)
 
 
 def ok(outcome: Any) -> dict[str, Any]:
@@ -57,7 +57,7 @@ async def test_crossed_idempotency_keys_do_not_deadlock(tmp_path: Path) -> None:
         assert ab[1] == {**ba[0], "replayed": True} and ba[1] == {**ab[0], "replayed": True}
         assert [ok(x)["sid"] for x in later] == [ab[0]["sid"], ba[0]["sid"]]
         assert all(ok(x)["replayed"] for x in later)
-        assert not node.feed._in_flight, "no key is left held"
+        assert not node.feed.mutations._in_flight, "no key is left held"
         assert all(room.holds == 0 for room in node.manager.rooms.values())
 
 
@@ -114,7 +114,7 @@ async def test_delete_racing_a_batch_gives_per_mutation_results(tmp_path: Path) 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run_batch)
                 await paused.wait_reached()  # "a" is applied, "b" waits
-                deleted = await node.feed.delete(ORG, "task/b", actor="carol")
+                deleted = await node.feed.mutations.delete(ORG, "task/b", actor="carol")
                 paused.go()
 
         assert deleted is not None
@@ -142,7 +142,7 @@ async def test_insert_after_a_racing_delete_starts_on_the_deleted_doc(tmp_path: 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(reinsert)
                 await paused.wait_reached()
-                await node.feed.delete(ORG, "task/r", actor="carol")
+                await node.feed.mutations.delete(ORG, "task/r", actor="carol")
                 paused.go()
         assert isinstance(outcomes[0], MutationError) and outcomes[0].status == 404
         assert ok(outcomes[1])["status"] == 201

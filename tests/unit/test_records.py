@@ -1,5 +1,6 @@
-"""Record projection, field diffs and mutation writes (crdt_sync.records): pure functions
-checked against real pycrdt docs, including concurrent edits merged from another replica."""
+"""Record projection, field diffs and mutation writes (crdt_sync.records.projection,
+crdt_sync.records.writes): pure functions checked against real pycrdt docs, including
+concurrent edits merged from another replica."""
 
 from __future__ import annotations
 
@@ -11,17 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
-from crdt_sync.projection import plain
-from crdt_sync.records import (
-    FIELDS_ROOT,
-    MAX_SAFE_INTEGER,
-    FieldError,
-    RootTypes,
-    diff,
-    plan_write,
-    project,
-    replace_text,
-)
+from crdt_sync.records.projection import FIELDS_ROOT, RootTypes, diff, plain, project
+from crdt_sync.records.writes import MAX_SAFE_INTEGER, FieldError, plan_write, replace_text
 
 
 def write(doc: Doc, p: dict[str, Any], types: RootTypes | None = None) -> None:

@@ -24,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from pycrdt import Map
 
 from crdt_sync.docnames import split_record
-from crdt_sync.frame_feed import Mutation, MutationError
+from crdt_sync.mutations import Mutation, MutationError
 from rooms.close_codes import CloseCode
 from rooms.connection import Connection
 from rooms.room import Origin, Room, RoomState
@@ -111,7 +111,7 @@ class RoomLifecycle(RuleBasedStateMachine):
 
     async def _delete(self, doc: str) -> int | bool | None:
         if doc in RECORDS:
-            return await self.node.feed.delete(ORG, doc, actor="carol")
+            return await self.node.feed.mutations.delete(ORG, doc, actor="carol")
         return await self.node.manager.delete(ORG, doc)
 
     async def _http_edit(self, doc: str, key: str, value: int) -> None:
@@ -131,7 +131,7 @@ class RoomLifecycle(RuleBasedStateMachine):
     async def _mutate(self, doc: str, key: str, value: int) -> Any:
         t, id_ = doc.split("/")
         op = "u" if self.model[doc] else "i"
-        outcomes = await self.node.feed.mutate_many(
+        outcomes = await self.node.feed.mutations.mutate_many(
             ORG, [Mutation(t, id_, op, {key: value})], actor="mia", client_id=None
         )
         return outcomes[0]
@@ -289,7 +289,7 @@ class RoomLifecycle(RuleBasedStateMachine):
             room = manager.rooms.get((ORG, editor.doc))
             assert room is editor.room, f"{editor.doc}: editor in {editor.room}, doc in {room}"
             assert editor.conn.id in room.connections
-        assert not manager._deleting and not self.node.feed._in_flight
+        assert not manager._deleting and not self.node.feed.mutations._in_flight
 
     @invariant()
     def stored_state_is_the_merged_acknowledged_edits(self) -> None:

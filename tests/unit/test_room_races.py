@@ -11,7 +11,7 @@ import pytest
 from anyio import wait_all_tasks_blocked
 from pycrdt import Map
 
-from crdt_sync.frame_feed import Mutation
+from crdt_sync.mutations import Mutation
 from crdt_sync.settings import Settings, SettingsError
 from rooms.close_codes import CloseCode
 from rooms.room import Origin, Room, RoomState
@@ -69,7 +69,7 @@ async def test_delete_during_load_keeps_one_room(tmp_path: Path) -> None:
     the one room of the doc, which holds nothing of the deleted state."""
     key = (ORG, "task/1")
     async with live_node(tmp_path) as node:
-        made = await node.feed.mutate_many(
+        made = await node.feed.mutations.mutate_many(
             ORG, [Mutation("task", "1", "i", {"title": "old"})], actor="ann", client_id=None
         )
         assert isinstance(made[0], dict) and made[0]["status"] == 201
@@ -83,7 +83,7 @@ async def test_delete_during_load_keeps_one_room(tmp_path: Path) -> None:
             joined["first"] = await node.manager.join(*key, first)
 
         async def delete() -> None:
-            deleted.append(await node.feed.delete(*key, actor="carol"))
+            deleted.append(await node.feed.mutations.delete(*key, actor="carol"))
 
         with anyio.fail_after(WAIT):
             async with anyio.create_task_group() as tg:

@@ -11,10 +11,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from crdt_sync.records.wire import encode_json_array, encode_sse
 from persistence import SQLiteStore, StoreWriteError
 from persistence.store import FrameBatch, FrameDraft
 from persistence.values import UnstorableValue
-from rooms.feed_hub import encode_json_array, encode_sse
 
 pytestmark = pytest.mark.anyio
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdt_sync.frame_feed import Mutation
 from crdt_sync.http_api import ApiError
+from crdt_sync.mutations import Mutation
 from crdt_sync.sync_api import OPS, _decode_cursor, _encode_cursor, parse_mutations
 
 json_values = st.recursive(

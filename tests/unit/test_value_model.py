@@ -1,4 +1,4 @@
-"""The value model (crdt_sync.projection.conform): whatever a doc or a client holds,
+"""The value model (crdt_sync.records.projection.conform): whatever a doc or a client holds,
 the projection is strict JSON, and HTTP mutations refuse the same values up front."""
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
-from crdt_sync.projection import (
+from crdt_sync.records.projection import (
     CONFORMED,
     MAX_DEPTH,
     MAX_VALUE_BYTES,
+    RootTypes,
     conform,
     doc_to_json,
+    project,
 )
-from crdt_sync.records import FieldError, RootTypes, check_value, plan_write, project
+from crdt_sync.records.writes import FieldError, check_value, plan_write
 from persistence import values
 
 LONE = st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff", "\ud83d\ude00"])
@@ -114,7 +116,7 @@ def test_a_record_doc_with_values_outside_the_model_is_projected_and_reported_on
     doc["body"] = Text("hello")
     before = CONFORMED.copy()
     types = RootTypes("t/1")
-    with caplog.at_level(logging.WARNING, logger="crdt_sync.records"):
+    with caplog.at_level(logging.WARNING, logger="crdt_sync.records.projection"):
         first = project(doc, types)
         again = project(doc, types)
     assert first == again

@@ -1,4 +1,11 @@
-"""Project a pycrdt ``Doc`` into JSON: every root type by name, text as a string.
+"""Projection: a doc's state as JSON, and a record doc as its fields. Pure: no I/O.
+
+A record ``(t, id)`` is the doc ``t/id`` (DESIGN.md). Its fields (:func:`project`) are
+the entries of the root ``Y.Map`` named ``fields`` plus every other root type by name
+(``Y.Text`` as a string, ``Y.Array``/``Y.Map`` as JSON, XML as its string). Where a root
+and an entry of ``fields`` share a name, the root wins: it is what editors see.
+:func:`diff` compares two projections into a SyncFrame ``p`` (the rule the stores
+settle drafts with, :mod:`persistence.framing`); :func:`doc_to_json` is any doc by root.
 
 Roots that arrive in updates have no type until someone asks for one, and asking
 fixes it. So the type of each root is inferred on throw-away copies of the state,
@@ -11,20 +18,28 @@ module is strict JSON (:func:`conform`). A CRDT can hold what JSON cannot (NaN a
 infinities from any Yjs editor, binary, sub-docs, nesting of any depth, values of
 any size); those parts are projected as ``null``, lone surrogates as U+FFFD, and the
 CRDT itself is left as it is. HTTP mutations refuse the same values before they are
-applied (``records.check_value``), so only Yjs clients can put them there.
+applied (:func:`crdt_sync.records.writes.check_value`), so only Yjs clients can put
+them there.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from typing import Any
 
 from pycrdt import Array, Doc, Map, Text, XmlFragment
 
+from persistence.framing import diff, same
 from persistence.values import valid_text
 
+log = logging.getLogger(__name__)
+
 JSON = Any
+
+#: The root ``Y.Map`` of a record's scalar fields.
+FIELDS_ROOT = "fields"
 
 #: A value nested deeper than this below a field (the field's value is level 0) is
 #: projected as ``null``; HTTP mutations refuse it.
@@ -192,3 +207,97 @@ def doc_to_json(doc: Doc) -> dict[str, JSON]:
     """Every root of ``doc`` by name, as JSON within the value model (see :func:`conform`)."""
     views = _Views(doc.get_update())
     return {valid_text(key): conform(_root_to_json(views, key))[0] for key in sorted(doc.keys())}
+
+
+class RootTypes:
+    """The type of each root of one record doc, inferred once it has content.
+
+    A root's type cannot change once it holds something, so it is inferred on a
+    throw-away copy the first time it is seen non-empty and then read live.
+
+    Args:
+        name: The record's doc name, for the log line of a value projected into the
+            value model (one per field and reason while the record is loaded).
+    """
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self._known: dict[str, type] = {}
+        self._empty_at: bytes | None = None  # state when the unknown roots were all empty
+        self._conformed: set[tuple[str, str]] = set()
+
+    def conformed(self, field: str, reason: str) -> None:
+        """Field ``field`` was projected into the value model: log and count it once."""
+        if (field, reason) in self._conformed:
+            return
+        self._conformed.add((field, reason))
+        CONFORMED[reason] += 1
+        log.warning(
+            "record %r field %r: value outside the value model (%s), projected as %s",
+            self.name,
+            field,
+            reason,
+            "U+FFFD" if reason == "invalid_unicode" else "null",
+        )
+
+    def of(self, doc: Doc) -> dict[str, type]:
+        """Types of the roots of ``doc`` that ever held something (empty ones left out)."""
+        unknown = [key for key in doc.keys() if key not in self._known]
+        if not unknown:
+            return self._known
+        state = doc.get_state()
+        if state == self._empty_at:  # nothing changed since they were found empty
+            return self._known
+        for key, kind in infer_root_types(doc, unknown).items():
+            if kind is not None:
+                self._known[key] = kind
+        still_empty = any(key not in self._known for key in unknown)
+        self._empty_at = state if still_empty else None
+        return self._known
+
+
+def project(doc: Doc, types: RootTypes) -> dict[str, JSON]:
+    """The fields of a record doc (see the module docstring).
+
+    A root with nothing in it is not a field (an emptied text is removed: ``null`` in
+    a frame): emptiness is a property of the content, so the projection is the same
+    whether the room was just loaded or has been live all along.
+    """
+    known = types.of(doc)
+    raw: dict[str, JSON] = {}
+    if known.get(FIELDS_ROOT) is Map:
+        raw.update(doc.get(FIELDS_ROOT, type=Map).to_py())
+    for key, kind in known.items():
+        if key == FIELDS_ROOT and kind is Map:
+            continue
+        value = root_value(doc.get(key, type=kind))
+        if value:
+            raw[key] = value
+    # The value model's one boundary for records: what is framed and stored.
+    fields: dict[str, JSON] = {}
+    for key, value in raw.items():
+        name = valid_text(key)
+        if name is not key:
+            types.conformed(name, "invalid_unicode")
+        fields[name], reason = conform(value)
+        if reason is not None:
+            types.conformed(name, reason)
+    return fields
+
+
+__all__ = [
+    "CONFORMED",
+    "FIELDS_ROOT",
+    "JSON",
+    "MAX_DEPTH",
+    "MAX_VALUE_BYTES",
+    "RootTypes",
+    "conform",
+    "diff",
+    "doc_to_json",
+    "infer_root_types",
+    "plain",
+    "project",
+    "root_value",
+    "same",
+]

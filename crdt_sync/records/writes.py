@@ -1,41 +1,23 @@
-"""Records: a record doc projected into fields, field diffs, and mutations applied to it.
+"""Writes: a mutation's fields checked against a record doc and turned into a change.
 
-A record ``(t, id)`` is the doc ``t/id`` (DESIGN.md). Its fields are the entries of
-the root ``Y.Map`` named ``fields`` plus every other root type by name (``Y.Text``
-as a string, ``Y.Array``/``Y.Map`` as JSON, XML as its string). Where a root and an
-entry of ``fields`` share a name, the root wins: it is what editors see.
-
-Everything here is pure (no I/O): :func:`project` reads a doc, :func:`diff` compares
-two projections into a SyncFrame ``p``, :func:`plan_write` checks a mutation's
-fields against the doc and returns the function that applies it.
+:func:`plan_write` checks every field of a mutation's ``p`` against the doc (the value
+model, see :mod:`crdt_sync.records.projection`, and the type of each root) and returns
+the function that applies them all in one transaction, or raises :class:`FieldError`
+with nothing applied (Yjs has no rollback). Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from typing import Any
 
 from pycrdt import Array, Doc, Map, Text
 
-from persistence.framing import diff, same
+from persistence.framing import same
 from persistence.values import valid_text
 
-from .projection import (
-    CONFORMED,
-    JSON,
-    MAX_DEPTH,
-    MAX_VALUE_BYTES,
-    conform,
-    infer_root_types,
-    plain,
-    root_value,
-)
-
-log = logging.getLogger(__name__)
-
-FIELDS_ROOT = "fields"
+from .projection import FIELDS_ROOT, MAX_DEPTH, MAX_VALUE_BYTES, RootTypes, conform, plain
 
 #: Yjs numbers are doubles: integers past this lose precision in every JS client.
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -55,84 +37,8 @@ class FieldError(ValueError):
         self.status = status
 
 
-class RootTypes:
-    """The type of each root of one record doc, inferred once it has content.
-
-    A root's type cannot change once it holds something, so it is inferred on a
-    throw-away copy the first time it is seen non-empty and then read live.
-
-    Args:
-        name: The record's doc name, for the log line of a value projected into the
-            value model (one per field and reason while the record is loaded).
-    """
-
-    def __init__(self, name: str = "") -> None:
-        self.name = name
-        self._known: dict[str, type] = {}
-        self._empty_at: bytes | None = None  # state when the unknown roots were all empty
-        self._conformed: set[tuple[str, str]] = set()
-
-    def conformed(self, field: str, reason: str) -> None:
-        """Field ``field`` was projected into the value model: log and count it once."""
-        if (field, reason) in self._conformed:
-            return
-        self._conformed.add((field, reason))
-        CONFORMED[reason] += 1
-        log.warning(
-            "record %r field %r: value outside the value model (%s), projected as %s",
-            self.name,
-            field,
-            reason,
-            "U+FFFD" if reason == "invalid_unicode" else "null",
-        )
-
-    def of(self, doc: Doc) -> dict[str, type]:
-        """Types of the roots of ``doc`` that ever held something (empty ones left out)."""
-        unknown = [key for key in doc.keys() if key not in self._known]
-        if not unknown:
-            return self._known
-        state = doc.get_state()
-        if state == self._empty_at:  # nothing changed since they were found empty
-            return self._known
-        for key, kind in infer_root_types(doc, unknown).items():
-            if kind is not None:
-                self._known[key] = kind
-        still_empty = any(key not in self._known for key in unknown)
-        self._empty_at = state if still_empty else None
-        return self._known
-
-
-def project(doc: Doc, types: RootTypes) -> dict[str, JSON]:
-    """The fields of a record doc (see the module docstring).
-
-    A root with nothing in it is not a field (an emptied text is removed: ``null`` in
-    a frame): emptiness is a property of the content, so the projection is the same
-    whether the room was just loaded or has been live all along.
-    """
-    known = types.of(doc)
-    raw: dict[str, JSON] = {}
-    if known.get(FIELDS_ROOT) is Map:
-        raw.update(doc.get(FIELDS_ROOT, type=Map).to_py())
-    for key, kind in known.items():
-        if key == FIELDS_ROOT and kind is Map:
-            continue
-        value = root_value(doc.get(key, type=kind))
-        if value:
-            raw[key] = value
-    # The value model's one boundary for records: what is framed and stored.
-    fields: dict[str, JSON] = {}
-    for key, value in raw.items():
-        name = valid_text(key)
-        if name is not key:
-            types.conformed(name, "invalid_unicode")
-        fields[name], reason = conform(value)
-        if reason is not None:
-            types.conformed(name, reason)
-    return fields
-
-
 def check_value(field: str, value: Any, depth: int = 0) -> None:
-    """Refuse what is outside the value model (see :mod:`crdt_sync.projection`) or
+    """Refuse what is outside the value model (see :mod:`crdt_sync.records.projection`) or
     what a Yjs client could not hold exactly: non-finite numbers, lone surrogates,
     nesting deeper than :data:`MAX_DEPTH`, more than :data:`MAX_VALUE_BYTES` of JSON,
     integers past 2**53.
@@ -304,12 +210,9 @@ def _set_map(field: str, value: dict[str, Any]) -> Callable[[Doc], None]:
 
 
 __all__ = [
-    "FIELDS_ROOT",
+    "MAX_SAFE_INTEGER",
     "FieldError",
-    "RootTypes",
-    "diff",
+    "check_value",
     "plan_write",
-    "project",
     "replace_text",
-    "same",
 ]
