@@ -19,8 +19,6 @@ logged) and :mod:`persistence.values` (what may be stored).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import bisect
 import logging
 import time
@@ -31,7 +29,7 @@ from typing import Any
 
 from pycrdt import merge_updates
 
-from persistence import values
+from persistence import paging, values
 from persistence.framing import fold, settle
 from persistence.store import (
     Appended,
@@ -345,13 +343,12 @@ class MemoryStore:
         values.check_int(limit, "limit")
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        after = _decode_cursor(cursor) if cursor is not None else None
+        after = paging.decode_cursor(cursor) if cursor is not None else None
         docs = (await self._read(org)).docs
         names = sorted(  # str order is code point order: the byte order of UTF-8
             n for n in docs if n.startswith(prefix) and (after is None or n > after)
         )
-        page = [_doc_info(n, docs[n]) for n in names[:limit]]
-        return page, (_encode_cursor(page[-1].name) if len(names) > limit else None)
+        return paging.split_page([_doc_info(n, docs[n]) for n in names[: limit + 1]], limit)
 
     async def frames_since(
         self, org: str, since: int, *, limit: int = 1000, t: str | None = None
@@ -641,14 +638,3 @@ def _record(t: str, id: str, row: _RecordRow) -> RecordRow:
 def _doc_info(name: str, doc: _Doc) -> DocInfo:
     size = len(doc.snapshot or b"") + sum(len(update) for _, update in doc.log)
     return DocInfo(name=name, size=size, updated_at=doc.updated_at, update_count=len(doc.log))
-
-
-def _encode_cursor(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        return base64.b64decode(cursor, altchars=b"-_", validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeError, ValueError) as exc:
-        raise ValueError(f"invalid cursor {cursor!r}") from exc

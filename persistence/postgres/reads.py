@@ -9,16 +9,13 @@ commit completed). Semantics are those of :mod:`persistence.sqlite.reads`.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from psycopg import AsyncConnection
 
-from persistence import values
+from persistence import paging, values
 from persistence.store import (
     DocInfo,
     DocTail,
@@ -349,40 +346,10 @@ def loads(text: object, what: str) -> Any:
         raise StoreReadError(f"{what} is unreadable: {exc}") from exc
 
 
-def prefix_end(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix``.
-
-    Names are ``COLLATE "C"``: byte order of UTF-8, which is code point order, so
-    ``prefix <= name < prefix_end(prefix)`` selects exactly the names starting with
-    ``prefix`` from the primary key (LIKE would need escaping).
-    """
-    chars = list(prefix)
-    while chars:
-        code = ord(chars.pop())
-        if code < 0x10FFFF:
-            code += 1
-            if 0xD800 <= code <= 0xDFFF:  # surrogates are not characters
-                code = 0xE000
-            return "".join(chars) + chr(code)
-    return None
-
-
-_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def encode_cursor(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii").rstrip("=")
-
-
 def decode_cursor(cursor: str) -> str:
-    # urlsafe_b64decode silently drops characters outside the alphabet: check first.
-    if not cursor or not _CURSOR_CHARS.fullmatch(cursor):
-        raise ValueError(f"invalid cursor {cursor!r}")
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        name = raw.decode("utf-8")
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise ValueError(f"invalid cursor {cursor!r}") from exc
+    """:func:`persistence.paging.decode_cursor`, and no NUL: no stored name holds one
+    (PostgreSQL ``text`` cannot), and the query would fail on it."""
+    name = paging.decode_cursor(cursor)
     if "\x00" in name:
         raise ValueError(f"invalid cursor {cursor!r}")
     return name

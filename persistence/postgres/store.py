@@ -33,7 +33,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from persistence import values
+from persistence import paging, values
 from persistence.postgres import errors, reads, write_sql
 from persistence.postgres.schema import migrate
 from persistence.postgres.write_sql import Kind, Op, check_opt_text, check_text
@@ -499,11 +499,9 @@ class PostgresStore:
             raise ValueError(f"limit must be >= 1, got {limit}")
         after = reads.decode_cursor(cursor) if cursor is not None else None
         rows = await self._read(
-            reads.list_docs, org, prefix, reads.prefix_end(prefix), after, limit + 1
+            reads.list_docs, org, prefix, paging.prefix_end(prefix), after, limit + 1
         )
-        page = rows[:limit]
-        next_cursor = reads.encode_cursor(page[-1].name) if len(rows) > limit else None
-        return page, next_cursor
+        return paging.split_page(rows, limit)
 
     async def frames_since(
         self, org: str, since: int, *, limit: int = 1000, t: str | None = None

@@ -12,11 +12,8 @@ Each query function takes a ``sqlite3.Connection``; none of them writes.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
-import re
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -424,40 +421,3 @@ def loads(text: object, what: str) -> Any:
         return values.loads(text)
     except ValueError as exc:
         raise StoreReadError(f"{what} is unreadable: {exc}") from exc
-
-
-def prefix_end(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix``.
-
-    SQLite's BINARY collation compares UTF-8 bytes, which orders like code points,
-    so ``prefix <= name < prefix_end(prefix)`` selects exactly the names starting
-    with ``prefix`` and can use the primary key index (LIKE would need escaping and,
-    being case-insensitive for ASCII, could not).
-    """
-    chars = list(prefix)
-    while chars:
-        code = ord(chars.pop())
-        if code < 0x10FFFF:
-            code += 1
-            if 0xD800 <= code <= 0xDFFF:  # surrogates are not characters
-                code = 0xE000
-            return "".join(chars) + chr(code)
-    return None
-
-
-_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def encode_cursor(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii").rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    # urlsafe_b64decode silently drops characters outside the alphabet: check first.
-    if not cursor or not _CURSOR_CHARS.fullmatch(cursor):
-        raise ValueError(f"invalid cursor {cursor!r}")
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return raw.decode("utf-8")
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise ValueError(f"invalid cursor {cursor!r}") from exc

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from persistence import values
+from persistence import paging, values
 from persistence.sqlite import reads, write_sql
 from persistence.sqlite.write_sql import Kind, Op
 from persistence.sqlite.writer import Writer, rollback
@@ -580,13 +580,11 @@ class SQLiteStore:
         values.check_int(limit, "limit")
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        after = reads.decode_cursor(cursor) if cursor is not None else None
+        after = paging.decode_cursor(cursor) if cursor is not None else None
         rows = await self._read(
-            reads.list_docs, org, prefix, reads.prefix_end(prefix), after, limit + 1
+            reads.list_docs, org, prefix, paging.prefix_end(prefix), after, limit + 1
         )
-        page = rows[:limit]
-        next_cursor = reads.encode_cursor(page[-1].name) if len(rows) > limit else None
-        return page, next_cursor
+        return paging.split_page(rows, limit)
 
     async def frames_since(
         self, org: str, since: int, *, limit: int = 1000, t: str | None = None
