@@ -29,7 +29,7 @@ from typing import Any
 
 from pycrdt import merge_updates
 
-from persistence import paging, values
+from persistence import paging, prepared, values
 from persistence.framing import fold, settle
 from persistence.store import (
     Appended,
@@ -52,8 +52,6 @@ from persistence.store import (
 __all__ = ["MemoryStore"]
 
 logger = logging.getLogger(__name__)
-
-OPS = frozenset({"i", "u", "d"})
 
 
 @dataclass(slots=True)
@@ -531,32 +529,21 @@ class MemoryStore:
     def _prepare(self, org: str, batch: FrameBatch) -> tuple[tuple[FrameDraft, ...], Any]:
         """Check ``batch`` before it is queued and copy it through JSON (what is stored)."""
         try:
-            values.check_text(org, "org")
-            drafts = []
-            for d in batch.frames:
-                for value, what in ((d.t, "t"), (d.id, "id"), (d.op, "op")):
-                    values.check_text(value, what)
-                if d.op not in OPS:
-                    raise ValueError(f"op must be one of i, u, d; got {d.op!r}")
-                values.check_opt_text(d.who, "who")
-                values.check_int(d.at, "at")
-                if d.update_id is not None:
-                    values.check_int(d.update_id, "update_id")
-                if (d.record is None) != (d.op == "d"):
-                    raise ValueError("a frame leaves a record projection unless op is 'd'")
-                record = None if d.record is None else _copy(d.record, "record")
-                p, ctx = _copy(d.p, "p"), _copy(d.ctx, "ctx")
-                drafts.append(replace(d, p=p, ctx=ctx, record=record))
-            mutation = None
-            if batch.mutation is not None:
-                client_tx_id, result = batch.mutation
-                values.check_text(client_tx_id, "client_tx_id")
-                mutation = (client_tx_id, values.dumps(result, "result"))
+            checked = prepared.prepare(org, batch)
         except values.UnstorableValue as exc:
             self._refused_batches += 1
             logger.error("memory store: frames refused (org=%r): %s", org, exc)
             raise
-        return tuple(drafts), mutation
+        drafts = tuple(
+            replace(
+                f.draft,
+                p=values.loads(f.p),
+                ctx=values.loads(f.ctx),
+                record=None if f.record is None else values.loads(f.record),
+            )
+            for f in checked.frames
+        )
+        return drafts, checked.mutation
 
     def _log(
         self,
@@ -606,10 +593,6 @@ class MemoryStore:
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def _copy(value: Any, what: str) -> Any:
-    return values.loads(values.dumps(value, what))
 
 
 def _delete_doc(tenant: _Tenant, name: str) -> bool:

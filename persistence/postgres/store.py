@@ -33,7 +33,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from persistence import paging, values
+from persistence import paging, prepared, values
 from persistence.postgres import errors, reads, write_sql
 from persistence.postgres.schema import migrate
 from persistence.postgres.write_sql import Kind, Op, check_opt_text, check_text
@@ -318,7 +318,7 @@ class PostgresStore:
         assert self._loop is not None
         future: Commit[Committed] = Commit(loop=self._loop)
         op = Op(Kind.APPEND, (org, name, data, actor, at), future, batch=batch)
-        writer.submit(op, len(data) + write_sql.batch_size(batch))
+        writer.submit(op, len(data) + prepared.batch_size(batch))
         await writer.wait_for_room(op)
         return Appended(durable=future)
 
@@ -340,15 +340,15 @@ class PostgresStore:
         check_text(org, "org")
         if delete is not None:
             check_text(delete, "name")
-        prepared = self._prepare(org, delete, batch)
+        checked = self._prepare(org, delete, batch)
         assert self._loop is not None
         future: Commit[list[Frame]] = Commit(loop=self._loop)
         writer.submit(
-            Op(Kind.FRAMES, (org, delete), future, batch=prepared), write_sql.batch_size(prepared)
+            Op(Kind.FRAMES, (org, delete), future, batch=checked), prepared.batch_size(checked)
         )
         return future
 
-    def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> write_sql.PreparedBatch:
+    def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> prepared.PreparedBatch:
         """Check and serialise ``batch``; a refusal is logged and counted once here."""
         try:
             return write_sql.prepare(org, batch)

@@ -42,8 +42,8 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from persistence import paging, values
-from persistence.sqlite import reads, write_sql
+from persistence import paging, prepared, values
+from persistence.sqlite import reads
 from persistence.sqlite.write_sql import Kind, Op
 from persistence.sqlite.writer import Writer, rollback
 from persistence.store import (
@@ -261,7 +261,7 @@ class SQLiteStore:
         assert self._loop is not None
         future: Commit[Committed] = Commit(loop=self._loop)
         op = Op(Kind.APPEND, (org, name, data, actor, at), future, batch=batch)
-        admitted = self._writer.admit(op, len(data) + write_sql.batch_size(batch))
+        admitted = self._writer.admit(op, len(data) + prepared.batch_size(batch))
         if admitted is not None:
             # The queue is full: wait for room (the op keeps its place and still runs
             # if this wait is cancelled).
@@ -303,18 +303,18 @@ class SQLiteStore:
         values.check_text(org, "org")
         if delete is not None:
             values.check_key(org, delete)
-        prepared = self._prepare(org, delete, batch)
+        checked = self._prepare(org, delete, batch)
         assert self._loop is not None
         future: Commit[list[Frame]] = Commit(loop=self._loop)
-        op = Op(Kind.FRAMES, (org, delete), future, batch=prepared)
+        op = Op(Kind.FRAMES, (org, delete), future, batch=checked)
         # Never waits (it cannot: synchronous); behind every write waiting for room.
-        self._writer.admit(op, write_sql.batch_size(prepared), wait=False)
+        self._writer.admit(op, prepared.batch_size(checked), wait=False)
         return future
 
-    def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> write_sql.PreparedBatch:
+    def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> prepared.PreparedBatch:
         """Check and serialise ``batch``; a refusal is logged and counted once here."""
         try:
-            return write_sql.prepare(org, batch)
+            return prepared.prepare(org, batch)
         except values.UnstorableValue as exc:
             self._refused_batches += 1
             logger.error("store %s: frames refused (org=%r doc=%r): %s", self._path, org, name, exc)
