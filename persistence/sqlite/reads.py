@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from persistence import values
+from persistence import sql_rows
 from persistence.store import (
     DocInfo,
     DocTail,
@@ -228,37 +228,17 @@ def list_docs(
     ]
 
 
-_FRAME_COLUMNS = "sid, org, t, id, op, p, who, at, ctx"
-
-
-def _frames(rows: list[Any]) -> list[Frame]:
-    return [
-        Frame(
-            sid=sid,
-            org=org_,
-            t=t_,
-            id=id_,
-            op=op,
-            p=loads(p, f"frame {sid}"),
-            who=who,
-            at=at,
-            ctx=loads(ctx, f"frame {sid}"),
-        )
-        for sid, org_, t_, id_, op, p, who, at, ctx in rows
-    ]
-
-
 def frames_since(
     conn: sqlite3.Connection, org: str, since: int, limit: int, t: str | None
 ) -> list[Frame]:
-    sql = f"SELECT {_FRAME_COLUMNS} FROM frames WHERE org = ? AND sid > ?"
+    sql = f"SELECT {sql_rows.FRAME_COLUMNS} FROM frames WHERE org = ? AND sid > ?"
     params: list[Any] = [org, since]
     if t is not None:
         sql += " AND t = ?"
         params.append(t)
     sql += " ORDER BY sid LIMIT ?"
     params.append(limit)
-    return _frames(conn.execute(sql, params).fetchall())
+    return sql_rows.frames(conn.execute(sql, params).fetchall())
 
 
 def read_frames(
@@ -279,11 +259,11 @@ def record_frames(
     conn: sqlite3.Connection, org: str, t: str, id: str, since: int, limit: int
 ) -> list[Frame]:
     rows = conn.execute(
-        f"SELECT {_FRAME_COLUMNS} FROM frames WHERE org = ? AND t = ? AND id = ? AND sid > ?"
-        " ORDER BY sid LIMIT ?",
+        f"SELECT {sql_rows.FRAME_COLUMNS} FROM frames"
+        " WHERE org = ? AND t = ? AND id = ? AND sid > ? ORDER BY sid LIMIT ?",
         (org, t, id, since, limit),
     ).fetchall()
-    return _frames(rows)
+    return sql_rows.frames(rows)
 
 
 def record_writers(
@@ -319,26 +299,12 @@ def record_writers(
     return [(key, who_, int(sid)) for key, who_, sid in rows]
 
 
-def _record(row: Any) -> RecordRow:
-    t, id_, fields, sid, update_id, updated_at = row
-    return RecordRow(
-        t=t,
-        id=id_,
-        fields=loads(fields, f"record {t}/{id_}"),
-        sid=sid,
-        update_id=update_id,
-        updated_at=updated_at,
-    )
-
-
-_RECORD_COLUMNS = "t, id, fields, sid, update_id, updated_at"
-
-
 def get_record(conn: sqlite3.Connection, org: str, t: str, id: str) -> RecordRow | None:
     row = conn.execute(
-        f"SELECT {_RECORD_COLUMNS} FROM records WHERE org = ? AND t = ? AND id = ?", (org, t, id)
+        f"SELECT {sql_rows.RECORD_COLUMNS} FROM records WHERE org = ? AND t = ? AND id = ?",
+        (org, t, id),
     ).fetchone()
-    return None if row is None else _record(row)
+    return None if row is None else sql_rows.record(row)
 
 
 def list_records(
@@ -361,13 +327,13 @@ def list_records(
     try:
         newest = frame_bounds(conn, org)[1]
         rows = conn.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM records WHERE {' AND '.join(where)}"
+            f"SELECT {sql_rows.RECORD_COLUMNS} FROM records WHERE {' AND '.join(where)}"
             " ORDER BY t, id LIMIT ?",
             params,
         ).fetchall()
     finally:
         conn.execute("COMMIT")
-    return [_record(row) for row in rows], newest
+    return [sql_rows.record(row) for row in rows], newest
 
 
 def stale_records(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
@@ -405,19 +371,7 @@ def get_mutation(conn: sqlite3.Connection, org: str, client_tx_id: str) -> dict[
     ).fetchone()
     if row is None:
         return None
-    result = loads(row[0], f"mutation {client_tx_id!r} (org {org!r})")
-    if row[1] is not None and isinstance(result, dict):
-        result["sid"] = row[1]
-    return result
+    return sql_rows.mutation_result(row, org, client_tx_id)
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def loads(text: object, what: str) -> Any:
-    if not isinstance(text, str):
-        raise StoreReadError(f"{what} is unreadable: JSON column is {type(text).__name__}")
-    try:
-        return values.loads(text)
-    except ValueError as exc:
-        raise StoreReadError(f"{what} is unreadable: {exc}") from exc
