@@ -24,13 +24,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any
 
 from pycrdt import merge_updates
 
 from persistence import paging, prepared, values
 from persistence.framing import fold, settle
+from persistence.lifecycle import StartClose, check_open
 from persistence.store import (
     Appended,
     Commit,
@@ -42,7 +42,6 @@ from persistence.store import (
     FrameDraft,
     FramePage,
     RecordRow,
-    StoreClosedError,
     StoredDoc,
     StoreError,
     StoreStats,
@@ -107,7 +106,7 @@ class _Op:
     write: bool = True  # False: a barrier (flush), not counted as a write
 
 
-class MemoryStore:
+class MemoryStore(StartClose):
     """The store contract held in dicts (see the module docstring).
 
     Use ``async with MemoryStore() as store:`` or :meth:`start` and :meth:`close`;
@@ -128,18 +127,6 @@ class MemoryStore:
         self._last_commit_seconds = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
-
-    async def __aenter__(self) -> MemoryStore:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         if self._state != "new":
@@ -283,9 +270,7 @@ class MemoryStore:
     async def trim_frames(self, org: str, keep: int) -> int:
         self._check_open()
         values.check_text(org, "org")
-        values.check_int(keep, "keep")
-        if keep < 0:
-            raise ValueError(f"keep must be >= 0, got {keep}")
+        values.check_at_least(keep, "keep", 0)
 
         def apply() -> int:
             frames = self._tenant(org).frames
@@ -338,9 +323,7 @@ class MemoryStore:
     ) -> tuple[list[DocInfo], str | None]:
         values.check_text(org, "org")
         values.check_text(prefix, "prefix")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         after = paging.decode_cursor(cursor) if cursor is not None else None
         docs = (await self._read(org)).docs
         names = sorted(  # str order is code point order: the byte order of UTF-8
@@ -358,9 +341,7 @@ class MemoryStore:
     ) -> FramePage:
         values.check_text(org, "org")
         values.check_int(since, "since")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         values.check_opt_text(t, "t")
         tenant = await self._read(org)
         rows = tenant.frames[bisect.bisect_right(tenant.frames, since, key=lambda r: r.sid) :]
@@ -422,9 +403,7 @@ class MemoryStore:
     ) -> tuple[list[RecordRow], int]:
         values.check_text(org, "org")
         values.check_opt_text(t, "t")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         tenant = await self._read(org)
         keys = sorted(
             k
@@ -464,10 +443,7 @@ class MemoryStore:
     # -- the writer --------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._state == "new":
-            raise StoreError("MemoryStore is not started; call start() first")
-        if self._state == "closed":
-            raise StoreClosedError("MemoryStore is closed")
+        check_open(self._state, "MemoryStore")
 
     def _tenant(self, org: str) -> _Tenant:
         tenant = self._tenants.get(org)

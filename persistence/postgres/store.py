@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
@@ -34,6 +33,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from persistence import paging, prepared, values
+from persistence.lifecycle import StartClose, check_open
 from persistence.postgres import errors, reads, write_sql
 from persistence.postgres.schema import migrate
 from persistence.postgres.write_sql import Kind, Op, check_opt_text, check_text
@@ -85,7 +85,7 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     )
 
 
-class PostgresStore:
+class PostgresStore(StartClose):
     """The crdt-sync store on a PostgreSQL database shared by several nodes.
 
     Use ``async with PostgresStore(dsn) as store:`` or :meth:`start` and :meth:`close`.
@@ -148,18 +148,6 @@ class PostgresStore:
         return self._where
 
     # -- lifecycle ---------------------------------------------------------------------
-
-    async def __aenter__(self) -> PostgresStore:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _connect_kwargs(self) -> dict[str, Any]:
         try:
@@ -422,9 +410,7 @@ class PostgresStore:
     async def trim_frames(self, org: str, keep: int) -> int:
         """Delete all but the newest ``keep`` frames of ``org``; return how many went."""
         check_text(org, "org")
-        values.check_int(keep, "keep")
-        if keep < 0:
-            raise ValueError(f"keep must be >= 0, got {keep}")
+        values.check_at_least(keep, "keep", 0)
         return int(await self._submit(Kind.TRIM, (org, keep)))
 
     async def put_mutation(self, org: str, client_tx_id: str, result: dict[str, Any]) -> None:
@@ -494,9 +480,7 @@ class PostgresStore:
         """
         check_text(org, "org")
         check_text(prefix, "prefix")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         after = reads.decode_cursor(cursor) if cursor is not None else None
         rows = await self._read(
             reads.list_docs, org, prefix, paging.prefix_end(prefix), after, limit + 1
@@ -515,9 +499,7 @@ class PostgresStore:
         """Frames with ``sid > since`` and the log's bounds, read in one snapshot."""
         check_text(org, "org")
         values.check_int(since, "since")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         check_opt_text(t, "t")
         return await self._read(reads.read_frames, org, since, limit, t)
 
@@ -574,9 +556,7 @@ class PostgresStore:
         if after is not None:
             check_text(after[0], "after t")
             check_text(after[1], "after id")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         return await self._read(reads.list_records, org, t, after, limit)
 
     async def stale_records(self, limit: int = 1000) -> list[tuple[str, str]]:
@@ -593,12 +573,9 @@ class PostgresStore:
     # -- plumbing ----------------------------------------------------------------------
 
     def _check_open(self) -> Writer:
-        if self._state == "open":
-            assert self._writer is not None
-            return self._writer
-        if self._state in ("new", "starting"):
-            raise StoreError(f"PostgresStore({self._where}) is not started; call start() first")
-        raise StoreClosedError(f"PostgresStore({self._where}) is closed")
+        check_open(self._state, f"PostgresStore({self._where})")
+        assert self._writer is not None
+        return self._writer
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         self._check_open()
