@@ -28,7 +28,7 @@ from typing import Any
 
 from pycrdt import merge_updates
 
-from persistence import paging, prepared, values
+from persistence import framing, paging, prepared, values
 from persistence.framing import fold, settle
 from persistence.lifecycle import StartClose, check_open
 from persistence.store import (
@@ -549,15 +549,12 @@ class MemoryStore(StartClose):
             if folded is None:
                 tenant.records.pop(key, None)
             else:
-                if d.update_id is not None:
-                    covered = d.update_id
-                elif update_id is not None:  # the update the frame rides on
-                    covered = update_id
-                else:  # log_frames: the doc's newest update at commit
-                    doc = tenant.docs.get(f"{d.t}/{d.id}")
-                    covered = doc.last_update_id if doc is not None else 0
-                if row is not None:
-                    covered = max(covered, row.update_id)
+                covered = framing.covered(
+                    d,
+                    update_id,
+                    lambda name: _newest(tenant, name),
+                    row.update_id if row is not None else None,
+                )
                 fields = values.dumps(folded, "record")
                 tenant.records[key] = _RecordRow(fields, sid, covered, d.at)
             logged.append(_frame(org, frame_row))
@@ -577,6 +574,11 @@ def _delete_doc(tenant: _Tenant, name: str) -> bool:
         return False
     tenant.deleted.add(name)
     return True
+
+
+def _newest(tenant: _Tenant, name: str) -> int:
+    doc = tenant.docs.get(name)
+    return doc.last_update_id if doc is not None else 0
 
 
 def _bounds(tenant: _Tenant) -> tuple[int, int]:

@@ -38,7 +38,7 @@ import anyio.to_thread
 from psycopg import AsyncConnection
 from pycrdt import merge_updates
 
-from persistence import values
+from persistence import framing, values
 from persistence.framing import fold, settle
 from persistence.prepared import PreparedBatch
 from persistence.prepared import prepare as prepare_checked
@@ -422,14 +422,9 @@ async def _write_frames(txn: _Txn, batch: PreparedBatch, *, update_id: int | Non
             )
             txn.records[rkey] = None
         else:
-            if d.update_id is not None:
-                covered = d.update_id
-            elif update_id is not None:
-                covered = update_id
-            else:
-                covered = covered_by_doc.get(f"{d.t}/{d.id}", 0)
-            if stored_covered is not None:
-                covered = max(stored_covered, covered)
+            covered = framing.covered(
+                d, update_id, lambda name: covered_by_doc.get(name, 0), stored_covered
+            )
             await conn.execute(
                 "INSERT INTO records (org, t, id, fields, sid, update_id, updated_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (org, t, id) DO UPDATE SET"

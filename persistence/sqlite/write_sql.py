@@ -34,7 +34,7 @@ from typing import Any
 
 from pycrdt import merge_updates
 
-from persistence import values
+from persistence import framing, values
 from persistence.framing import fold, same, settle
 from persistence.prepared import PreparedBatch
 from persistence.store import Committed, Frame, StoreReadError
@@ -216,14 +216,9 @@ def write_frames(
         if fields is None:
             conn.execute("DELETE FROM records WHERE org = ? AND t = ? AND id = ?", (org, d.t, d.id))
         else:
-            if d.update_id is not None:
-                covered = d.update_id
-            elif update_id is not None:
-                covered = update_id
-            else:
-                covered = ids.newest(org, f"{d.t}/{d.id}")
-            if stored_covered is not None:
-                covered = max(covered, stored_covered)
+            covered = framing.covered(
+                d, update_id, lambda name: ids.newest(org, name), stored_covered
+            )
             record = (
                 prepared.record
                 if d.record is not None and same(fields, d.record)
