@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing
 import os
 import re
 import resource
@@ -51,6 +50,7 @@ from pycrdt import Doc, Text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.procstat import cpu_seconds, mib, rss_kib
+from bench.worker_processes import WorkerProcesses
 from crdt_sync.client import connect
 from tests.cluster import REDIS_URL, Cluster, throwaway_database
 from tests.server_process import ServerProcess
@@ -180,32 +180,10 @@ def receiver_worker(targets: list[tuple[str, int, int]], pipe: Connection) -> No
     anyio.run(_worker_main, targets, pipe)
 
 
-class Receivers:
+class Receivers(WorkerProcesses):
     def __init__(self, targets: list[tuple[str, int, int]], procs: int) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.pipes: list[Connection] = []
-        self.procs: list[Any] = []
-        for p in range(procs):
-            share = targets[p::procs]
-            if not share:
-                continue
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=receiver_worker, args=(share, child), daemon=True)
-            proc.start()
-            self.pipes.append(parent)
-            self.procs.append(proc)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
-
-    async def _recv(self, pipe: Connection, timeout: float) -> Any:
-        if not await anyio.to_thread.run_sync(pipe.poll, timeout):
-            raise TimeoutError("a receiver process did not answer")
-        return pipe.recv()
-
-    async def ready(self, timeout: float = 60) -> int:
-        return sum([(await self._recv(p, timeout))[1] for p in self.pipes])
+        shares = [targets[p::procs] for p in range(procs)]
+        super().__init__(receiver_worker, [(share,) for share in shares if share], "receiver")
 
     async def collect(self, expected: dict[int, int], timeout: float) -> list[dict]:
         for pipe in self.pipes:
@@ -214,16 +192,6 @@ class Receivers:
         for pipe in self.pipes:
             reports += (await self._recv(pipe, timeout + 30))[1]
         return reports
-
-    def stop(self) -> None:
-        for pipe in self.pipes:
-            with contextlib.suppress(OSError):
-                pipe.send(("stop",))
-        for proc in self.procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
 
 
 # -- writers -------------------------------------------------------------------------------

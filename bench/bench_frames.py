@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import resource
 import statistics
@@ -58,6 +57,7 @@ except ImportError:  # orjson only lightens the subscribers' load
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.procstat import cpu_seconds, mib, rss_kib
+from bench.worker_processes import WorkerProcesses
 from tests.server_process import ServerProcess
 
 HOST = "127.0.0.1"
@@ -280,35 +280,12 @@ def subscriber_worker(
     anyio.run(_worker_main, base, since, n_ws, n_sse, track, pipe)
 
 
-class Subscribers:
+class Subscribers(WorkerProcesses):
     """Subscriber processes, driven over pipes: start, collect after each run, stop."""
 
     def __init__(self, base: str, since: int, split: list[tuple[int, int]], track: bool):
-        ctx = multiprocessing.get_context("spawn")
-        self.pipes: list[Connection] = []
-        self.procs: list[Any] = []
-        for n_ws, n_sse in split:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=subscriber_worker,
-                args=(base, since, n_ws, n_sse, track, child),
-                daemon=True,
-            )
-            proc.start()
-            self.pipes.append(parent)
-            self.procs.append(proc)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
-
-    async def _recv(self, pipe: Connection, timeout: float) -> Any:
-        if not await anyio.to_thread.run_sync(pipe.poll, timeout):
-            raise TimeoutError("a subscriber process did not answer")
-        return pipe.recv()
-
-    async def ready(self, timeout: float = 60) -> int:
-        return sum([(await self._recv(p, timeout))[1] for p in self.pipes])
+        arg_lists = [(base, since, n_ws, n_sse, track) for n_ws, n_sse in split]
+        super().__init__(subscriber_worker, arg_lists, "subscriber")
 
     async def collect(self, final_sid: int, timeout: float) -> tuple[list[dict], dict, list]:
         """Every subscriber's report once it has ``final_sid`` (or ``timeout`` passed)."""
@@ -323,18 +300,6 @@ class Subscribers:
             arrivals.update(arr)
             lags += lag
         return reports, arrivals, lags
-
-    def stop(self) -> None:
-        for pipe in self.pipes:
-            try:
-                pipe.send(("stop",))
-            except OSError:
-                pass
-        for proc in self.procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
 
 
 # -- writers -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ edits came through, and keeps ``records`` equal to what the frames say.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from persistence.store import FrameDraft
@@ -107,3 +108,26 @@ def fold(stored: dict[str, JSON] | None, frame: FrameDraft) -> dict[str, JSON] |
         else:
             base[key] = value
     return base
+
+
+def covered(
+    frame: FrameDraft,
+    riding_on: int | None,
+    doc_newest: Callable[[str], int],
+    stored: int | None,
+) -> int:
+    """The update id the record row covers once ``frame`` is folded into it.
+
+    The draft's own ``update_id`` if it has one; else the update it is logged with
+    (``riding_on``: ``append(frames=…)``); else its record doc's newest update at this
+    point of the transaction (``doc_newest(name)``, only called then: ``log_frames``). Never
+    below what the row covered already (``stored``; ``None``: no row). This is what
+    :meth:`~persistence.store.Store.stale_records` compares with the doc's log.
+    """
+    if frame.update_id is not None:
+        update_id = frame.update_id
+    elif riding_on is not None:
+        update_id = riding_on
+    else:
+        update_id = doc_newest(f"{frame.t}/{frame.id}")
+    return update_id if stored is None else max(update_id, stored)

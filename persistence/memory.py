@@ -19,20 +19,18 @@ logged) and :mod:`persistence.values` (what may be stored).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import bisect
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any
 
 from pycrdt import merge_updates
 
-from persistence import values
+from persistence import framing, paging, prepared, values
 from persistence.framing import fold, settle
+from persistence.lifecycle import StartClose, check_open
 from persistence.store import (
     Appended,
     Commit,
@@ -44,7 +42,6 @@ from persistence.store import (
     FrameDraft,
     FramePage,
     RecordRow,
-    StoreClosedError,
     StoredDoc,
     StoreError,
     StoreStats,
@@ -54,8 +51,6 @@ from persistence.store import (
 __all__ = ["MemoryStore"]
 
 logger = logging.getLogger(__name__)
-
-OPS = frozenset({"i", "u", "d"})
 
 
 @dataclass(slots=True)
@@ -111,7 +106,7 @@ class _Op:
     write: bool = True  # False: a barrier (flush), not counted as a write
 
 
-class MemoryStore:
+class MemoryStore(StartClose):
     """The store contract held in dicts (see the module docstring).
 
     Use ``async with MemoryStore() as store:`` or :meth:`start` and :meth:`close`;
@@ -132,18 +127,6 @@ class MemoryStore:
         self._last_commit_seconds = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
-
-    async def __aenter__(self) -> MemoryStore:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         if self._state != "new":
@@ -287,9 +270,7 @@ class MemoryStore:
     async def trim_frames(self, org: str, keep: int) -> int:
         self._check_open()
         values.check_text(org, "org")
-        values.check_int(keep, "keep")
-        if keep < 0:
-            raise ValueError(f"keep must be >= 0, got {keep}")
+        values.check_at_least(keep, "keep", 0)
 
         def apply() -> int:
             frames = self._tenant(org).frames
@@ -342,16 +323,13 @@ class MemoryStore:
     ) -> tuple[list[DocInfo], str | None]:
         values.check_text(org, "org")
         values.check_text(prefix, "prefix")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        after = _decode_cursor(cursor) if cursor is not None else None
+        values.check_at_least(limit, "limit", 1)
+        after = paging.decode_cursor(cursor) if cursor is not None else None
         docs = (await self._read(org)).docs
         names = sorted(  # str order is code point order: the byte order of UTF-8
             n for n in docs if n.startswith(prefix) and (after is None or n > after)
         )
-        page = [_doc_info(n, docs[n]) for n in names[:limit]]
-        return page, (_encode_cursor(page[-1].name) if len(names) > limit else None)
+        return paging.split_page([_doc_info(n, docs[n]) for n in names[: limit + 1]], limit)
 
     async def frames_since(
         self, org: str, since: int, *, limit: int = 1000, t: str | None = None
@@ -363,9 +341,7 @@ class MemoryStore:
     ) -> FramePage:
         values.check_text(org, "org")
         values.check_int(since, "since")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         values.check_opt_text(t, "t")
         tenant = await self._read(org)
         rows = tenant.frames[bisect.bisect_right(tenant.frames, since, key=lambda r: r.sid) :]
@@ -427,9 +403,7 @@ class MemoryStore:
     ) -> tuple[list[RecordRow], int]:
         values.check_text(org, "org")
         values.check_opt_text(t, "t")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         tenant = await self._read(org)
         keys = sorted(
             k
@@ -469,10 +443,7 @@ class MemoryStore:
     # -- the writer --------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._state == "new":
-            raise StoreError("MemoryStore is not started; call start() first")
-        if self._state == "closed":
-            raise StoreClosedError("MemoryStore is closed")
+        check_open(self._state, "MemoryStore")
 
     def _tenant(self, org: str) -> _Tenant:
         tenant = self._tenants.get(org)
@@ -534,32 +505,21 @@ class MemoryStore:
     def _prepare(self, org: str, batch: FrameBatch) -> tuple[tuple[FrameDraft, ...], Any]:
         """Check ``batch`` before it is queued and copy it through JSON (what is stored)."""
         try:
-            values.check_text(org, "org")
-            drafts = []
-            for d in batch.frames:
-                for value, what in ((d.t, "t"), (d.id, "id"), (d.op, "op")):
-                    values.check_text(value, what)
-                if d.op not in OPS:
-                    raise ValueError(f"op must be one of i, u, d; got {d.op!r}")
-                values.check_opt_text(d.who, "who")
-                values.check_int(d.at, "at")
-                if d.update_id is not None:
-                    values.check_int(d.update_id, "update_id")
-                if (d.record is None) != (d.op == "d"):
-                    raise ValueError("a frame leaves a record projection unless op is 'd'")
-                record = None if d.record is None else _copy(d.record, "record")
-                p, ctx = _copy(d.p, "p"), _copy(d.ctx, "ctx")
-                drafts.append(replace(d, p=p, ctx=ctx, record=record))
-            mutation = None
-            if batch.mutation is not None:
-                client_tx_id, result = batch.mutation
-                values.check_text(client_tx_id, "client_tx_id")
-                mutation = (client_tx_id, values.dumps(result, "result"))
+            checked = prepared.prepare(org, batch)
         except values.UnstorableValue as exc:
             self._refused_batches += 1
             logger.error("memory store: frames refused (org=%r): %s", org, exc)
             raise
-        return tuple(drafts), mutation
+        drafts = tuple(
+            replace(
+                f.draft,
+                p=values.loads(f.p),
+                ctx=values.loads(f.ctx),
+                record=None if f.record is None else values.loads(f.record),
+            )
+            for f in checked.frames
+        )
+        return drafts, checked.mutation
 
     def _log(
         self,
@@ -589,15 +549,12 @@ class MemoryStore:
             if folded is None:
                 tenant.records.pop(key, None)
             else:
-                if d.update_id is not None:
-                    covered = d.update_id
-                elif update_id is not None:  # the update the frame rides on
-                    covered = update_id
-                else:  # log_frames: the doc's newest update at commit
-                    doc = tenant.docs.get(f"{d.t}/{d.id}")
-                    covered = doc.last_update_id if doc is not None else 0
-                if row is not None:
-                    covered = max(covered, row.update_id)
+                covered = framing.covered(
+                    d,
+                    update_id,
+                    lambda name: _newest(tenant, name),
+                    row.update_id if row is not None else None,
+                )
                 fields = values.dumps(folded, "record")
                 tenant.records[key] = _RecordRow(fields, sid, covered, d.at)
             logged.append(_frame(org, frame_row))
@@ -611,16 +568,17 @@ class MemoryStore:
 # -- helpers -----------------------------------------------------------------------------
 
 
-def _copy(value: Any, what: str) -> Any:
-    return values.loads(values.dumps(value, what))
-
-
 def _delete_doc(tenant: _Tenant, name: str) -> bool:
     # Frames, record rows and idempotency keys stay: they are the feed's, not the doc's.
     if tenant.docs.pop(name, None) is None:
         return False
     tenant.deleted.add(name)
     return True
+
+
+def _newest(tenant: _Tenant, name: str) -> int:
+    doc = tenant.docs.get(name)
+    return doc.last_update_id if doc is not None else 0
 
 
 def _bounds(tenant: _Tenant) -> tuple[int, int]:
@@ -641,14 +599,3 @@ def _record(t: str, id: str, row: _RecordRow) -> RecordRow:
 def _doc_info(name: str, doc: _Doc) -> DocInfo:
     size = len(doc.snapshot or b"") + sum(len(update) for _, update in doc.log)
     return DocInfo(name=name, size=size, updated_at=doc.updated_at, update_count=len(doc.log))
-
-
-def _encode_cursor(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        return base64.b64decode(cursor, altchars=b"-_", validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeError, ValueError) as exc:
-        raise ValueError(f"invalid cursor {cursor!r}") from exc

@@ -54,6 +54,13 @@ def check_int(value: object, what: str) -> None:
         raise TypeError(f"{what} must be int, got {type(value).__name__}")
 
 
+def check_at_least(value: object, what: str, least: int) -> None:
+    """An ``int`` (not a ``bool``) no smaller than ``least`` (a limit, a count to keep)."""
+    check_int(value, what)
+    if value < least:  # type: ignore[operator]
+        raise ValueError(f"{what} must be >= {least}, got {value}")
+
+
 def as_bytes(value: object, what: str) -> bytes:
     if isinstance(value, bytes):
         return value

@@ -16,33 +16,14 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from tests.server_process import ServerProcess
+from tests.store_backends import throwaway_database
 
-PG_ADMIN_DSN = os.environ.get("CRDT_SYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+__all__ = ["REDIS_URL", "Cluster", "PrivateRedis", "free_port", "throwaway_database"]
+
 REDIS_URL = os.environ.get("CRDT_SYNC_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-def database_url(name: str) -> str:
-    base, _, _ = PG_ADMIN_DSN.rpartition("/")
-    return f"{base}/{name}"
-
-
-@contextlib.contextmanager
-def throwaway_database(prefix: str = "crdt_sync_test") -> Iterator[str]:
-    """Create a database with a unique name; yield its URL; drop it afterwards."""
-    import psycopg
-
-    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield database_url(name)
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:

@@ -9,16 +9,13 @@ commit completed). Semantics are those of :mod:`persistence.sqlite.reads`.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from psycopg import AsyncConnection
 
-from persistence import values
+from persistence import paging, sql_rows
 from persistence.store import (
     DocInfo,
     DocTail,
@@ -144,30 +141,10 @@ async def list_docs(
     ]
 
 
-_FRAME_COLUMNS = "sid, org, t, id, op, p, who, at, ctx"
-
-
-def _frames(rows: list[Any]) -> list[Frame]:
-    return [
-        Frame(
-            sid=int(sid),
-            org=org_,
-            t=t_,
-            id=id_,
-            op=op,
-            p=loads(p, f"frame {sid}"),
-            who=who,
-            at=int(at),
-            ctx=loads(ctx, f"frame {sid}"),
-        )
-        for sid, org_, t_, id_, op, p, who, at, ctx in rows
-    ]
-
-
 async def frames_since(
     conn: AsyncConnection, org: str, since: int, limit: int, t: str | None
 ) -> list[Frame]:
-    sql = f"SELECT {_FRAME_COLUMNS} FROM frames WHERE org = %s AND sid > %s"
+    sql = f"SELECT {sql_rows.FRAME_COLUMNS} FROM frames WHERE org = %s AND sid > %s"
     params: list[Any] = [org, since]
     if t is not None:
         sql += " AND t = %s"
@@ -175,7 +152,7 @@ async def frames_since(
     sql += " ORDER BY sid LIMIT %s"
     params.append(limit)
     cur = await conn.execute(sql, params)  # type: ignore[arg-type]
-    return _frames(await cur.fetchall())
+    return sql_rows.frames(await cur.fetchall())
 
 
 async def read_frames(
@@ -193,11 +170,11 @@ async def record_frames(
     conn: AsyncConnection, org: str, t: str, id: str, since: int, limit: int
 ) -> list[Frame]:
     cur = await conn.execute(
-        f"SELECT {_FRAME_COLUMNS} FROM frames WHERE org = %s AND t = %s AND id = %s AND sid > %s"
-        " ORDER BY sid LIMIT %s",
+        f"SELECT {sql_rows.FRAME_COLUMNS} FROM frames"
+        " WHERE org = %s AND t = %s AND id = %s AND sid > %s ORDER BY sid LIMIT %s",
         [org, t, id, since, limit],
     )
-    return _frames(await cur.fetchall())
+    return sql_rows.frames(await cur.fetchall())
 
 
 async def record_writers(
@@ -241,28 +218,13 @@ async def record_writers(
     return rows
 
 
-_RECORD_COLUMNS = "t, id, fields, sid, update_id, updated_at"
-
-
-def _record(row: Any) -> RecordRow:
-    t, id_, fields, sid, update_id, updated_at = row
-    return RecordRow(
-        t=t,
-        id=id_,
-        fields=loads(fields, f"record {t}/{id_}"),
-        sid=int(sid),
-        update_id=int(update_id),
-        updated_at=int(updated_at),
-    )
-
-
 async def get_record(conn: AsyncConnection, org: str, t: str, id: str) -> RecordRow | None:
     cur = await conn.execute(
-        f"SELECT {_RECORD_COLUMNS} FROM records WHERE org = %s AND t = %s AND id = %s",
+        f"SELECT {sql_rows.RECORD_COLUMNS} FROM records WHERE org = %s AND t = %s AND id = %s",
         [org, t, id],
     )
     row = await cur.fetchone()
-    return None if row is None else _record(row)
+    return None if row is None else sql_rows.record(row)
 
 
 async def list_records(
@@ -284,12 +246,12 @@ async def list_records(
     async with snapshot(conn):
         newest = (await frame_bounds(conn, org))[1]
         cur = await conn.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM records WHERE {' AND '.join(where)}"
+            f"SELECT {sql_rows.RECORD_COLUMNS} FROM records WHERE {' AND '.join(where)}"
             " ORDER BY t, id LIMIT %s",
             params,
         )
         rows = await cur.fetchall()
-    return [_record(row) for row in rows], newest
+    return [sql_rows.record(row) for row in rows], newest
 
 
 async def stale_records(conn: AsyncConnection, limit: int) -> list[tuple[str, str]]:
@@ -331,58 +293,16 @@ async def get_mutation(conn: AsyncConnection, org: str, client_tx_id: str) -> di
     row = await cur.fetchone()
     if row is None:
         return None
-    result = loads(row[0], f"mutation {client_tx_id!r} (org {org!r})")
-    if row[1] is not None and isinstance(result, dict):
-        result["sid"] = int(row[1])
-    return result
+    return sql_rows.mutation_result(row, org, client_tx_id)
 
 
 # -- helpers -----------------------------------------------------------------------------
 
 
-def loads(text: object, what: str) -> Any:
-    if not isinstance(text, str):
-        raise StoreReadError(f"{what} is unreadable: JSON column is {type(text).__name__}")
-    try:
-        return values.loads(text)
-    except ValueError as exc:
-        raise StoreReadError(f"{what} is unreadable: {exc}") from exc
-
-
-def prefix_end(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix``.
-
-    Names are ``COLLATE "C"``: byte order of UTF-8, which is code point order, so
-    ``prefix <= name < prefix_end(prefix)`` selects exactly the names starting with
-    ``prefix`` from the primary key (LIKE would need escaping).
-    """
-    chars = list(prefix)
-    while chars:
-        code = ord(chars.pop())
-        if code < 0x10FFFF:
-            code += 1
-            if 0xD800 <= code <= 0xDFFF:  # surrogates are not characters
-                code = 0xE000
-            return "".join(chars) + chr(code)
-    return None
-
-
-_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def encode_cursor(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii").rstrip("=")
-
-
 def decode_cursor(cursor: str) -> str:
-    # urlsafe_b64decode silently drops characters outside the alphabet: check first.
-    if not cursor or not _CURSOR_CHARS.fullmatch(cursor):
-        raise ValueError(f"invalid cursor {cursor!r}")
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        name = raw.decode("utf-8")
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise ValueError(f"invalid cursor {cursor!r}") from exc
+    """:func:`persistence.paging.decode_cursor`, and no NUL: no stored name holds one
+    (PostgreSQL ``text`` cannot), and the query would fail on it."""
+    name = paging.decode_cursor(cursor)
     if "\x00" in name:
         raise ValueError(f"invalid cursor {cursor!r}")
     return name

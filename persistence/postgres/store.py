@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
@@ -33,7 +32,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from persistence import values
+from persistence import paging, prepared, values
+from persistence.lifecycle import StartClose, check_open
 from persistence.postgres import errors, reads, write_sql
 from persistence.postgres.schema import migrate
 from persistence.postgres.write_sql import Kind, Op, check_opt_text, check_text
@@ -85,7 +85,7 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     )
 
 
-class PostgresStore:
+class PostgresStore(StartClose):
     """The crdt-sync store on a PostgreSQL database shared by several nodes.
 
     Use ``async with PostgresStore(dsn) as store:`` or :meth:`start` and :meth:`close`.
@@ -148,18 +148,6 @@ class PostgresStore:
         return self._where
 
     # -- lifecycle ---------------------------------------------------------------------
-
-    async def __aenter__(self) -> PostgresStore:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _connect_kwargs(self) -> dict[str, Any]:
         try:
@@ -323,7 +311,7 @@ class PostgresStore:
         assert self._loop is not None
         future: Commit[Committed] = Commit(loop=self._loop)
         op = Op(Kind.APPEND, (org, name, data, actor, at), future, batch=batch)
-        writer.submit(op, len(data) + write_sql.batch_size(batch))
+        writer.submit(op, len(data) + prepared.batch_size(batch))
         await writer.wait_for_room(op)
         return Appended(durable=future)
 
@@ -345,15 +333,15 @@ class PostgresStore:
         check_text(org, "org")
         if delete is not None:
             check_text(delete, "name")
-        prepared = self._prepare(org, delete, batch)
+        checked = self._prepare(org, delete, batch)
         assert self._loop is not None
         future: Commit[list[Frame]] = Commit(loop=self._loop)
         writer.submit(
-            Op(Kind.FRAMES, (org, delete), future, batch=prepared), write_sql.batch_size(prepared)
+            Op(Kind.FRAMES, (org, delete), future, batch=checked), prepared.batch_size(checked)
         )
         return future
 
-    def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> write_sql.PreparedBatch:
+    def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> prepared.PreparedBatch:
         """Check and serialise ``batch``; a refusal is logged and counted once here."""
         try:
             return write_sql.prepare(org, batch)
@@ -427,9 +415,7 @@ class PostgresStore:
     async def trim_frames(self, org: str, keep: int) -> int:
         """Delete all but the newest ``keep`` frames of ``org``; return how many went."""
         check_text(org, "org")
-        values.check_int(keep, "keep")
-        if keep < 0:
-            raise ValueError(f"keep must be >= 0, got {keep}")
+        values.check_at_least(keep, "keep", 0)
         return int(await self._submit(Kind.TRIM, (org, keep)))
 
     async def put_mutation(self, org: str, client_tx_id: str, result: dict[str, Any]) -> None:
@@ -499,16 +485,12 @@ class PostgresStore:
         """
         check_text(org, "org")
         check_text(prefix, "prefix")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         after = reads.decode_cursor(cursor) if cursor is not None else None
         rows = await self._read(
-            reads.list_docs, org, prefix, reads.prefix_end(prefix), after, limit + 1
+            reads.list_docs, org, prefix, paging.prefix_end(prefix), after, limit + 1
         )
-        page = rows[:limit]
-        next_cursor = reads.encode_cursor(page[-1].name) if len(rows) > limit else None
-        return page, next_cursor
+        return paging.split_page(rows, limit)
 
     async def frames_since(
         self, org: str, since: int, *, limit: int = 1000, t: str | None = None
@@ -522,9 +504,7 @@ class PostgresStore:
         """Frames with ``sid > since`` and the log's bounds, read in one snapshot."""
         check_text(org, "org")
         values.check_int(since, "since")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         check_opt_text(t, "t")
         return await self._read(reads.read_frames, org, since, limit, t)
 
@@ -581,9 +561,7 @@ class PostgresStore:
         if after is not None:
             check_text(after[0], "after t")
             check_text(after[1], "after id")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         return await self._read(reads.list_records, org, t, after, limit)
 
     async def stale_records(self, limit: int = 1000) -> list[tuple[str, str]]:
@@ -600,12 +578,9 @@ class PostgresStore:
     # -- plumbing ----------------------------------------------------------------------
 
     def _check_open(self) -> Writer:
-        if self._state == "open":
-            assert self._writer is not None
-            return self._writer
-        if self._state in ("new", "starting"):
-            raise StoreError(f"PostgresStore({self._where}) is not started; call start() first")
-        raise StoreClosedError(f"PostgresStore({self._where}) is closed")
+        check_open(self._state, f"PostgresStore({self._where})")
+        assert self._writer is not None
+        return self._writer
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         self._check_open()

@@ -38,20 +38,19 @@ import anyio.to_thread
 from psycopg import AsyncConnection
 from pycrdt import merge_updates
 
-from persistence import values
+from persistence import framing, values
 from persistence.framing import fold, settle
+from persistence.prepared import PreparedBatch
+from persistence.prepared import prepare as prepare_checked
 from persistence.store import (
     Committed,
     Frame,
     FrameBatch,
-    FrameDraft,
     MutationReplayed,
     StoreWriteError,
 )
 
 __all__ = ["BARRIERS", "Kind", "Op", "PreparedBatch", "apply", "prepare"]
-
-OPS = frozenset({"i", "u", "d"})
 
 # documents.state
 PLACEHOLDER, STORED, DELETED = 0, 1, 2
@@ -71,21 +70,6 @@ class Kind(enum.Enum):
 
 
 BARRIERS = frozenset({Kind.FLUSH, Kind.STOP})
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedFrame:
-    draft: FrameDraft
-    p: str
-    ctx: str
-    record: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedBatch:
-    org: str
-    frames: tuple[PreparedFrame, ...]
-    mutation: tuple[str, str] | None  # (client_tx_id, result JSON)
 
 
 @dataclass(slots=True, eq=False)
@@ -115,41 +99,8 @@ def check_opt_text(value: object, what: str) -> None:
 
 
 def prepare(org: str, batch: FrameBatch) -> PreparedBatch:
-    """Check and serialise ``batch`` before it is queued (JSON exactly as SQLite's).
-
-    Raises:
-        TypeError, ValueError: a value the store cannot hold.
-    """
-    check_text(org, "org")
-    frames = []
-    for draft in batch.frames:
-        for value, what in ((draft.t, "t"), (draft.id, "id"), (draft.op, "op")):
-            check_text(value, what)
-        if draft.op not in OPS:
-            raise ValueError(f"op must be one of i, u, d; got {draft.op!r}")
-        check_opt_text(draft.who, "who")
-        values.check_int(draft.at, "at")
-        if draft.update_id is not None:
-            values.check_int(draft.update_id, "update_id")
-        if (draft.record is None) != (draft.op == "d"):
-            raise ValueError("a frame leaves a record projection unless op is 'd'")
-        record = None if draft.record is None else values.dumps(draft.record, "record")
-        frames.append(
-            PreparedFrame(draft, values.dumps(draft.p, "p"), values.dumps(draft.ctx, "ctx"), record)
-        )
-    mutation = None
-    if batch.mutation is not None:
-        client_tx_id, result = batch.mutation
-        check_text(client_tx_id, "client_tx_id")
-        mutation = (client_tx_id, values.dumps(result, "result"))
-    return PreparedBatch(org, tuple(frames), mutation)
-
-
-def batch_size(batch: PreparedBatch | None) -> int:
-    if batch is None:
-        return 0
-    size = sum(len(f.p) + len(f.ctx) + len(f.record or "") for f in batch.frames)
-    return size + (len(batch.mutation[1]) if batch.mutation is not None else 0)
+    """:func:`persistence.prepared.prepare` with PostgreSQL's :func:`check_text`."""
+    return prepare_checked(org, batch, check_text=check_text)
 
 
 # -- the transaction ---------------------------------------------------------------------
@@ -471,14 +422,9 @@ async def _write_frames(txn: _Txn, batch: PreparedBatch, *, update_id: int | Non
             )
             txn.records[rkey] = None
         else:
-            if d.update_id is not None:
-                covered = d.update_id
-            elif update_id is not None:
-                covered = update_id
-            else:
-                covered = covered_by_doc.get(f"{d.t}/{d.id}", 0)
-            if stored_covered is not None:
-                covered = max(stored_covered, covered)
+            covered = framing.covered(
+                d, update_id, lambda name: covered_by_doc.get(name, 0), stored_covered
+            )
             await conn.execute(
                 "INSERT INTO records (org, t, id, fields, sid, update_id, updated_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (org, t, id) DO UPDATE SET"

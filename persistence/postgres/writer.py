@@ -24,11 +24,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from persistence import settling
 from persistence.postgres import errors, write_sql
 from persistence.postgres.write_sql import BARRIERS, Kind, Op
 from persistence.store import StoreStats, StoreWriteError
@@ -250,28 +250,10 @@ class Writer:
         return error
 
     def _settle(self, ops: Sequence[Op]) -> None:
-        """Release the queue bytes of ``ops`` and complete their futures."""
+        """Release the queue bytes of ``ops`` and complete their futures
+        (:func:`persistence.settling.settle`)."""
         for op in ops:
             self._queued_bytes -= op.size
             op.size = 0
         self._room.set()
-        for op in ops:
-            future = op.future
-            if future is None or future.done():
-                continue
-            if op.error is None:
-                future.set_result(op.result)
-                continue
-            future.set_exception(_own_copy(op.error))
-            # Logged once for the batch; an unawaited ``durable`` must not log it again.
-            future.exception()
-
-
-def _own_copy(error: BaseException) -> BaseException:
-    # One exception object per future: raising a shared one from many tasks would
-    # chain unrelated tracebacks onto it.
-    if isinstance(error, StoreWriteError):
-        copy: Any = type(error)(*error.args)
-        copy.__cause__ = error.__cause__
-        return copy
-    return error
+        settling.settle(ops)

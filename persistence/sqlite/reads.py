@@ -12,17 +12,14 @@ Each query function takes a ``sqlite3.Connection``; none of them writes.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
-import re
 import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from persistence import values
+from persistence import sql_rows
 from persistence.store import (
     DocInfo,
     DocTail,
@@ -231,37 +228,17 @@ def list_docs(
     ]
 
 
-_FRAME_COLUMNS = "sid, org, t, id, op, p, who, at, ctx"
-
-
-def _frames(rows: list[Any]) -> list[Frame]:
-    return [
-        Frame(
-            sid=sid,
-            org=org_,
-            t=t_,
-            id=id_,
-            op=op,
-            p=loads(p, f"frame {sid}"),
-            who=who,
-            at=at,
-            ctx=loads(ctx, f"frame {sid}"),
-        )
-        for sid, org_, t_, id_, op, p, who, at, ctx in rows
-    ]
-
-
 def frames_since(
     conn: sqlite3.Connection, org: str, since: int, limit: int, t: str | None
 ) -> list[Frame]:
-    sql = f"SELECT {_FRAME_COLUMNS} FROM frames WHERE org = ? AND sid > ?"
+    sql = f"SELECT {sql_rows.FRAME_COLUMNS} FROM frames WHERE org = ? AND sid > ?"
     params: list[Any] = [org, since]
     if t is not None:
         sql += " AND t = ?"
         params.append(t)
     sql += " ORDER BY sid LIMIT ?"
     params.append(limit)
-    return _frames(conn.execute(sql, params).fetchall())
+    return sql_rows.frames(conn.execute(sql, params).fetchall())
 
 
 def read_frames(
@@ -282,11 +259,11 @@ def record_frames(
     conn: sqlite3.Connection, org: str, t: str, id: str, since: int, limit: int
 ) -> list[Frame]:
     rows = conn.execute(
-        f"SELECT {_FRAME_COLUMNS} FROM frames WHERE org = ? AND t = ? AND id = ? AND sid > ?"
-        " ORDER BY sid LIMIT ?",
+        f"SELECT {sql_rows.FRAME_COLUMNS} FROM frames"
+        " WHERE org = ? AND t = ? AND id = ? AND sid > ? ORDER BY sid LIMIT ?",
         (org, t, id, since, limit),
     ).fetchall()
-    return _frames(rows)
+    return sql_rows.frames(rows)
 
 
 def record_writers(
@@ -322,26 +299,12 @@ def record_writers(
     return [(key, who_, int(sid)) for key, who_, sid in rows]
 
 
-def _record(row: Any) -> RecordRow:
-    t, id_, fields, sid, update_id, updated_at = row
-    return RecordRow(
-        t=t,
-        id=id_,
-        fields=loads(fields, f"record {t}/{id_}"),
-        sid=sid,
-        update_id=update_id,
-        updated_at=updated_at,
-    )
-
-
-_RECORD_COLUMNS = "t, id, fields, sid, update_id, updated_at"
-
-
 def get_record(conn: sqlite3.Connection, org: str, t: str, id: str) -> RecordRow | None:
     row = conn.execute(
-        f"SELECT {_RECORD_COLUMNS} FROM records WHERE org = ? AND t = ? AND id = ?", (org, t, id)
+        f"SELECT {sql_rows.RECORD_COLUMNS} FROM records WHERE org = ? AND t = ? AND id = ?",
+        (org, t, id),
     ).fetchone()
-    return None if row is None else _record(row)
+    return None if row is None else sql_rows.record(row)
 
 
 def list_records(
@@ -364,13 +327,13 @@ def list_records(
     try:
         newest = frame_bounds(conn, org)[1]
         rows = conn.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM records WHERE {' AND '.join(where)}"
+            f"SELECT {sql_rows.RECORD_COLUMNS} FROM records WHERE {' AND '.join(where)}"
             " ORDER BY t, id LIMIT ?",
             params,
         ).fetchall()
     finally:
         conn.execute("COMMIT")
-    return [_record(row) for row in rows], newest
+    return [sql_rows.record(row) for row in rows], newest
 
 
 def stale_records(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
@@ -408,56 +371,7 @@ def get_mutation(conn: sqlite3.Connection, org: str, client_tx_id: str) -> dict[
     ).fetchone()
     if row is None:
         return None
-    result = loads(row[0], f"mutation {client_tx_id!r} (org {org!r})")
-    if row[1] is not None and isinstance(result, dict):
-        result["sid"] = row[1]
-    return result
+    return sql_rows.mutation_result(row, org, client_tx_id)
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def loads(text: object, what: str) -> Any:
-    if not isinstance(text, str):
-        raise StoreReadError(f"{what} is unreadable: JSON column is {type(text).__name__}")
-    try:
-        return values.loads(text)
-    except ValueError as exc:
-        raise StoreReadError(f"{what} is unreadable: {exc}") from exc
-
-
-def prefix_end(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix``.
-
-    SQLite's BINARY collation compares UTF-8 bytes, which orders like code points,
-    so ``prefix <= name < prefix_end(prefix)`` selects exactly the names starting
-    with ``prefix`` and can use the primary key index (LIKE would need escaping and,
-    being case-insensitive for ASCII, could not).
-    """
-    chars = list(prefix)
-    while chars:
-        code = ord(chars.pop())
-        if code < 0x10FFFF:
-            code += 1
-            if 0xD800 <= code <= 0xDFFF:  # surrogates are not characters
-                code = 0xE000
-            return "".join(chars) + chr(code)
-    return None
-
-
-_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def encode_cursor(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii").rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    # urlsafe_b64decode silently drops characters outside the alphabet: check first.
-    if not cursor or not _CURSOR_CHARS.fullmatch(cursor):
-        raise ValueError(f"invalid cursor {cursor!r}")
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return raw.decode("utf-8")
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise ValueError(f"invalid cursor {cursor!r}") from exc

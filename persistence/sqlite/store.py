@@ -36,14 +36,14 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
-from persistence import values
-from persistence.sqlite import reads, write_sql
+from persistence import paging, prepared, values
+from persistence.lifecycle import StartClose, check_open
+from persistence.sqlite import reads
 from persistence.sqlite.write_sql import Kind, Op
 from persistence.sqlite.writer import Writer, rollback
 from persistence.store import (
@@ -74,7 +74,7 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 
 
-class SQLiteStore:
+class SQLiteStore(StartClose):
     """The crdt-sync store on one SQLite file (see the module docstring for the design).
 
     Use ``async with SQLiteStore(path) as store:`` or call :meth:`start` and
@@ -138,18 +138,6 @@ class SQLiteStore:
         )
 
     # -- lifecycle ---------------------------------------------------------------------
-
-    async def __aenter__(self) -> SQLiteStore:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Open the file (creating or migrating its schema) and start the writer thread.
@@ -261,7 +249,7 @@ class SQLiteStore:
         assert self._loop is not None
         future: Commit[Committed] = Commit(loop=self._loop)
         op = Op(Kind.APPEND, (org, name, data, actor, at), future, batch=batch)
-        admitted = self._writer.admit(op, len(data) + write_sql.batch_size(batch))
+        admitted = self._writer.admit(op, len(data) + prepared.batch_size(batch))
         if admitted is not None:
             # The queue is full: wait for room (the op keeps its place and still runs
             # if this wait is cancelled).
@@ -303,18 +291,18 @@ class SQLiteStore:
         values.check_text(org, "org")
         if delete is not None:
             values.check_key(org, delete)
-        prepared = self._prepare(org, delete, batch)
+        checked = self._prepare(org, delete, batch)
         assert self._loop is not None
         future: Commit[list[Frame]] = Commit(loop=self._loop)
-        op = Op(Kind.FRAMES, (org, delete), future, batch=prepared)
+        op = Op(Kind.FRAMES, (org, delete), future, batch=checked)
         # Never waits (it cannot: synchronous); behind every write waiting for room.
-        self._writer.admit(op, write_sql.batch_size(prepared), wait=False)
+        self._writer.admit(op, prepared.batch_size(checked), wait=False)
         return future
 
-    def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> write_sql.PreparedBatch:
+    def _prepare(self, org: str, name: str | None, batch: FrameBatch) -> prepared.PreparedBatch:
         """Check and serialise ``batch``; a refusal is logged and counted once here."""
         try:
-            return write_sql.prepare(org, batch)
+            return prepared.prepare(org, batch)
         except values.UnstorableValue as exc:
             self._refused_batches += 1
             logger.error("store %s: frames refused (org=%r doc=%r): %s", self._path, org, name, exc)
@@ -432,9 +420,7 @@ class SQLiteStore:
         """
         self._check_open()
         values.check_text(org, "org")
-        values.check_int(keep, "keep")
-        if keep < 0:
-            raise ValueError(f"keep must be >= 0, got {keep}")
+        values.check_at_least(keep, "keep", 0)
         return int(await self._submit(Kind.TRIM, (org, keep)))
 
     async def put_mutation(self, org: str, client_tx_id: str, result: dict[str, Any]) -> None:
@@ -552,9 +538,7 @@ class SQLiteStore:
             StoreReadError: the rows exist but cannot be read.
         """
         values.check_key(org, name)
-        values.check_int(since, "since")
-        if since < 0:
-            raise ValueError(f"since must be >= 0, got {since}")
+        values.check_at_least(since, "since", 0)
         return await self._read(reads.updates_since, org, name, since)
 
     async def list_docs(
@@ -577,16 +561,12 @@ class SQLiteStore:
         """
         values.check_text(org, "org")
         values.check_text(prefix, "prefix")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        after = reads.decode_cursor(cursor) if cursor is not None else None
+        values.check_at_least(limit, "limit", 1)
+        after = paging.decode_cursor(cursor) if cursor is not None else None
         rows = await self._read(
-            reads.list_docs, org, prefix, reads.prefix_end(prefix), after, limit + 1
+            reads.list_docs, org, prefix, paging.prefix_end(prefix), after, limit + 1
         )
-        page = rows[:limit]
-        next_cursor = reads.encode_cursor(page[-1].name) if len(rows) > limit else None
-        return page, next_cursor
+        return paging.split_page(rows, limit)
 
     async def frames_since(
         self, org: str, since: int, *, limit: int = 1000, t: str | None = None
@@ -624,9 +604,7 @@ class SQLiteStore:
         """
         values.check_text(org, "org")
         values.check_int(since, "since")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         values.check_opt_text(t, "t")
         return await self._read(reads.read_frames, org, since, limit, t)
 
@@ -692,9 +670,7 @@ class SQLiteStore:
         """
         values.check_text(org, "org")
         values.check_opt_text(t, "t")
-        values.check_int(limit, "limit")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        values.check_at_least(limit, "limit", 1)
         return await self._read(reads.list_records, org, t, after, limit)
 
     async def stale_records(self, limit: int = 1000) -> list[tuple[str, str]]:
@@ -734,11 +710,7 @@ class SQLiteStore:
         # -- event-loop side plumbing ------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._state == "open":
-            return
-        if self._state in ("new", "starting"):
-            raise StoreError(f"SQLiteStore({self._path!r}) is not started; call start() first")
-        raise StoreClosedError(f"SQLiteStore({self._path!r}) is closed")
+        check_open(self._state, f"SQLiteStore({self._path!r})")
 
     async def _submit(self, kind: Kind, args: tuple[Any, ...], size: int = 0) -> Any:
         self._check_open()

@@ -34,13 +34,12 @@ from typing import Any
 
 from pycrdt import merge_updates
 
-from persistence import values
+from persistence import framing, values
 from persistence.framing import fold, same, settle
-from persistence.store import Committed, Frame, FrameBatch, FrameDraft, StoreReadError
+from persistence.prepared import PreparedBatch
+from persistence.store import Committed, Frame, StoreReadError
 
 logger = logging.getLogger(__name__)
-
-OPS = frozenset({"i", "u", "d"})
 
 
 class Kind(enum.Enum):
@@ -70,52 +69,6 @@ class Op:
     error: BaseException | None = None
     batch: PreparedBatch | None = None  # frames logged in the same transaction
     size: int = 0  # bytes counted against max_queued_bytes while it is queued
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedFrame:
-    draft: FrameDraft
-    p: str
-    ctx: str
-    record: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedBatch:
-    org: str
-    frames: tuple[PreparedFrame, ...]
-    mutation: tuple[str, str] | None  # (client_tx_id, result JSON)
-
-
-def prepare(org: str, batch: FrameBatch) -> PreparedBatch:
-    """Check and serialise ``batch`` before it is queued.
-
-    Raises:
-        TypeError, ValueError: a value the store cannot hold.
-    """
-    values.check_text(org, "org")
-    frames = []
-    for draft in batch.frames:
-        for value, what in ((draft.t, "t"), (draft.id, "id"), (draft.op, "op")):
-            values.check_text(value, what)
-        if draft.op not in OPS:
-            raise ValueError(f"op must be one of i, u, d; got {draft.op!r}")
-        values.check_opt_text(draft.who, "who")
-        values.check_int(draft.at, "at")
-        if draft.update_id is not None:
-            values.check_int(draft.update_id, "update_id")
-        if (draft.record is None) != (draft.op == "d"):
-            raise ValueError("a frame leaves a record projection unless op is 'd'")
-        record = None if draft.record is None else values.dumps(draft.record, "record")
-        frames.append(
-            PreparedFrame(draft, values.dumps(draft.p, "p"), values.dumps(draft.ctx, "ctx"), record)
-        )
-    mutation = None
-    if batch.mutation is not None:
-        client_tx_id, result = batch.mutation
-        values.check_text(client_tx_id, "client_tx_id")
-        mutation = (client_tx_id, values.dumps(result, "result"))
-    return PreparedBatch(org, tuple(frames), mutation)
 
 
 class SidSequence:
@@ -263,14 +216,9 @@ def write_frames(
         if fields is None:
             conn.execute("DELETE FROM records WHERE org = ? AND t = ? AND id = ?", (org, d.t, d.id))
         else:
-            if d.update_id is not None:
-                covered = d.update_id
-            elif update_id is not None:
-                covered = update_id
-            else:
-                covered = ids.newest(org, f"{d.t}/{d.id}")
-            if stored_covered is not None:
-                covered = max(covered, stored_covered)
+            covered = framing.covered(
+                d, update_id, lambda name: ids.newest(org, name), stored_covered
+            )
             record = (
                 prepared.record
                 if d.record is not None and same(fields, d.record)
@@ -304,14 +252,6 @@ def _record_row(
     if row is None:
         return None, None
     return values.loads(row[0]), int(row[1])
-
-
-def batch_size(batch: PreparedBatch | None) -> int:
-    """Bytes of ``batch``'s serialised values (counted against the queue bound)."""
-    if batch is None:
-        return 0
-    size = sum(len(f.p) + len(f.ctx) + len(f.record or "") for f in batch.frames)
-    return size + (len(batch.mutation[1]) if batch.mutation is not None else 0)
 
 
 # -- the ops of one writer transaction ---------------------------------------------------

@@ -38,6 +38,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from persistence import settling
 from persistence.sqlite import write_sql
 from persistence.sqlite.schema import migrate
 from persistence.sqlite.write_sql import BARRIERS, Kind, Op
@@ -171,29 +172,10 @@ class Writer:
                 admitted.set_result(None)
 
     def _settle(self, ops: Sequence[Op]) -> None:
-        """Runs on the event loop: complete the futures of ``ops``, in queue order (so
-        their done-callbacks run in commit order: sid order within each org)."""
+        """Runs on the event loop: release the queue bytes of ``ops`` and complete their
+        futures (:func:`persistence.settling.settle`)."""
         self._release(ops)
-        for op in ops:
-            future = op.future
-            # Done already: settled by the store itself (a Commit is never cancelled by
-            # an abandoned await; a plain future, e.g. close()'s, could be).
-            if future is None or future.done():
-                continue
-            if op.error is None:
-                future.set_result(op.result)
-                continue
-            error = op.error
-            if isinstance(error, StoreWriteError):
-                # One exception object per future: raising a shared one from many
-                # tasks would chain unrelated tracebacks onto it.
-                copy = StoreWriteError(*error.args)
-                copy.__cause__ = error.__cause__
-                error = copy
-            future.set_exception(error)
-            # The writer logged the failure once for the whole batch; mark it
-            # retrieved so that every unawaited `durable` does not log it again.
-            future.exception()
+        settling.settle(ops)
 
     # -- the thread ----------------------------------------------------------------------
 

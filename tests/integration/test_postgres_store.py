@@ -13,10 +13,8 @@ new connections, a TCP proxy in front of the server that goes away, a closed por
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import os
 import random
 import socket
 import uuid
@@ -45,40 +43,16 @@ from persistence.store import (
     StoreUnavailableError,
     StoreWriteError,
 )
+from tests.frame_drafts import frame_draft
+from tests.store_backends import admin_connection, throwaway_database
 from tests.tcp_relay import TcpRelay
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 60  # seconds; every test body runs under anyio.fail_after(TIMEOUT)
-SERVER = os.environ.get("CRDT_SYNC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-ADMIN_DSN = f"{SERVER}/postgres"
-
-
-def _admin() -> psycopg.Connection:
-    return psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5)
-
-
-@contextlib.contextmanager
-def throwaway_database(tag: str) -> Iterator[str]:
-    """Create a database with a unique name; yield its DSN; drop it (even if in use)."""
-    name = f"crdt_sync_test_{tag}_{os.getpid()}_{uuid.uuid4().hex[:10]}"
-    try:
-        with _admin() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        # Never a skip: .ci/run starts PostgreSQL, and a skip would hide a broken setup.
-        pytest.fail(f"PostgreSQL is not reachable at {SERVER} (start it, see .ci/run): {exc}")
-    try:
-        yield f"{SERVER}/{name}"
-    finally:
-        with _admin() as conn:
-            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="session")
 def session_dsn() -> Iterator[str]:
-    with throwaway_database("session") as dsn:
+    with throwaway_database("crdt_sync_test_session") as dsn:
         yield dsn
 
 
@@ -119,17 +93,7 @@ def draft(
     ctx: dict[str, Any] | None = None,
 ) -> FrameDraft:
     p = {"title": f"{t}/{id}"} if p is None else p
-    return FrameDraft(
-        t=t,
-        id=id,
-        op=op,
-        p=p,
-        who=who,
-        at=1000,
-        ctx={"client_tx_id": None} if ctx is None else ctx,
-        record=None if op == "d" else dict(p),
-        update_id=update_id,
-    )
+    return frame_draft(t, id, op, p, update_id=update_id, who=who, at=1000, ctx=ctx)
 
 
 async def append(
@@ -627,7 +591,7 @@ async def test_one_client_tx_id_from_two_nodes_is_applied_once(
 
 
 async def test_migrations_run_once_when_nodes_start_together_and_again() -> None:
-    with throwaway_database("migrate") as dsn:
+    with throwaway_database("crdt_sync_test_migrate") as dsn:
         with anyio.fail_after(TIMEOUT):
             stores = [PostgresStore(dsn) for _ in range(4)]
             await asyncio.gather(*(s.start() for s in stores))
@@ -648,7 +612,7 @@ async def test_migrations_run_once_when_nodes_start_together_and_again() -> None
 
 
 async def test_a_foreign_or_newer_schema_is_refused() -> None:
-    with throwaway_database("foreign") as dsn:
+    with throwaway_database("crdt_sync_test_foreign") as dsn:
         with anyio.fail_after(TIMEOUT):
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("CREATE TABLE documents (id int)")
@@ -668,7 +632,7 @@ async def test_a_foreign_or_newer_schema_is_refused() -> None:
 
 
 def _terminate(dbname: str) -> int:
-    with _admin() as conn:
+    with admin_connection() as conn:
         cur = conn.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
             " WHERE datname = %s AND pid <> pg_backend_pid()",
@@ -679,7 +643,7 @@ def _terminate(dbname: str) -> int:
 
 
 def _allow_connections(dbname: str, allow: bool) -> None:
-    with _admin() as conn:
+    with admin_connection() as conn:
         conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS {str(allow).lower()}')
 
 
@@ -694,7 +658,7 @@ async def _until_probe_passes(store: PostgresStore, seconds: float = 30) -> None
 
 
 async def test_terminated_connections_are_replaced_without_failing_a_write() -> None:
-    with throwaway_database("terminate") as dsn:
+    with throwaway_database("crdt_sync_test_terminate") as dsn:
         dbname = dsn.rsplit("/", 1)[1]
         with anyio.fail_after(TIMEOUT):
             async with PostgresStore(dsn, min_size=2, max_size=4) as store:
@@ -709,7 +673,7 @@ async def test_terminated_connections_are_replaced_without_failing_a_write() -> 
 async def test_server_gone_fails_writes_as_unavailable_then_recovers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with throwaway_database("outage") as dsn:
+    with throwaway_database("crdt_sync_test_outage") as dsn:
         dbname = dsn.rsplit("/", 1)[1]
         with anyio.fail_after(TIMEOUT):
             async with PostgresStore(dsn, acquire_timeout=1, connect_timeout=1) as store:
@@ -745,7 +709,7 @@ async def test_server_gone_fails_writes_as_unavailable_then_recovers(
 
 
 async def test_network_gone_fails_writes_and_reads_then_recovers() -> None:
-    with throwaway_database("proxy") as dsn:
+    with throwaway_database("crdt_sync_test_proxy") as dsn:
         dbname = dsn.rsplit("/", 1)[1]
         proxy = TcpRelay()
         await proxy.start()

@@ -31,6 +31,7 @@ from persistence.store import (
     StoredDoc,
 )
 from persistence.values import UnstorableValue
+from tests.frame_drafts import KEEP, frame_draft
 from tests.store_backends import BACKENDS, PostgresDatabases, open_store, postgres_store_class
 
 pytestmark = pytest.mark.anyio
@@ -38,7 +39,6 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 10  # seconds; every test body runs under anyio.fail_after(TIMEOUT)
 ORG = "acme"
 OTHER = "globex"  # a second tenant: nothing of ORG may show through it
-KEEP = object()
 
 
 # -- backends ----------------------------------------------------------------------------
@@ -115,19 +115,7 @@ def draft(
 ) -> FrameDraft:
     """A frame draft; unless given, the record it leaves behind is ``p`` (none for ``d``)."""
     p = ({} if op == "d" else {"title": f"{t}/{id}"}) if p is None else p
-    if record is KEEP:
-        record = None if op == "d" else dict(p)
-    return FrameDraft(
-        t=t,
-        id=id,
-        op=op,
-        p=p,
-        who=who,
-        at=at,
-        ctx={"client_tx_id": None} if ctx is None else ctx,
-        record=record,
-        update_id=update_id,
-    )
+    return frame_draft(t, id, op, p, record=record, update_id=update_id, who=who, at=at, ctx=ctx)
 
 
 def batch(*drafts: FrameDraft, mutation: tuple[str, dict[str, Any]] | None = None) -> FrameBatch:

@@ -20,12 +20,12 @@ from sqlite_utils import Database
 from persistence import Frame, SQLiteStore, StoreWriteError
 from persistence.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from persistence.store import FrameBatch, FrameDraft
+from tests.frame_drafts import KEEP, frame_draft
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 10  # seconds; every test body runs under anyio.fail_after(TIMEOUT)
 ORG = "default"
-KEEP = object()
 
 
 @pytest.fixture
@@ -53,19 +53,7 @@ def draft(
 
     The default ``p`` is new each time (a store logs only what is new of a draft)."""
     p = {"title": f"{t}/{id}", "rev": next(_REVISIONS)} if p is None else p
-    if record is KEEP:
-        record = None if op == "d" else dict(p)
-    return FrameDraft(
-        t=t,
-        id=id,
-        op=op,
-        p=p,
-        who=who,
-        at=at,
-        ctx={"client_tx_id": None} if ctx is None else ctx,
-        record=record,
-        update_id=update_id,
-    )
+    return frame_draft(t, id, op, p, record=record, update_id=update_id, who=who, at=at, ctx=ctx)
 
 
 def yupdate(title: str) -> bytes:
