@@ -199,10 +199,17 @@ class RoomManager:
         replica = room.replica = Replica(room, self.broadcaster, self.store)
 
         async def run() -> None:
-            async with anyio.create_task_group() as tg:
-                await tg.start(replica.run)
-                await room.closed.wait()
-                tg.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(replica.run)
+                    await room.closed.wait()
+                    tg.cancel_scope.cancel()
+            except Exception:
+                # A room that no longer hears the other nodes would drift apart from
+                # them: its clients are closed (1011) and reconnect to a fresh load.
+                room.replica = None
+                room.close_all(CloseCode.INTERNAL_ERROR, "lost touch with the other nodes")
+                raise
 
         self.spawn(f"replica {room.name!r}", run)
 
