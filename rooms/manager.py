@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds after an unload before freed memory is handed back (unloads come in waves).
 TRIM_DELAY = 2.0
+
+#: Seconds before a failed replica (the room's link to the other nodes) starts again.
+REPLICA_RESTART_DELAY = 1.0
 #: First and longest pause before a room whose write failed is compacted (again).
 REPAIR_PAUSE = 0.5
 REPAIR_MAX_PAUSE = 10.0
@@ -206,10 +209,16 @@ class RoomManager:
                     tg.cancel_scope.cancel()
             except Exception:
                 # A room that no longer hears the other nodes would drift apart from
-                # them: its clients are closed (1011) and reconnect to a fresh load.
-                room.replica = None
-                room.close_all(CloseCode.INTERNAL_ERROR, "lost touch with the other nodes")
+                # them: the replica starts again in a second (it first reads what the
+                # store holds after its doc's head, so nothing missed meanwhile stays
+                # missing); the supervisor logs and counts the failure.
+                self.spawn(f"replica restart {room.name!r}", restart, kind="replica")
                 raise
+
+        async def restart() -> None:
+            await anyio.sleep(REPLICA_RESTART_DELAY)
+            if room.state is RoomState.LOADED and room.replica is replica:
+                self._replicate(room)
 
         self.spawn(f"replica {room.name!r}", run)
 

@@ -216,3 +216,28 @@ async def test_what_a_node_committed_while_its_link_was_down_reaches_the_others_
         await wait_for(lambda: body(b) == "offline", "b repaired from the store")
         assert b.replica.last == committed.update_id
         tg.cancel_scope.cancel()
+
+
+async def test_a_replica_that_fails_starts_again_and_catches_up(monkeypatch) -> None:
+    from rooms import manager as manager_module
+    from rooms.manager import RoomManager
+
+    monkeypatch.setattr(manager_module, "REPLICA_RESTART_DELAY", 0.01)
+    async with MemoryStore() as store:
+        bus = PairBus("a")
+        joins = {"n": 0}
+        join = bus.join
+
+        async def flaky_join(org: str, name: str, sink: RoomSink) -> None:
+            joins["n"] += 1
+            if joins["n"] == 1:
+                raise ConnectionError("the bus fell over")
+            await join(org, name, sink)
+
+        bus.join = flaky_join  # type: ignore[method-assign]
+        async with RoomManager(store, broadcaster=bus) as manager:
+            room = await manager.hold("default", "note")
+            await wait_for(lambda: ("default", "note") in bus.sinks, "the replica joined again")
+            assert joins["n"] == 2 and room.replica is bus.sinks[("default", "note")]
+            assert manager.supervisor.failures.get("replica", 0) >= 1
+            manager.unhold(room)
