@@ -33,7 +33,7 @@ import time
 from redis.asyncio import Redis
 
 from .broadcaster import RemoteAwareness, RemoteUpdate, RoomSink
-from .redis_link import Backoff, RedisLink
+from .redis_link import Backoff, LinkCounters, RedisLink
 from .redis_wire import (
     WireError,
     decode_room_message,
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 DocKey = tuple[str, str]
 
 
-class RedisBroadcaster:
+class RedisBroadcaster(LinkCounters):
     """Args:
     url: The Redis URL.
     node_id: This node's id (unique in the cluster; in every message and the lease).
@@ -99,20 +99,6 @@ class RedisBroadcaster:
         self.malformed = 0
         #: Nodes reported gone.
         self.nodes_gone = 0
-
-    # -- counters of the link (metrics) ------------------------------------------
-
-    @property
-    def published(self) -> int:
-        return self._link.published
-
-    @property
-    def dropped(self) -> int:
-        return self._link.dropped
-
-    @property
-    def reconnects(self) -> int:
-        return self._link.reconnects
 
     # -- Broadcaster -------------------------------------------------------------
 

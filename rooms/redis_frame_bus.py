@@ -22,13 +22,13 @@ from persistence.store import Frame
 
 from .frame_bus import Deliver
 from .frame_sequencer import FrameSequencer, ReadSince
-from .redis_link import Backoff, RedisLink
+from .redis_link import Backoff, LinkCounters, RedisLink
 from .redis_wire import WireError, decode_frames, encode_frames, frames_channel
 
 log = logging.getLogger(__name__)
 
 
-class RedisFrameBus:
+class RedisFrameBus(LinkCounters):
     """Args:
     url: The Redis URL.
     node_id: This node's id (in every message; own messages are dropped on arrival).
@@ -66,18 +66,6 @@ class RedisFrameBus:
         self.own = 0
         self.malformed = 0
         self.unpublishable = 0
-
-    @property
-    def published(self) -> int:
-        return self._link.published
-
-    @property
-    def dropped(self) -> int:
-        return self._link.dropped
-
-    @property
-    def reconnects(self) -> int:
-        return self._link.reconnects
 
     async def start(self) -> None:
         # Subscribed before the first session starts: every session listens on it.

@@ -401,3 +401,21 @@ class RedisLink:
                 async with self._beat_lock:
                     if not self._closing:
                         await self._heartbeat(client)
+
+
+class LinkCounters:
+    """The counters of a bus's :class:`RedisLink` (``self._link``), for metrics."""
+
+    _link: RedisLink
+
+    @property
+    def published(self) -> int:
+        return self._link.published
+
+    @property
+    def dropped(self) -> int:
+        return self._link.dropped
+
+    @property
+    def reconnects(self) -> int:
+        return self._link.reconnects
