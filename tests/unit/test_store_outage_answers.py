@@ -7,36 +7,22 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from crdt_sync import app as app_module
-from crdt_sync.app import Runtime, create_app
 from crdt_sync.errors import store_failure
-from crdt_sync.settings import Settings
 from crdt_sync.sync_api import _batch_response
 from persistence.store import StoreUnavailableError
 from rooms.room import RoomLoadError
+from tests.unit.app_under_test import running_app
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 10
-
-
-@asynccontextmanager
-async def running_app(tmp_path: Path) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
-    app = create_app(Settings(db=str(tmp_path / "crdt-sync.db"), frame_coalesce_ms=0))
-    runtime: Runtime = app.state.runtime
-    async with runtime.running():
-        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
-            yield runtime, http
 
 
 def query_only(on: bool):
