@@ -53,6 +53,9 @@ from .yjs_endpoint import YjsEndpoint
 
 log = logging.getLogger(__name__)
 
+#: Seconds a shutting-down node waits for its Redis buses to close.
+BUS_CLOSE_TIMEOUT = 3.0
+
 #: Longest a health check waits for the store's write probe.
 PROBE_TIMEOUT = 2.0
 #: A store that committed nothing for this long is probed by a health check, so an
@@ -208,7 +211,7 @@ class Runtime:
                     # their whole state when they unloaded.
                     log.error("store: %s", exc)
                 finally:
-                    await buses.close()
+                    await self._close_buses(buses)
                     await self.auth.aclose()
 
     async def problems(self) -> dict[str, str]:
@@ -280,6 +283,19 @@ class Runtime:
             log.info("health: store write probe committed: the store takes writes again")
             self._probe_failed = False
         return store.health()
+
+    async def _close_buses(self, buses: Buses) -> None:
+        """Close the buses, waiting at most :data:`BUS_CLOSE_TIMEOUT`: a Redis client
+        stuck in a call that ignores cancellation must not keep the node from exiting
+        (its lease then lapses, and the others drop its cursors within 5 s)."""
+        closing = asyncio.ensure_future(buses.close())
+        done, _ = await asyncio.wait({closing}, timeout=BUS_CLOSE_TIMEOUT)
+        if not done:
+            log.error(
+                "shutdown: the buses to other nodes did not close in %.0f s", BUS_CLOSE_TIMEOUT
+            )
+        elif (exc := closing.exception()) is not None:
+            log.error("shutdown: closing the buses failed: %r", exc)
 
     def redis_status(self) -> str:
         """``off`` (one node), ``ok``, or why the buses to other nodes are down."""

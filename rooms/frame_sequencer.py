@@ -31,7 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from persistence.store import Frame
+from persistence.store import Frame, StoreClosedError
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,8 @@ class FrameSequencer:
                 resyncing, state.want_read = state.want_read, False
                 try:
                     frames = await self._read_since(org, state.last)
+                except StoreClosedError:
+                    return  # the node is shutting down: nothing will be read any more
                 except Exception as exc:
                     state.want_read = state.want_read or resyncing
                     failures += 1

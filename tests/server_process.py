@@ -106,6 +106,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+                self._close_pipes()
                 raise TimeoutError(f"server did not exit within {timeout} s after {sig}") from None
         self._close_pipes()
         return self.proc.returncode
