@@ -24,7 +24,6 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from persistence.store import Store, StoreError
-from rooms.broadcaster import Broadcaster
 from rooms.close_codes import CloseCode
 from rooms.feed_hub import FeedHub
 from rooms.frame_bus import FrameBus, LocalFrameBus
@@ -112,8 +111,7 @@ class Runtime:
         #: Where committed frames go, on their way to the hub (and other nodes'); set
         #: by :meth:`running` (on Redis it reads gaps from the store).
         self.frame_bus: FrameBus = LocalFrameBus()
-        #: The bus to other nodes (``None``: this node is alone).
-        self.broadcaster: Broadcaster | None = None
+        #: The buses this node runs on (``buses.rooms`` is ``None`` while it is alone).
         self.buses: Buses | None = None
         self.throttle = ReadThrottle(settings.delta_min_interval_ms, settings.delta_max_concurrency)
         self._feed: RecordFeed | None = None
@@ -159,7 +157,6 @@ class Runtime:
             raise
         buses = self.buses = open_buses(settings, store, self.node_id)
         self.frame_bus = buses.frames
-        self.broadcaster = buses.rooms
         self.frame_bus.subscribe(self.hub.publish)
         if buses.rooms is not None:
             log.info("node %s: several nodes, on Redis and the shared store", self.node_id)
@@ -236,11 +233,9 @@ class Runtime:
                     problem = await self._probe(store)
         if problem is not None:
             found["store"] = problem
-        if self.broadcaster is None and (bus_problem := self.frame_bus.health()) is not None:
-            found["frame bus"] = bus_problem
-        # A Redis outage is reported (redis_status) but is not a problem that takes the
-        # node out of service: its clients keep working, and every node would be
-        # taken out at once.
+        # The buses are not checked here: the local one cannot fail, and a Redis outage
+        # is reported (redis_status) without taking the node out of service: its
+        # clients keep working, and every node would be taken out at once.
         for name, why in self.supervisor.problems().items():
             found[f"task {name}"] = why
         return found

@@ -250,10 +250,8 @@ class Replica:
             return
         if tail.last_update_id > self.last:
             self.last = tail.last_update_id
-        self._ahead = {p: u for p, u in self._ahead.items() if u > self.last}
-        if self._ahead and min(self._ahead) < self.last:
-            # Early arrivals below what the store said: covered by the read.
-            self._ahead = {p: u for p, u in self._ahead.items() if p >= self.last}
+        # Early arrivals the read covered are done with; later ones still chain on.
+        self._ahead = {p: u for p, u in self._ahead.items() if u > self.last and p >= self.last}
         if applied:
             self.repairs += 1
             self.repaired_updates += applied
