@@ -323,6 +323,41 @@ async def test_mutation_on_node1_reaches_feed_on_node3_and_editor_on_node2(
 
 
 @shows_logs
+async def test_a_yjs_edit_held_by_every_node_is_framed_once(cluster: Cluster) -> None:
+    # Every node holding the record drafts the change it sees; the store logs it once.
+    n1, n2, n3 = cluster.nodes
+    name = "note/once-1"
+    async with http(n1) as h1:
+        since = await newest_sid(h1)
+        async with editors((n1.ws_url, name), (n2.ws_url, name), (n3.ws_url, name)) as [a, b, c]:
+            a.doc["fields"] = fields = Map()
+            await a.flush()
+            fields["status"] = "open"
+            await a.flush()
+
+            async def held_everywhere() -> Any:
+                seen = [e.doc.get("fields", type=Map).to_py() for e in (b, c)]
+                return seen if all(s == {"status": "open"} for s in seen) else Miss(seen)
+
+            await eventually(held_everywhere, 10, "the edit on every node")
+            fields["status"] = "done"
+            await a.flush()
+
+            async def framed() -> Any:
+                mine = [f for f in await all_frames(h1, since) if f["id"] == "once-1"]
+                done = any(f["p"].get("status") == "done" for f in mine)
+                return mine if done else Miss(mine)
+
+            await eventually(framed, 15, "the edits framed")
+            # Long enough for every node's coalescing window and its commit.
+            await anyio.sleep(1.5)
+            mine = [f for f in await all_frames(h1, since) if f["id"] == "once-1"]
+    statuses = [f["p"].get("status") for f in mine if "status" in f["p"]]
+    assert statuses == ["open", "done"], mine
+    assert mine[0]["op"] == "i", mine
+
+
+@shows_logs
 async def test_mutations_are_idempotent_across_nodes(cluster: Cluster) -> None:
     n1, n2, n3 = cluster.nodes
     async with http(n1) as h1, http(n2) as h2, http(n3) as h3:
