@@ -69,8 +69,8 @@ class RecordFeed:
     async def room_loaded(self, room: Room) -> None:
         await self.coalescer.room_loaded(room)
 
-    def room_changing(self, room: Room, actor: str) -> None:
-        self.coalescer.room_changing(room, actor)
+    def room_changing(self, room: Room, actor: str | None, origin: Origin) -> None:
+        self.coalescer.room_changing(room, actor, origin)
 
     def room_changed(self, room: Room, actor: str, origin: Origin) -> None:
         self.coalescer.room_changed(room, actor, origin)

@@ -49,14 +49,23 @@ def diff(before: dict[str, JSON] | None, after: dict[str, JSON]) -> dict[str, JS
     return p
 
 
-def settle(draft: FrameDraft, stored: dict[str, JSON] | None) -> FrameDraft | None:
+def settle(
+    draft: FrameDraft, stored: dict[str, JSON] | None, stored_covered: int | None = None
+) -> FrameDraft | None:
     """The frame to log for ``draft`` given the stored record, or ``None`` (nothing new).
 
     Args:
         stored: The stored record's fields (``None``: no record row).
+        stored_covered: The update id the stored row covers (``None``: no row).
 
     Rules:
 
+    * a draft from a view older than the row's is stale: nothing new. A draft with
+      an ``update_id`` was drafted by a node that holds every update of the doc up to
+      it (it framed other nodes' changes, or a doc it just loaded); a row covering a
+      newer update was framed from a newer view, which holds those updates too. Logging
+      the stale draft would move the record back (another node drafting "open" after
+      the row moved on to "done") and then forward again when its view catches up;
     * a delete is always logged: it is an explicit act (a mutation, a delete call),
       never drafted by several nodes from their views, and a record deleted before
       its first frame still gets its ``d`` (harmless to a client that never saw it);
@@ -64,13 +73,18 @@ def settle(draft: FrameDraft, stored: dict[str, JSON] | None) -> FrameDraft | No
     * an update: only the fields whose value differs from the row (all of ``p`` when
       there is no row); none left: nothing new.
 
-    No draft is refused for covering an older update id: a node's own change may be
-    drafted before its update's id is known, and refusing it would lose that change.
-    Drafts from an older view are harmless: they only hold fields their node saw
-    change, and when that node's view moves on it drafts the newer values itself.
+    A draft without ``update_id`` (a node's own change, drafted before its update's
+    id is known, queued after that update) is never refused as stale: refusing it
+    would lose the change, since no other node frames a change as its own.
     """
     if draft.op == "d" or stored is None:
         return draft
+    if (
+        draft.update_id is not None
+        and stored_covered is not None
+        and draft.update_id < stored_covered
+    ):
+        return None
     if draft.op == "i":
         p = diff(stored, draft.record if draft.record is not None else {})
         return dataclasses.replace(draft, op="u", p=p) if p else None

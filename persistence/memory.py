@@ -537,7 +537,7 @@ class MemoryStore(StartClose):
             key = (draft.t, draft.id)
             row = tenant.records.get(key)
             stored = None if row is None else values.loads(row.fields)
-            d = settle(draft, stored)
+            d = settle(draft, stored, None if row is None else row.update_id)
             if d is None:
                 continue
             tenant.last_sid += 1

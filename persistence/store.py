@@ -283,11 +283,14 @@ class FrameDraft:
         record: The record's whole projection after this frame (``None`` for ``op="d"``:
             the record is gone), as the drafting node sees it (an insert of a record
             another node framed first becomes an update of the difference).
-        update_id: The newest update id of the doc this projection covers (kept on
-            the record row, to find records whose frames lag their doc:
-            :meth:`Store.stale_records`); ``None`` means the update the frame is logged
-            with (:meth:`Store.append`), or, in :meth:`Store.log_frames`, the doc's
-            newest update at commit (right for one writer, whose log is in queue order).
+        update_id: The view the draft was made from: the drafting node holds every
+            update of the doc up to this id (kept on the record row, to find records
+            whose frames lag their doc: :meth:`Store.stale_records`). A draft from an
+            older view than the row's is stale and not logged. ``None``: a node's own
+            change, which covers the update the frame is logged with
+            (:meth:`Store.append`), or, in :meth:`Store.log_frames`, the newest update
+            of the doc that this store's node appended at that point of its queue (the
+            doc's newest update, for one writer or a doc the node never appended to).
 
     Every backend logs a draft through :func:`persistence.framing.settle` against the
     stored record row, in the logging transaction (only what is new is logged; several

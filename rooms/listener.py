@@ -19,11 +19,13 @@ class RoomListener(Protocol):
         """The room's stored state is loaded (once per load, before it is unloaded)."""
         ...
 
-    def room_changing(self, room: Room, actor: str) -> None:
-        """An update from a client or HTTP by ``actor`` is about to be applied.
+    def room_changing(self, room: Room, actor: str | None, origin: Origin) -> None:
+        """An update by ``actor`` from ``origin`` (a client, HTTP, another node) is
+        about to be applied.
 
-        What others changed before it can be set apart now (credited to them), not
-        once their change and this one are merged in the doc.
+        What others changed before it can be set apart now (credited to them, and
+        another node's change kept apart from this node's own), not once their change
+        and this one are merged in the doc.
         """
         ...
 

@@ -355,7 +355,7 @@ class Room:
             return
         self.check_growth(len(update))
         if self._listener is not None:
-            self._listener.room_changing(self, conn.actor)
+            self._listener.room_changing(self, conn.actor, Origin.CLIENT)
         changes = self._apply(update, Origin.CLIENT, conn.id)
         # Told before the first wait (the store may make a writer wait for room): a
         # mutation of the record meanwhile must find this change pending, by its actor.
@@ -385,7 +385,7 @@ class Room:
         self.check_growth(len(update))
         appended = None
         if self._listener is not None:
-            self._listener.room_changing(self, actor)
+            self._listener.room_changing(self, actor, origin)
         changes = self._apply(update, origin, 0)
         if changes and self._listener is not None:
             self._listener.room_changed(self, actor, origin)
@@ -494,7 +494,7 @@ class Room:
         if update == EMPTY_UPDATE or self.state is not RoomState.LOADED:
             return
         if self._listener is not None:
-            self._listener.room_changing(self, actor)
+            self._listener.room_changing(self, actor, Origin.REMOTE)
         changes = self._apply(update, Origin.REMOTE, REMOTE_OWNER)
         if changes and self._listener is not None:
             self._listener.room_changed(self, actor, Origin.REMOTE)

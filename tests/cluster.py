@@ -93,12 +93,14 @@ class Cluster:
         size: int = 3,
         redis_url: str = REDIS_URL,
         args: tuple[str, ...] = (),
+        node_args: dict[int, tuple[str, ...]] | None = None,
     ) -> None:
         self.workdir = workdir
         self.database_url = database_url
         self.redis_url = redis_url
         self.prefix = f"crdt-sync-test-{secrets.token_hex(4)}"
         self.args = args
+        self.node_args = node_args or {}
         self.nodes: list[ServerProcess] = [self._node(i) for i in range(size)]
 
     def _node(self, index: int) -> ServerProcess:
@@ -115,6 +117,7 @@ class Cluster:
             "--node-id",
             f"node-{index + 1}",
             *self.args,
+            *self.node_args.get(index, ()),
         )
 
     def start(self) -> Cluster:

@@ -3,7 +3,9 @@ and restore: the server as seen through a network that drops.
 
 :meth:`TcpRelay.stop` closes the listening port and resets every relayed connection
 (no clean goodbye); :meth:`TcpRelay.start` listens again on the same port, so a
-client configured with the relay's address reconnects to it. The relay runs on the
+client configured with the relay's address reconnects to it. :meth:`TcpRelay.hold`
+stops relaying bytes (connections stay up: a server that has gone slow) until
+:meth:`TcpRelay.release`. The relay runs on the
 caller's asyncio event loop; every wait in it is bounded.
 """
 
@@ -32,6 +34,16 @@ class TcpRelay:
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.BaseTransport] = set()
         self._relays: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def hold(self) -> None:
+        """Stop relaying bytes either way; connections stay open."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        """Relay again what :meth:`hold` kept back, and what follows."""
+        self._flowing.set()
 
     @property
     def running(self) -> bool:
@@ -72,7 +84,9 @@ class TcpRelay:
                 return
             ends.append(up_writer.transport)
             self._transports.add(up_writer.transport)
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            await asyncio.gather(
+                pipe(reader, up_writer, self._flowing), pipe(up_reader, writer, self._flowing)
+            )
         finally:
             for transport in ends:
                 transport.abort()
@@ -80,10 +94,13 @@ class TcpRelay:
             self._relays.discard(task)
 
 
-async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    """Copy ``src`` to ``dst`` until either end goes; then reset ``dst``."""
+async def pipe(
+    src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
+) -> None:
+    """Copy ``src`` to ``dst`` while ``flowing`` until either end goes; then reset ``dst``."""
     try:
         while data := await src.read(65536):
+            await flowing.wait()
             dst.write(data)
             await dst.drain()
     except OSError:

@@ -17,8 +17,16 @@ drafted inside :meth:`~rooms.room.Room.change`) and a delete
 node's :class:`~rooms.frame_bus.FrameBus` in queue order, so in sid order, each commit
 once: see :mod:`crdt_sync.records.publisher`.
 
-A draft's ``update_id`` is left to the store (``None``: the doc's newest update at its
-place in the queue, or the update it rides on): this node's log is in queue order.
+A draft of this node's own change leaves ``update_id`` to the store (``None``: the
+newest update of the doc this node appended, at its place in the queue, or the update
+it rides on): this node's log is in queue order. A draft of what only *other* nodes
+changed (:attr:`TrackedRecord.observed`) carries this node's view of the doc instead,
+the newest update id up to which it holds every update
+(:attr:`rooms.replica.Replica.last`): the store drops it if the record was framed
+from a newer view meanwhile (:func:`persistence.framing.settle`), so a node that lags
+behind never moves a record back. Every node holding a record drafts what it sees,
+so a change is framed even if the node it came through dies before framing it; the
+store logs it once. A node's own and observed changes are never merged in one draft.
 
 Crashes: a record's stored projection remembers the newest update it covers. A room
 that loads with a projection different from its stored one (its last frame was lost
@@ -72,11 +80,19 @@ class TrackedRecord:
     baseline: Any = UNKNOWN  # dict of fields, None (no record) or UNKNOWN
     pending: bool = False
     actor: str | None = None  # who made the pending changes (None: recovered)
+    #: The pending change is only what other nodes changed (or what a load found
+    #: unframed): drafted with this node's view of the doc (see :meth:`Coalescer._draft`).
+    observed: bool = False
     due: float = 0.0
     loading: anyio.Event | None = None
     #: Its frames queued in the store and not committed yet (newest last): a
     #: mutation's ``base_sid`` conflicts are read from the store, which cannot see them.
     uncommitted: list[FrameDraft] = field(default_factory=list)
+
+
+def _view(room: Room) -> int:
+    """The newest update id up to which ``room`` holds every update of its doc."""
+    return room.replica.last if room.replica is not None else room.last_update_id
 
 
 class Coalescer:
@@ -134,19 +150,25 @@ class Coalescer:
             return
         if rec.baseline is None or not same(rec.baseline, project(room.doc, rec.types)):
             log.info("record %s/%s: stored projection is behind its doc, re-framing", rec.t, rec.id)
-            self._mark(rec, None)
+            # What the stored doc holds, as of the view it was loaded at.
+            self._mark(rec, None, observed=True)
 
-    def room_changing(self, room: Room, actor: str) -> None:
+    def room_changing(self, room: Room, actor: str | None, origin: Origin) -> None:
         rec = self._records.get((room.org, room.name))
-        if rec is not None and rec.room is room and rec.pending and rec.actor != actor:
+        if (
+            rec is not None
+            and rec.room is room
+            and rec.pending
+            and (rec.actor != actor or rec.observed != (origin is Origin.REMOTE))
+        ):
             self._set_apart(rec)
 
-    def room_changed(self, room: Room, actor: str, origin: Origin) -> None:
+    def room_changed(self, room: Room, actor: str | None, origin: Origin) -> None:
         if origin is Origin.STORE:
             return
         rec = self.track(room)
         if rec is not None:
-            self._mark(rec, actor)
+            self._mark(rec, actor, observed=origin is Origin.REMOTE)
 
     async def room_unloading(self, room: Room) -> None:
         rec = self._records.get((room.org, room.name))
@@ -291,14 +313,18 @@ class Coalescer:
             # credited to nobody rather than to the wrong actor.
             rec.actor = None
 
-    def _mark(self, rec: TrackedRecord, actor: str | None) -> None:
-        """Note a change by ``actor``, already applied to the doc (see :meth:`room_changing`)."""
+    def _mark(self, rec: TrackedRecord, actor: str | None, *, observed: bool = False) -> None:
+        """Note a change by ``actor``, already applied to the doc (see :meth:`room_changing`);
+        ``observed``: another node's (see :attr:`TrackedRecord.observed`)."""
         if rec.pending:
             if rec.actor != actor:
                 rec.actor = None  # merged with a change of someone else (or a recovery)
+            if rec.observed and not observed:
+                rec.observed = False  # holds this node's own change: never stale
             return
         rec.pending = True
         rec.actor = actor
+        rec.observed = observed
         rec.due = time.monotonic() + self.coalesce
         self._due.append(rec)
         self._wake.set()
@@ -307,6 +333,7 @@ class Coalescer:
         """The frame from the baseline to the doc now; moves the baseline. No I/O."""
         assert rec.baseline is not UNKNOWN
         rec.pending = False
+        observed, rec.observed = rec.observed, False
         room = rec.room
         if rec.baseline is None and room.is_empty:
             return None
@@ -325,6 +352,7 @@ class Coalescer:
             at=now_ms(),
             ctx={"client_tx_id": None},
             record=after,
+            update_id=_view(room) if observed else None,
         )
 
     def _watch(self, org: str, frames: tuple[FrameDraft, ...], future: Any) -> None:

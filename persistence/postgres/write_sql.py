@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,16 +131,32 @@ class _Txn:
         default_factory=dict
     )
     keys: dict[tuple[str, str], Op] = field(default_factory=dict)  # key -> op storing it
+    #: (org, name) -> the newest update of the doc this node appended, before this
+    #: transaction (read only) and in it (``own``, merged by the writer on commit).
+    own_before: dict[tuple[str, str], int] = field(default_factory=dict)
+    own: dict[tuple[str, str], int | None] = field(default_factory=dict)
 
 
-async def apply(conn: AsyncConnection, ops: list[Op]) -> None:
-    """Run ``ops`` in order inside the caller's transaction; set each one's outcome."""
+async def apply(
+    conn: AsyncConnection, ops: list[Op], own_heads: Mapping[tuple[str, str], int]
+) -> dict[tuple[str, str], int | None]:
+    """Run ``ops`` in order inside the caller's transaction; set each one's outcome.
+
+    Args:
+        own_heads: ``(org, name)`` -> the newest update of the doc this node appended
+            (what a draft of this node without ``update_id`` covers, see
+            :func:`_doc_heads`).
+
+    Returns:
+        What ``own_heads`` becomes if the transaction commits (``None``: forget the doc).
+    """
     for op in ops:
         op.result = None
         op.error = None
         op.replayed = False
     now = values.now_ms()
     txn = _Txn(conn, now, await _lock_docs(conn, ops, now), {})
+    txn.own_before = own_heads  # type: ignore[assignment]
     replayed_keys = await _store_keys(txn, ops)
     txn.sids = await _lock_sequences(conn, ops)
     appends = sum(op.kind is Kind.APPEND for op in ops)
@@ -153,6 +170,7 @@ async def apply(conn: AsyncConnection, ops: list[Op]) -> None:
     await _write_back(txn)
     if replayed_keys:
         await _settle_replays(txn, ops, replayed_keys)
+    return txn.own
 
 
 def _doc_keys(op: Op) -> list[tuple[str, str]]:
@@ -262,6 +280,7 @@ async def _apply_op(txn: _Txn, op: Op) -> None:
         prev = doc.last if doc.state == STORED else 0
         update_id = txn.ids.pop(0)
         _mark_stored(doc, update_id, at)
+        txn.own[(org, name)] = update_id
         await conn.execute(
             "INSERT INTO updates (id, org, name, data, actor, at) VALUES (%s, %s, %s, %s, %s, %s)",
             [update_id, org, name, data, actor, at],
@@ -332,6 +351,7 @@ def _next_sid(txn: _Txn, org: str) -> int:
 async def _delete_doc(txn: _Txn, org: str, name: str) -> bool:
     doc = txn.docs[(org, name)]
     existed = doc.state == STORED
+    txn.own[(org, name)] = None
     await txn.conn.execute("DELETE FROM updates WHERE org = %s AND name = %s", [org, name])
     await txn.conn.execute("DELETE FROM snapshots WHERE org = %s AND name = %s", [org, name])
     if existed:
@@ -405,7 +425,7 @@ async def _write_frames(txn: _Txn, batch: PreparedBatch, *, update_id: int | Non
         rkey = (org, prepared.draft.t, prepared.draft.id)
         row = txn.records.get(rkey)
         stored_fields, stored_covered = row if row is not None else (None, None)
-        d = settle(prepared.draft, stored_fields)
+        d = settle(prepared.draft, stored_fields, stored_covered)
         if d is None:
             continue  # nothing new: another node (or an earlier draft) framed it
         sid = _next_sid(txn, org)
@@ -469,26 +489,34 @@ def _known(txn: _Txn, org: str) -> set[tuple[str, str]]:
 
 
 async def _doc_heads(txn: _Txn, batch: PreparedBatch) -> dict[str, int]:
-    """The newest update id of each record doc of ``batch`` at commit: what a draft
-    without ``update_id`` covers in :meth:`log_frames`."""
+    """What a draft of ``batch`` without ``update_id`` covers in :meth:`log_frames`:
+    the newest update of its record doc that *this node* appended (its drafts are
+    queued after its own appends, and it may not hold what other nodes appended
+    meanwhile: claiming their updates would make a later, newer view of theirs look
+    stale, see :func:`persistence.framing.settle`); for a doc this node never
+    appended to, the doc's newest update."""
     org = batch.org
     heads: dict[str, int] = {}
-    unlocked: list[str] = []
+    unknown: list[str] = []
     for prepared in batch.frames:
         name = f"{prepared.draft.t}/{prepared.draft.id}"
         if prepared.draft.update_id is not None or name in heads:
             continue
-        doc = txn.docs.get((org, name))
-        if doc is not None:
+        key = (org, name)
+        own = txn.own[key] if key in txn.own else txn.own_before.get(key)
+        doc = txn.docs.get(key)
+        if own is not None and (doc is None or doc.state == STORED):
+            heads[name] = own
+        elif doc is not None:
             heads[name] = doc.last if doc.state == STORED else 0
         else:
             heads[name] = 0
-            unlocked.append(name)
-    if unlocked:
+            unknown.append(name)
+    if unknown:
         cur = await txn.conn.execute(
             "SELECT name, last_update_id FROM documents"
             " WHERE org = %s AND name = ANY(%s::text[]) AND state = 1",
-            [org, unlocked],
+            [org, unknown],
         )
         for name, last in await cur.fetchall():
             heads[name] = int(last)

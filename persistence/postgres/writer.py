@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 import psycopg
@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 OP_OVERHEAD = 256
 #: Attempts of a batch that loses a deadlock or serialisation check.
 ROLLBACK_RETRIES = 3
+#: Docs whose newest own append the writer remembers (a doc it forgot falls back to
+#: the doc's newest update, as if another node's appends were held).
+MAX_OWN_HEADS = 65_536
 
 
 class Writer:
@@ -88,6 +91,9 @@ class Writer:
         self._last_commit_seconds = 0.0
         self.refused_batches = 0  # counted by the store (values refused before queueing)
         self.rolled_back = 0  # attempts lost to a deadlock or serialisation failure
+        #: (org, name) -> the newest update of the doc this node appended (bounded,
+        #: least recently written dropped first): see write_sql._doc_heads.
+        self._own_heads: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     # -- event-loop side ---------------------------------------------------------------
 
@@ -200,11 +206,12 @@ class Writer:
 
     async def _commit(self, ops: list[Op]) -> StoreWriteError | None:
         began = time.monotonic()
+        own: dict[tuple[str, str], int | None] = {}
         for attempt in range(1, ROLLBACK_RETRIES + 1):
             try:
                 async with self._pool.connection(timeout=self._acquire_timeout) as conn:
                     async with conn.transaction(), conn.pipeline():
-                        await write_sql.apply(conn, ops)
+                        own = await write_sql.apply(conn, ops, self._own_heads)
             except Exception as exc:  # psycopg.Error, or a bug: nothing is committed
                 if not errors.is_rolled_back(exc):
                     return self._failed(ops, exc)
@@ -219,6 +226,7 @@ class Writer:
                 )
                 continue
             break
+        self._remember_own(own)
         self._commits += 1
         self._last_batch_size = len(ops)
         self._last_commit_seconds = time.monotonic() - began
@@ -231,6 +239,15 @@ class Writer:
             self.failing = None
             self._failures_in_outage = 0
         return None
+
+    def _remember_own(self, own: dict[tuple[str, str], int | None]) -> None:
+        heads = self._own_heads
+        for key, update_id in own.items():
+            heads.pop(key, None)
+            if update_id is not None:
+                heads[key] = update_id
+        while len(heads) > MAX_OWN_HEADS:
+            heads.popitem(last=False)
 
     def _failed(self, ops: list[Op], exc: BaseException) -> StoreWriteError:
         self._failed_batches += 1

@@ -202,7 +202,7 @@ def write_frames(
     committed = []
     for prepared in batch.frames:
         stored, stored_covered = _record_row(conn, org, prepared.draft.t, prepared.draft.id)
-        d = settle(prepared.draft, stored)
+        d = settle(prepared.draft, stored, stored_covered)
         if d is None:
             continue  # nothing new against the row
         sid = sids.take(org)

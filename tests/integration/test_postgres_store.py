@@ -354,15 +354,12 @@ async def test_drafts_are_settled_and_record_update_ids_never_go_back(
             ),
         )
         assert [(f.sid, f.p) for f in two] == [(2, {"n": 1})]
-        # An older update id is no reason to drop a new value; the row keeps 11.
-        assert (
-            len(
-                await store.log_frames(
-                    org, FrameBatch((draft("r", "1", "u", {"n": 3}, update_id=4),))
-                )
-            )
-            == 1
-        )
+        # From an older view than the row's: stale. A node's own change (no
+        # update_id) is logged; the row keeps 11.
+        stale = draft("r", "1", "u", {"n": 3}, update_id=4)
+        assert await store.log_frames(org, FrameBatch((stale,))) == []
+        own = draft("r", "1", "u", {"n": 3}, update_id=None)
+        assert len(await store.log_frames(org, FrameBatch((own,)))) == 1
         record = await store.get_record(org, "r", "1")
         assert record is not None and record.update_id == 11 and record.fields["n"] == 3
 

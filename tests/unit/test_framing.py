@@ -22,10 +22,22 @@ def draft(op: str, p: dict[str, Any], record: dict[str, Any] | None, update_id: 
     )
 
 
-def test_update_ids_never_make_a_draft_stale() -> None:
-    # a node's own change may be drafted before its update id is known
+def test_a_draft_from_an_older_view_than_the_row_is_stale() -> None:
+    # drafted by a node holding the doc up to update 3; the row was framed at 5
     d = draft("u", {"a": 2}, {"a": 2}, update_id=3)
-    assert settle(d, {"a": 1}) == d
+    assert settle(d, {"a": 1}, 5) is None
+    # from the same or a newer view: what differs from the row is new
+    assert settle(d, {"a": 1}, 3) == d
+    assert settle(d, {"a": 1}, None) == d
+    # a delete is never stale
+    gone = draft("d", {}, None, update_id=3)
+    assert settle(gone, {"a": 1}, 5) == gone
+
+
+def test_a_nodes_own_change_is_never_stale() -> None:
+    # no update_id: drafted before its update's id was known, queued after it
+    d = draft("u", {"a": 2}, {"a": 2})
+    assert settle(d, {"a": 1}, 5) == d
 
 
 def test_an_update_keeps_only_what_differs_from_the_row() -> None:

@@ -111,7 +111,7 @@ async def test_appends_of_one_batch_chain_in_queue_order(store: SQLiteStore) -> 
 # -- frame drafts: settled against the record row ---------------------------------------------
 
 
-async def test_only_what_is_new_of_a_draft_is_logged_whatever_its_update_id(
+async def test_only_what_is_new_of_a_draft_from_a_current_view_is_logged(
     store: SQLiteStore,
 ) -> None:
     with anyio.fail_after(TIMEOUT):
@@ -119,10 +119,11 @@ async def test_only_what_is_new_of_a_draft_is_logged_whatever_its_update_id(
         assert [f.p for f in first] == [{"n": 1}]
         # Another writer framing the same value: nothing new, no sid taken.
         assert await store.log_frames(ORG, FrameBatch((draft("1", {"n": 1}, update_id=5),))) == []
-        # A new value from an older view is logged (a change drafted before its id was
-        # known must not be lost); the row keeps the newest update id it covered.
-        [older] = await store.log_frames(ORG, FrameBatch((draft("1", {"n": 2}, update_id=4),)))
-        assert older.sid == 2
+        # A value from an older view is stale; one without update_id (a node's own
+        # change) is logged, and the row keeps the newest update id it covered.
+        assert await store.log_frames(ORG, FrameBatch((draft("1", {"n": 2}, update_id=4),))) == []
+        [own] = await store.log_frames(ORG, FrameBatch((draft("1", {"n": 2}, update_id=None),)))
+        assert own.sid == 2
         # In one batch: the second draft of the same value is nothing new, and the
         # idempotency key remembers the sid of the last frame logged.
         batch = FrameBatch(

@@ -631,11 +631,9 @@ async def test_append_logs_frames_records_and_key_with_the_update(store: Store) 
         assert await store.stale_records() == []
 
 
-async def test_drafts_are_settled_against_the_row_not_refused_by_update_id(
-    store: Store,
-) -> None:
-    # A node's own change may be drafted before its update id is known, so an older
-    # update id never makes a draft stale; only what is new against the row is logged.
+async def test_a_draft_from_an_older_view_than_the_row_is_stale(store: Store) -> None:
+    # persistence.framing.settle: a draft with an update_id comes from a node holding
+    # the doc up to that update; a row framed from a newer view already holds it.
     with anyio.fail_after(TIMEOUT):
         a = Replica(1)
         committed = await append(
@@ -644,22 +642,34 @@ async def test_drafts_are_settled_against_the_row_not_refused_by_update_id(
         covered = committed.update_id
         # The same state again, from another node: nothing new, no sid taken.
         assert await log(store, draft("task", "1", "u", {"n": 1}, update_id=covered)) == []
-        # A new value drafted from an older view is logged.
-        [frame] = await log(store, draft("task", "1", "u", {"n": 2}, update_id=covered - 1))
+        newer = (await append(store, "task/1", a.set("n", 2))).update_id
+        assert await store.stale_records() == [(ORG, "task/1")]
+        [frame] = await log(store, draft("task", "1", "u", {"n": 2}, update_id=newer))
         assert frame.sid == 2
         record = await store.get_record(ORG, "task", "1")
-        assert record is not None and (record.fields, record.update_id) == ({"n": 2}, covered)
-
-        newer = (await append(store, "task/1", a.set("n", 4))).update_id
-        assert await store.stale_records() == [(ORG, "task/1")]
-        [frame] = await log(store, draft("task", "1", "u", {"n": 4}, update_id=newer))
-        assert frame.sid == 3
-        record = await store.get_record(ORG, "task", "1")
-        assert record is not None and (record.fields, record.update_id) == ({"n": 4}, newer)
+        assert record is not None and (record.fields, record.update_id) == ({"n": 2}, newer)
         assert await store.stale_records() == []
+        # A node that has not seen the newer update yet drafts what it saw: stale,
+        # so the record does not go back to n=1 (and forward again later).
+        assert await log(store, draft("task", "1", "u", {"n": 1}, update_id=covered)) == []
+        record = await store.get_record(ORG, "task", "1")
+        assert record is not None and (record.fields, record.update_id) == ({"n": 2}, newer)
         # Another node framing the same change later: exactly once.
-        assert await log(store, draft("task", "1", "u", {"n": 4}, update_id=newer)) == []
-        assert sids(await store.frames_since(ORG, 0)) == [1, 2, 3]
+        assert await log(store, draft("task", "1", "u", {"n": 2}, update_id=newer)) == []
+        assert sids(await store.frames_since(ORG, 0)) == [1, 2]
+
+
+async def test_a_nodes_own_change_is_never_refused_as_stale(store: Store) -> None:
+    # A draft without update_id is a node's own change, queued after its update and
+    # drafted before the update's id is known: only what is new against the row counts.
+    with anyio.fail_after(TIMEOUT):
+        a = Replica(1)
+        await append(store, "task/1", a.set("n", 1), frames=batch(draft("task", "1", p={"n": 1})))
+        newer = (await append(store, "task/1", a.set("n", 2))).update_id
+        [frame] = await log(store, draft("task", "1", "u", {"n": 2}, update_id=newer))
+        [own] = await log(store, draft("task", "1", "u", {"n": 3, "m": 1}))
+        assert (own.sid, own.p) == (frame.sid + 1, {"n": 3, "m": 1})
+        assert await log(store, draft("task", "1", "u", {"n": 3})) == []
 
 
 async def test_a_record_row_is_what_its_frames_say(store: Store) -> None:
@@ -680,9 +690,10 @@ async def test_the_update_id_a_record_row_covers_never_goes_back(store: Store) -
         await log(store, draft("task", "1", "u", {"n": 2}))
         record = await store.get_record(ORG, "task", "1")
         assert record is not None and (record.fields, record.update_id) == ({"n": 2}, 100)
-        await log(store, draft("task", "1", "u", {"n": 3}, update_id=50))
+        # From an older view than the row's: stale, the row is left as it is.
+        assert await log(store, draft("task", "1", "u", {"n": 3}, update_id=50)) == []
         record = await store.get_record(ORG, "task", "1")
-        assert record is not None and (record.fields, record.update_id) == ({"n": 3}, 100)
+        assert record is not None and (record.fields, record.update_id) == ({"n": 2}, 100)
 
 
 async def test_only_what_is_new_against_the_record_row_is_logged(store: Store) -> None:
