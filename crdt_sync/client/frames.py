@@ -482,6 +482,7 @@ class FrameClient:
         self.error = None
         log.info("frame client %s: token changed, reconnecting", self.name)
         self._resets.call("token changed")
+        self._set_state("offline", "token changed")
         if self._link_scope is not None:
             self._link_scope.cancel()
         self._wake_up()
