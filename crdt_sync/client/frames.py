@@ -192,6 +192,16 @@ def _check_record(t: Any, record_id: Any) -> None:
         raise ValueError(f"id must be a non-empty string, got {record_id!r}")
 
 
+def _valid_record(record: Any) -> bool:
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("t"), str)
+        and isinstance(record.get("id"), str)
+        and isinstance(record.get("fields"), dict)
+        and isinstance(record.get("sid", 0), int | None)
+    )
+
+
 def _valid_frame(frame: Any) -> bool:
     return (
         isinstance(frame, dict)
@@ -493,13 +503,21 @@ class FrameClient:
         the newest frame, now (the client also does it after every reconnect).
 
         Raises:
-            FrameClientError: the server could not be read.
+            FrameClientError: the server could not be read (on ``since_too_old`` the
+                client also reconnects and reloads the pool, as on a 4410).
         """
         if self._pool.cursor is None:
             raise FrameClientError("the pool is not loaded yet: wait for state 'online'")
         try:
             await self._http_catch_up(self._generation)
         except _LinkEnded as exc:
+            if exc.outcome.reset and self.reload_on_reset:
+                self._generation += 1  # frames of the current link no longer apply
+                self._pool.clear()
+                self._resets.call(exc.outcome.why)
+                if self._link_scope is not None:
+                    self._link_scope.cancel()
+                self._wake_up()
             raise FrameClientError(f"catch-up failed: {exc.outcome.why}") from None
 
     # -- internals: state --------------------------------------------------------------
@@ -606,7 +624,7 @@ class FrameClient:
                 cursor = sid if cursor is None else min(cursor, sid)
                 if not self.load_records:
                     break  # only the newest sid
-                records += [r for r in body["records"] if isinstance(r, dict)]
+                records += [r for r in body["records"] if _valid_record(r)]
                 page_cursor = body.get("next_cursor")
                 if not page_cursor:
                     break
@@ -637,7 +655,7 @@ class FrameClient:
     # -- internals: the connection loop -----------------------------------------------
 
     async def _run(self) -> None:
-        delay, after = 0.0, "start"
+        delay, after, told = 0.0, "start", ""
         while not self._closed:
             if self._halted:
                 await self._wake.wait()
@@ -649,10 +667,17 @@ class FrameClient:
             attempt = ConnectAttempt(self.backoff.attempt, delay, time.monotonic(), after)
             self._attempts.call(attempt)
             outcome = await self._connect_once()
+            if self._state != "offline":
+                told = ""  # it was connected: say it again if it happens again
             self.backoff.disconnected()
             after = outcome.why
             self._set_state("offline", outcome.why)
             delay = await self._delay_after(outcome)
+            if outcome.why != told and not self._halted:
+                told = outcome.why  # once per reason, not once per attempt
+                log.info(
+                    "frame client %s: %s; next attempt in %.2f s", self.name, outcome.why, delay
+                )
 
     async def _delay_after(self, outcome: _Outcome) -> float:
         """What to do after a connection ended: seconds to wait, or halt."""
@@ -730,7 +755,7 @@ class FrameClient:
         if link.outcome is not None:
             return link.outcome
         if requested:
-            return _Outcome("token changed", requested=True)
+            return _Outcome("reconnect requested", requested=True)
         return self._close_outcome(link)
 
     async def _open_ws(self) -> Any:
