@@ -263,6 +263,7 @@ async def test_100_clients_spread_their_reconnects_after_a_restart(tmp_path: Pat
     n = 100
     attempts: dict[int, list[ConnectAttempt]] = {i: [] for i in range(n)}
     dropped_at: dict[int, float] = {}
+    back_at: dict[int, float] = {}
     try:
         async with AsyncExitStack() as stack:
             clients = []
@@ -281,11 +282,7 @@ async def test_100_clients_spread_their_reconnects_after_a_restart(tmp_path: Pat
                     await client.wait_state("online")
             await anyio.sleep(1.0)  # longer than stable_after: the attempts reset
             for i, client in enumerate(clients):
-                client.on_state(
-                    lambda state, i=i: (
-                        dropped_at.setdefault(i, time.monotonic()) if state == "offline" else None
-                    )
-                )
+                client.on_state(lambda state, i=i: _note(state, i, dropped_at, back_at))
                 attempts[i].clear()
             server.stop()
             with anyio.fail_after(30):
@@ -296,10 +293,12 @@ async def test_100_clients_spread_their_reconnects_after_a_restart(tmp_path: Pat
             delays = sorted(a.delay for a in first)
             after_drop = sorted(a.at - dropped_at[i] for i, a in enumerate(first))
             server = start(tmp_path, port, *limits)
+            restarted = time.monotonic()
             with anyio.fail_after(90):
                 for client in clients:
                     await client.wait_state("online")
             retries = [len(v) for v in attempts.values()]
+            back = sorted(t - restarted for t in back_at.values())
     finally:
         server.stop()
     spread = delays[-1] - delays[0]
@@ -310,13 +309,22 @@ async def test_100_clients_spread_their_reconnects_after_a_restart(tmp_path: Pat
         f" attempt time after each client's drop: min={after_drop[0]:.3f}"
         f" median={statistics.median(after_drop):.3f} max={after_drop[-1]:.3f} s;"
         f" attempts until back online: min={min(retries)} median={statistics.median(retries)}"
-        f" max={max(retries)}"
+        f" max={max(retries)}; online again after the restart: min={back[0]:.3f}"
+        f" median={statistics.median(back):.3f} max={back[-1]:.3f} s"
     )
     assert all(a.number == 1 and "1001" in a.after for a in first), first[:3]
     # Not lock-step: the delays are (nearly) all different and cover most of [0, base].
     assert len({round(d, 3) for d in delays}) >= 90
     assert spread >= 0.5 * base
     assert statistics.median(delays) <= base
+
+
+def _note(state: str, i: int, dropped_at: dict, back_at: dict) -> None:
+    """When client ``i`` first went offline, and first came back online after it."""
+    if state == "offline":
+        dropped_at.setdefault(i, time.monotonic())
+    elif state == "online" and i in dropped_at:
+        back_at.setdefault(i, time.monotonic())
 
 
 # -- heartbeat ---------------------------------------------------------------------------
