@@ -41,6 +41,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -299,8 +300,9 @@ class FrameClient:
         self._queue: OfflineQueue | None = None
         self._http: httpx.AsyncClient | None = None
         self._state: State = "offline"
-        self._changed = anyio.Event()  # replaced on every state or queue change
-        self._wake = anyio.Event()  # set_token(), or a halted client told to go on
+        # Made in __aenter__ (anyio primitives need the event loop): see _primitives().
+        self._changed: anyio.Event = None  # type: ignore[assignment]  # replaced on every change
+        self._wake: anyio.Event = None  # type: ignore[assignment]  # set_token(): go on now
         self._halted = False
         self._send_halted = False
         self._generation = 0  # bumped by set_token(): older links' frames are dropped
@@ -308,7 +310,7 @@ class FrameClient:
         self._link_scope: anyio.CancelScope | None = None
         self._tg: Any = None
         self._closed = False
-        self._token_lock = anyio.Lock()
+        self._token_lock: anyio.Lock = None  # type: ignore[assignment]
 
         self._subscribers = _Callbacks("subscribe")
         self._conflicts = _Callbacks("on_conflict")
@@ -320,6 +322,9 @@ class FrameClient:
     # -- life ----------------------------------------------------------------------
 
     async def __aenter__(self) -> FrameClient:
+        if self._tg is not None or self._closed:
+            raise FrameClientError("a FrameClient is entered once")
+        self._changed, self._wake, self._token_lock = anyio.Event(), anyio.Event(), anyio.Lock()
         self._queue = open_queue(self.queue_path)
         if self._client_id is None:
             self._client_id = self._queue.get_meta("client_id") or uuid.uuid4().hex
@@ -331,9 +336,21 @@ class FrameClient:
         self._http = httpx.AsyncClient(base_url=self.url, timeout=self.http_timeout)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._run)
-        self._tg.start_soon(self._send_loop)
+        self._tg.start_soon(self._supervised, self._run)
+        self._tg.start_soon(self._supervised, self._send_loop)
         return self
+
+    async def _supervised(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the client's loops; a bug in it is logged and the loop restarted
+        (after a pause), never left dead while the client looks alive."""
+        while not self._closed:
+            try:
+                await loop()
+                return
+            except Exception:
+                log.exception("frame client %s: %s failed, restarting it", self.name, loop)
+                self._set_state("offline", "internal error")
+                await anyio.sleep(1.0)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -531,12 +548,14 @@ class FrameClient:
         self._poke()
 
     def _poke(self) -> None:
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
+        if self._changed is not None:  # None before __aenter__
+            changed, self._changed = self._changed, anyio.Event()
+            changed.set()
 
     def _wake_up(self) -> None:
-        wake, self._wake = self._wake, anyio.Event()
-        wake.set()
+        if self._wake is not None:
+            wake, self._wake = self._wake, anyio.Event()
+            wake.set()
 
     def _halt(self, why: str) -> None:
         self.error = why
@@ -922,8 +941,23 @@ class FrameClient:
                 answer.get("detail"),
             )
             return None
-        # 400 / 413 / 422 for the whole request: drop the mutation it names (or all).
+        # 400 / 413 / 422 for the whole request: drop the mutation it names.
         index = answer.get("index")
+        field = answer.get("field")
+        if not isinstance(index, int) and isinstance(field, str):
+            match = re.match(r"mutations\[(\d+)\]", field)
+            index = int(match.group(1)) if match else None
+        if not isinstance(index, int) and len(batch) > 1:
+            # The batch as a whole (too many, too large for this server): smaller ones.
+            self.batch_size = max(1, len(batch) // 2)
+            log.info(
+                "frame client %s: mutations refused %d (%s): batches of %d from now on",
+                self.name,
+                status,
+                answer.get("detail"),
+                self.batch_size,
+            )
+            return 0.0
         bad = [batch[index]] if isinstance(index, int) and 0 <= index < len(batch) else batch
         result = {"status": status, "error": answer.get("error"), "detail": answer.get("detail")}
         for m in bad:

@@ -392,6 +392,30 @@ async def test_a_conflict_fires_on_conflict_with_the_overwritten_fields(server_f
     ]
 
 
+async def test_refused_mutations_are_reported_and_dropped(server_factory) -> None:
+    """A mutation the server refuses (409 ``exists``) leaves the queue and the pool's
+    local changes, and goes to ``on_error``; a batch larger than the server's
+    ``--max-mutations`` is split, not dropped."""
+    server = server_factory("--max-mutations", "2", *FAST)
+    refused: list[tuple[QueuedMutation, dict]] = []
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        await mutate(http, {"t": "task", "id": "taken", "op": "i", "p": {"by": "someone"}})
+        async with FrameClient(server.url, **quick()) as client:
+            client.on_error(lambda m, result: refused.append((m, result)))
+            with anyio.fail_after(20):
+                await client.wait_state("online")
+            dup = client.insert("task", "taken", {"by": "me"})
+            assert client.get("task", "taken") == {"by": "me"}  # optimistic
+            txs = [client.save("task", f"r{n}", {"n": n}) for n in range(5)]  # one batch of 6
+            with anyio.fail_after(20):
+                await client.drained()
+            await pool_matches_server(client, http)
+            assert client.get("task", "taken") == {"by": "someone"}
+            counts = frames_per_tx(await all_frames(http))
+            assert [counts[tx] for tx in txs] == [1] * 5 and counts[dup] == 0
+    assert [(m.client_tx_id, r["status"], r["error"]) for m, r in refused] == [(dup, 409, "exists")]
+
+
 # -- auth: set_token, token_provider, 4403 ---------------------------------------------------
 
 
