@@ -552,6 +552,33 @@ async def test_4403_stops_the_client(server_factory, since: int | None) -> None:
                 await client.wait_state("online")
 
 
+async def test_since_too_old_reloads_the_pool(server_factory) -> None:
+    """A cursor the server does not have (its log was reset: ``since`` ahead of the
+    newest sid) gets ``since_too_old`` and close 4410: the pool is reloaded."""
+    server = server_factory(*FAST)
+    resets: list[str] = []
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        await mutate(http, {"t": "task", "id": "a", "op": "i", "p": {"n": 1}})
+        client = FrameClient(server.url, since=999, **quick())
+        client.on_reset(resets.append)
+        async with client:
+            with anyio.fail_after(20):
+                await client.wait_state("online")
+            assert client.close_code == 4410 and resets and "since_too_old" in resets[0]
+            assert client.records() == await server_records(http)
+            assert client.cursor == 1
+
+
+async def test_4429_waits_at_least_what_the_server_asks(server_factory) -> None:
+    server = server_factory("--rate-limit-window", "2", "--rate-limit-ws-messages", "3", *FAST)
+    attempts: list[ConnectAttempt] = []
+    async with FrameClient(server.url, **quick(ping_interval=0.1)) as client:
+        client.on_attempt(attempts.append)
+        await wait_for(lambda: len(attempts) >= 2, 30, "a reconnect after 4429")
+        assert "4429" in attempts[1].after and "rate_limited" in attempts[1].after
+        assert attempts[1].delay >= 1.0  # the server's retry_after (whole seconds), not 0
+
+
 # -- catch_up and tail ----------------------------------------------------------------------
 
 
