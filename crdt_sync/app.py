@@ -12,16 +12,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
 
 from persistence.store import Store, StoreError
 from rooms.close_codes import CloseCode
@@ -30,7 +28,7 @@ from rooms.frame_bus import FrameBus, LocalFrameBus
 from rooms.manager import RoomManager, RoomSettings
 from rooms.supervisor import Supervisor
 
-from . import openapi
+from . import openapi, web_pages
 from .admin_api import AdminApi
 from .asgi import route_path
 from .auth.authenticator import Authenticator
@@ -40,6 +38,7 @@ from .cluster import Buses, node_id_of, open_buses, open_store
 from .docs_api import DocsApi
 from .errors import json_error
 from .front_door import FrontDoor, authenticator_from
+from .inspect_api import InspectApi
 from .metrics import Metrics
 from .presence import Presence
 from .ratelimit import ConnectionLimiter, SlidingWindowLimiter
@@ -60,10 +59,6 @@ PROBE_TIMEOUT = 2.0
 #: A store that committed nothing for this long is probed by a health check, so an
 #: idle node notices a database it lost (a busy one notices at its next commit).
 IDLE_PROBE_SECONDS = 5.0
-
-#: Static pages (editor, record board, inspector), served as files: no build step.
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-
 
 class Runtime:
     """What the routes share while the app runs.
@@ -381,9 +376,6 @@ def create_app(
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return json_error(500, "internal_error", "the server failed to handle this request")
 
-    async def index(request: Request) -> Response:
-        return RedirectResponse("/web/")
-
     yjs = YjsEndpoint(settings, runtime)
     streams = FrameStreams(runtime)
     routes: list = [
@@ -395,13 +387,10 @@ def create_app(
         *DocsApi(runtime).routes(),
         *SyncApi(runtime).routes(),
         *AdminApi(runtime).routes(),
+        *InspectApi(runtime).routes(),
         *streams.routes(),
     ]
-    if WEB_DIR.is_dir():
-        routes += [
-            Route("/", index),
-            Mount("/web", StaticFiles(directory=WEB_DIR, html=True), name="web"),
-        ]
+    routes += web_pages.routes()
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

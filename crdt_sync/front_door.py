@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 audit = logging.getLogger("crdt_sync.audit")
 
 #: Paths that need no token (health checks, the API description, the static pages).
-PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/board", "/inspect", "/healthz", "/readyz", "/openapi.json"})
 PUBLIC_PREFIXES = ("/web/",)
 #: Long-lived HTTP responses that count as connections (per actor / per IP).
 STREAM_PATHS = frozenset({"/sync/v1/events"})

@@ -531,6 +531,57 @@ PATHS["/admin/revoke"] = {
     }
 }
 
+PATHS["/admin/inspect"] = {
+    "get": {
+        "summary": "this node's rooms of the admin's org, its newest frames, store and node figures"
+        " (admin; what /inspect shows)",
+        "operationId": "admin_inspect",
+        "parameters": [
+            {
+                "name": key,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 0, "maximum": most},
+                "description": f"list at most this many {key} (default {most})",
+            }
+            for key, most in (("rooms", 100), ("frames", 50))
+        ],
+        "responses": {
+            "200": _json(
+                {
+                    "type": "object",
+                    "required": ["node", "at", "org", "rooms", "frames", "store", "node_totals"],
+                    "properties": {
+                        "node": _STRING,
+                        "at": {"type": "integer"},
+                        "org": _STRING,
+                        "rooms": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "name": _STRING,
+                                    "connections": {"type": "integer"},
+                                    "awareness": {"type": "integer"},
+                                    "size": {"type": "integer"},
+                                },
+                            },
+                        },
+                        "rooms_total": {"type": "integer"},
+                        "frames": {"type": "array", "items": {"type": "object"}},
+                        "newest_sid": {"type": "integer"},
+                        "store": {"type": "object"},
+                        "node_totals": {"type": "object"},
+                    },
+                },
+                "the inspector's figures (newest frames first)",
+            ),
+            "400": _error("rooms or frames out of range (invalid_request)"),
+            "503": _error("the store cannot be read (store_unavailable)"),
+        },
+    }
+}
+
 #: What every operation may also answer (the front door, not the handler).
 COMMON_RESPONSES: dict[str, Any] = {
     "405": _error("method not allowed"),

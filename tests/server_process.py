@@ -23,8 +23,16 @@ READY = re.compile(r"crdt-sync ready on (http://\S+)")
 class ServerProcess:
     """A running server. ``url`` is ``http://127.0.0.1:PORT``; ``ws_url`` its ``/yjs`` base."""
 
-    def __init__(self, workdir: Path, *args: str, db: Path | None = None, env: dict | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *args: str,
+        db: Path | None = None,
+        env: dict | None = None,
+        python: str | None = None,
+    ):
         self.workdir = workdir
+        self.python = python or sys.executable  # another one: a venv the test made
         self.db = db or workdir / "crdt-sync.db"
         self.args = list(args)
         self.env = env or {}
@@ -39,7 +47,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         cmd = [
-            sys.executable,
+            self.python,
             "-m",
             "crdt_sync",
             "serve",

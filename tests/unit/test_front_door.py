@@ -54,7 +54,7 @@ def test_every_route_needs_what_its_table_says(scope, target) -> None:
 def test_no_app_route_is_public_by_omission(tmp_path) -> None:
     app = create_app(Settings(db=str(tmp_path / "x.db")))
     assert isinstance(app.front_door, FrontDoor)
-    public = {"/", "/healthz", "/readyz", "/openapi.json", "/web"}
+    public = {"/", "/board", "/inspect", "/healthz", "/readyz", "/openapi.json", "/web"}
     for route in app.app.routes:
         path = route.path.replace("{doc:path}", "d").replace("{doc:name}", "d")
         path = path.replace("{t}", "t").replace("{id:name}", "1")

@@ -1,18 +1,17 @@
-"""Every Python package of the project ships in a non-editable install."""
+"""Every Python package of the project, and the web pages, ship in a non-editable
+install (a built wheel is installed and served in tests/integration/test_wheel.py)."""
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
 
-from setuptools import find_packages
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_subpackage_is_in_the_distribution() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    shipped = set(find_packages(str(ROOT), include=config["packages"]["find"]["include"]))
+    shipped = set(config["packages"])
     on_disk = {
         ".".join(init.parent.relative_to(ROOT).parts)
         for top in ("crdt_sync", "rooms", "persistence")
@@ -20,3 +19,10 @@ def test_every_subpackage_is_in_the_distribution() -> None:
     }
     assert on_disk <= shipped, sorted(on_disk - shipped)
     assert {"persistence.sqlite", "persistence.postgres", "crdt_sync.auth"} <= shipped
+
+
+def test_the_web_pages_ship_inside_the_package() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "crdt_sync.web" in config["packages"]
+    assert config["package-dir"]["crdt_sync.web"] == "web"
+    assert config["package-data"]["crdt_sync.web"] == ["**/*"]
