@@ -204,8 +204,9 @@ class DocClient:
         self.last_problem: str | None = None
         #: Sessions ended by the heartbeat (no pong within ``ping_timeout``).
         self.heartbeat_timeouts = 0
-        #: Connections made (the first included).
+        #: Connections made (the first included), and attempts (failed ones included).
         self.connections = 0
+        self.attempts = 0
         self._token = token
         self._token_provider = token_provider
         self._state: State = "offline"
@@ -378,6 +379,7 @@ class DocClient:
         """
         session: YjsClient | None = None
         left = False
+        self.attempts += 1
         try:
             with anyio.CancelScope() as attempt:  # closing cancels a pending handshake
                 self._attempt = attempt
@@ -491,6 +493,12 @@ class DocClient:
         return 0.0, None
 
     def _forget_remote_presence(self) -> None:
-        others = [cid for cid in self.awareness.states if cid != self.awareness.client_id]
+        own = self.awareness.client_id
+        others = [cid for cid in self.awareness.states if cid != own]
         if others:
             self.awareness.remove_awareness_states(others, "disconnected")
+        # Their clocks too: a y-websocket peer re-sends its state on reconnect with the
+        # clock it had, which would otherwise be ignored as not newer until its next
+        # renewal (up to 15 s later).
+        for cid in [cid for cid in self.awareness.meta if cid != own]:
+            del self.awareness.meta[cid]

@@ -107,7 +107,11 @@ async def test_offline_edits_reach_the_restarted_server_once(server_factory) -> 
         body += "typed offline."
         body.insert(0, "[offline prefix] ")
 
-        restarted = restart_on_same_port(server_factory, server)
+        # Down for a while: the client keeps trying (refused) while holding the edits.
+        tried = client.attempts
+        await wait_until(lambda: client.attempts >= tried + 2, "two refused reconnects")
+        assert client.state == "offline" and "cannot connect" in (client.last_problem or "")
+        restarted = await anyio.to_thread.run_sync(restart_on_same_port, server_factory, server)
         with anyio.fail_after(30):
             await client.synced()
             await client.flush()
