@@ -202,6 +202,8 @@ class DocClient:
         self.error: DocClientError | None = None
         #: The last connection failure or close, for messages (``"refused: 503"``).
         self.last_problem: str | None = None
+        #: The last close the server sent: ``(code, reason)``.
+        self.last_close: tuple[int | None, str] | None = None
         #: Sessions ended by the heartbeat (no pong within ``ping_timeout``).
         self.heartbeat_timeouts = 0
         #: Connections made (the first included), and attempts (failed ones included).
@@ -457,6 +459,7 @@ class DocClient:
             self.last_problem = f"no pong within {self.ping_timeout:g} s (heartbeat)"
             log.warning("doc=%r %s: connection dropped", self.name, self.last_problem)
             return 0.0, None
+        self.last_close = (code, reason)
         self.last_problem = f"closed by the server: {code} {reason}".rstrip()
         log.info("doc=%r %s", self.name, self.last_problem)
         return self._judge(code, reason)

@@ -243,3 +243,21 @@ async def test_bad_token_and_foreign_doc_stop_with_clear_errors(server_factory) 
         with anyio.fail_after(20), pytest.raises(Forbidden, match="does not cover"):
             await client.synced()
         assert client.error is not None and client.error.code == 4403
+
+
+async def test_rate_limited_client_waits_and_resyncs_everything(server_factory) -> None:
+    server = server_factory("--rate-limit-ws-messages", "20", "--rate-limit-window", "1")
+    name = "note/limited"
+    async with DocClient(server.url, name, backoff=fast_backoff()) as client:
+        with anyio.fail_after(20):
+            await client.synced()
+        body = client.doc.get("body", type=Text)
+        for i in range(60):  # one update message each: past the limit, closed 4429
+            body += chr(ord("a") + i % 26)
+        expected = str(body)
+        await wait_until(lambda: client.connections >= 2 and client.state == "online", "a retry")
+        with anyio.fail_after(20):
+            await client.flush()
+        assert client.last_close is not None and client.last_close[0] == 4429
+        assert "retry in" in client.last_close[1]
+        assert (await server_content(server, name))["body"] == expected
