@@ -304,13 +304,14 @@ class DocClient:
         self._tg.start_soon(self.awareness.start)
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
+    async def __aexit__(self, *exc_info: Any) -> None:
         try:
             await self.aclose()
         finally:
             self._tg.cancel_scope.cancel()
-            suppress = await self._tg.__aexit__(*exc_info)
-        return suppress
+            # Not handed the caller's exception: anyio would wrap it in an
+            # ExceptionGroup; it propagates as it is once the tasks have ended.
+            await self._tg.__aexit__(None, None, None)
 
     # -- the connection loop ---------------------------------------------------
 
@@ -343,12 +344,14 @@ class DocClient:
         self._state_changed = anyio.Event()
 
     async def _run(self) -> None:
+        error: DocClientError | None = None
         try:
             error = await self._loop()
         except Exception as exc:  # a bug here must not leave waiters hanging forever
             log.exception("doc=%r client loop failed", self.name)
             error = DocClientError(f"DocClient failed: {exc!r}")
-        self._stop(error)
+        finally:  # cancelled too (the caller's scope around ``async with``)
+            self._stop(error)
 
     async def _loop(self) -> DocClientError | None:
         """Connect, reconnect; returns the error to stop with (``None``: closed)."""

@@ -17,6 +17,7 @@ from pycrdt import Text
 from crdt_sync.client import DocClient, connect
 from crdt_sync.client.backoff import Backoff
 from crdt_sync.client.docs import DocNotFound, Forbidden, Unauthorized, http_base, yjs_base
+from tests.cluster import free_port
 from tests.integration.auth_support import SECRET, token
 from tests.server_process import ServerProcess
 
@@ -261,3 +262,44 @@ async def test_rate_limited_client_waits_and_resyncs_everything(server_factory) 
         assert client.last_close is not None and client.last_close[0] == 4429
         assert "retry in" in client.last_close[1]
         assert (await server_content(server, name))["body"] == expected
+
+
+async def test_set_token_reconnects_with_the_new_token(server_factory) -> None:
+    server = server_factory("--auth-secret", SECRET)
+    name = "note/switch"
+    async with DocClient(server.url, name, token=token(sub="alice")) as client:
+        with anyio.fail_after(20):
+            await client.synced()
+        client.set_token(token(sub="bob"))
+        await wait_until(lambda: client.connections == 2, "a connection with the new token")
+        with anyio.fail_after(20):
+            await client.synced()
+        body = client.doc.get("body", type=Text)
+        body += "by bob"
+        with anyio.fail_after(20):
+            await client.flush()
+    # The edit's frame (coalesced a moment after the edit) names who made it.
+    auth = {"Authorization": f"Bearer {token()}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=auth, timeout=10) as http:
+        frames: list[dict] = []
+        with anyio.fail_after(20):
+            while not frames:
+                await anyio.sleep(0.2)  # the delta endpoint allows one call per 100 ms
+                answer = (await http.get("/sync/v1/delta?since=0")).json()
+                assert "frames" in answer, answer
+                frames = answer["frames"]
+    assert [frame["who"] for frame in frames] == ["bob"]
+
+
+async def test_the_callers_error_and_cancellation_pass_through() -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ValueError, match="the caller's"):
+        async with DocClient(nobody, "note/x", backoff=fast_backoff()) as client:
+            await wait_until(lambda: client.attempts >= 2, "two attempts")
+            raise ValueError("the caller's")
+    assert client.stopped and client.error is None
+    assert "cannot connect" in (client.last_problem or "")
+    with anyio.move_on_after(0.5) as scope:
+        async with DocClient(nobody, "note/x") as client:
+            await client.synced()  # never: the scope ends it
+    assert scope.cancelled_caught and client.stopped and client.state == "offline"
