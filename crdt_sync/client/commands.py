@@ -154,6 +154,17 @@ def run_put(args: argparse.Namespace) -> int:
     # 401/403/400 now, before anything is changed (a read-only token would otherwise
     # be admitted to the room and its edit silently dropped).
     _http(base, args.token, "POST", f"/docs/{_path(args.doc)}/update", content=EMPTY_UPDATE)
+    # pycrdt would hand out a Text view of a Y.Map root too: refuse a field that holds
+    # something else (the server's projection says what it is).
+    try:
+        current = _http(base, args.token, "GET", "/docs/" + _path(args.doc))
+    except CommandError as exc:
+        if exc.exit_code != EXIT_NOT_FOUND:
+            raise
+    else:
+        value = current.json().get("content", {}).get(args.field)
+        if value is not None and not isinstance(value, str):
+            raise CommandError(f"field {args.field!r} of {args.doc!r} is not text")
     state_vector = anyio.run(_put, base, args.doc, args.field, text, args.token, args.timeout)
     update = _http(base, args.token, "GET", f"/docs/{_path(args.doc)}/update").content
     held = decode_state_vector(get_state(update))

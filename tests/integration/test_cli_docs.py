@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from pycrdt import Text
+from pycrdt import Map, Text
 
 from crdt_sync.client import connect
 from crdt_sync.client.commands import (
@@ -141,3 +141,28 @@ def test_tail_help_parses() -> None:
     assert result.returncode == 0, result.stderr
     for flag in ("--since", "--type", "--url", "--token"):
         assert flag in result.stdout
+
+
+async def test_put_refuses_a_field_that_is_not_text(server, tmp_path) -> None:
+    name = "note/typed"
+    async with connect(server.ws_url, name) as editor:
+        with anyio.fail_after(20):
+            await editor.synced()
+        editor.doc["meta"] = Map({"kind": "map"})
+        await editor.flush()
+        with anyio.fail_after(20):
+            while "meta" not in (await docs_content(server, name)):
+                await anyio.sleep(0.05)
+    source = tmp_path / "x.txt"
+    source.write_text("text")
+    refused = await cli("put", name, str(source), "--field", "meta", "--url", server.url)
+    assert refused.returncode == 1 and b"not text" in refused.stderr, refused
+    got = await cli("get", name, "--field", "meta", "--url", server.url)
+    assert got.returncode == 1 and b"not text" in got.stderr
+    assert (await docs_content(server, name))["meta"] == {"kind": "map"}
+
+
+async def docs_content(server: Any, name: str) -> dict:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        response = await http.get("/docs/" + name)
+    return response.json()["content"] if response.status_code == 200 else {}
