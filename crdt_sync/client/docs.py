@@ -200,7 +200,7 @@ class DocClient:
         self.close_timeout = close_timeout
         #: Why the client stopped (``None`` while it runs or after a plain close).
         self.error: DocClientError | None = None
-        #: The last connection failure or close, for messages (``"refused: 503"``).
+        #: The last connection failure or close, in words (``"cannot connect: ..."``).
         self.last_problem: str | None = None
         #: The last close the server sent: ``(code, reason)``.
         self.last_close: tuple[int | None, str] | None = None
@@ -245,7 +245,8 @@ class DocClient:
         self.awareness.set_local_state(state)
 
     def set_token(self, token: str) -> None:
-        """Use ``token`` from now on: an open connection is closed and remade with it."""
+        """Use ``token`` from now on: an open connection is closed and remade with it,
+        a pending reconnect is made at once (a stopped client stays stopped)."""
         self._token = token
         self._poke()
 
