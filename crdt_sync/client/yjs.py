@@ -101,6 +101,8 @@ class YjsClient:
         Returns:
             ``False`` if the session closed first.
         """
+        if self.closed.is_set():
+            return False
         self._send_step1()
         wanted = self._step1_sent
         while self._step2_received < wanted:
