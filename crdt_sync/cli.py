@@ -1,4 +1,5 @@
-"""``crdt-sync`` command line: ``crdt-sync serve [options]``."""
+"""``crdt-sync`` command line: ``crdt-sync serve [options]``, ``token``, and the client
+commands ``get DOC``, ``put DOC FILE`` and ``tail`` (:mod:`crdt_sync.client.commands`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from . import __version__, log_redaction
 from .auth.token_command import add_token_command
+from .client.commands import add_client_commands
 from .settings import SettingsError, add_arguments, from_sources
 
 
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(serve)
     add_token_command(commands)
+    add_client_commands(commands)
     return parser
 
 
@@ -86,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "token":
+        return args.run(args)
+    if args.command in ("get", "put", "tail"):
+        configure_logging("error")  # their errors are one line each on stderr, not two
         return args.run(args)
     try:
         settings = from_sources(vars(args))

@@ -53,14 +53,23 @@ FLUSH_TIMEOUT = 5.0
 class YjsClient:
     """A doc kept in sync with one room, with its awareness."""
 
-    def __init__(self, doc: Doc, websocket: Any) -> None:
+    def __init__(self, doc: Doc, websocket: Any, awareness: Awareness | None = None) -> None:
         self.doc = doc
         self.websocket = websocket
-        self.awareness = Awareness(doc)
-        self.awareness.set_local_state(None)  # nothing to show until the caller sets a state
+        if awareness is None:
+            awareness = Awareness(doc)
+            awareness.set_local_state(None)  # nothing to show until the caller sets a state
+        self.awareness = awareness
         self.closed = anyio.Event()
         self.close_code: int | None = None
+        self.close_reason: str | None = None
+        #: What this side sent in its close frame, if it sent one (a keepalive timeout
+        #: is ``(1011, "keepalive ping timeout")`` with no close received).
+        self.close_sent: tuple[int, str] | None = None
         self._synced = anyio.Event()
+        self._step1_sent = 0
+        self._step2_received = 0
+        self._step2_arrived = anyio.Event()
         self._outbox: deque[bytes] = deque()
         self._wake = anyio.Event()
         self._idle = anyio.Event()
@@ -82,6 +91,26 @@ class YjsClient:
             if cid != self.awareness.client_id and state is not None
         }
 
+    async def roundtrip(self) -> bool:
+        """Send a sync step1 and wait for the server's step2 answering it.
+
+        The server handles a connection's messages in order, so once the answer is
+        here every update sent before has been applied by the server (and, on
+        crdt-sync, queued for its store). Bound it with a timeout.
+
+        Returns:
+            ``False`` if the session closed first.
+        """
+        if self.closed.is_set():
+            return False
+        self._send_step1()
+        wanted = self._step1_sent
+        while self._step2_received < wanted:
+            if self.closed.is_set():
+                return False
+            await self._step2_arrived.wait()  # also set when the session ends
+        return True
+
     async def send_awareness(self, entries: list[AwarenessEntry]) -> None:
         """Send raw awareness entries (tests, bridges)."""
         self._send(encode_awareness_update(entries))
@@ -91,6 +120,12 @@ class YjsClient:
         await self._idle.wait()
 
     # -- internals ---------------------------------------------------------------
+
+    def _send_step1(self) -> None:
+        if self.closed.is_set():
+            return
+        self._step1_sent += 1
+        self._send(encode_sync_step1(self.doc.get_state()))
 
     def _send(self, message: bytes) -> None:
         if self.closed.is_set():
@@ -129,6 +164,9 @@ class YjsClient:
                     case SyncStep2(update):
                         self._apply_remote(update)
                         self._synced.set()
+                        self._step2_received += 1
+                        self._step2_arrived.set()
+                        self._step2_arrived = anyio.Event()
                     case SyncUpdate(update):
                         self._apply_remote(update)
                     case AwarenessUpdate():
@@ -157,9 +195,15 @@ class YjsClient:
         if self.closed.is_set():
             return
         self.close_code = self.websocket.close_code  # None while the socket is open
+        self.close_reason = self.websocket.close_reason
+        protocol = getattr(self.websocket, "protocol", None)
+        sent = getattr(protocol, "close_sent", None)
+        if sent is not None:
+            self.close_sent = (sent.code, sent.reason)
         self._outbox.clear()
         self._idle.set()
         self.closed.set()
+        self._step2_arrived.set()
 
     def _detach(self) -> None:
         self.doc.unobserve(self._doc_subscription)
@@ -173,15 +217,19 @@ async def connect(
     doc: Doc | None = None,
     *,
     token: str | None = None,
+    awareness: Awareness | None = None,
     **ws_options: Any,
 ) -> AsyncIterator[YjsClient]:
     """Connect a ``Doc`` to ``server_url/doc_name`` (the name is URL-encoded).
 
     Leaving the context sends what is still queued, announces the removal of the
-    local awareness state, and closes the socket.
+    local awareness state (unless the caller passed its own ``awareness``), and
+    closes the socket.
 
     Args:
         token: Sent as ``Authorization: Bearer`` (never in the URL, so no log shows it).
+        awareness: An awareness of ``doc`` that outlives this session (a reconnecting
+            client's); its local state is left as it is on exit.
     """
     doc = doc if doc is not None else Doc()
     url = server_url.rstrip("/") + "/" + quote(doc_name, safe="/")
@@ -191,9 +239,10 @@ async def connect(
         headers["Authorization"] = f"Bearer {token}"
         ws_options["additional_headers"] = headers
     async with websockets.connect(url, **ws_options) as websocket:
-        client = YjsClient(doc, websocket)
+        owns_awareness = awareness is None
+        client = YjsClient(doc, websocket, awareness)
         try:
-            client._send(encode_sync_step1(doc.get_state()))
+            client._send_step1()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(client._receive)
                 tg.start_soon(client._send_loop)
@@ -201,7 +250,7 @@ async def connect(
                     yield client
                 finally:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(FLUSH_TIMEOUT):
-                        if client.awareness.get_local_state() is not None:
+                        if owns_awareness and client.awareness.get_local_state() is not None:
                             client.awareness.set_local_state(None)
                         await client.flush()
                     tg.cancel_scope.cancel()
