@@ -10,12 +10,11 @@
 ``--token`` (``CRDT_SYNC_TOKEN``) is sent as ``Authorization: Bearer``.
 
 ``get`` reads ``GET /docs/{doc}`` and writes the field's text as it is (no newline
-added). ``put`` checks the token may write (``POST /docs/{doc}/update`` of an empty
-update: 401/403 before anything is changed), then edits the ``Y.Text`` in one Yjs
-transaction through a :class:`~crdt_sync.client.docs.DocClient` (editors see it
-live; only the span between the common prefix and suffix is replaced), waits for a
-sync round trip (the server has applied it and queued it for its group commit) and
-checks with ``GET /docs/{doc}/update`` that the server's state includes it.
+added). ``put`` reads the doc's state (``GET /docs/{doc}/update``), replaces the
+``Y.Text`` in one Yjs transaction on a local copy (only the span between the common
+prefix and suffix, so a live editor's cursor elsewhere stays put) and posts that
+change (``POST /docs/{doc}/update``): durable when it returns, seen live by the doc's
+editors, merged with whatever they typed meanwhile.
 
 Exit codes: 0 done, 1 other error (a field that is not text, a file that is not
 UTF-8...), 2 usage, 3 server unreachable, 4 unauthorized (401), 5 forbidden
@@ -32,11 +31,9 @@ from urllib.parse import quote
 
 import anyio
 import httpx
-from pycrdt import Text, get_state
+from pycrdt import Doc, Text
 
-from rooms.codec import decode_state_vector
-
-from .docs import DocClient, DocClientError, DocNotFound, Forbidden, Unauthorized, http_base
+from .docs import http_base
 
 DEFAULT_URL = "http://127.0.0.1:1234"
 URL_ENV = "CRDT_SYNC_URL"
@@ -47,9 +44,6 @@ EXIT_UNREACHABLE = 3
 EXIT_UNAUTHORIZED = 4
 EXIT_FORBIDDEN = 5
 EXIT_NOT_FOUND = 6
-
-#: The empty Yjs update: ``put``'s write-permission probe (the server applies nothing).
-EMPTY_UPDATE = b"\x00\x00"
 
 
 class CommandError(Exception):
@@ -76,7 +70,7 @@ def add_client_commands(subparsers: Any) -> None:
         "put",
         help="replace a text doc's text with a file",
         description="Replace the text of a doc's Y.Text field with FILE ('-': stdin), in one "
-        "Yjs transaction that live editors see; returns once the server has it.",
+        "Yjs transaction that live editors see; returns once the server stored it.",
     )
     put.add_argument("doc", metavar="DOC", help="document name, e.g. note/x")
     put.add_argument("file", metavar="FILE", help="UTF-8 text file, or - for stdin")
@@ -86,7 +80,7 @@ def add_client_commands(subparsers: Any) -> None:
         "--timeout",
         type=float,
         default=10.0,
-        help="seconds to reach the server and have the change acknowledged (default: 10)",
+        help="seconds each request to the server may take (default: 10)",
     )
     put.set_defaults(run=_runner("put", run_put))
 
@@ -151,51 +145,37 @@ def run_get(args: argparse.Namespace) -> int:
 def run_put(args: argparse.Namespace) -> int:
     base = _http_base(args.url)
     text = _read_text(args.file)
-    # 401/403/400 now, before anything is changed (a read-only token would otherwise
-    # be admitted to the room and its edit silently dropped).
-    _http(base, args.token, "POST", f"/docs/{_path(args.doc)}/update", content=EMPTY_UPDATE)
+    path = _path(args.doc)
     # pycrdt would hand out a Text view of a Y.Map root too: refuse a field that holds
     # something else (the server's projection says what it is).
     try:
-        current = _http(base, args.token, "GET", "/docs/" + _path(args.doc))
+        current = _http(base, args.token, "GET", f"/docs/{path}", timeout=args.timeout)
     except CommandError as exc:
         if exc.exit_code != EXIT_NOT_FOUND:
             raise
+        state = b""  # a new doc
     else:
         value = current.json().get("content", {}).get(args.field)
         if value is not None and not isinstance(value, str):
             raise CommandError(f"field {args.field!r} of {args.doc!r} is not text")
-    state_vector = anyio.run(_put, base, args.doc, args.field, text, args.token, args.timeout)
-    update = _http(base, args.token, "GET", f"/docs/{_path(args.doc)}/update").content
-    held = decode_state_vector(get_state(update))
-    missing = {c: clock for c, clock in state_vector.items() if held.get(c, 0) < clock}
-    if missing:
-        raise CommandError(f"the server does not hold the change to {args.doc!r}")
+        state = _http(base, args.token, "GET", f"/docs/{path}/update", timeout=args.timeout).content
+    doc = Doc()
+    if state:
+        doc.apply_update(state)
+    before = doc.get_state()
+    replace_text(doc, doc.get(args.field, type=Text), text)
+    # Durable before the 2xx, and seen live by the doc's editors (merged with whatever
+    # they typed since the read: only the changed span is replaced).
+    _http(
+        base,
+        args.token,
+        "POST",
+        f"/docs/{path}/update",
+        content=doc.get_update(before),
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=args.timeout,
+    )
     return 0
-
-
-async def _put(
-    base: str, name: str, field: str, text: str, token: str | None, limit: float
-) -> dict[int, int]:
-    """Replace the text through a DocClient; returns our state vector once acknowledged."""
-    async with DocClient(base, name, token=token, open_timeout=limit) as client:
-        try:
-            with anyio.fail_after(limit):
-                await client.synced()
-                try:
-                    body = client.doc.get(field, type=Text)
-                except Exception as exc:
-                    raise CommandError(f"field {field!r} of {name!r} is not text: {exc}") from None
-                replace_text(client.doc, body, text)
-                await client.flush()
-        except TimeoutError:
-            problem = client.last_problem or "no answer"
-            raise CommandError(
-                f"cannot reach {base} within {limit:g} s: {problem}", EXIT_UNREACHABLE
-            ) from None
-        except DocClientError as exc:
-            raise CommandError(str(exc), _exit_code(exc)) from None
-        return decode_state_vector(client.doc.get_state())
 
 
 def replace_text(doc: Any, body: Text, new: str) -> None:
@@ -237,7 +217,8 @@ def _read_text(path: str) -> str:
 
 
 def run_tail(args: argparse.Namespace) -> int:
-    from .tail import tail  # written with the frame client; imported only when used
+    from .frames import FrameClientError
+    from .tail import tail
 
     try:
         anyio.run(
@@ -247,6 +228,8 @@ def run_tail(args: argparse.Namespace) -> int:
         )
     except (OSError, httpx.TransportError) as exc:
         raise CommandError(f"cannot reach {args.url}: {exc}", EXIT_UNREACHABLE) from None
+    except FrameClientError as exc:
+        raise CommandError(str(exc)) from None
     return 0
 
 
@@ -264,10 +247,19 @@ def _path(doc: str) -> str:
     return quote(doc, safe="/")
 
 
-def _http(base: str, token: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+def _http(
+    base: str,
+    token: str | None,
+    method: str,
+    path: str,
+    *,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=10.0) as http:
+        with httpx.Client(base_url=base, headers=headers, timeout=timeout) as http:
             response = http.request(method, path, **kwargs)
     except httpx.TransportError as exc:
         raise CommandError(f"cannot reach {base}: {exc}", EXIT_UNREACHABLE) from None
@@ -282,11 +274,3 @@ def _http(base: str, token: str | None, method: str, path: str, **kwargs: Any) -
     raise CommandError(message, code.get(response.status_code, EXIT_ERROR))
 
 
-def _exit_code(error: DocClientError) -> int:
-    if isinstance(error, Unauthorized):
-        return EXIT_UNAUTHORIZED
-    if isinstance(error, Forbidden):
-        return EXIT_FORBIDDEN
-    if isinstance(error, DocNotFound):
-        return EXIT_NOT_FOUND
-    return EXIT_ERROR

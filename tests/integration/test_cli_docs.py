@@ -1,9 +1,12 @@
-"""``crdt-sync get`` / ``put`` / ``tail --help`` as a user runs them (subprocesses)
-against a real server: round trip, a put seen live, errors with their exit codes."""
+"""``crdt-sync get`` / ``put`` / ``tail`` as a user runs them (subprocesses) against a
+real server: round trip, a put seen live and durable, frames tailed live, errors with
+their exit codes."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -166,3 +169,58 @@ async def docs_content(server: Any, name: str) -> dict:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         response = await http.get("/docs/" + name)
     return response.json()["content"] if response.status_code == 200 else {}
+
+
+async def test_put_is_durable_when_it_returns(server_factory: Any, tmp_path) -> None:
+    # kill -9 right after put returned: the text is there after the restart.
+    server = server_factory()
+    source = tmp_path / "in.txt"
+    source.write_text("kept across kill -9")
+    put = await cli("put", "note/durable", str(source), "--url", server.url)
+    assert put.returncode == 0, put.stderr
+    server.stop(signal.SIGKILL)
+    again = server_factory(db=server.db)
+    got = await cli("get", "note/durable", "--url", again.url)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == b"kept across kill -9"
+
+
+async def test_tail_prints_frames_live(server) -> None:
+    environ = {k: v for k, v in os.environ.items() if k not in ("CRDT_SYNC_URL", "CRDT_SYNC_TOKEN")}
+    with anyio.fail_after(60):
+        async with await anyio.open_process(
+            [
+                sys.executable,
+                "-m",
+                "crdt_sync",
+                "tail",
+                "--since",
+                "0",
+                "--type",
+                "task",
+                "--url",
+                server.url,
+            ],
+            env=environ,
+        ) as proc:
+            try:
+                async with httpx.AsyncClient(base_url=server.url) as http:
+                    for record_id, t in (("n-1", "note"), ("t-1", "task")):
+                        mutation = {"t": t, "id": record_id, "op": "i", "p": {"k": 1}}
+                        response = await http.post(
+                            "/sync/v1/mutations", json={"mutations": [mutation]}
+                        )
+                        assert response.status_code == 200, response.text
+                assert proc.stdout is not None
+                line = b""
+                while not line.endswith(b"\n"):
+                    line += await proc.stdout.receive(1)
+                frame = json.loads(line)
+                assert (frame["t"], frame["id"], frame["op"], frame["p"]) == (
+                    "task",
+                    "t-1",
+                    "i",
+                    {"k": 1},
+                )
+            finally:
+                proc.terminate()
