@@ -137,6 +137,17 @@ async def all_records(client: httpx.AsyncClient, **params: Any) -> list[dict]:
     raise AssertionError("more than 1000 pages of records")
 
 
+def framed(client: httpx.AsyncClient, since: int, record_id: str, status: str) -> Callable:
+    """For :func:`eventually`: the frames of ``record_id`` once one set ``status``."""
+
+    async def check() -> Any:
+        mine = [f for f in await all_frames(client, since) if f["id"] == record_id]
+        seen = any(f["p"].get("status") == status for f in mine)
+        return mine if seen else Miss(mine)
+
+    return check
+
+
 async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
     """Await ``check()`` (a coroutine function returning a value or None/False) until
     truthy; fail after ``timeout`` s with what it returned last."""
@@ -346,19 +357,11 @@ async def test_a_yjs_edit_held_by_every_node_is_framed_once(cluster: Cluster) ->
 
             await eventually(held_everywhere, 10, "the edit on every node")
 
-            def framed(status: str) -> Callable[[], Any]:
-                async def check() -> Any:
-                    mine = [f for f in await all_frames(h1, since) if f["id"] == "once-1"]
-                    seen = any(f["p"].get("status") == status for f in mine)
-                    return mine if seen else Miss(mine)
-
-                return check
-
             # Framed apart (not merged in one coalescing window of node-1).
-            await eventually(framed("open"), 15, "open framed")
+            await eventually(framed(h1, since, "once-1", "open"), 15, "open framed")
             fields["status"] = "done"
             await a.flush()
-            await eventually(framed("done"), 15, "done framed")
+            await eventually(framed(h1, since, "once-1", "done"), 15, "done framed")
             # Long enough for every node's coalescing window and its commit.
             await anyio.sleep(1.5)
             mine = [f for f in await all_frames(h1, since) if f["id"] == "once-1"]
@@ -399,18 +402,14 @@ async def test_a_node_that_lags_behind_never_moves_a_record_back(tmp_path: Path)
 
                     await eventually(held, 10, "the edit on node-2")
 
-                    def framed(status: str) -> Callable[[], Any]:
-                        async def check() -> Any:
-                            mine = [f for f in await all_frames(h1, since) if f["id"] == "lag-1"]
-                            seen = any(f["p"].get("status") == status for f in mine)
-                            return mine if seen else Miss(mine)
-
-                        return check
-
-                    await eventually(framed("open"), 15, "open framed by node-1")
+                    await eventually(
+                        framed(h1, since, "lag-1", "open"), 15, "open framed by node-1"
+                    )
                     fields["status"] = "done"
                     await a.flush()
-                    await eventually(framed("done"), 15, "done framed by node-1")
+                    await eventually(
+                        framed(h1, since, "lag-1", "done"), 15, "done framed by node-1"
+                    )
                     relay.release()
                     # A write queued on node-2 after its drafts: once it is answered,
                     # they are committed (one writer, queue order).

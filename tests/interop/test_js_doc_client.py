@@ -7,7 +7,6 @@ The JS side is ``tests/interop/js/doc_client_peer.mjs``, driven line by line.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,17 +17,9 @@ from pycrdt import Text
 
 from crdt_sync.client import DocClient
 from crdt_sync.client.backoff import Backoff
+from tests.integration.test_doc_client import wait_until
 
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
-
-
-async def wait_until(predicate: Callable[[], Any], label: str, timeout: float = 30.0) -> None:
-    try:
-        with anyio.fail_after(timeout):
-            while not predicate():
-                await anyio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"waited {timeout} s for {label}")
 
 
 class Peer:
