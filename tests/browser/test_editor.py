@@ -1,8 +1,11 @@
-"""The collaborative editor (``web/index.html``) in two real browsers against a real server.
+"""The collaborative editor (``web/index.html``) in real browsers against a real server.
 
-Two browser contexts (separate storage, no shared BroadcastChannel) edit one doc
-through the server; presence comes from awareness; a Python client reads what
-the browsers typed. Every wait is a bounded Playwright auto-wait.
+Browser contexts (separate storage, no shared BroadcastChannel) edit one doc
+through the server: CodeMirror 6 bound to the ``body`` Y.Text by y-codemirror.next,
+remote carets drawn in the text, the local copy in IndexedDB. Servers are real
+``crdt-sync serve`` processes, stopped and restarted on the same port and database
+for the offline tests; a Python client reads what the browsers typed. Every wait
+is a bounded Playwright auto-wait or a bounded poll.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from pycrdt import Text
 
 from crdt_sync.client import connect
 from tests.browser.conftest import PageUnderTest
+from tests.cluster import free_port
 from tests.server_process import ServerProcess
 
 if not os.environ.get("CI"):
@@ -27,19 +32,59 @@ pytestmark = pytest.mark.anyio
 
 DOC = "notes/browser-test"
 WAIT_MS = 10_000
+#: A stopped server is noticed at once; a restarted one within the provider's
+#: capped backoff (5 s) plus a loaded machine's slack.
+RECONNECT_MS = 30_000
+
+#: Reads the doc's local copy straight from IndexedDB (what a reload would load).
+READ_LOCAL_COPY = """async (key) => {
+    const { Y } = await import('/web/vendor/yjs-bundle.js')
+    const db = await new Promise((resolve, reject) => {
+        const request = indexedDB.open(key)
+        request.onsuccess = () => resolve(request.result)
+        request.onerror = () => reject(request.error)
+    })
+    try {
+        const updates = await new Promise((resolve, reject) => {
+            const request = db.transaction('updates').objectStore('updates').getAll()
+            request.onsuccess = () => resolve(request.result)
+            request.onerror = () => reject(request.error)
+        })
+        const doc = new Y.Doc()
+        for (const update of updates) Y.applyUpdate(doc, update)
+        return doc.getText('body').toString()
+    } finally {
+        db.close()
+    }
+}"""
 
 
 class Editor(PageUnderTest):
     """One browser context with the editor page open on ``doc``."""
 
+    #: The page logs failed WebSocket handshakes while the server is down.
+    EXPECTED_CONSOLE = ("WebSocket connection to",)
+
     @classmethod
-    async def open(cls, browser: Browser, server: ServerProcess, name: str) -> Editor:
-        context = await browser.new_context(viewport={"width": 1100, "height": 620})
+    async def open(
+        cls,
+        browser: Browser,
+        server: ServerProcess,
+        name: str,
+        *,
+        doc: str = DOC,
+        path: str = "/web/",
+        synced: bool = True,
+        viewport: tuple[int, int] = (1100, 620),
+    ) -> Editor:
+        width, height = viewport
+        context = await browser.new_context(viewport={"width": width, "height": height})
         context.set_default_timeout(WAIT_MS)
         editor = cls(context, await context.new_page())
-        await editor.page.goto(f"{server.url}/web/?doc={DOC}")
-        await expect(editor.status).to_have_attribute("data-synced", "true", timeout=WAIT_MS)
-        await expect(editor.status).to_have_attribute("data-status", "connected")
+        await editor.page.goto(f"{server.url}{path}?doc={doc}")
+        await expect(editor.page.locator(".cm-content")).to_be_visible()
+        if synced:
+            await editor.wait_connected()
         await editor.page.fill("#user-name", name)
         await editor.page.press("#user-name", "Tab")  # commits the name (`change`)
         return editor
@@ -49,40 +94,116 @@ class Editor(PageUnderTest):
         return self.page.locator("#status")
 
     @property
-    def textarea(self) -> Any:
-        return self.page.locator("#editor")
+    def content(self) -> Any:
+        return self.page.locator(".cm-content")
 
     @property
     def presence(self) -> Any:
         return self.page.locator("#presence li")
 
+    @property
+    def banner(self) -> Any:
+        return self.page.locator("#banner")
+
     def peer(self, name: str) -> Any:
         return self.page.locator("#presence li", has_text=name)
 
+    def caret_label(self, name: str) -> Any:
+        """Another user's caret label, drawn inside the editor's text."""
+        return self.page.locator(
+            ".cm-content .cm-ySelectionCaret .cm-ySelectionInfo", has_text=name
+        )
+
+    async def wait_connected(self, timeout: int = WAIT_MS) -> None:
+        await expect(self.status).to_have_attribute("data-status", "connected", timeout=timeout)
+        await expect(self.page.locator("#status-text")).to_have_text("Connected")
+        await expect(self.status).to_have_attribute("data-synced", "true")
+
+    async def wait_offline(self, timeout: int = WAIT_MS) -> None:
+        await expect(self.page.locator("#status-text")).to_have_text("Offline", timeout=timeout)
+
+    async def text(self) -> str:
+        """What the editor shows (CodeMirror's document)."""
+        return await self.page.evaluate("() => window.crdtSync.view.state.doc.toString()")
+
+    async def wait_text(self, expected: str, timeout: int = WAIT_MS) -> None:
+        await self.page.wait_for_function(
+            "(expected) => window.crdtSync"
+            " && window.crdtSync.view.state.doc.toString() === expected"
+            " && window.crdtSync.ytext.toString() === expected",
+            arg=expected,
+            timeout=timeout,
+        )
+
     async def caret(self) -> int:
-        return await self.textarea.evaluate("el => el.selectionStart")
+        return await self.page.evaluate("() => window.crdtSync.view.state.selection.main.head")
 
     async def type_at_end(self, text: str) -> None:
-        await self.textarea.click()
+        await self.content.click()
         await self.page.keyboard.press("Control+End")
         await self.page.keyboard.type(text)
+
+    async def wait_page_cached(self) -> None:
+        """Until the service worker controls the page (its files are cached)."""
+        await self.page.wait_for_function("() => navigator.serviceWorker.controller !== null")
+        await expect(self.page.locator("#local-state")).to_have_text(
+            "Saved in this browser · opens offline"
+        )
+
+    async def local_copy(self) -> str:
+        key = await self.page.evaluate("() => window.crdtSync.key")
+        return await self.page.evaluate(READ_LOCAL_COPY, key)
+
+    async def wait_local_copy(self, expected: str) -> None:
+        """Until IndexedDB holds ``expected`` (y-indexeddb writes asynchronously)."""
+        with anyio.fail_after(WAIT_MS / 1000):
+            while await self.local_copy() != expected:
+                await anyio.sleep(0.05)
+
+
+async def server_text(server: ServerProcess, doc: str = DOC) -> str:
+    with anyio.fail_after(10):
+        async with connect(server.ws_url, doc) as client:
+            await client.synced()
+            return str(client.doc.get("body", type=Text))
+
+
+def restartable(tmp_path: Path) -> ServerProcess:
+    """A server on a fixed port and database, so that a restart is the same server."""
+    return ServerProcess(tmp_path, "--port", str(free_port()), db=tmp_path / "restart.db")
+
+
+def restart(stopped: ServerProcess) -> ServerProcess:
+    """The same server again: same port, same database."""
+    return ServerProcess(stopped.workdir, *stopped.args, db=stopped.db).start()
 
 
 async def test_two_browsers_edit_together(
     browser: Browser, server: ServerProcess, artifacts: Path
 ) -> None:
     alice = await Editor.open(browser, server, "alice")
-    bob = await Editor.open(browser, server, "bob")
+    # `/?doc=…` is the editor too (redirected to /web/ with the query kept).
+    bob = await Editor.open(browser, server, "bob", path="/")
+    await expect(bob.page).to_have_url(f"{server.url}/web/?doc={DOC}")
 
     first = "Hello from A. "
     await alice.type_at_end(first)
-    await expect(bob.textarea).to_have_value(first, timeout=WAIT_MS)
+    await bob.wait_text(first)
 
     second = "Hi from B."
     await bob.type_at_end(second)
     text = first + second
-    await expect(alice.textarea).to_have_value(text, timeout=WAIT_MS)
-    await expect(bob.textarea).to_have_value(text, timeout=WAIT_MS)
+    await alice.wait_text(text)
+    await bob.wait_text(text)
+
+    # Each sees the other's caret, with the name, inside the text; never their own.
+    await expect(alice.caret_label("bob")).to_be_visible(timeout=WAIT_MS)
+    await expect(bob.caret_label("alice")).to_be_visible(timeout=WAIT_MS)
+    await expect(alice.caret_label("alice")).to_have_count(0)
+    await expect(bob.caret_label("bob")).to_have_count(0)
+    bob_color = await bob.page.input_value("#user-color")
+    caret_style = await alice.page.locator(".cm-content .cm-ySelectionCaret").get_attribute("style")
+    assert bob_color.lower() in (caret_style or "").lower()
 
     # Presence: everyone in the room, with names and where their caret is. Alice's
     # caret stays before Bob's text, inserted exactly there; Bob's is at the end.
@@ -94,15 +215,32 @@ async def test_two_browsers_edit_together(
     await expect(alice.peer("bob")).to_have_attribute("data-head", str(len(text)))
     await expect(alice.peer("alice")).to_contain_text("you")
 
-    # A remote insertion before Alice's caret moves it along; one after it does not.
+    # A remote insertion before Alice's caret moves it along.
     assert await alice.caret() == len(first)
     prefix = "Note: "
     await bob.page.keyboard.press("Control+Home")
     await bob.page.keyboard.type(prefix)
     text = prefix + text
-    await expect(alice.textarea).to_have_value(text, timeout=WAIT_MS)
+    await alice.wait_text(text)
     assert await alice.caret() == len(prefix + first)
     await expect(alice.peer("bob")).to_have_attribute("data-head", str(len(prefix)))
+
+    # Undo is of one's own edits only: Alice's undo takes back her word, not the
+    # edit Bob made after it; redo brings her word back.
+    await alice.page.keyboard.press("Control+End")
+    await alice.page.keyboard.insert_text(" [alice]")
+    await bob.wait_text(text + " [alice]")
+    await bob.page.keyboard.press("Control+Home")
+    await bob.page.keyboard.insert_text("> ")
+    text = "> " + text
+    await alice.wait_text(text + " [alice]")
+    await alice.page.keyboard.press("Control+z")
+    await alice.wait_text(text)
+    await bob.wait_text(text)
+    await alice.page.click("#redo")
+    await bob.wait_text(text + " [alice]")
+    await alice.page.click("#undo")
+    await bob.wait_text(text)
 
     # A Python client sees the browsers' text and, from the server's greeting,
     # both browsers' awareness states.
@@ -115,27 +253,51 @@ async def test_two_browsers_edit_together(
             names = {state["user"]["name"] for state in client.remote_states.values()}
             assert names == {"alice", "bob"}
 
+    await alice.content.click()  # the caret back in Alice's text for the picture
+    await expect(bob.caret_label("alice")).to_be_visible()
     await alice.page.screenshot(path=str(artifacts / "editor.png"))
+    await bob.page.screenshot(path=str(artifacts / "editor-bob.png"))
 
-    # Bob leaves: Alice's presence list drops to herself alone.
+    # Bob leaves: Alice's presence list drops to herself alone, his caret goes.
     await bob.context.close()
     await expect(alice.presence).to_have_count(1, timeout=WAIT_MS)
     await expect(alice.peer("alice")).to_be_visible()
     await expect(alice.page.locator("#presence-count")).to_have_text("1")
+    await expect(alice.caret_label("bob")).to_have_count(0)
 
     # Opening another doc from the form, then coming back with the history.
     await alice.page.fill("#doc-name", "notes/other")
     await alice.page.press("#doc-name", "Enter")
     await expect(alice.page).to_have_url(f"{server.url}/web/?doc=notes%2Fother")
-    await expect(alice.status).to_have_attribute("data-synced", "true", timeout=WAIT_MS)
-    await expect(alice.textarea).to_have_value("")
+    await alice.wait_connected()
+    await alice.wait_text("")
     await alice.page.go_back()
-    await expect(alice.textarea).to_have_value(text, timeout=WAIT_MS)
+    await alice.wait_text(text)
     await expect(alice.page.locator("#doc-name")).to_have_value(DOC)
 
     assert alice.errors == []
     assert bob.errors == []
     await alice.context.close()
+
+
+async def test_narrow_screen(browser: Browser, server: ServerProcess, artifacts: Path) -> None:
+    """At 390 px the page is one column with no horizontal overflow."""
+    phone = await Editor.open(browser, server, "phone", viewport=(390, 844))
+    other = await Editor.open(browser, server, "desk")
+    await other.type_at_end("Typed on a desk, read on a phone; long lines wrap, nothing overflows.")
+    await phone.wait_text(await other.text())
+    await expect(phone.caret_label("desk")).to_be_visible(timeout=WAIT_MS)
+    overflow = await phone.page.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow == 0
+    for selector in (".editor-pane", ".sidebar", "#status", "#undo"):
+        box = await phone.page.locator(selector).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, selector
+    await phone.page.screenshot(path=str(artifacts / "editor-390.png"), full_page=True)
+    assert phone.errors == [] and other.errors == []
+    await phone.context.close()
+    await other.context.close()
 
 
 async def test_vanished_browser_leaves_no_ghost(browser: Browser, server: ServerProcess) -> None:
@@ -159,39 +321,129 @@ async def test_vanished_browser_leaves_no_ghost(browser: Browser, server: Server
     await alice.context.close()
 
 
-async def test_binding_diff_and_caret_transform(browser: Browser, server: ServerProcess) -> None:
-    """The textarea binding's pure helpers, run in the browser on the served module."""
-    context = await browser.new_context()
-    page = await context.new_page()
-    await page.goto(f"{server.url}/web/textarea-binding.js")
-    results = await page.evaluate(
-        """async () => {
-            const { diff, transformOffset } = await import('/web/textarea-binding.js')
-            return {
-                insert: diff('hello world', 'hello brave world'),
-                remove: diff('hello brave world', 'hello world'),
-                replace: diff('abc', 'aXc'),
-                repeated: diff('aaa', 'aaaa'),
-                emoji: diff('a\\u{1F600}b', 'a\\u{1F601}b'),
-                emojiAfter: diff('\\u{1F600}', '\\u{1F600}\\u{1F600}'),
-                before: transformOffset(5, [{ insert: 'xy' }]),
-                at: transformOffset(5, [{ retain: 5 }, { insert: 'xy' }]),
-                after: transformOffset(5, [{ retain: 7 }, { insert: 'xy' }]),
-                deletedBefore: transformOffset(5, [{ retain: 1 }, { delete: 2 }]),
-                deletedAround: transformOffset(5, [{ retain: 3 }, { delete: 4 }]),
-            }
-        }"""
-    )
-    await context.close()
-    assert results["insert"] == {"index": 6, "remove": 0, "insert": "brave "}
-    assert results["remove"] == {"index": 6, "remove": 6, "insert": ""}
-    assert results["replace"] == {"index": 1, "remove": 1, "insert": "X"}
-    assert results["repeated"] == {"index": 3, "remove": 0, "insert": "a"}
-    # A surrogate pair is replaced whole, never split.
-    assert results["emoji"] == {"index": 1, "remove": 2, "insert": "\U0001f601"}
-    assert results["emojiAfter"] == {"index": 2, "remove": 0, "insert": "\U0001f600"}
-    assert results["before"] == 7
-    assert results["at"] == 5
-    assert results["after"] == 5
-    assert results["deletedBefore"] == 3
-    assert results["deletedAround"] == 3
+async def test_deleted_doc_turns_read_only(
+    browser: Browser, server: ServerProcess, artifacts: Path
+) -> None:
+    """DELETE /docs/{doc} while open: read-only with a banner, nothing typed is taken
+    silently, the local copy is kept and not pushed back to the server."""
+    doc = "notes/doomed"
+    alice = await Editor.open(browser, server, "alice", doc=doc)
+    await alice.type_at_end("Written before the delete.")
+    written = "Written before the delete."
+    await alice.wait_local_copy(written)
+    assert await server_text(server, doc) == written
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        response = await http.delete(f"/docs/{doc}")
+        assert response.status_code in (200, 204), response.text
+
+        await expect(alice.banner).to_be_visible(timeout=WAIT_MS)
+        await expect(alice.banner).to_contain_text("deleted")
+        await expect(alice.page.locator("#readonly-tag")).to_be_visible()
+        await alice.wait_offline()
+        await expect(alice.content).to_have_attribute("contenteditable", "false")
+        await expect(alice.content).to_have_attribute("aria-readonly", "true")
+        await expect(alice.page.locator("#banner-download")).to_be_visible()
+        await alice.page.screenshot(path=str(artifacts / "editor-deleted.png"))
+
+        # Typing is refused on screen (not taken and then dropped).
+        await alice.content.click()
+        await alice.page.keyboard.type("lost?")
+        await alice.page.keyboard.press("Backspace")
+        assert await alice.text() == written
+        await alice.wait_local_copy(written)
+
+        # A reload shows the notice again and does not bring the doc back.
+        await alice.page.reload()
+        await expect(alice.banner).to_contain_text("deleted", timeout=WAIT_MS)
+        await alice.wait_text(written)
+        await expect(alice.content).to_have_attribute("contenteditable", "false")
+        response = await http.get(f"/docs/{doc}")
+        assert response.status_code == 404, response.text
+
+        # Starting over: an empty, editable doc of that name, on the server again.
+        await alice.page.click("#banner-reset")
+        await alice.wait_connected()
+        await expect(alice.banner).to_be_hidden()
+        await alice.wait_text("")
+        await alice.type_at_end("Fresh start.")
+        await alice.wait_text("Fresh start.")
+    assert await server_text(server, doc) == "Fresh start."
+    assert alice.errors == []
+    await alice.context.close()
+
+
+async def test_badge_follows_server_stop_and_restart(
+    browser: Browser, tmp_path: Path, artifacts: Path
+) -> None:
+    """The badge says Offline while the server is down and Connected once it is back;
+    what was typed meanwhile (on both sides) is merged, nothing lost."""
+    server = restartable(tmp_path).start()
+    try:
+        alice = await Editor.open(browser, server, "alice")
+        bob = await Editor.open(browser, server, "bob")
+        await alice.type_at_end("Before. ")
+        await bob.wait_text("Before. ")
+        await bob.wait_local_copy("Before. ")
+
+        server.stop()
+        await alice.wait_offline()
+        await bob.wait_offline()
+        await expect(alice.status).to_have_attribute("data-status", "offline")
+        # Offline-first: still editable, on both sides.
+        await alice.type_at_end("Alice offline. ")
+        await bob.content.click()
+        await bob.page.keyboard.press("Control+Home")
+        await bob.page.keyboard.type("Bob offline. ")
+        await alice.page.screenshot(path=str(artifacts / "editor-offline.png"))
+
+        server = restart(server)
+        await alice.wait_connected(timeout=RECONNECT_MS)
+        await bob.wait_connected(timeout=RECONNECT_MS)
+        merged = "Bob offline. Before. Alice offline. "
+        await alice.wait_text(merged)
+        await bob.wait_text(merged)
+        assert await server_text(server) == merged
+        await alice.page.screenshot(path=str(artifacts / "editor-reconnected.png"))
+        assert alice.errors == [] and bob.errors == []
+        await alice.context.close()
+        await bob.context.close()
+    finally:
+        server.stop()
+
+
+async def test_offline_edits_survive_reload_and_reach_others(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """Typed while the server is down, then the page reloaded (still down): the text
+    is still there (IndexedDB), and reaches a second browser once the server is back."""
+    server = restartable(tmp_path).start()
+    try:
+        alice = await Editor.open(browser, server, "alice")
+        await alice.wait_page_cached()
+        await alice.type_at_end("Online. ")
+        await alice.wait_local_copy("Online. ")
+        assert await server_text(server) == "Online. "
+
+        server.stop()
+        await alice.wait_offline()
+        await alice.type_at_end("Typed offline.")
+        expected = "Online. Typed offline."
+        await alice.wait_text(expected)
+        await alice.wait_local_copy(expected)
+
+        await alice.page.reload()
+        await expect(alice.content).to_be_visible()
+        await alice.wait_text(expected)  # from IndexedDB: the server is still down
+        await alice.wait_offline()
+
+        server = restart(server)
+        await alice.wait_connected(timeout=RECONNECT_MS)
+        bob = await Editor.open(browser, server, "bob")
+        await bob.wait_text(expected)
+        assert await server_text(server) == expected
+        assert alice.errors == [] and bob.errors == []
+        await alice.context.close()
+        await bob.context.close()
+    finally:
+        server.stop()
