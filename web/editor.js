@@ -364,7 +364,10 @@ function openDoc (docName) {
   provider.on('closed', onClosed)
 
   function stop (code, reason) {
-    const why = TERMINAL_CLOSES.get(code) || {
+    const why = (code === 4401 && !getToken() && {
+      title: 'This server needs an access token.',
+      text: 'Editing is off until you paste one (Access, in the side panel). What you wrote is kept in this browser and sent once you are let in.'
+    }) || TERMINAL_CLOSES.get(code) || {
       title: `The server closed this document (${code}).`,
       text: reason || 'Editing is off; your copy stays in this browser.'
     }

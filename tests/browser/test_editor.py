@@ -22,6 +22,7 @@ from pycrdt import Text
 from crdt_sync.client import connect
 from tests.browser.conftest import PageUnderTest
 from tests.cluster import free_port
+from tests.integration.auth_support import SECRET, bearer, token
 from tests.server_process import ServerProcess
 
 if not os.environ.get("CI"):
@@ -76,17 +77,21 @@ class Editor(PageUnderTest):
         path: str = "/web/",
         synced: bool = True,
         viewport: tuple[int, int] = (1100, 620),
+        color: str | None = None,
+        fragment: str = "",
     ) -> Editor:
         width, height = viewport
         context = await browser.new_context(viewport={"width": width, "height": height})
         context.set_default_timeout(WAIT_MS)
         editor = cls(context, await context.new_page())
-        await editor.page.goto(f"{server.url}{path}?doc={doc}")
+        await editor.page.goto(f"{server.url}{path}?doc={doc}{fragment}")
         await expect(editor.page.locator(".cm-content")).to_be_visible()
         if synced:
             await editor.wait_connected()
         await editor.page.fill("#user-name", name)
         await editor.page.press("#user-name", "Tab")  # commits the name (`change`)
+        if color is not None:
+            await editor.page.fill("#user-color", color)
         return editor
 
     @property
@@ -181,9 +186,9 @@ def restart(stopped: ServerProcess) -> ServerProcess:
 async def test_two_browsers_edit_together(
     browser: Browser, server: ServerProcess, artifacts: Path
 ) -> None:
-    alice = await Editor.open(browser, server, "alice")
+    alice = await Editor.open(browser, server, "alice", color="#e0555b")
     # `/?doc=…` is the editor too (redirected to /web/ with the query kept).
-    bob = await Editor.open(browser, server, "bob", path="/")
+    bob = await Editor.open(browser, server, "bob", path="/", color="#2f8fd8")
     await expect(bob.page).to_have_url(f"{server.url}/web/?doc={DOC}")
 
     first = "Hello from A. "
@@ -201,9 +206,13 @@ async def test_two_browsers_edit_together(
     await expect(bob.caret_label("alice")).to_be_visible(timeout=WAIT_MS)
     await expect(alice.caret_label("alice")).to_have_count(0)
     await expect(bob.caret_label("bob")).to_have_count(0)
-    bob_color = await bob.page.input_value("#user-color")
-    caret_style = await alice.page.locator(".cm-content .cm-ySelectionCaret").get_attribute("style")
-    assert bob_color.lower() in (caret_style or "").lower()
+    # In each user's colour (the browser writes it back as rgb()).
+    await expect(alice.page.locator(".cm-content .cm-ySelectionCaret")).to_have_css(
+        "border-left-color", "rgb(47, 143, 216)"
+    )
+    await expect(bob.page.locator(".cm-content .cm-ySelectionCaret")).to_have_css(
+        "border-left-color", "rgb(224, 85, 91)"
+    )
 
     # Presence: everyone in the room, with names and where their caret is. Alice's
     # caret stays before Bob's text, inserted exactly there; Bob's is at the end.
@@ -447,3 +456,58 @@ async def test_offline_edits_survive_reload_and_reach_others(
         await bob.context.close()
     finally:
         server.stop()
+
+
+async def test_expired_or_forbidden_token_turns_read_only_until_a_new_one(
+    browser: Browser, server_factory: Any, artifacts: Path
+) -> None:
+    """4401 (the token expires while the doc is open) and 4403 (the token does not
+    cover the doc): read-only with a banner saying why, no retry; a fresh token from
+    the form lets the page in again and keeps what was written."""
+    server = server_factory("--auth-secret", SECRET)
+    doc = "notes/authed"
+    reader = token(sub="witness", docs=("notes/*",), mode="write", ttl=600)
+
+    async def stored() -> str:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            response = await http.get(f"/docs/{doc}", headers=bearer(reader))
+        assert response.status_code == 200, response.text
+        return response.json()["content"]["body"]
+
+    short = token(sub="alice", docs=("notes/*",), mode="write", ttl=5)
+    alice = await Editor.open(browser, server, "alice", doc=doc, fragment=f"#token={short}")
+    assert "token=" not in alice.page.url, "the token is taken out of the address"
+    await alice.type_at_end("Before expiry.")
+    await alice.wait_text("Before expiry.")
+    with anyio.fail_after(10):
+        while await stored() != "Before expiry.":
+            await anyio.sleep(0.1)
+
+    await expect(alice.banner).to_contain_text("expired", timeout=20_000)
+    await alice.wait_offline()
+    await expect(alice.content).to_have_attribute("contenteditable", "false")
+    await expect(alice.page.locator("#token-form")).to_have_attribute("data-needed", "true")
+    await alice.page.screenshot(path=str(artifacts / "editor-token-expired.png"))
+
+    fresh = token(sub="alice", docs=("notes/*",), mode="write", ttl=600)
+    await alice.page.fill("#token-input", fresh)
+    await alice.page.press("#token-input", "Enter")
+    await alice.wait_connected()
+    await expect(alice.banner).to_be_hidden()
+    await expect(alice.content).to_have_attribute("contenteditable", "true")
+    await alice.type_at_end(" After.")
+    with anyio.fail_after(10):
+        while await stored() != "Before expiry. After.":
+            await anyio.sleep(0.1)
+
+    elsewhere = token(sub="mallory", docs=("private/*",), mode="write", ttl=600)
+    mallory = await Editor.open(
+        browser, server, "mallory", doc=doc, fragment=f"#token={elsewhere}", synced=False
+    )
+    await expect(mallory.banner).to_contain_text("does not allow", timeout=WAIT_MS)
+    await mallory.wait_offline()
+    await expect(mallory.content).to_have_attribute("contenteditable", "false")
+    assert await mallory.text() == ""
+    assert alice.errors == [] and mallory.errors == []
+    await alice.context.close()
+    await mallory.context.close()
