@@ -216,6 +216,11 @@ function cleanState (state, clientId, ydoc) {
  */
 function safeAwareness (awareness) {
   const ydoc = awareness.doc
+  // y-codemirror.next 0.3.6 reuses a caret's DOM while its colour string is
+  // unchanged (its widget's eq() compares the colour only), so a peer's new name
+  // would never show. On each rename the colour is written the other way
+  // (#rrggbb <-> #rrggbbff, the same opaque colour), which redraws the label.
+  const names = new Map() // clientId -> { name, alt }
   return {
     doc: ydoc,
     on: (name, f) => awareness.on(name, f),
@@ -226,8 +231,18 @@ function safeAwareness (awareness) {
       const states = new Map()
       for (const [clientId, state] of awareness.getStates()) {
         if (!state) continue
-        states.set(clientId, clientId === ydoc.clientID ? state : cleanState(state, clientId, ydoc))
+        if (clientId === ydoc.clientID) {
+          states.set(clientId, state)
+          continue
+        }
+        const clean = cleanState(state, clientId, ydoc)
+        const seen = names.get(clientId)
+        if (!seen) names.set(clientId, { name: clean.user.name, alt: false })
+        else if (seen.name !== clean.user.name) Object.assign(seen, { name: clean.user.name, alt: !seen.alt })
+        if (names.get(clientId).alt) clean.user.color += 'ff'
+        states.set(clientId, clean)
       }
+      for (const clientId of names.keys()) if (!states.has(clientId)) names.delete(clientId)
       return states
     }
   }

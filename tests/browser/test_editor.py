@@ -224,9 +224,18 @@ async def test_two_browsers_edit_together(
     await expect(alice.peer("bob")).to_have_attribute("data-head", str(len(text)))
     await expect(alice.peer("alice")).to_contain_text("you")
 
+    # A new name shows on the caret at once (and in the list), and back again.
+    for name in ("Robert", "bob"):
+        await bob.page.fill("#user-name", name)
+        await bob.page.press("#user-name", "Tab")
+        await expect(alice.caret_label(name)).to_be_visible(timeout=WAIT_MS)
+        await expect(alice.peer(name)).to_be_visible()
+        await expect(alice.page.locator(".cm-ySelectionInfo")).to_have_text([name])
+
     # A remote insertion before Alice's caret moves it along.
     assert await alice.caret() == len(first)
     prefix = "Note: "
+    await bob.content.click()
     await bob.page.keyboard.press("Control+Home")
     await bob.page.keyboard.type(prefix)
     text = prefix + text
