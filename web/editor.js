@@ -17,8 +17,7 @@ import {
   drawSelection,
   highlightSpecialChars,
   highlightActiveLine,
-  defaultKeymap,
-  indentWithTab
+  defaultKeymap
 } from './vendor/yjs-bundle.js'
 import { bindTokenForm, getToken, onTokenChange, tokenIdentity, tokenParams } from './auth.js'
 
@@ -316,7 +315,8 @@ function openDoc (docName) {
     state: EditorState.create({
       doc: ytext.toString(),
       extensions: [
-        keymap.of([...yUndoManagerKeymap, ...defaultKeymap, indentWithTab]),
+        // No Tab binding: Tab moves the focus on (no keyboard trap in the page).
+        keymap.of([...yUndoManagerKeymap, ...defaultKeymap]),
         highlightSpecialChars(),
         drawSelection(),
         highlightActiveLine(),

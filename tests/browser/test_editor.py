@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -84,6 +85,7 @@ class Editor(PageUnderTest):
         context = await browser.new_context(viewport={"width": width, "height": height})
         context.set_default_timeout(WAIT_MS)
         editor = cls(context, await context.new_page())
+        editor.watch_hosts(server)
         await editor.page.goto(f"{server.url}{path}?doc={doc}{fragment}")
         await expect(editor.page.locator(".cm-content")).to_be_visible()
         if synced:
@@ -93,6 +95,19 @@ class Editor(PageUnderTest):
         if color is not None:
             await editor.page.fill("#user-color", color)
         return editor
+
+    def watch_hosts(self, server: ServerProcess) -> None:
+        """Collect every request to another host than the server (there must be none:
+        no CDN, no web fonts). ``blob:``/``data:`` URLs are this page's own."""
+        self.foreign: list[str] = []
+        own = urlsplit(server.url).netloc
+
+        def check(request: Any) -> None:
+            url = urlsplit(request.url)
+            if url.scheme not in ("blob", "data") and url.netloc != own:
+                self.foreign.append(request.url)
+
+        self.context.on("request", check)
 
     @property
     def status(self) -> Any:
@@ -295,6 +310,7 @@ async def test_two_browsers_edit_together(
 
     assert alice.errors == []
     assert bob.errors == []
+    assert alice.foreign == [] and bob.foreign == [], "requests to another host"
     await alice.context.close()
 
 
@@ -314,6 +330,7 @@ async def test_narrow_screen(browser: Browser, server: ServerProcess, artifacts:
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, selector
     await phone.page.screenshot(path=str(artifacts / "editor-390.png"), full_page=True)
     assert phone.errors == [] and other.errors == []
+    assert phone.foreign == [] and other.foreign == [], "requests to another host"
     await phone.context.close()
     await other.context.close()
 

@@ -13,7 +13,6 @@ export {
   placeholder,
   drawSelection,
   highlightSpecialChars,
-  highlightActiveLine,
-  lineNumbers
+  highlightActiveLine
 } from '@codemirror/view'
-export { defaultKeymap, indentWithTab } from '@codemirror/commands'
+export { defaultKeymap } from '@codemirror/commands'
