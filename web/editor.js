@@ -309,6 +309,14 @@ function openDoc (docName) {
     EditorView.contentAttributes.of({ 'aria-readonly': String(!on) })
   ]
 
+  let readOnly = false
+  // Undo acts on the Y.Text directly, past CodeMirror's read-only: hold it back
+  // (keys here, the browser's own undo below).
+  const guard = (command) => command && ((target) => readOnly || command(target))
+  const undoKeys = yUndoManagerKeymap.map((binding) => ({
+    ...binding, run: guard(binding.run), shift: guard(binding.shift)
+  }))
+
   els.editor.replaceChildren()
   const view = new EditorView({
     parent: els.editor,
@@ -316,7 +324,7 @@ function openDoc (docName) {
       doc: ytext.toString(),
       extensions: [
         // No Tab binding: Tab moves the focus on (no keyboard trap in the page).
-        keymap.of([...yUndoManagerKeymap, ...defaultKeymap]),
+        keymap.of([...undoKeys, ...defaultKeymap]),
         highlightSpecialChars(),
         drawSelection(),
         highlightActiveLine(),
@@ -328,6 +336,15 @@ function openDoc (docName) {
           spellcheck: 'true'
         }),
         editable.of(editableExtensions(true)),
+        // Before yCollab's own handler: the browser's native undo (Ctrl+Z with the
+        // focus outside the editor) arrives as `beforeinput` historyUndo there.
+        EditorView.domEventHandlers({
+          beforeinput (event) {
+            if (!readOnly) return false
+            event.preventDefault()
+            return true
+          }
+        }),
         yCollab(ytext, safeAwareness(awareness), { undoManager }),
         EditorView.updateListener.of((update) => {
           if (update.docChanged) renderStats()
@@ -336,7 +353,6 @@ function openDoc (docName) {
     })
   })
 
-  let readOnly = false
   function setReadOnly (on) {
     if (on === readOnly) return
     readOnly = on

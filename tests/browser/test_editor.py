@@ -385,6 +385,8 @@ async def test_deleted_doc_turns_read_only(
         await alice.content.click()
         await alice.page.keyboard.type("lost?")
         await alice.page.keyboard.press("Backspace")
+        await alice.page.keyboard.press("Control+z")  # nor undone (it is in her stack)
+        await expect(alice.page.locator("#undo")).to_be_disabled()
         assert await alice.text() == written
         await alice.wait_local_copy(written)
 
