@@ -123,6 +123,23 @@ async def frames(http: httpx.AsyncClient, t: str = "task") -> list[dict]:
     return response.json()["frames"]
 
 
+async def stored_queue(page: Page, name: str) -> list[dict]:
+    """The SDK's offline queue ``name`` as stored in the page's IndexedDB, in order."""
+    return await page.evaluate(
+        """(name) => new Promise((resolve, reject) => {
+            const open = indexedDB.open(name)
+            open.onerror = () => reject(open.error)
+            open.onsuccess = () => {
+                const db = open.result
+                const get = db.transaction('mutations').objectStore('mutations').getAll()
+                get.onerror = () => reject(get.error)
+                get.onsuccess = () => { db.close(); resolve(get.result.sort((a, b) => a.seq - b.seq)) }
+            }
+        })""",
+        name,
+    )
+
+
 async def wait_until(check: Any, timeout: float = 10.0) -> None:
     with anyio.fail_after(timeout):
         while not await check():
@@ -313,13 +330,12 @@ async def test_offline_queue_is_kept_and_replayed_once(
     await expect(board.page.locator("#outbox")).to_have_attribute("data-count", "2")
     await expect(board.page.locator("#outbox")).to_have_attribute("data-state", "offline")
 
-    # The queue is in localStorage: a reload (still offline) shows the cards pending.
+    # The queue is in IndexedDB: a reload (still offline) shows the cards pending.
     await board.page.reload()
     await board.wait_live()
     await expect(board.card("q2")).to_have_attribute("data-pending", "create")
-    queued = await board.page.evaluate(
-        "() => JSON.parse(localStorage.getItem('crdt-sync.board.outbox:open'))"
-    )
+    await expect(board.page.locator("#outbox")).to_have_attribute("data-storage", "indexeddb")
+    queued = await stored_queue(board.page, "crdt-sync.board.outbox:open")
     assert [m["id"] for m in queued] == ["q1", "q2"]
     assert len({m["client_tx_id"] for m in queued}) == 2
 
