@@ -161,3 +161,125 @@ def test_hundred_clients_spread_their_reconnects(
     assert statistics.pstdev(first) >= base_ms / 10, figures
     assert max(buckets.values()) <= count / 4, figures
     assert min(first) >= 0, figures
+
+
+# -- the heartbeat: a frozen server ----------------------------------------------------------
+
+
+def test_heartbeat_gives_up_a_frozen_server_within_its_timeout(server_factory: Any, node: Any) -> None:
+    ping_interval, ping_timeout = 300, 1500
+    server = server_factory(*FAST)
+    scenario = node.start(
+        "sdk_heartbeat.mjs",
+        server.url,
+        "task",
+        {"ping_interval": ping_interval, "ping_timeout": ping_timeout},
+    )
+    scenario.expect("ready", timeout=20)
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        scenario.send(f"stopped {int(time.time() * 1000)}")
+        dead = scenario.expect("dead", timeout=30)
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    scenario.send("resumed")
+    result = scenario.expect("result", timeout=30)
+    scenario.finish()
+    noticed_after = dead["at"] - dead["stopped_at"]
+    print("heartbeat noticed the frozen server after", noticed_after, "ms")
+    # The TCP connection stayed open: only the heartbeat (4408, its own timeout) knew.
+    assert [e["code"] for e in dead["errors"]][:1] == [4408], dead
+    assert dead["errors"][0]["error"] == "timeout", dead
+    # Within its timeout: at most pingTimeout after the last message, which was at most
+    # one ping interval before the freeze (+ generous slack for a loaded machine).
+    assert 0 <= noticed_after <= ping_timeout + 5000, dead
+    assert result["state"] == "online" and result["equal"], result
+    assert result["result"]["status"] == 200 and result["pool"] == {"hb": {"status": "done"}}
+
+
+# -- conflicts ----------------------------------------------------------------------------
+
+
+def test_conflict_fires_on_conflict_with_the_overwritten_fields(
+    server_factory: Any, node: Any
+) -> None:
+    server = server_factory(*FAST)
+    result = node.run("sdk_conflict.mjs", server.url, "task", timeout=40)["result"]
+    [conflict] = result["conflicts"]["a"]
+    assert result["conflicts"]["b"] == [], result
+    assert (conflict["t"], conflict["id"]) == ("task", "k")
+    # Only `status`: B wrote it since A's base_sid and A overwrote it; B's `owner` and
+    # A's `title` did not collide.
+    assert list(conflict["fields"]) == ["status"], conflict
+    assert conflict["fields"]["status"]["value"] == "done"
+    assert conflict["fields"]["status"]["sid"] == result["b_result"]["sid"]
+    assert conflict["result"]["conflicts"] == ["status"]
+    # While A's change waited, B's frame was applied underneath it: A still showed its own.
+    assert result["a_while_down"] == {"title": "A title", "status": "doing", "owner": "bob"}
+    expected = {"k": {"title": "A title", "status": "doing", "owner": "bob"}}
+    assert result["a_pool"] == result["b_pool"] == result["records"] == expected
+
+
+# -- SSE fallback -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["no_websocket", "blocked_upgrade"])
+def test_sse_when_the_websocket_is_unavailable(server_factory: Any, node: Any, mode: str) -> None:
+    server = server_factory(*FAST)
+    result = node.run("sdk_sse.mjs", server.url, "task", {"mode": mode}, timeout=40)["result"]
+    assert result["transport"] == "sse" and result["state"] == "online", result
+    if mode == "blocked_upgrade":
+        # It tried the WebSocket first, the proxy refused each upgrade, then SSE.
+        assert result["ws_attempts"] == result["refused_upgrades"] >= 2, result
+    assert result["other"]["status"] == 201 and result["own"]["status"] == 201
+    assert result["equal"] and set(result["pool"]) == {"other", "mine"}, result
+    sids = [sid for batch in result["batches"] for sid in batch]
+    assert sids == sorted(set(sids)), "each frame once, in sid order"
+
+
+# -- auth close codes ---------------------------------------------------------------------
+
+
+def test_4401_asks_for_a_token_and_comes_back(server_factory: Any, node: Any) -> None:
+    server = server_factory(*FAST, "--auth-secret", SECRET)
+    short = token(sub="alice", ttl=3)
+    fresh = token(sub="alice", ttl=600)
+    scenario = node.start(
+        "sdk_auth.mjs",
+        server.url,
+        "task",
+        {"case": "expiry", "token": short, "fresh": [fresh], "read_token": fresh},
+    )
+    online = scenario.expect("online", timeout=20)
+    assert online["asked"] == 0
+    result = scenario.expect("result", timeout=30)
+    scenario.finish()
+    [asked] = result["asked"]
+    assert asked["code"] == 4401 and asked["reason"] == "token_expired", result
+    assert result["state"] == "online" and result["equal"], result
+    assert result["pool"] == {"x": {"n": 2}}
+
+
+def test_a_refused_first_token_asks_for_another(server_factory: Any, node: Any) -> None:
+    server = server_factory(*FAST, "--auth-secret", SECRET)
+    good = token(sub="alice", ttl=600)
+    params = {"case": "bad_token", "token": "garbage", "fresh": [good], "read_token": good}
+    result = node.run("sdk_auth.mjs", server.url, "task", params, timeout=30)["result"]
+    [asked] = result["asked"]
+    assert asked["code"] == 4401, result
+    assert result["state"] == "online" and result["equal"], result
+
+
+def test_4403_stops_the_client(server_factory: Any, node: Any) -> None:
+    server = server_factory(*FAST, "--auth-secret", SECRET)
+    params = {
+        "case": "forbidden",
+        "token": token(sub="alice", ttl=600),
+        # A renewal must be of the same actor: bob's token is refused with 4403.
+        "fresh": [token(sub="bob", ttl=600)],
+    }
+    result = node.run("sdk_auth.mjs", server.url, "task", params, timeout=30)["result"]
+    assert result["error"]["code"] == 4403 and result["error"]["fatal"], result
+    assert result["state"] == "offline", result
+    assert result["attempts_later"] == result["attempts"] == 1, result
