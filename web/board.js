@@ -188,6 +188,7 @@ let statusState = 'connecting'
 
 /** The SDK's state (offline / syncing / online) as the page shows it. */
 function showState (state, error) {
+  els.status.dataset.state = state
   if (state === 'online') setStatus('connected')
   else if (state === 'syncing') setStatus('connecting', client.bootstrapped ? null : 'Loading records…')
   else if (error && error.fatal) {

@@ -21,6 +21,7 @@ from pycrdt import Text
 
 from crdt_sync.client import connect
 from tests.browser.conftest import PageUnderTest
+from tests.cluster import free_port
 from tests.server_process import ServerProcess
 
 if not os.environ.get("CI"):
@@ -133,7 +134,10 @@ async def stored_queue(page: Page, name: str) -> list[dict]:
                 const db = open.result
                 const get = db.transaction('mutations').objectStore('mutations').getAll()
                 get.onerror = () => reject(get.error)
-                get.onsuccess = () => { db.close(); resolve(get.result.sort((a, b) => a.seq - b.seq)) }
+                get.onsuccess = () => {
+                    db.close()
+                    resolve(get.result.sort((a, b) => a.seq - b.seq))
+                }
             }
         })""",
         name,
@@ -540,3 +544,66 @@ async def test_pings_and_replaces_a_silent_socket(browser: Browser, server_facto
 
 async def _true(value: Any) -> bool:
     return bool(value)
+
+
+# -- a server restart: Offline, a change queued, Online, the change applied once -------------
+
+
+class RestartedBoard(Board):
+    # While the server is down Chromium logs the refused connections.
+    EXPECTED_CONSOLE = (
+        *Board.EXPECTED_CONSOLE,
+        "ERR_CONNECTION_REFUSED",
+        "WebSocket connection to",
+    )
+
+
+async def test_goes_offline_and_online_across_a_server_restart_applying_the_queue_once(
+    browser: Browser, server_factory: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    db = tmp_path / "restart.db"
+    server = server_factory(*FAST, "--port", str(port), db=db)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await mutate(http, insert("r", title="Survives", status="open"))
+    board = await RestartedBoard.open(browser, server, "ivy")
+    await expect(board.in_column("open", "r")).to_be_visible()
+    await expect(board.status).to_have_attribute("data-state", "online")
+
+    server.stop()
+    await expect(board.status).to_have_attribute("data-state", "offline")
+    await expect(board.status).to_have_attribute("data-status", "disconnected")
+    await board.card("r").locator("select.rec-move").select_option("doing")
+    await board.page.fill("#new-id", "made-offline")
+    await board.page.fill("#new-title", "While the server was down")
+    await board.page.press("#new-title", "Enter")
+    await expect(board.in_column("doing", "r")).to_have_attribute("data-pending", "change")
+    await expect(board.in_column("open", "made-offline")).to_have_attribute(
+        "data-pending", "create"
+    )
+    outbox = board.page.locator("#outbox")
+    await expect(outbox).to_have_attribute("data-count", "2")
+    await expect(outbox).to_have_attribute("data-state", "offline")
+    queued = await stored_queue(board.page, "crdt-sync.board.outbox:open")
+    assert [(m["op"], m["id"]) for m in queued] == [("u", "r"), ("i", "made-offline")]
+
+    restarted = server_factory(*FAST, "--port", str(port), db=db)
+    assert restarted.url == server.url
+    # The backoff has grown while the server was down: its ceiling, not WAIT_MS.
+    await expect(board.status).to_have_attribute("data-state", "online", timeout=40_000)
+    await board.wait_live()
+    await expect(outbox).to_be_hidden()
+    await expect(board.in_column("doing", "r")).not_to_have_attribute("data-pending", "change")
+    await expect(board.in_column("open", "made-offline")).not_to_have_attribute(
+        "data-pending", "create"
+    )
+    assert await stored_queue(board.page, "crdt-sync.board.outbox:open") == []
+    async with httpx.AsyncClient(base_url=restarted.url, timeout=30) as http:
+        assert await records(http) == {
+            "r": {"title": "Survives", "status": "doing"},
+            "made-offline": {"title": "While the server was down", "status": "open"},
+        }
+        tx_ids = [m["client_tx_id"] for m in queued]
+        applied = [f for f in await frames(http) if f["ctx"].get("client_tx_id") in tx_ids]
+        assert [f["ctx"]["client_tx_id"] for f in applied] == tx_ids, "each applied once, in order"
+    await board.close()

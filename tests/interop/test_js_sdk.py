@@ -9,6 +9,7 @@ unit tests (``web/sdk/test/*.test.mjs``, node's test runner) run from here too.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import statistics
 import subprocess
@@ -91,10 +92,11 @@ def test_queued_saves_survive_a_server_restart_and_apply_once(
     assert result["state"] == "online" and result["pending"] == 0, result
     assert [r["status"] for r in result["results"]] == [200, 201, 200, 200], result
     assert result["equal"], result
-    assert result["pool"] == records(restarted, "task") == {
+    expected = {
         "a": {"title": "A", "status": "doing", "owner": "ann"},
         "c": {"title": "Made offline", "status": "done"},
     }
+    assert result["pool"] == records(restarted, "task") == expected
     assert "offline" in result["states"] and result["states"][-1] == "online", result
     # Exactly once: each queued client_tx_id is in the frame log once, in queue order.
     frames = [f for f in delta(restarted) if f["ctx"].get("client_tx_id") in queued["tx_ids"]]
@@ -166,7 +168,9 @@ def test_hundred_clients_spread_their_reconnects(
 # -- the heartbeat: a frozen server ----------------------------------------------------------
 
 
-def test_heartbeat_gives_up_a_frozen_server_within_its_timeout(server_factory: Any, node: Any) -> None:
+def test_heartbeat_gives_up_a_frozen_server_within_its_timeout(
+    server_factory: Any, node: Any
+) -> None:
     ping_interval, ping_timeout = 300, 1500
     server = server_factory(*FAST)
     scenario = node.start(
@@ -283,3 +287,26 @@ def test_4403_stops_the_client(server_factory: Any, node: Any) -> None:
     assert result["error"]["code"] == 4403 and result["error"]["fatal"], result
     assert result["state"] == "offline", result
     assert result["attempts_later"] == result["attempts"] == 1, result
+
+
+# -- served by the app ----------------------------------------------------------------------
+
+
+def test_the_app_serves_the_sdk_as_javascript_modules(server: Any) -> None:
+    """What a browser loads from ``/web/sdk/index.js``: every module it imports, as
+    JavaScript (a module script with another content type is refused)."""
+
+    modules = [p.name for p in SDK_DIR.glob("*.js")]
+    assert "index.js" in modules
+    imported = set(re.findall(r"from '\./([\w-]+\.js)'", (SDK_DIR / "index.js").read_text()))
+    assert imported and imported <= set(modules)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for name in modules:
+            response = http.get(f"/web/sdk/{name}")
+            assert response.status_code == 200, name
+            kind = response.headers["content-type"].split(";")[0]
+            assert kind in ("text/javascript", "application/javascript"), (name, kind)
+            assert response.text == (SDK_DIR / name).read_text()
+        manifest = http.get("/web/sdk/package.json")
+        assert manifest.status_code == 200
+        assert manifest.json()["name"] == "@crdt-sync/sdk"
