@@ -550,9 +550,11 @@ async def _true(value: Any) -> bool:
 
 
 class RestartedBoard(Board):
-    # While the server is down Chromium logs the refused connections.
+    # While the server stops it answers 503 (shutting down); while it is down Chromium
+    # logs the refused connections.
     EXPECTED_CONSOLE = (
         *Board.EXPECTED_CONSOLE,
+        "responded with a status of 503",
         "ERR_CONNECTION_REFUSED",
         "WebSocket connection to",
     )

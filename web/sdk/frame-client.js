@@ -50,8 +50,9 @@ import { openSse, openWebSocket } from './transport.js'
  * The state of the offline queue.
  * @typedef {object} QueueInfo
  * @property {number} pending Mutations not yet acknowledged.
- * @property {'idle' | 'sending' | 'offline' | 'blocked'} state `offline`: the last
- *   attempt failed, a retry is scheduled; `blocked`: waiting for a token.
+ * @property {'idle' | 'sending' | 'offline' | 'blocked'} state `sending`: a request is
+ *   in flight; `offline`: the last attempt failed, a retry is scheduled (or in flight);
+ *   `blocked`: waiting for a token.
  * @property {'indexeddb' | 'memory' | 'loading'} storage
  */
 
@@ -192,6 +193,7 @@ class FrameClientImpl {
     this._types = types && types.length ? [...types] : null
     this._getToken = o.getToken || null
     this._WebSocket = o.WebSocket !== undefined ? o.WebSocket : globalThis.WebSocket
+    if (!o.fetch && typeof globalThis.fetch !== 'function') throw new TypeError('createFrameClient needs a fetch (option or globalThis.fetch)')
     this._fetch = o.fetch || globalThis.fetch.bind(globalThis)
     this._indexedDB = o.indexedDB
     this._transportMode = o.transport || 'auto'
@@ -396,7 +398,11 @@ class FrameClientImpl {
     const generation = this._generation
     this._setState('syncing')
     try {
+      // Catch up over HTTP first: the pool is current before the feed opens, and a
+      // server that answers HTTP but refuses the WebSocket (a proxy) is told apart
+      // from one that is down (only the former counts towards the SSE fallback).
       if (this._needBootstrap) await this._bootstrap()
+      else await this.catchUp()
     } catch (error) {
       this._connecting = false
       if (generation !== this._generation) return
@@ -847,7 +853,9 @@ class FrameClientImpl {
   async _flushOnce (generation) {
     const batch = this._pool.queued.slice(0, this._batchSize)
     if (!batch.length) return
-    this._queueState = 'sending'
+    // After a failure the queue stays `offline` while it retries (no flicker between
+    // offline and sending every few hundred ms); `sending` is a first attempt.
+    if (this._queueState !== 'offline') this._queueState = 'sending'
     this._emitQueue()
     let response
     let body

@@ -75,6 +75,16 @@ export function recordingWebSocket (attempts) {
   }
 }
 
+/** A fetch that records when each reconnect attempt starts: its catch-up request
+ * (`/sync/v1/delta`, or `/sync/v1/records` for a bootstrap), the first of every attempt. */
+export function recordingFetch (attempts) {
+  return (resource, init) => {
+    const path = new URL(String(resource)).pathname
+    if (path === '/sync/v1/delta' || path === '/sync/v1/records') attempts.push(Date.now())
+    return fetch(resource, init)
+  }
+}
+
 /** GET a JSON endpoint of the server (with a token if given). */
 export async function getJson (url, path, token) {
   let response

@@ -4,11 +4,12 @@
 //
 // All clients are online ('ready'); the test stops the server, which closes every
 // feed at once. Each client records when it noticed (its state left `online`) and
-// when each of its WebSocket attempts started. Once all are offline ('all_offline')
+// when each of its reconnect attempts started (its catch-up request, the first of
+// each). Once all are offline ('all_offline')
 // the test restarts the server and says so on stdin ('restarted <epoch ms>'); the
 // clients come back and a record inserted by one of them reaches all ('result').
 import {
-  command, createFrameClient, emit, hardTimeout, parseArgs, poolOf, recordingWebSocket, run,
+  WebSocket, command, createFrameClient, emit, hardTimeout, parseArgs, poolOf, recordingFetch, run,
   sameJson, serverRecords, until
 } from './sdk_lib.mjs'
 
@@ -24,7 +25,8 @@ run(async () => {
     entry.client = createFrameClient({
       url,
       types: [t],
-      WebSocket: recordingWebSocket(attempts),
+      WebSocket,
+      fetch: recordingFetch(attempts),
       indexedDB: null,
       clientId: `spread-${i}`,
       // The heartbeat is not what this measures: long enough never to fire here.
