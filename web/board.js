@@ -4,7 +4,8 @@
 // WebSocket or SSE, optimistic changes as HTTP mutations kept in an offline queue in
 // IndexedDB and replayed exactly once, reconnect with jittered backoff, heartbeat).
 // This file is the page: columns, cards, notices, presence, forms.
-// The access token (auth.js) is handed to the SDK, which sends it on every request.
+// The access token (auth.js) is handed to the SDK, which sends it on every request
+// (Bearer on HTTP, ?token= on the frame socket).
 
 import { createFrameClient } from './sdk/index.js'
 import { bindTokenForm, getToken, onTokenChange } from './auth.js'
@@ -147,6 +148,8 @@ function startClient () {
     token: getToken(),
     types: [T],
     clientId,
+    // As the editor's y-websocket does (auth.js): `?token=` on the socket.
+    wsTokenIn: 'query',
     queueName: (identity) => `${QUEUE_KEY}:${identity}`,
     // The server wants a fresh token (4401, HTTP 401): ask the person; the client
     // stops until the token form gives one (onTokenChange below).

@@ -74,6 +74,8 @@ import { openSse, openWebSocket } from './transport.js'
  * @property {'auto' | 'ws' | 'sse'} [transport] `auto` (default): WebSocket, SSE when
  *   there is no WebSocket or it fails `wsFailuresBeforeSse` times in a row without opening.
  * @property {number} [wsFailuresBeforeSse=2]
+ * @property {'subprotocol' | 'query'} [wsTokenIn='subprotocol'] How the WebSocket carries the
+ *   token: the `bearer.<token>` subprotocol, or `?token=` in its URL.
  * @property {string} [clientId] Sent as `client_id` with mutations (default: random).
  * @property {string | ((identity: string) => string)} [queueName] The offline queue's
  *   name (default `crdt-sync.queue:<org/sub of the token>`: one queue per identity, so a
@@ -198,6 +200,7 @@ class FrameClientImpl {
     this._indexedDB = o.indexedDB
     this._transportMode = o.transport || 'auto'
     this._wsFailuresBeforeSse = o.wsFailuresBeforeSse ?? 2
+    this._wsTokenIn = o.wsTokenIn || 'subprotocol'
     this.clientId = o.clientId || `sdk-${randomId(12)}`
     this._queueName = o.queueName || ((/** @type {string} */ identity) => `crdt-sync.queue:${identity}`)
     this._pingInterval = o.pingInterval ?? 15000
@@ -453,7 +456,7 @@ class FrameClientImpl {
     if (useWs) {
       const url = this._endpoint('ws?' + query)
       url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
-      conn = openWebSocket({ url, token: this._token, WebSocket: this._WebSocket }, handlers)
+      conn = openWebSocket({ url, token: this._token, WebSocket: this._WebSocket, tokenIn: this._wsTokenIn }, handlers)
     } else {
       conn = openSse({ url: this._endpoint('events?' + query), token: this._token, fetch: this._fetch }, handlers)
     }

@@ -32,15 +32,22 @@ import { SseParser } from './sse.js'
  */
 
 /**
- * The frame WebSocket. A token is offered as the `bearer.<token>` subprotocol next to
- * `crdt-sync` (browsers cannot set an Authorization header on a WebSocket, and this
- * keeps the token out of URLs and access logs).
- * @param {{url: string | URL, token?: string | null, WebSocket: any}} options
+ * The frame WebSocket. Browsers cannot set an Authorization header on a WebSocket, so
+ * a token is offered as the `bearer.<token>` subprotocol next to `crdt-sync` (the
+ * default: it keeps the token out of URLs), or with `tokenIn: 'query'` as `?token=`.
+ * @param {{url: string | URL, token?: string | null, WebSocket: any, tokenIn?: 'subprotocol' | 'query'}} options
  * @param {TransportHandlers} handlers
  * @returns {Transport}
  */
-export function openWebSocket ({ url, token, WebSocket }, handlers) {
-  const ws = token ? new WebSocket(String(url), ['crdt-sync', `bearer.${token}`]) : new WebSocket(String(url))
+export function openWebSocket ({ url, token, WebSocket, tokenIn = 'subprotocol' }, handlers) {
+  let ws
+  if (token && tokenIn === 'query') {
+    const withToken = new URL(String(url))
+    withToken.searchParams.set('token', token)
+    ws = new WebSocket(String(withToken))
+  } else {
+    ws = token ? new WebSocket(String(url), ['crdt-sync', `bearer.${token}`]) : new WebSocket(String(url))
+  }
   let opened = false
   let done = false
   ws.onopen = () => {
