@@ -609,3 +609,31 @@ async def test_goes_offline_and_online_across_a_server_restart_applying_the_queu
         applied = [f for f in await frames(http) if f["ctx"].get("client_tx_id") in tx_ids]
         assert [f["ctx"]["client_tx_id"] for f in applied] == tx_ids, "each applied once, in order"
     await board.close()
+
+
+async def test_tabs_share_the_offline_queue(browser: Browser, server_factory: Any) -> None:
+    """Two tabs of one browser (one origin, one identity) share the stored queue: a
+    change queued in a tab that cannot reach the server shows in the other, which
+    sends it; the first tab then sees it applied. Applied once either way."""
+    server = server_factory(*FAST)
+    board = await Board.open(browser, server, "jo")
+    await board.page.route("**/sync/v1/mutations", lambda route: route.abort())
+    other = Board(board.context, await board.context.new_page())
+    await other.goto(server)
+    await board.page.fill("#new-id", "shared")
+    await board.page.fill("#new-title", "Queued in one tab")
+    await board.page.press("#new-title", "Enter")
+    # The other tab sends it (its mutations are not cut off); both end with it applied.
+    await expect(other.in_column("open", "shared")).to_be_visible()
+    await expect(board.in_column("open", "shared")).not_to_have_attribute("data-pending", "create")
+    await expect(board.page.locator("#outbox")).to_be_hidden()
+    await expect(other.page.locator("#outbox")).to_be_hidden()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        assert (await records(http)) == {"shared": {"title": "Queued in one tab", "status": "open"}}
+        applied = [f for f in await frames(http) if f["id"] == "shared"]
+        assert [f["op"] for f in applied] == ["i"], applied
+        # Made in the first tab (its client_tx_id), sent by the other (its client_id).
+        assert applied[0]["ctx"]["client_tx_id"].startswith(await board.client_id())
+        assert applied[0]["ctx"]["client_id"] == await other.client_id()
+    assert other.errors == []
+    await board.close()

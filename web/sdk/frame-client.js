@@ -188,8 +188,9 @@ class FrameClientImpl {
     if (!options || !options.url) throw new TypeError('createFrameClient needs {url}')
     const o = options
     const base = String(o.url)
-    this._base = base.endsWith('/') ? base : base + '/'
-    new URL(this._base) // eslint-disable-line no-new -- throws now on a bad url
+    // A relative url (in a page: '/', '..') is the page's server; a bad one throws now.
+    const page = globalThis.location ? globalThis.location.href : undefined
+    this._base = new URL(base.endsWith('/') ? base : base + '/', page).href
     this._token = o.token || null
     const types = typeof o.types === 'string' ? [o.types] : o.types
     this._types = types && types.length ? [...types] : null
@@ -400,6 +401,7 @@ class FrameClientImpl {
     this._connecting = true
     const generation = this._generation
     this._setState('syncing')
+    const what = this._needBootstrap ? 'bootstrap' : 'catch-up'
     try {
       // Catch up over HTTP first: the pool is current before the feed opens, and a
       // server that answers HTTP but refuses the WebSocket (a proxy) is told apart
@@ -409,7 +411,7 @@ class FrameClientImpl {
     } catch (error) {
       this._connecting = false
       if (generation !== this._generation) return
-      this._httpFailed(error, 'bootstrap')
+      this._httpFailed(error, what)
       return
     }
     this._connecting = false
@@ -453,12 +455,22 @@ class FrameClientImpl {
     }
     this._lastError = null
     let conn
-    if (useWs) {
-      const url = this._endpoint('ws?' + query)
-      url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
-      conn = openWebSocket({ url, token: this._token, WebSocket: this._WebSocket, tokenIn: this._wsTokenIn }, handlers)
-    } else {
-      conn = openSse({ url: this._endpoint('events?' + query), token: this._token, fetch: this._fetch }, handlers)
+    try {
+      if (useWs) {
+        const url = this._endpoint('ws?' + query)
+        url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
+        conn = openWebSocket({ url, token: this._token, WebSocket: this._WebSocket, tokenIn: this._wsTokenIn }, handlers)
+      } else {
+        conn = openSse({ url: this._endpoint('events?' + query), token: this._token, fetch: this._fetch }, handlers)
+      }
+    } catch (error) {
+      // A WebSocket constructor that throws (a blocked scheme, a bad subprotocol): as
+      // if it had failed to open.
+      this._report({ code: 1006, error: 'transport_failed', detail: String(error), fatal: false })
+      if (useWs) this._wsFailures++
+      this._setState('offline')
+      this._scheduleReconnect(this._backoff.nextDelay())
+      return
     }
     this._conn = conn
     clearInterval(this._timers.tick)
@@ -768,6 +780,7 @@ class FrameClientImpl {
   _mutate (op, t, id, fields) {
     if (typeof t !== 'string' || !t || t.includes('/')) throw new TypeError(`a record type is a non-empty string without "/", got ${JSON.stringify(t)}`)
     if (typeof id !== 'string' || !id) throw new TypeError(`a record id is a non-empty string, got ${JSON.stringify(id)}`)
+    if (this._types && !this._types.includes(t)) throw new TypeError(`type ${JSON.stringify(t)} is not one of this client's types (${this._types.join(', ')})`)
     if (op !== 'd' && (!fields || typeof fields !== 'object' || Array.isArray(fields))) throw new TypeError('fields must be an object')
     if (this._closed) throw new Error('the client is closed')
     this._txCounter += 1
@@ -809,7 +822,10 @@ class FrameClientImpl {
       const early = this._pool.queued.filter((m) => !seen.has(m.client_tx_id))
       for (const m of early) await store.add(m)
       const keys = this._pool.setQueued([...stored, ...early])
-      store.onExternalChange(() => this._reloadQueue(store))
+      // After this tab's own pending writes: a reload never drops a change not yet stored.
+      store.onExternalChange(() => {
+        this._persist = this._persist.then(() => this._reloadQueue(store)).catch((e) => this._storageFailed(e))
+      })
       this._emit('change', { keys, reset: false })
       this._emitQueue()
       this._flush()

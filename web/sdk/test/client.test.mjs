@@ -60,10 +60,14 @@ test('bad arguments are refused at once', () => {
     assert.throws(() => client.save('task/x', 'a', {}), TypeError)
     assert.throws(() => client.save('task', '', {}), TypeError)
     assert.throws(() => client.insert('task', 'a', null), TypeError)
+    const typed = createFrameClient({ url: 'http://127.0.0.1:9', types: ['task'], fetch: unreachable([]), WebSocket: null, indexedDB: null })
+    assert.throws(() => typed.save('note', 'a', {}), /not one of this client's types/)
+    typed.close()
   } finally {
     client.close()
   }
   assert.throws(() => createFrameClient({}), TypeError)
+  assert.throws(() => createFrameClient({ url: '/relative', fetch: unreachable([]) }), TypeError, 'no page to resolve it against')
 })
 
 test('tokenIdentity: org/sub of a JWT, open without one', () => {
