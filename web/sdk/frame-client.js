@@ -254,7 +254,8 @@ class FrameClientImpl {
     }
     this._persist = Promise.resolve()
     this._openQueue()
-    this._connect()
+    // Next microtask: listeners added right after createFrameClient() see `syncing`.
+    queueMicrotask(() => this._connect())
   }
 
   // ---- public -------------------------------------------------------------------
