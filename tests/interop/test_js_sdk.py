@@ -310,3 +310,18 @@ def test_the_app_serves_the_sdk_as_javascript_modules(server: Any) -> None:
         manifest = http.get("/web/sdk/package.json")
         assert manifest.status_code == 200
         assert manifest.json()["name"] == "@crdt-sync/sdk"
+
+
+# -- 4429: rate limited -------------------------------------------------------------------
+
+
+def test_4429_waits_at_least_retry_after(server_factory: Any, node: Any) -> None:
+    server = server_factory(*FAST, "--rate-limit-ws-messages", "5", "--rate-limit-window", "3")
+    result = node.run("sdk_rate_limit.mjs", server.url, "task", timeout=40)["result"]
+    limited = result["limited"]
+    assert limited["error"] == "rate_limited" and not limited["fatal"], result
+    # The server's retry_after (whole seconds, >= 1) is the floor of the next delay,
+    # far above the client's own backoff ceiling (100 ms).
+    print("rate limited: waited", result["waited_ms"], "ms before the next attempt")
+    assert limited["retryAfter"] >= 1000, result
+    assert result["waited_ms"] >= limited["retryAfter"] - 5, result  # 5 ms: clock rounding

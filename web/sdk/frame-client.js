@@ -31,6 +31,7 @@ import { openSse, openWebSocket } from './transport.js'
  * @property {string} error A short machine reason (`forbidden`, `token_expired`, ...).
  * @property {string} detail For a person.
  * @property {boolean} fatal The client stopped (until `setToken` or `reconnect`).
+ * @property {number} [retryAfter] ms the server asked to wait (4429, 429).
  */
 
 /**
@@ -567,7 +568,12 @@ class FrameClientImpl {
       const seconds = error && typeof error.retry_after === 'number' ? error.retry_after * 1000 : null
       atLeast = info.retryAfter ?? seconds ?? this._backoff.base
     }
-    if (code >= 4000 && code !== 4000) this._report({ code, error: (error && error.error) || `closed_${code}`, detail, fatal: false })
+    if (code >= 4000 && code !== 4000) {
+      /** @type {ClientError} */
+      const report = { code, error: (error && error.error) || `closed_${code}`, detail, fatal: false }
+      if (atLeast) report.retryAfter = atLeast
+      this._report(report)
+    }
     this._setState('offline')
     this._scheduleReconnect(this._backoff.nextDelay({ atLeast }))
   }
