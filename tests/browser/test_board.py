@@ -637,3 +637,35 @@ async def test_tabs_share_the_offline_queue(browser: Browser, server_factory: An
         assert applied[0]["ctx"]["client_id"] == await other.client_id()
     assert other.errors == []
     await board.close()
+
+
+async def test_the_sdk_follows_the_feed_over_sse_in_chromium(
+    browser: Browser, server_factory: Any
+) -> None:
+    """The SDK's SSE transport (fetch-stream, Bearer-capable) in a real browser: a
+    client made in the board's page with no WebSocket at all."""
+    server = server_factory(*FAST)
+    board = await Board.open(browser, server, "kim")
+    page = board.page
+    await page.evaluate(
+        """async () => {
+            const { createFrameClient } = await import('/web/sdk/index.js')
+            const options = { url: location.origin, types: ['sse'], WebSocket: null }
+            window.sse = createFrameClient(options)
+        }"""
+    )
+    await page.wait_for_function("() => window.sse.state === 'online'", timeout=WAIT_MS)
+    assert await page.evaluate("() => window.sse.transport") == "sse"
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        [made] = await mutate(http, {"t": "sse", "id": "s1", "op": "i", "p": {"n": 1}})
+        await page.wait_for_function(
+            "(sid) => window.sse.lastSid >= sid && window.sse.get('sse', 's1')", arg=made["sid"]
+        )
+        answer = await page.evaluate("() => window.sse.save('sse', 's1', {n: 2})")
+        assert answer["status"] == 200
+        await page.wait_for_function(
+            "(sid) => window.sse.confirmed('sse', 's1')?.sid === sid", arg=answer["sid"]
+        )
+        assert (await records(http, "sse")) == {"s1": {"n": 2}}
+    await page.evaluate("() => window.sse.close()")
+    await board.close()
