@@ -141,6 +141,7 @@ const serverUrl = new URL('..', window.location.href)
 
 let client = null
 let tokenForm = { needed () {} }
+let askedFor = null // the queue's last refusal the token form was shown for
 
 function startClient () {
   client = createFrameClient({
@@ -162,7 +163,14 @@ function startClient () {
     }
   })
   client.onChange(scheduleRender)
-  client.onQueueChange(scheduleRender)
+  client.onQueueChange((queue) => {
+    scheduleRender()
+    // Refused for the token (HTTP 401 / 403): the changes stay queued until a new one.
+    if (queue.state === 'blocked' && queue.error && queue.error !== askedFor) {
+      askedFor = queue.error
+      tokenForm.needed(`Not saved (${queue.error.code - 4000}: ${queue.error.detail})`)
+    }
+  })
   client.onStateChange(showState)
   client.onPresence(onPresence)
   client.onConflict((t, id, fields, { result }) => {

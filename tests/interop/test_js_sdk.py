@@ -325,3 +325,18 @@ def test_4429_waits_at_least_retry_after(server_factory: Any, node: Any) -> None
     print("rate limited: waited", result["waited_ms"], "ms before the next attempt")
     assert limited["retryAfter"] >= 1000, result
     assert result["waited_ms"] >= limited["retryAfter"] - 5, result  # 5 ms: clock rounding
+
+
+def test_a_read_only_token_blocks_the_queue_but_not_the_feed(
+    server_factory: Any, node: Any
+) -> None:
+    server = server_factory(*FAST, "--auth-secret", SECRET)
+    params = {"case": "read_only", "token": token(sub="viewer", mode="read", ttl=600)}
+    result = node.run("sdk_auth.mjs", server.url, "task", params, timeout=30)["result"]
+    assert result["state"] == "online" and result["error"] is None, result
+    queue = result["queue"]
+    assert queue["state"] == "blocked" and queue["pending"] == 1, result
+    assert queue["error"]["code"] == 4403, result
+    assert result["pool"] == {"x": {"n": 1}}, "still shown, still queued"
+    assert result["asked"] == [], "a 403 is not a token to refresh"
+    assert records(server, "task", Authorization=f"Bearer {params['token']}") == {}

@@ -55,6 +55,7 @@ import { openSse, openWebSocket } from './transport.js'
  *   in flight; `offline`: the last attempt failed, a retry is scheduled (or in flight);
  *   `blocked`: waiting for a token.
  * @property {'indexeddb' | 'memory' | 'loading'} storage
+ * @property {ClientError | null} error Why it is blocked.
  */
 
 /**
@@ -242,6 +243,10 @@ class FrameClientImpl {
     /** @type {QueueInfo['state']} */
     this._queueState = 'idle'
     this._renewing = false
+    /** @type {Promise<void> | null} */
+    this._tokenAsk = null
+    /** @type {ClientError | null} */
+    this._queueError = null
     this._generation = 0
 
     this._listeners = {
@@ -269,7 +274,8 @@ class FrameClientImpl {
     return {
       pending: this._pool.queued.length,
       state: this._queueState,
-      storage: this._store ? this._store.kind : 'loading'
+      storage: this._store ? this._store.kind : 'loading',
+      error: this._queueState === 'blocked' ? this._queueError : null
     }
   }
 
@@ -329,8 +335,12 @@ class FrameClientImpl {
     return applied
   }
 
-  /** Send the queue now (a retry button). */
+  /** Send the queue now (a retry button; also after it was blocked by a 401/403). */
   flush () {
+    if (this._queueState === 'blocked') {
+      this._queueState = 'idle'
+      this._queueError = null
+    }
     this._flushBackoff.reset()
     clearTimeout(this._timers.flush)
     return this._flush()
@@ -590,6 +600,12 @@ class FrameClientImpl {
   _stop (error) {
     this._stopped = true
     clearTimeout(this._timers.reconnect)
+    if (this._conn) {
+      const conn = this._conn
+      this._conn = null
+      clearInterval(this._timers.tick)
+      conn.close()
+    }
     this._report(error)
     this.error = error
     this._setState('offline')
@@ -599,7 +615,16 @@ class FrameClientImpl {
    * The server wants a (fresh) token: ask `getToken`; none: stop until `setToken()`.
    * @param {ClientError} error
    */
-  async _askToken (error) {
+  _askToken (error) {
+    // The feed (4401) and the queue (HTTP 401) may both ask at once: one question.
+    if (!this._tokenAsk) {
+      this._tokenAsk = this._askTokenOnce(error).finally(() => { this._tokenAsk = null })
+    }
+    return this._tokenAsk
+  }
+
+  /** @param {ClientError} error */
+  async _askTokenOnce (error) {
     const generation = this._generation
     this._report(error)
     let token = null
@@ -614,6 +639,7 @@ class FrameClientImpl {
     if (!token) {
       this._stop({ ...error, fatal: true })
       this._queueState = 'blocked'
+      this._queueError = { ...error, fatal: true }
       this._emitQueue()
       return
     }
@@ -627,7 +653,11 @@ class FrameClientImpl {
     // A jittered delay, not 0: a getToken that keeps answering a refused token must
     // not turn into a tight loop.
     this._scheduleReconnect(this._backoff.nextDelay())
-    if (this._queueState === 'blocked') this.flush()
+    if (this._queueState === 'blocked') {
+      this._queueState = 'idle'
+      this._queueError = null
+      this.flush()
+    }
   }
 
   /** @param {number | null | undefined} expiresIn seconds */
@@ -675,6 +705,7 @@ class FrameClientImpl {
     this.bootstrapped = false
     const keys = this._pool.clear()
     if (this._queueState === 'blocked') this._queueState = 'idle'
+    this._queueError = null
     if (switchQueue) {
       // The previous identity's changes stay in its own stored queue, never sent with this token.
       for (const key of this._pool.setQueued([])) keys.add(key)
@@ -902,11 +933,14 @@ class FrameClientImpl {
     if (generation !== this._generation) return
     const status = response.status
     if (status === 401 || status === 403) {
-      // Not this batch's fault: it stays queued until a token is given.
+      // Not this batch's fault: it stays queued until a token is given. 401: ask for
+      // one; 403 (a token that may read but not write): the feed goes on, the queue
+      // waits for setToken().
       this._queueState = 'blocked'
       const error = { code: 4000 + status, error: (body && body.error) || 'unauthorized', detail: `mutations: ${(body && body.detail) || 'refused'}`, fatal: status === 403 }
-      if (status === 401) this._askToken(error)
-      else this._stop(error)
+      this._queueError = error
+      if (status === 401) this._askToken({ ...error, fatal: false })
+      else this._report(error)
       return
     }
     const hasResults = body && Array.isArray(body.results)

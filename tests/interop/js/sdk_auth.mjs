@@ -7,6 +7,8 @@
 // bad_token: the first token is refused (HTTP 401 on the bootstrap): getToken is asked.
 // forbidden: getToken answers another actor's token; the client renews in band, the
 //   server closes 4403; the client stops: offline, the error exposed, no reconnect.
+// read_only: a token that may read but not write: the feed stays online, a save is
+//   refused (HTTP 403) and stays queued (and shown), the queue `blocked`.
 import {
   WebSocket, createFrameClient, emit, hardTimeout, parseArgs, poolOf, recordingWebSocket, run,
   sameJson, serverRecords, until
@@ -49,6 +51,13 @@ run(async () => {
   }
 
   await until(() => client.state === 'online', 'online', 20000, () => JSON.stringify(client.error))
+  if (params.case === 'read_only') {
+    client.insert(t, 'x', { n: 1 })
+    await until(() => client.queue.state === 'blocked', 'the queue to be blocked', 20000)
+    emit('result', { state: client.state, queue: client.queue, pool: poolOf(client, t), asked, error: client.error })
+    client.close()
+    return
+  }
   const before = await client.insert(t, 'x', { n: 1 })
   emit('online', { asked: asked.length, sid: before.sid })
   if (params.case === 'expiry') {
