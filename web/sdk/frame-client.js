@@ -983,7 +983,11 @@ class FrameClientImpl {
     this._queueState = 'offline'
     this._report(error)
     clearTimeout(this._timers.flush)
-    this._timers.flush = setTimeout(() => this._flush(), this._flushBackoff.nextDelay({ atLeast }))
+    // "Equal jitter": at least half the ceiling. A failed POST is not repeated at once;
+    // spreading a crowd is the feed's job (its reconnect, fully jittered, flushes too).
+    const half = this._flushBackoff.ceiling() / 2
+    const delay = Math.max(atLeast, half + this._flushBackoff.nextDelay() / 2)
+    this._timers.flush = setTimeout(() => this._flush(), delay)
   }
 
   /**
