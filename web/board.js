@@ -159,7 +159,11 @@ function startClient () {
       return null
     },
     onError: (error) => {
-      if (!error.fatal && error.code !== 1006 && error.code !== 4408) console.warn('frame feed:', error.error, error.detail)
+      if (error.error === 'busy' && client && client.state !== 'online') {
+        setStatus('connecting', `Server busy, retrying in ${Math.ceil(error.retryAfter / 1000)} s…`)
+      } else if (!error.fatal && error.code !== 1006 && error.code !== 4408) {
+        console.warn('frame feed:', error.error, error.detail)
+      }
     }
   })
   client.onChange(scheduleRender)

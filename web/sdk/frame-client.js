@@ -742,6 +742,7 @@ class FrameClientImpl {
       if (response.status === 429 && attempt < 20 && !this._closed) {
         const wait = retryAfterMs(response.headers.get('Retry-After')) ??
           (body && body.retry_after_ms) ?? 1000
+        this._report({ code: 4429, error: 'busy', detail: `${path.split('?')[0]}: the server asks to wait ${wait} ms`, fatal: false, retryAfter: wait })
         await new Promise((resolve) => setTimeout(resolve, wait))
         continue
       }
