@@ -247,7 +247,7 @@ def test_sse_when_the_websocket_is_unavailable(server_factory: Any, node: Any, m
 
 def test_4401_asks_for_a_token_and_comes_back(server_factory: Any, node: Any) -> None:
     server = server_factory(*FAST, "--auth-secret", SECRET)
-    short = token(sub="alice", ttl=3)
+    short = token(sub="alice", ttl=6)
     fresh = token(sub="alice", ttl=600)
     scenario = node.start(
         "sdk_auth.mjs",
