@@ -592,7 +592,6 @@ class FrameClientImpl {
   _scheduleReconnect (delay) {
     clearTimeout(this._timers.reconnect)
     if (this._closed || this._stopped) return
-    this.nextReconnectDelay = delay
     this._timers.reconnect = setTimeout(() => this._connect(), delay)
   }
 
