@@ -1,30 +1,24 @@
 // The live record board: the records of one type as cards in columns by their
-// `status` field, kept current by the SyncFrame feed. No CRDT code and no
-// dependencies: bootstrap over HTTP (`/sync/v1/records`), frames over a
-// WebSocket (`/sync/v1/ws`), changes as HTTP mutations, queued in localStorage
-// while the server cannot be reached and replayed (idempotently) later.
-// The access token (auth.js) rides on every request: Bearer on fetch, ?token= on the socket.
+// `status` field, kept current by the SyncFrame feed. No CRDT code: the sync loop is
+// the SDK's (/web/sdk/index.js: bootstrap over `/sync/v1/records`, frames over the
+// WebSocket or SSE, optimistic changes as HTTP mutations kept in an offline queue in
+// IndexedDB and replayed exactly once, reconnect with jittered backoff, heartbeat).
+// This file is the page: columns, cards, notices, presence, forms.
+// The access token (auth.js) is handed to the SDK, which sends it on every request
+// (Bearer on HTTP, ?token= on the frame socket).
 
-import {
-  AUTH_CLOSE_CODES, AUTH_STATUSES, authHeaders, bindTokenForm, onTokenChange, tokenIdentity, withToken
-} from './auth.js'
+import { createFrameClient } from './sdk/index.js'
+import { bindTokenForm, getToken, onTokenChange } from './auth.js'
 
 const COLUMNS = ['open', 'doing', 'done']
 const OTHER = 'other'
 const DEFAULT_TYPE = 'task'
-const PAGE_LIMIT = 100
-const PING_MS = 15000 // ping the frame socket this often
-const DEAD_MS = 30000 // no message for this long: the socket is dead
-const BACKOFF_MIN_MS = 500
-const BACKOFF_MAX_MS = 15000
-const MAX_BATCH = 100 // mutations per POST
 const TOAST_MS = 8000
 const USER_KEY = 'crdt-sync.user' // shared with the editor: {name, color}
 const CLIENT_KEY = 'crdt-sync.board.client_id' // sessionStorage: one per tab
-const QUEUE_KEY = 'crdt-sync.board.outbox' // localStorage: survives reloads
-/** One outbox per identity (org/sub of the token): changes queued under one token are
- * never sent with another's (another tenant's, another user's). */
-const queueKey = () => `${QUEUE_KEY}:${tokenIdentity()}`
+/** The offline queue (an IndexedDB database) of one identity (org/sub of the token):
+ * changes queued under one token are never sent with another's. */
+const QUEUE_KEY = 'crdt-sync.board.outbox'
 const HIDDEN_FIELDS = new Set(['title', 'status', 'body'])
 
 const COLORS = [
@@ -56,17 +50,11 @@ const els = {
 // ---- small helpers -------------------------------------------------------------
 
 const pick = (list) => list[Math.floor(Math.random() * list.length)]
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** `n` random base-36 characters (crypto.getRandomValues works outside secure contexts too). */
 function randomId (n) {
   const bytes = crypto.getRandomValues(new Uint8Array(n))
   return Array.from(bytes, (b) => (b % 36).toString(36)).join('')
-}
-
-function backoff (attempt) {
-  const ms = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt)
-  return ms / 2 + Math.random() * ms / 2
 }
 
 /** Same checks as the server's doc names: 1–512 characters, no control characters. */
@@ -146,237 +134,62 @@ function loadUser () {
 
 const user = loadUser()
 
-// ---- the records: bootstrap + frames ---------------------------------------------
+// ---- the sync client ------------------------------------------------------------
 
-/** id -> {id, fields, sid}: what the server says, as of the frames applied. */
-const records = new Map()
-/** id -> newest sid applied to that record (kept after a delete, so old frames stay ignored). */
-const recordSids = new Map()
-/** The newest sid applied (the `since` of the next reconnect). */
-let lastSid = 0
-let bootstrapped = false
+/** The server of this page, so a path prefix in front keeps working (/prefix/web/board.html). */
+const serverUrl = new URL('..', window.location.href)
 
-function applyFrames (frames) {
-  for (const frame of frames) {
-    if (!frame || typeof frame.sid !== 'number' || typeof frame.id !== 'string') continue
-    if (frame.sid > lastSid) lastSid = frame.sid
-    if (frame.t !== T) continue
-    if (frame.sid <= (recordSids.get(frame.id) ?? -1)) continue // already applied
-    recordSids.set(frame.id, frame.sid)
-    const p = frame.p && typeof frame.p === 'object' ? frame.p : {}
-    if (frame.op === 'd') {
-      records.delete(frame.id)
-    } else if (frame.op === 'i') {
-      records.set(frame.id, { id: frame.id, fields: merge({}, p), sid: frame.sid })
-    } else if (frame.op === 'u') {
-      const record = records.get(frame.id) || { id: frame.id, fields: {} }
-      merge(record.fields, p)
-      record.sid = frame.sid
-      records.set(frame.id, record)
+let client = null
+let tokenForm = { needed () {} }
+let askedFor = null // the queue's last refusal the token form was shown for
+
+function startClient () {
+  client = createFrameClient({
+    url: serverUrl,
+    token: getToken(),
+    types: [T],
+    clientId,
+    // As the editor's y-websocket does (auth.js): `?token=` on the socket.
+    wsTokenIn: 'query',
+    queueName: (identity) => `${QUEUE_KEY}:${identity}`,
+    // The server wants a fresh token (4401, HTTP 401): ask the person; the client
+    // stops until the token form gives one (onTokenChange below).
+    getToken: ({ reason }) => {
+      tokenForm.needed(`Refused (${reason})`)
+      return null
+    },
+    onError: (error) => {
+      if (error.error === 'busy' && client && client.state !== 'online') {
+        setStatus('connecting', `Server busy, retrying in ${Math.ceil(error.retryAfter / 1000)} s…`)
+      } else if (!error.fatal && error.code !== 1006 && error.code !== 4408) {
+        console.warn('frame feed:', error.error, error.detail)
+      }
     }
-  }
-  settleAwaiting()
-  scheduleRender()
-}
-
-/** `u` semantics: set every field of `p`, remove those that are null. */
-function merge (fields, p) {
-  for (const [key, value] of Object.entries(p)) {
-    if (value === null) delete fields[key]
-    else fields[key] = value
-  }
-  return fields
-}
-
-class HttpError extends Error {
-  constructor (status, body) {
-    super((body && body.detail) || `HTTP ${status}`)
-    this.status = status
-    this.body = body
-  }
-}
-
-/** GET a feed endpoint as JSON, waiting out 429s as the server asks. */
-async function getJson (path) {
-  for (;;) {
-    const response = await fetch(api(path), { headers: authHeaders({ 'X-Client-Id': clientId }) })
-    const body = await response.json().catch(() => null)
-    if (response.status === 429) {
-      const header = Number(response.headers.get('Retry-After'))
-      const wait = header > 0 ? header * 1000 : (body && body.retry_after_ms) || 1000
-      setStatus('connecting', `Server busy, retrying in ${Math.ceil(wait / 1000)} s…`)
-      await sleep(wait)
-      continue
+  })
+  client.onChange(scheduleRender)
+  client.onQueueChange((queue) => {
+    scheduleRender()
+    // Refused for the token (HTTP 401 / 403): the changes stay queued until a new one.
+    if (queue.state === 'blocked' && queue.error && queue.error !== askedFor) {
+      askedFor = queue.error
+      tokenForm.needed(`Not saved (${queue.error.code - 4000}: ${queue.error.detail})`)
     }
-    if (!response.ok) throw new HttpError(response.status, body)
-    return body
-  }
-}
-
-/** All records of type T, page by page; the feed continues from the first page's sid. */
-async function bootstrap () {
-  setStatus('connecting', 'Loading records…')
-  const fresh = []
-  let since = null
-  let cursor = null
-  do {
-    const query = new URLSearchParams({ t: T, limit: String(PAGE_LIMIT) })
-    if (cursor) query.set('cursor', cursor)
-    const page = await getJson('records?' + query)
-    if (since === null) since = page.sid
-    fresh.push(...page.records.filter((record) => record.t === T))
-    cursor = page.next_cursor
-  } while (cursor)
-  records.clear()
-  recordSids.clear()
-  for (const record of fresh) {
-    records.set(record.id, { id: record.id, fields: { ...record.fields }, sid: record.sid })
-    recordSids.set(record.id, record.sid)
-  }
-  lastSid = since
-  bootstrapped = true
-  settleAwaiting()
-  scheduleRender()
-}
-
-// ---- the frame WebSocket ---------------------------------------------------------
-
-/** A URL of the server relative to this page, so a path prefix in front keeps working. */
-function api (path) {
-  return new URL('../sync/v1/' + path, window.location.href)
-}
-
-let socket = null // the current frame socket (null while disconnected)
-let needBootstrap = true
-let reconnectAttempt = 0
-let reconnectTimer = null
-let connecting = false
-
-async function connect () {
-  clearTimeout(reconnectTimer)
-  if (connecting || socket) return
-  connecting = true
-  try {
-    if (needBootstrap) {
-      await bootstrap()
-      needBootstrap = false
-    }
-  } catch (error) {
-    connecting = false
-    if (error instanceof HttpError && error.status === 400) {
-      setStatus('closed', `Refused: ${error.message}`)
-      return
-    }
-    if (error instanceof HttpError && AUTH_STATUSES.has(error.status)) {
-      needToken(`Refused (${error.status}): ${error.message}`)
-      return
-    }
-    scheduleReconnect(`Cannot load records (${error.message})`)
-    return
-  }
-  connecting = false
-  openSocket()
-}
-
-function openSocket () {
-  const url = api('ws')
-  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
-  url.searchParams.set('since', String(lastSid))
-  url.searchParams.set('t', T)
-  withToken(url)
-  setStatus('connecting')
-  const ws = new WebSocket(url)
-  const now = Date.now()
-  const conn = { ws, lastMessage: now, lastPing: now, lastTick: now, timer: null, done: false }
-  socket = conn
-
-  conn.timer = setInterval(() => {
-    const now = Date.now()
-    if (now - conn.lastTick > 5000) {
-      // This timer was throttled (background tab, suspended laptop): the silence
-      // may be ours. Ping now and judge the socket by whether that is answered.
-      conn.lastMessage = Math.max(conn.lastMessage, now - PING_MS)
-      conn.lastPing = 0
-    }
-    conn.lastTick = now
-    if (now - conn.lastMessage >= DEAD_MS) {
-      socketGone(conn, 'no message for 30 s')
-      return
-    }
-    if (ws.readyState === WebSocket.OPEN && now - conn.lastPing >= PING_MS) {
-      conn.lastPing = now
-      ws.send('{"type":"ping"}')
-    }
-  }, 1000)
-
-  ws.onopen = () => {
-    conn.lastMessage = conn.lastPing = Date.now()
-    setStatus('connected')
-    if (expanded) sendView(expanded)
-    flushOutbox()
-  }
-  ws.onmessage = (event) => {
-    conn.lastMessage = Date.now()
-    let message
-    try {
-      message = JSON.parse(event.data)
-    } catch (_) {
-      return
-    }
-    if (Array.isArray(message)) {
-      reconnectAttempt = 0
-      applyFrames(message)
-    } else if (message && message.type === 'pong') {
-      reconnectAttempt = 0
-    } else if (message && message.type === 'presence') {
-      onPresence(message)
-    } else if (message && message.type === 'error') {
-      if (message.error === 'since_too_old') needBootstrap = true
-      else console.warn('frame feed:', message.error, message.detail)
-    }
-  }
-  ws.onclose = (event) => {
-    if (event.code === 4410) needBootstrap = true
-    const why = `closed ${event.code}${event.reason ? ': ' + event.reason : ''}`
-    if (AUTH_CLOSE_CODES.has(event.code)) {
-      socketGone(conn, why, false)
-      needToken(`Refused (${why})`)
-      return
-    }
-    socketGone(conn, why)
-  }
-}
-
-/** The socket closed or went silent: forget it and come back with `since` (or bootstrap). */
-function socketGone (conn, why, retry = true) {
-  if (conn.done) return
-  conn.done = true
-  clearInterval(conn.timer)
-  conn.ws.onopen = conn.ws.onmessage = conn.ws.onclose = null
-  if (conn.ws.readyState < WebSocket.CLOSING) conn.ws.close()
-  if (socket === conn) socket = null
-  if (retry) scheduleReconnect(`Disconnected (${why}) — reconnecting…`)
-}
-
-/** The server wants a (fresh) token: stop retrying, keep the outbox, ask for one. */
-function needToken (why) {
-  clearTimeout(reconnectTimer)
-  setStatus('closed', `${why} — enter a token`)
-  tokenForm.needed(`${why}: enter a token`)
-}
-
-function scheduleReconnect (text) {
-  clearTimeout(reconnectTimer)
-  setStatus('disconnected', text)
-  reconnectTimer = setTimeout(connect, backoff(reconnectAttempt++))
-}
-
-function sendMessage (message) {
-  if (socket && socket.ws.readyState === WebSocket.OPEN) {
-    socket.ws.send(JSON.stringify(message))
-    return true
-  }
-  return false
+  })
+  client.onStateChange(showState)
+  client.onPresence(onPresence)
+  client.onConflict((t, id, fields, { result }) => {
+    const conflicts = Object.keys(fields).sort()
+    notify(id, 'conflict', conflictText(conflicts, fields), conflictTitle(conflicts, fields))
+  })
+  client.onReject((mutation, result) => {
+    const what = OP_NAMES[mutation.op] || mutation.op
+    const why = {
+      exists: 'a record with this id already exists',
+      not_found: 'the record no longer exists'
+    }[result.error] || result.detail || result.error
+    notify(mutation.id, 'error', `Could not ${what} ${mutation.id}: ${why}`)
+  })
+  showState(client.state, client.error)
 }
 
 const STATUS_TEXT = {
@@ -388,185 +201,59 @@ const STATUS_TEXT = {
 
 let statusState = 'connecting'
 
+/** The SDK's state (offline / syncing / online) as the page shows it. */
+function showState (state, error) {
+  els.status.dataset.state = state
+  if (state === 'online') setStatus('connected')
+  else if (state === 'syncing') setStatus('connecting', client.bootstrapped ? null : 'Loading records…')
+  else if (error && error.fatal) {
+    const why = `Refused (${error.code}: ${error.detail || error.error})`
+    if (error.code === 4401 || error.code === 4403) {
+      setStatus('closed', `${why} — enter a token`)
+      tokenForm.needed(`${why}: enter a token`)
+    } else {
+      setStatus('closed', why)
+    }
+  } else setStatus('disconnected')
+}
+
 function setStatus (status, text) {
   statusState = status
   els.status.dataset.status = status
-  els.status.dataset.synced = String(status === 'connected' && bootstrapped)
+  els.status.dataset.synced = String(status === 'connected' && client !== null && client.bootstrapped)
   setText(els.statusText, text || STATUS_TEXT[status] || status)
-}
-
-// ---- mutations and the offline queue -----------------------------------------------
-
-/** Mutations not yet acknowledged, oldest first: {t, id, op, p, client_tx_id, base_sid}. */
-let outbox = loadOutbox()
-/** Acknowledged mutations whose frame has not arrived yet: shown meanwhile. */
-let awaiting = []
-let flushing = false
-let flushTimer = null
-let flushAttempt = 0
-let outboxState = 'idle' // idle | sending | offline
-let txCounter = 0
-
-function loadOutbox () {
-  try {
-    const stored = JSON.parse(readStorage(localStorage, queueKey()) || '[]')
-    return Array.isArray(stored)
-      ? stored.filter((m) => m && typeof m.client_tx_id === 'string' && typeof m.id === 'string')
-      : []
-  } catch (_) {
-    return []
-  }
-}
-
-function saveOutbox () {
-  writeStorage(localStorage, queueKey(), JSON.stringify(outbox))
-}
-
-function newTxId () {
-  txCounter += 1
-  return `${clientId}-${Date.now().toString(36)}-${txCounter}-${randomId(4)}`
-}
-
-/** Queue one mutation of a record of this board and send it as soon as possible. */
-function mutate (op, id, p) {
-  const mutation = { t: T, id, op, p, client_tx_id: newTxId(), base_sid: lastSid }
-  outbox.push(mutation)
-  saveOutbox()
-  scheduleRender()
-  flushOutbox()
-}
-
-async function flushOutbox () {
-  if (flushing || outbox.length === 0) return
-  flushing = true
-  clearTimeout(flushTimer)
-  const batch = outbox.slice(0, MAX_BATCH)
-  outboxState = 'sending'
-  scheduleRender()
-  let response
-  let body
-  try {
-    response = await fetch(api('mutations'), {
-      method: 'POST',
-      headers: authHeaders({ 'Content-Type': 'application/json', 'X-Client-Id': clientId }),
-      body: JSON.stringify({
-        client_id: clientId,
-        mutations: batch.map(({ t, id, op, p, client_tx_id, base_sid }) =>
-          ({ t, id, op, p, client_tx_id, base_sid }))
-      })
-    })
-    body = await response.json().catch(() => null)
-    if (AUTH_STATUSES.has(response.status)) {
-      // Not this batch's fault: it stays queued until a token is given.
-      flushing = false
-      outboxState = 'offline'
-      scheduleRender()
-      needToken(`Not saved (${response.status}: ${(body && body.detail) || 'refused'})`)
-      return
-    }
-    if (response.status >= 500 || response.status === 429 || !body) {
-      throw new HttpError(response.status, body)
-    }
-  } catch (error) {
-    // Unreachable or unavailable: keep everything and try again later.
-    flushing = false
-    outboxState = 'offline'
-    flushTimer = setTimeout(flushOutbox, backoff(flushAttempt++))
-    scheduleRender()
-    return
-  }
-  flushing = false
-  flushAttempt = 0
-  outboxState = 'idle'
-  if (response.ok) {
-    handleResults(batch, body.results || [])
-  } else {
-    // Refused whole (400, 413): drop the mutation named, or the batch, and say so.
-    const match = /^mutations\[(\d+)\]/.exec(body.field || '')
-    const bad = match ? [batch[Number(match[1])]] : batch
-    const drop = new Set(bad.filter(Boolean).map((m) => m.client_tx_id))
-    removeFromOutbox(drop)
-    for (const m of bad) if (m) notify(m.id, 'error', `Not saved: ${body.detail || body.error}`)
-  }
-  scheduleRender()
-  if (outbox.length && outboxState !== 'offline') flushOutbox()
 }
 
 const OP_NAMES = { i: 'create', u: 'change', d: 'delete' }
 
-function handleResults (batch, results) {
-  const done = new Set()
-  for (const result of results) {
-    const mutation = batch[result.index] ||
-      batch.find((m) => m.client_tx_id === result.client_tx_id)
-    if (!mutation) continue
-    if (result.status === 503) continue // store unavailable: stays queued
-    done.add(mutation.client_tx_id)
-    if (result.status === 200 || result.status === 201) {
-      if (result.sid !== null && result.sid !== undefined) {
-        awaiting.push({ mutation, sid: result.sid })
-      }
-      if (Array.isArray(result.conflicts) && result.conflicts.length) {
-        notify(mutation.id, 'conflict', conflictText(result), conflictTitle(result))
-      }
-    } else {
-      const what = OP_NAMES[mutation.op] || mutation.op
-      const why = {
-        exists: 'a record with this id already exists',
-        not_found: 'the record no longer exists'
-      }[result.error] || result.detail || result.error
-      notify(mutation.id, 'error', `Could not ${what} ${mutation.id}: ${why}`)
-    }
-  }
-  removeFromOutbox(done)
-  settleAwaiting()
-  if (outbox.length && results.some((r) => r.status === 503)) {
-    outboxState = 'offline'
-    flushTimer = setTimeout(flushOutbox, backoff(flushAttempt++))
-  }
+/** Queue one change of a record of this board: shown at once, sent when possible. */
+function mutate (op, id, p) {
+  if (op === 'i') client.insert(T, id, p)
+  else if (op === 'u') client.save(T, id, p)
+  else client.remove(T, id)
 }
 
-function removeFromOutbox (txIds) {
-  if (!txIds.size) return
-  outbox = outbox.filter((m) => !txIds.has(m.client_tx_id))
-  saveOutbox()
-}
-
-function conflictText (result) {
-  const fields = result.conflicts
-  const verb = fields.length === 1 ? 'was' : 'were'
-  let text = `${fields.join(', ')} ${verb} changed by someone else`
-  const before = result.overwritten && result.overwritten[fields[0]]
-  if (fields.length === 1 && before && before.value !== undefined && before.value !== null) {
+function conflictText (conflicts, overwritten) {
+  const verb = conflicts.length === 1 ? 'was' : 'were'
+  let text = `${conflicts.join(', ')} ${verb} changed by someone else`
+  const before = overwritten[conflicts[0]]
+  if (conflicts.length === 1 && before && before.value !== undefined && before.value !== null) {
     text += ` (to “${shorten(display(before.value), 40)}”)`
   }
   return text + ' — your change replaced it'
 }
 
-function conflictTitle (result) {
-  return result.conflicts.map((field) => {
-    const o = (result.overwritten || {})[field] || {}
+function conflictTitle (conflicts, overwritten) {
+  return conflicts.map((field) => {
+    const o = overwritten[field] || {}
     return `${field}: ${display(o.value)} by ${o.who ?? 'unknown'} at sid ${o.sid ?? '?'}`
   }).join('\n')
 }
 
-/** Acknowledged mutations stay visible until their frame (or a newer state) is applied. */
-function settleAwaiting () {
-  awaiting = awaiting.filter(({ mutation, sid }) =>
-    sid > lastSid && sid > (recordSids.get(mutation.id) ?? -1))
-}
-
-// Another tab of this browser changed the queue: take its version.
-window.addEventListener('storage', (event) => {
-  if (event.key === queueKey()) {
-    outbox = loadOutbox()
-    scheduleRender()
-  }
-})
 window.addEventListener('online', () => {
-  flushAttempt = 0
-  flushOutbox()
-  if (!socket) connect()
+  if (!client) return
+  client.flush()
+  if (client.state === 'offline' && !(client.error && client.error.fatal)) client.reconnect()
 })
 
 // ---- notices --------------------------------------------------------------------
@@ -609,12 +296,12 @@ function viewState () {
 }
 
 function sendView (id) {
-  sendMessage({ type: 'view', t: T, id, state: viewState() })
+  client.view(T, id, viewState())
 }
 
 function toggle (id) {
   const previous = expanded
-  if (previous !== null) sendMessage({ type: 'leave', t: T, id: previous })
+  if (previous !== null) client.leave(T, previous)
   expanded = previous === id ? null : id
   present = []
   if (expanded !== null) sendView(expanded)
@@ -658,31 +345,21 @@ function scheduleRender () {
   })
 }
 
-/** The server's records with this page's own changes on top (queued, or sent and not yet framed). */
+/** The SDK's pool of type T (the server's records with this page's own changes on
+ * top), plus the cards whose delete is still queued, shown as pending. */
 function currentView () {
   const view = new Map()
-  for (const [id, record] of records) {
-    view.set(id, { id, fields: { ...record.fields }, sid: record.sid, pending: null })
+  if (!client) return view
+  for (const [id, record] of client.pool.get(T) || []) {
+    const pending = { i: 'create', u: 'change' }[record.pending] || null
+    view.set(id, { id, fields: { ...record.fields }, sid: record.sid, pending })
   }
-  const overlay = [
-    ...awaiting.map(({ mutation }) => ({ mutation, queued: false })),
-    ...outbox.filter((m) => m.t === T).map((mutation) => ({ mutation, queued: true }))
-  ]
-  for (const { mutation, queued } of overlay) {
-    let card = view.get(mutation.id)
-    if (mutation.op === 'd') {
-      if (!card) continue
-      if (queued) card.pending = 'delete'
-      else view.delete(mutation.id)
-      continue
+  for (const mutation of client.pending()) {
+    if (mutation.t !== T || mutation.op !== 'd' || view.has(mutation.id)) continue
+    const confirmed = client.confirmed(T, mutation.id)
+    if (confirmed) {
+      view.set(mutation.id, { id: mutation.id, fields: { ...confirmed.fields }, sid: confirmed.sid, pending: 'delete' })
     }
-    if (!card) {
-      if (mutation.op !== 'i') continue
-      card = { id: mutation.id, fields: {}, sid: null, pending: null }
-      view.set(mutation.id, card)
-    }
-    merge(card.fields, mutation.p || {})
-    if (queued && card.pending !== 'delete') card.pending = mutation.op === 'i' ? 'create' : 'change'
   }
   return view
 }
@@ -718,17 +395,21 @@ function render () {
     }
   }
   if (expanded !== null && !view.has(expanded)) {
-    sendMessage({ type: 'leave', t: T, id: expanded })
+    client.leave(T, expanded)
     expanded = null
     present = []
   }
 
+  const lastSid = client ? client.lastSid : 0
   setText(els.lastSid, String(lastSid))
   els.lastSid.dataset.sid = String(lastSid)
-  const count = outbox.length
+  const queue = client ? client.queue : { pending: 0, state: 'idle' }
+  const count = queue.pending
+  const outboxState = queue.state === 'blocked' ? 'offline' : queue.state
   els.outbox.hidden = count === 0
   els.outbox.dataset.count = String(count)
   els.outbox.dataset.state = outboxState
+  els.outbox.dataset.storage = queue.storage || ''
   setText(els.outboxText, `${count} change${count === 1 ? '' : 's'} pending` +
     (outboxState === 'offline' ? ' — server unreachable' : ''))
 }
@@ -933,38 +614,35 @@ els.createForm.addEventListener('submit', (event) => {
   els.newTitle.focus()
 })
 
-const tokenForm = bindTokenForm()
-// A new token may grant other records (or another tenant): start over with it.
-onTokenChange(() => {
-  outbox = loadOutbox() // the new identity's queue, never the previous one's
-  needBootstrap = true
-  if (socket) socketGone(socket, 'token changed', false)
-  reconnectAttempt = 0
-  flushAttempt = 0
-  connect()
-  flushOutbox()
+tokenForm = bindTokenForm()
+// A new token may grant other records (or another tenant): the SDK starts over with
+// it (pool cleared, that identity's own queue).
+onTokenChange((token) => {
+  if (client) client.setToken(token)
 })
 
-els.outboxRetry.addEventListener('click', () => {
-  flushAttempt = 0
-  flushOutbox()
-})
+els.outboxRetry.addEventListener('click', () => client.flush())
 
 // Handy from the devtools console (and for tests): the page's state.
 window.crdtBoard = {
   get t () { return T },
   get clientId () { return clientId },
-  get lastSid () { return lastSid },
-  get outbox () { return outbox.slice() },
-  get records () { return new Map(records) },
+  get lastSid () { return client ? client.lastSid : 0 },
+  get outbox () { return client ? client.pending() : [] },
+  get records () {
+    const map = new Map()
+    for (const [id, record] of client ? client.pool.get(T) || [] : []) map.set(id, record)
+    return map
+  },
   get status () { return statusState },
-  flush: () => { flushAttempt = 0; return flushOutbox() },
-  reconnect: () => { if (socket) socketGone(socket, 'asked to'); else connect() }
+  get client () { return client },
+  flush: () => client.flush(),
+  reconnect: () => client.reconnect()
 }
 
 if (typeError) {
   setStatus('closed', typeError)
 } else {
+  startClient()
   render()
-  connect()
 }

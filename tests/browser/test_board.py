@@ -21,6 +21,7 @@ from pycrdt import Text
 
 from crdt_sync.client import connect
 from tests.browser.conftest import PageUnderTest
+from tests.cluster import free_port
 from tests.server_process import ServerProcess
 
 if not os.environ.get("CI"):
@@ -121,6 +122,26 @@ async def frames(http: httpx.AsyncClient, t: str = "task") -> list[dict]:
     response = await http.get("/sync/v1/delta", params={"since": 0, "limit": 1000, "t": t})
     assert response.status_code == 200, response.text
     return response.json()["frames"]
+
+
+async def stored_queue(page: Page, name: str) -> list[dict]:
+    """The SDK's offline queue ``name`` as stored in the page's IndexedDB, in order."""
+    return await page.evaluate(
+        """(name) => new Promise((resolve, reject) => {
+            const open = indexedDB.open(name)
+            open.onerror = () => reject(open.error)
+            open.onsuccess = () => {
+                const db = open.result
+                const get = db.transaction('mutations').objectStore('mutations').getAll()
+                get.onerror = () => reject(get.error)
+                get.onsuccess = () => {
+                    db.close()
+                    resolve(get.result.sort((a, b) => a.seq - b.seq))
+                }
+            }
+        })""",
+        name,
+    )
 
 
 async def wait_until(check: Any, timeout: float = 10.0) -> None:
@@ -313,13 +334,12 @@ async def test_offline_queue_is_kept_and_replayed_once(
     await expect(board.page.locator("#outbox")).to_have_attribute("data-count", "2")
     await expect(board.page.locator("#outbox")).to_have_attribute("data-state", "offline")
 
-    # The queue is in localStorage: a reload (still offline) shows the cards pending.
+    # The queue is in IndexedDB: a reload (still offline) shows the cards pending.
     await board.page.reload()
     await board.wait_live()
     await expect(board.card("q2")).to_have_attribute("data-pending", "create")
-    queued = await board.page.evaluate(
-        "() => JSON.parse(localStorage.getItem('crdt-sync.board.outbox:open'))"
-    )
+    await expect(board.page.locator("#outbox")).to_have_attribute("data-storage", "indexeddb")
+    queued = await stored_queue(board.page, "crdt-sync.board.outbox:open")
     assert [m["id"] for m in queued] == ["q1", "q2"]
     assert len({m["client_tx_id"] for m in queued}) == 2
 
@@ -524,3 +544,128 @@ async def test_pings_and_replaces_a_silent_socket(browser: Browser, server_facto
 
 async def _true(value: Any) -> bool:
     return bool(value)
+
+
+# -- a server restart: Offline, a change queued, Online, the change applied once -------------
+
+
+class RestartedBoard(Board):
+    # While the server stops it answers 503 (shutting down); while it is down Chromium
+    # logs the refused connections.
+    EXPECTED_CONSOLE = (
+        *Board.EXPECTED_CONSOLE,
+        "responded with a status of 503",
+        "ERR_CONNECTION_REFUSED",
+        "WebSocket connection to",
+    )
+
+
+async def test_goes_offline_and_online_across_a_server_restart_applying_the_queue_once(
+    browser: Browser, server_factory: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    db = tmp_path / "restart.db"
+    server = server_factory(*FAST, "--port", str(port), db=db)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await mutate(http, insert("r", title="Survives", status="open"))
+    board = await RestartedBoard.open(browser, server, "ivy")
+    await expect(board.in_column("open", "r")).to_be_visible()
+    await expect(board.status).to_have_attribute("data-state", "online")
+
+    server.stop()
+    await expect(board.status).to_have_attribute("data-state", "offline")
+    await expect(board.status).to_have_attribute("data-status", "disconnected")
+    await board.card("r").locator("select.rec-move").select_option("doing")
+    await board.page.fill("#new-id", "made-offline")
+    await board.page.fill("#new-title", "While the server was down")
+    await board.page.press("#new-title", "Enter")
+    await expect(board.in_column("doing", "r")).to_have_attribute("data-pending", "change")
+    await expect(board.in_column("open", "made-offline")).to_have_attribute(
+        "data-pending", "create"
+    )
+    outbox = board.page.locator("#outbox")
+    await expect(outbox).to_have_attribute("data-count", "2")
+    await expect(outbox).to_have_attribute("data-state", "offline")
+    queued = await stored_queue(board.page, "crdt-sync.board.outbox:open")
+    assert [(m["op"], m["id"]) for m in queued] == [("u", "r"), ("i", "made-offline")]
+
+    restarted = server_factory(*FAST, "--port", str(port), db=db)
+    assert restarted.url == server.url
+    # The backoff has grown while the server was down: its ceiling, not WAIT_MS.
+    await expect(board.status).to_have_attribute("data-state", "online", timeout=40_000)
+    await board.wait_live()
+    await expect(outbox).to_be_hidden()
+    await expect(board.in_column("doing", "r")).not_to_have_attribute("data-pending", "change")
+    await expect(board.in_column("open", "made-offline")).not_to_have_attribute(
+        "data-pending", "create"
+    )
+    assert await stored_queue(board.page, "crdt-sync.board.outbox:open") == []
+    async with httpx.AsyncClient(base_url=restarted.url, timeout=30) as http:
+        assert await records(http) == {
+            "r": {"title": "Survives", "status": "doing"},
+            "made-offline": {"title": "While the server was down", "status": "open"},
+        }
+        tx_ids = [m["client_tx_id"] for m in queued]
+        applied = [f for f in await frames(http) if f["ctx"].get("client_tx_id") in tx_ids]
+        assert [f["ctx"]["client_tx_id"] for f in applied] == tx_ids, "each applied once, in order"
+    await board.close()
+
+
+async def test_tabs_share_the_offline_queue(browser: Browser, server_factory: Any) -> None:
+    """Two tabs of one browser (one origin, one identity) share the stored queue: a
+    change queued in a tab that cannot reach the server shows in the other, which
+    sends it; the first tab then sees it applied. Applied once either way."""
+    server = server_factory(*FAST)
+    board = await Board.open(browser, server, "jo")
+    await board.page.route("**/sync/v1/mutations", lambda route: route.abort())
+    other = Board(board.context, await board.context.new_page())
+    await other.goto(server)
+    await board.page.fill("#new-id", "shared")
+    await board.page.fill("#new-title", "Queued in one tab")
+    await board.page.press("#new-title", "Enter")
+    # The other tab sends it (its mutations are not cut off); both end with it applied.
+    await expect(other.in_column("open", "shared")).to_be_visible()
+    await expect(board.in_column("open", "shared")).not_to_have_attribute("data-pending", "create")
+    await expect(board.page.locator("#outbox")).to_be_hidden()
+    await expect(other.page.locator("#outbox")).to_be_hidden()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        assert (await records(http)) == {"shared": {"title": "Queued in one tab", "status": "open"}}
+        applied = [f for f in await frames(http) if f["id"] == "shared"]
+        assert [f["op"] for f in applied] == ["i"], applied
+        # Made in the first tab (its client_tx_id), sent by the other (its client_id).
+        assert applied[0]["ctx"]["client_tx_id"].startswith(await board.client_id())
+        assert applied[0]["ctx"]["client_id"] == await other.client_id()
+    assert other.errors == []
+    await board.close()
+
+
+async def test_the_sdk_follows_the_feed_over_sse_in_chromium(
+    browser: Browser, server_factory: Any
+) -> None:
+    """The SDK's SSE transport (fetch-stream, Bearer-capable) in a real browser: a
+    client made in the board's page with no WebSocket at all."""
+    server = server_factory(*FAST)
+    board = await Board.open(browser, server, "kim")
+    page = board.page
+    await page.evaluate(
+        """async () => {
+            const { createFrameClient } = await import('/web/sdk/index.js')
+            const options = { url: location.origin, types: ['sse'], WebSocket: null }
+            window.sse = createFrameClient(options)
+        }"""
+    )
+    await page.wait_for_function("() => window.sse.state === 'online'", timeout=WAIT_MS)
+    assert await page.evaluate("() => window.sse.transport") == "sse"
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        [made] = await mutate(http, {"t": "sse", "id": "s1", "op": "i", "p": {"n": 1}})
+        await page.wait_for_function(
+            "(sid) => window.sse.lastSid >= sid && window.sse.get('sse', 's1')", arg=made["sid"]
+        )
+        answer = await page.evaluate("() => window.sse.save('sse', 's1', {n: 2})")
+        assert answer["status"] == 200
+        await page.wait_for_function(
+            "(sid) => window.sse.confirmed('sse', 's1')?.sid === sid", arg=answer["sid"]
+        )
+        assert (await records(http, "sse")) == {"s1": {"n": 2}}
+    await page.evaluate("() => window.sse.close()")
+    await board.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import json
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -156,12 +155,21 @@ async def test_board_never_sends_changes_queued_under_one_token_with_another(
     await page.click("#token-form button[type=submit]")
     await expect(page.locator("#status")).to_have_attribute("data-status", "connected")
     await expect(page.locator("#outbox")).to_be_hidden()
+    # The SDK's offline queue: one IndexedDB database per identity.
     queued = await page.evaluate(
-        "() => [localStorage.getItem('crdt-sync.board.outbox:default/alice'),"
-        " localStorage.getItem('crdt-sync.board.outbox:default/bob')]"
+        """(names) => Promise.all(names.map((name) => new Promise((resolve, reject) => {
+            const open = indexedDB.open(name)
+            open.onupgradeneeded = () => open.result.createObjectStore('mutations')
+            open.onerror = () => reject(open.error)
+            open.onsuccess = () => {
+                const get = open.result.transaction('mutations').objectStore('mutations').getAll()
+                get.onsuccess = () => { open.result.close(); resolve(get.result) }
+            }
+        })))""",
+        ["crdt-sync.board.outbox:default/alice", "crdt-sync.board.outbox:default/bob"],
     )
-    assert [m["p"]["title"] for m in json.loads(queued[0])] == ["queued by alice"]
-    assert queued[1] in (None, "[]")
+    assert [m["p"]["title"] for m in queued[0]] == ["queued by alice"]
+    assert queued[1] == []
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         records = (await http.get("/sync/v1/records")).json()["records"]
     assert records == [], "alice's change was not sent with bob's token"
