@@ -13,8 +13,10 @@ relative URLs, which resolve only under ``/web/``.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -22,6 +24,8 @@ from starlette.staticfiles import StaticFiles
 
 log = logging.getLogger(__name__)
 
+#: A folder of ``web/`` that is never served.
+HIDDEN = "node_modules"
 #: Short paths -> their page under ``/web/``.
 PAGES = {"/": "", "/board": "board.html", "/inspect": "inspect.html"}
 
@@ -36,16 +40,27 @@ def web_dir() -> Path | None:
     return None
 
 
-def routes() -> list[BaseRoute]:
-    """The page routes, or none (logged) when the pages are not installed."""
-    folder = web_dir()
+def routes(folder: Path | None = None) -> list[BaseRoute]:
+    """The page routes (of ``folder``, by default :func:`web_dir`), or none (logged)
+    when the pages are not installed."""
+    folder = folder or web_dir()
     if folder is None:
         log.warning("the web pages are not installed: /, /board, /inspect and /web/ answer 404")
         return []
     return [
         *(Route(path, _redirect_to(page), methods=["GET", "HEAD"]) for path, page in PAGES.items()),
-        Mount("/web", StaticFiles(directory=folder, html=True), name="web"),
+        Mount("/web", PageFiles(directory=folder, html=True), name="web"),
     ]
+
+
+class PageFiles(StaticFiles):
+    """The files of the pages, but not a checkout's ``node_modules`` (build tools of
+    the bundle, not pages; a wheel has none)."""
+
+    async def get_response(self, path: str, scope: Any) -> Response:
+        if HIDDEN in PurePosixPath(path).parts:
+            raise HTTPException(404)
+        return await super().get_response(path, scope)
 
 
 def _redirect_to(page: str):
