@@ -81,6 +81,8 @@ class ServerProcess:
             except queue.Empty:
                 break
             if line is None:
+                self.proc.wait(5)
+                self._close_pipes()  # nothing left open for the garbage collector
                 raise RuntimeError(f"server exited before ready:\n{self.log()}")
             match = READY.search(line)
             if match:
