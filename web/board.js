@@ -220,6 +220,7 @@ let statusState = 'connecting'
 /** The SDK's state (offline / syncing / online) as the page shows it. */
 function showState (state, error) {
   els.status.dataset.state = state
+  if (state !== 'online') accepted.clear()
   if (state !== 'online' && presenceById.size) {
     // The server forgets this connection's views: what we knew of them is stale
     // (the views and watches are sent again once the feed is back).
@@ -321,6 +322,9 @@ let expanded = null // the id of the open card (viewed: we appear in its presenc
 const presenceById = new Map() // id -> its `present` list, from {"type": "presence"}
 const visible = new Set() // ids whose card is on screen (IntersectionObserver)
 const watched = new Set() // ids watched (presence only), never `expanded`
+/** Ids the server took on this connection (answered with their presence), not left
+ * since: how many views it allows, when it refuses one more. */
+const accepted = new Set()
 let watchBudget = WATCH_BUDGET
 let watchTimer = null
 let toldLimit = false
@@ -337,6 +341,7 @@ function toggle (id) {
   const previous = expanded
   if (previous !== null) {
     client.leave(T, previous) // a view; the card is watched again below if on screen
+    accepted.delete(previous)
     presenceById.delete(previous)
   }
   expanded = previous === id ? null : id
@@ -351,6 +356,7 @@ function toggle (id) {
 function onPresence (message) {
   if (message.t !== T || !Array.isArray(message.present)) return
   if (message.id !== expanded && !watched.has(message.id)) return // left meanwhile
+  accepted.add(message.id)
   presenceById.set(message.id, message.present)
   scheduleRender()
 }
@@ -393,6 +399,7 @@ function syncWatches () {
   for (const id of [...watched]) {
     if (want.has(id)) continue
     watched.delete(id)
+    accepted.delete(id)
     client.leave(T, id)
     changed = presenceById.delete(id) || changed
   }
@@ -405,11 +412,13 @@ function syncWatches () {
 }
 
 /** The server closed the feed with 4461 (too_many_views): it allows fewer views per
- * connection than we asked for. Ask for one fewer; the SDK sends the rest again
- * when it reconnects (the next refusal lowers it again, down to the open card). */
+ * connection than we asked for, as many as it had taken when it refused one (each
+ * answered with its presence, in order, before the refusal). Ask for no more; the
+ * SDK sends the rest again when it reconnects. */
 function overViewLimit () {
   const asked = watched.size + (expanded !== null ? 1 : 0)
-  watchBudget = Math.max(1, Math.min(watchBudget, asked) - 1)
+  const allowed = accepted.size || asked - 1
+  watchBudget = Math.max(1, Math.min(watchBudget, allowed))
   syncWatches()
   if (!toldLimit) {
     toldLimit = true
@@ -526,12 +535,14 @@ function render () {
       visible.delete(id)
       presenceById.delete(id)
       if (watched.delete(id)) client.leave(T, id)
+      accepted.delete(id)
       if (current === id) current = null
       dropped = true
     }
   }
   if (expanded !== null && !view.has(expanded)) {
     client.leave(T, expanded)
+    accepted.delete(expanded)
     expanded = null
   }
   if (dropped) scheduleWatches()
@@ -788,6 +799,7 @@ function updateCard (node, card) {
       const close = el('button', 'dismiss', '×')
       close.type = 'button'
       close.title = 'Dismiss'
+      close.setAttribute('aria-label', 'Dismiss this notice')
       close.addEventListener('click', () => dismiss(card.id, notice.key))
       item.append(el('span', 'text', notice.text), close)
       return item
