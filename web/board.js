@@ -966,6 +966,8 @@ els.createForm.addEventListener('submit', (event) => {
 })
 
 tokenForm = bindTokenForm()
+// Forget hides itself: the focus goes to the token field rather than to nowhere.
+$('#token-clear').addEventListener('click', () => $('#token-input').focus())
 // A new token may grant other records (or another tenant): the SDK starts over with
 // it (pool cleared, that identity's own queue).
 onTokenChange((token) => {

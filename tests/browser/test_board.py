@@ -757,6 +757,19 @@ async def test_board_at_390_px_has_no_horizontal_overflow_and_moves_live(
     await page.evaluate("() => window.scrollTo(0, 0)")
     await page.mouse.move(0, 0)
     await page.screenshot(path=str(artifacts / "board-390.png"))
+
+    # From the keyboard on the phone: the moved card takes the focus into its new
+    # column, which the strip scrolls into view (its tab marked).
+    await alice.card("2").locator(".rec-toggle").focus()
+    await page.keyboard.press("Shift+ArrowRight")
+    await expect(alice.in_column("doing", "2")).to_be_visible()
+    await wait_until(lambda: _focus_in(page, "2", "doing"))
+    await wait_until(lambda: in_viewport(alice.in_column("doing", "2"), PHONE[0]))
+    await expect(tabs.locator('button[data-column="doing"]')).to_have_attribute(
+        "aria-current", "true"
+    )
+    await expect(bob.in_column("doing", "2")).to_be_visible()
+    assert (await overflow(page))["scrollWidth"] <= PHONE[0]
     await bob.close()
     await alice.close()
 
@@ -806,8 +819,21 @@ async def test_keyboard_only_create_move_and_delete(
         await board.goto(server)  # again: the focus starts at the top of the page
 
         # Tab goes through the top bar (type, name, token form) to the new-card form.
-        passed = await tab_to(page, lambda f: f["id"] == "new-id")
-        assert passed.index("type-name") < passed.index("user-name") < passed.index("token-input")
+        passed = await tab_to(page, lambda f: f["id"] == "token-input")
+        assert passed.index("type-name") < passed.index("user-name")
+        # The token form: a token typed and Enter; Forget (Tab, Enter) clears it.
+        await page.keyboard.type("not-a-real-token")
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#token-state")).to_have_text("Token set")
+        await page.keyboard.press("Tab")
+        assert (await focused(page))["id"] is None  # the Use button
+        await page.keyboard.press("Tab")
+        assert (await focused(page))["id"] == "token-clear"
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#token-state")).to_have_text("No token (open server)")
+        assert (await focused(page))["id"] == "token-input"
+        await board.wait_live()
+        await tab_to(page, lambda f: f["id"] == "new-id")
         await page.keyboard.type("kb")
         await page.keyboard.press("Tab")
         assert (await focused(page))["id"] == "new-title"
