@@ -753,6 +753,9 @@ async def test_board_at_390_px_has_no_horizontal_overflow_and_moves_live(
     await tabs.locator('button[data-column="open"]').click()
     await alice.card("2").locator(".rec-toggle").click()
     await expect(alice.card("2").locator(".peer.self")).to_contain_text("alice")
+    await bob.card("2").locator(".rec-toggle").click()  # Bob looks at it too
+    await expect(avatars(alice, "2")).to_have_count(2)
+    await expect(avatars(alice, "2").first).to_have_attribute("title", "alice (you), viewing")
     assert (await overflow(page))["scrollWidth"] <= PHONE[0]
     await page.evaluate("() => window.scrollTo(0, 0)")
     await page.mouse.move(0, 0)
