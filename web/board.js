@@ -3,7 +3,11 @@
 // the SDK's (/web/sdk/index.js: bootstrap over `/sync/v1/records`, frames over the
 // WebSocket or SSE, optimistic changes as HTTP mutations kept in an offline queue in
 // IndexedDB and replayed exactly once, reconnect with jittered backoff, heartbeat).
-// This file is the page: columns, cards, notices, presence, forms.
+// This file is the page: columns, cards, notices, presence, forms, keyboard.
+// Who is viewing each card: the board `watch`es the records whose cards are on
+// screen (an IntersectionObserver), at most `watchBudget` at once (the server allows
+// --max-views-per-connection per connection and closes 4461 past it), and `view`s
+// the one card that is open, so it appears in that record's presence itself.
 // The access token (auth.js) is handed to the SDK, which sends it on every request
 // (Bearer on HTTP, ?token= on the frame socket).
 
@@ -20,6 +24,12 @@ const CLIENT_KEY = 'crdt-sync.board.client_id' // sessionStorage: one per tab
  * changes queued under one token are never sent with another's. */
 const QUEUE_KEY = 'crdt-sync.board.outbox'
 const HIDDEN_FIELDS = new Set(['title', 'status', 'body'])
+/** Records watched at once (with the open card's view): well within the server's
+ * default --max-views-per-connection (100); lowered when the server says fewer. */
+const WATCH_BUDGET = 50
+const WATCH_DELAY_MS = 150 // coalesce watch/leave while the page scrolls
+const MAX_AVATARS = 4
+const COLUMN_NAMES = { open: 'Open', doing: 'Doing', done: 'Done', other: 'Other' }
 
 const COLORS = [
   '#e0555b', '#e8843a', '#d4a514', '#4caf50', '#26a69a',
@@ -44,7 +54,9 @@ const els = {
   newTitle: $('#new-title'),
   createError: $('#create-error'),
   toasts: $('#toasts'),
-  board: $('#board')
+  board: $('#board'),
+  columnTabs: $('#column-tabs'),
+  announcer: $('#announcer')
 }
 
 // ---- small helpers -------------------------------------------------------------
@@ -159,6 +171,10 @@ function startClient () {
       return null
     },
     onError: (error) => {
+      if (error.error === 'too_many_views') {
+        if (error.code === 4461) overViewLimit()
+        return
+      }
       if (error.error === 'busy' && client && client.state !== 'online') {
         setStatus('connecting', `Server busy, retrying in ${Math.ceil(error.retryAfter / 1000)} s…`)
       } else if (!error.fatal && error.code !== 1006 && error.code !== 4408) {
@@ -204,6 +220,13 @@ let statusState = 'connecting'
 /** The SDK's state (offline / syncing / online) as the page shows it. */
 function showState (state, error) {
   els.status.dataset.state = state
+  if (state !== 'online') accepted.clear()
+  if (state !== 'online' && presenceById.size) {
+    // The server forgets this connection's views: what we knew of them is stale
+    // (the views and watches are sent again once the feed is back).
+    presenceById.clear()
+    scheduleRender()
+  }
   if (state === 'online') setStatus('connected')
   else if (state === 'syncing') setStatus('connecting', client.bootstrapped ? null : 'Loading records…')
   else if (error && error.fatal) {
@@ -267,6 +290,7 @@ function notify (id, kind, text, title) {
     toast(kind, text)
     return
   }
+  announce(`${id}: ${text}`)
   const list = notices.get(id) || []
   list.push({ key: ++noticeCounter, kind, text, title })
   notices.set(id, list.slice(-3))
@@ -286,10 +310,24 @@ function toast (kind, text) {
   setTimeout(() => node.remove(), TOAST_MS)
 }
 
-// ---- presence of the expanded card --------------------------------------------------
+/** Say `text` to screen readers (the visually hidden live region). */
+function announce (text) {
+  // A new node each time: the same text twice in a row is announced twice.
+  els.announcer.replaceChildren(el('span', '', text))
+}
 
-let expanded = null // the id of the open card
-let present = [] // its presence list, from {"type": "presence"} messages
+// ---- presence: the open card viewed, the cards on screen watched ------------------
+
+let expanded = null // the id of the open card (viewed: we appear in its presence)
+const presenceById = new Map() // id -> its `present` list, from {"type": "presence"}
+const visible = new Set() // ids whose card is on screen (IntersectionObserver)
+const watched = new Set() // ids watched (presence only), never `expanded`
+/** Ids the server took on this connection (answered with their presence), not left
+ * since: how many views it allows, when it refuses one more. */
+const accepted = new Set()
+let watchBudget = WATCH_BUDGET
+let watchTimer = null
+let toldLimit = false
 
 function viewState () {
   return { user: { name: user.name, color: user.color }, board_client: clientId }
@@ -301,21 +339,95 @@ function sendView (id) {
 
 function toggle (id) {
   const previous = expanded
-  if (previous !== null) client.leave(T, previous)
+  if (previous !== null) {
+    client.leave(T, previous) // a view; the card is watched again below if on screen
+    accepted.delete(previous)
+    presenceById.delete(previous)
+  }
   expanded = previous === id ? null : id
-  present = []
-  if (expanded !== null) sendView(expanded)
+  if (expanded !== null) {
+    watched.delete(expanded) // the view replaces the watch (and counts as one)
+    sendView(expanded)
+  }
+  syncWatches()
   scheduleRender()
 }
 
 function onPresence (message) {
-  if (message.t !== T || message.id !== expanded || !Array.isArray(message.present)) return
-  present = message.present
+  if (message.t !== T || !Array.isArray(message.present)) return
+  if (message.id !== expanded && !watched.has(message.id)) return // left meanwhile
+  accepted.add(message.id)
+  presenceById.set(message.id, message.present)
   scheduleRender()
 }
 
-function presenceEntries () {
-  const entries = present.map((item) => {
+const cardObserver = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    const id = entry.target.dataset.id
+    if (entry.isIntersecting) visible.add(id)
+    else visible.delete(id)
+  }
+  scheduleWatches()
+}, { rootMargin: '48px' })
+
+function scheduleWatches () {
+  if (watchTimer !== null) return
+  watchTimer = setTimeout(() => {
+    watchTimer = null
+    syncWatches()
+  }, WATCH_DELAY_MS)
+}
+
+/** Watch the cards on screen up to the budget (those nearest the middle of the
+ * screen first, when more are on it), leave the others. */
+function syncWatches () {
+  if (!client) return
+  const room = Math.max(0, watchBudget - (expanded !== null ? 1 : 0))
+  const middleX = window.innerWidth / 2
+  const middleY = window.innerHeight / 2
+  const onScreen = []
+  for (const id of visible) {
+    const node = cards.get(id)
+    if (!node || id === expanded) continue
+    const box = node.getBoundingClientRect()
+    const distance = Math.hypot(box.left + box.width / 2 - middleX, box.top + box.height / 2 - middleY)
+    onScreen.push({ id, distance })
+  }
+  onScreen.sort((a, b) => a.distance - b.distance)
+  const want = new Set(onScreen.slice(0, room).map((item) => item.id))
+  let changed = false
+  for (const id of [...watched]) {
+    if (want.has(id)) continue
+    watched.delete(id)
+    accepted.delete(id)
+    client.leave(T, id)
+    changed = presenceById.delete(id) || changed
+  }
+  for (const id of want) {
+    if (watched.has(id)) continue
+    watched.add(id)
+    client.watch(T, id)
+  }
+  if (changed) scheduleRender()
+}
+
+/** The server closed the feed with 4461 (too_many_views): it allows fewer views per
+ * connection than we asked for, as many as it had taken when it refused one (each
+ * answered with its presence, in order, before the refusal). Ask for no more; the
+ * SDK sends the rest again when it reconnects. */
+function overViewLimit () {
+  const asked = watched.size + (expanded !== null ? 1 : 0)
+  const allowed = accepted.size || asked - 1
+  watchBudget = Math.max(1, Math.min(watchBudget, allowed))
+  syncWatches()
+  if (!toldLimit) {
+    toldLimit = true
+    toast('info', `This server shows who is viewing at most ${watchBudget} cards at a time.`)
+  }
+}
+
+function presenceEntries (present) {
+  const entries = (present || []).map((item) => {
     const state = item && typeof item.state === 'object' && item.state ? item.state : {}
     const peer = state.user && typeof state.user === 'object' ? state.user : {}
     const name = typeof peer.name === 'string' && peer.name.trim()
@@ -330,6 +442,18 @@ function presenceEntries () {
     }
   })
   return entries.sort((a, b) => (b.self - a.self) || a.name.localeCompare(b.name))
+}
+
+/** Up to two initials: "Ada Lovelace" AD → "AL", "bob" → "B". */
+function initials (name) {
+  const words = name.replace(/[^\p{L}\p{N}\s]/gu, ' ').trim().split(/\s+/).filter(Boolean)
+  const letters = words.length > 1 ? [words[0], words[words.length - 1]] : words.slice(0, 1)
+  const text = letters.map((word) => [...word][0]).join('').toUpperCase()
+  return text || '?'
+}
+
+function describePeer (entry) {
+  return `${entry.name}${entry.self ? ' (you)' : ''}, ${entry.viewer ? 'viewing' : 'editing'}`
 }
 
 // ---- rendering --------------------------------------------------------------------
@@ -370,16 +494,30 @@ function columnOf (status) {
 
 const collator = new Intl.Collator(undefined, { numeric: true })
 const cards = new Map() // id -> card element
+/** The card in the tab order (roving tabindex): Tab reaches it and its actions, the
+ * arrow keys go to another card. */
+let current = null
 
 function render () {
   const view = currentView()
   const byColumn = new Map([...COLUMNS, OTHER].map((name) => [name, []]))
   for (const card of view.values()) byColumn.get(columnOf(card.fields.status)).push(card)
 
+  // Moving a node out of its column blurs what has the focus inside it: the focus
+  // follows the card (and focus() scrolls it into view, in another column too).
+  const focused = document.activeElement
+  const focusedCard = focused && focused.closest ? focused.closest('.rec') : null
+  let refocus = focusedCard ? focused : null
+  for (const [id, node] of cards) {
+    if (!view.has(id) && node === focusedCard) refocus = neighbourFocus(node)
+  }
+
   for (const [name, list] of byColumn) {
     list.sort((a, b) => collator.compare(a.id, b.id))
     const column = $(`.column[data-column="${name}"]`, els.board)
     setText($('.count', column), String(list.length))
+    const tab = $(`button[data-column="${name}"] .count`, els.columnTabs)
+    if (tab) setText(tab, String(list.length))
     const container = $('.cards', column)
     list.forEach((card, index) => {
       const node = cardElement(card)
@@ -387,17 +525,30 @@ function render () {
       if (here !== node) container.insertBefore(node, here || null)
     })
   }
+  let dropped = false
   for (const [id, node] of cards) {
     if (!view.has(id)) {
+      cardObserver.unobserve(node)
       node.remove()
       cards.delete(id)
       notices.delete(id)
+      visible.delete(id)
+      presenceById.delete(id)
+      if (watched.delete(id)) client.leave(T, id)
+      accepted.delete(id)
+      if (current === id) current = null
+      dropped = true
     }
   }
   if (expanded !== null && !view.has(expanded)) {
     client.leave(T, expanded)
+    accepted.delete(expanded)
     expanded = null
-    present = []
+  }
+  if (dropped) scheduleWatches()
+  updateTabStops()
+  if (refocus && refocus.isConnected && document.activeElement !== refocus) {
+    refocus.focus()
   }
 
   const lastSid = client ? client.lastSid : 0
@@ -419,9 +570,104 @@ function cardElement (card) {
   if (!node) {
     node = buildCard(card.id)
     cards.set(card.id, node)
+    cardObserver.observe(node)
   }
   updateCard(node, card)
   return node
+}
+
+/** One card (the focused one, else the last one focused, else the first) is in the
+ * tab order with its actions; the others are reached with the arrow keys. */
+function updateTabStops () {
+  if (current === null || !cards.has(current)) {
+    const first = $('.rec', els.board)
+    current = first ? first.dataset.id : null
+  }
+  for (const [id, node] of cards) {
+    const index = id === current ? 0 : -1
+    for (const control of node.querySelectorAll('button, select, a[href]')) {
+      if (control.tabIndex !== index) control.tabIndex = index
+    }
+  }
+}
+
+/** Where the focus goes when the card `node` goes away: the next card of its column,
+ * else the previous one, else the nearest card of another column, else the form. */
+function neighbourFocus (node) {
+  const siblings = [...node.parentElement.children].filter((n) => n.classList.contains('rec'))
+  const index = siblings.indexOf(node)
+  let next = siblings[index + 1] || siblings[index - 1]
+  if (!next) {
+    const all = [...els.board.querySelectorAll('.rec')].filter((n) => n !== node)
+    next = all[0]
+  }
+  return next ? $('.rec-toggle', next) : els.newTitle
+}
+
+function focusCard (node) {
+  if (!node) return false
+  current = node.dataset.id
+  updateTabStops()
+  $('.rec-toggle', node).focus()
+  return true
+}
+
+/** Arrow keys on a card's toggle: another card; Shift+←/→: move this one. */
+function onCardKey (event, id) {
+  if (event.altKey || event.ctrlKey || event.metaKey) return
+  const node = cards.get(id)
+  const column = node.closest('.column')
+  const list = [...$('.cards', column).children]
+  const index = list.indexOf(node)
+  const columns = [...els.board.querySelectorAll('.column')]
+  const at = columns.indexOf(column)
+  if (event.shiftKey) {
+    if (event.key !== 'ArrowLeft' && event.key !== 'ArrowRight') return
+    event.preventDefault()
+    moveBy(id, event.key === 'ArrowLeft' ? -1 : 1)
+    return
+  }
+  let target = null
+  if (event.key === 'ArrowDown') target = list[index + 1]
+  else if (event.key === 'ArrowUp') target = list[index - 1]
+  else if (event.key === 'Home') target = list[0]
+  else if (event.key === 'End') target = list[list.length - 1]
+  else if (event.key === 'ArrowLeft' || event.key === 'ArrowRight') {
+    const step = event.key === 'ArrowLeft' ? -1 : 1
+    for (let i = at + step; i >= 0 && i < columns.length && !target; i += step) {
+      const others = [...$('.cards', columns[i]).children]
+      target = others[Math.min(index, others.length - 1)]
+    }
+  } else return
+  event.preventDefault()
+  focusCard(target)
+}
+
+/** Move card `id` one column left (-1) or right (+1) among open, doing, done. */
+function moveBy (id, step) {
+  const card = currentView().get(id)
+  if (!card || card.pending === 'delete') return
+  const column = columnOf(card.fields.status)
+  // "other" sits after done: its left neighbour is done.
+  const at = column === OTHER ? COLUMNS.length : COLUMNS.indexOf(column)
+  const to = COLUMNS[at + step]
+  if (to === undefined) {
+    announce(`${cardName(card)} is already in the ${step < 0 ? 'first' : 'last'} column`)
+    return
+  }
+  moveTo(id, to)
+}
+
+function moveTo (id, status) {
+  const card = currentView().get(id)
+  if (!card) return
+  mutate('u', id, { status })
+  announce(`Moved ${cardName(card)} to ${COLUMN_NAMES[status] || status}`)
+}
+
+function cardName (card) {
+  const title = display(card.fields.title).trim()
+  return `“${shorten(title || card.id, 60)}”`
 }
 
 /** The collaborative editor (index.html next to this page) on the record's doc. */
@@ -438,24 +684,40 @@ function buildCard (id) {
   toggleButton.type = 'button'
   toggleButton.append(el('span', 'rec-title'), el('span', 'rec-id', id))
   toggleButton.addEventListener('click', () => toggle(id))
-  head.append(toggleButton, el('span', 'badge pending'))
+  toggleButton.addEventListener('keydown', (event) => onCardKey(event, id))
+  toggleButton.setAttribute('aria-describedby', 'card-keys')
+  toggleButton.setAttribute('aria-keyshortcuts', 'Shift+ArrowLeft Shift+ArrowRight')
+  const viewers = el('ul', 'viewers')
+  viewers.hidden = true
+  head.append(toggleButton, el('span', 'badge pending'), viewers)
+  node.addEventListener('focusin', () => {
+    if (current !== id) {
+      current = id
+      updateTabStops()
+    }
+  })
+  node.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape' && expanded === id) {
+      event.preventDefault()
+      toggle(id)
+      toggleButton.focus()
+    }
+  })
 
   const fields = el('ul', 'rec-fields')
   const body = el('p', 'rec-body')
   const noticeList = el('div', 'notices')
 
   const presence = el('section', 'rec-presence')
+  presence.id = `presence-${randomId(10)}`
   presence.append(el('h3', '', 'Here now'), el('ul', 'presence'))
+  toggleButton.setAttribute('aria-controls', presence.id)
 
   const actions = el('footer', 'rec-actions')
   const moveLabel = el('label', 'move')
   const select = el('select', 'rec-move')
   select.title = 'Move to another column'
-  select.addEventListener('change', () => {
-    const status = select.value
-    select.blur()
-    mutate('u', id, { status })
-  })
+  select.addEventListener('change', () => moveTo(id, select.value))
   moveLabel.append(el('span', 'visually-hidden', 'Status'), select)
   const open = el('a', 'rec-open', 'Open in editor')
   open.href = editorHref(id)
@@ -465,7 +727,18 @@ function buildCard (id) {
   const remove = el('button', 'rec-delete', 'Delete')
   remove.type = 'button'
   remove.title = `Delete ${id}`
-  remove.addEventListener('click', () => mutate('d', id, {}))
+  remove.addEventListener('click', () => {
+    const card = currentView().get(id)
+    // The card stays (greyed, its buttons disabled) until the server has it: the
+    // focus goes on to the next card at once.
+    if (node.contains(document.activeElement)) {
+      const next = neighbourFocus(node)
+      if (next.closest && next.closest('.rec')) focusCard(next.closest('.rec'))
+      else next.focus()
+    }
+    mutate('d', id, {})
+    announce(`Deleted ${card ? cardName(card) : id}`)
+  })
   actions.append(moveLabel, open, remove)
 
   node.append(head, fields, body, noticeList, presence, actions)
@@ -526,16 +799,19 @@ function updateCard (node, card) {
       const close = el('button', 'dismiss', '×')
       close.type = 'button'
       close.title = 'Dismiss'
+      close.setAttribute('aria-label', 'Dismiss this notice')
       close.addEventListener('click', () => dismiss(card.id, notice.key))
       item.append(el('span', 'text', notice.text), close)
       return item
     }))
   }
 
+  const entries = presenceEntries(presenceById.get(card.id))
+  updateViewers($('.viewers', node), entries, presenceById.has(card.id))
+
   const presence = $('.rec-presence', node)
   presence.hidden = !isExpanded
   if (isExpanded) {
-    const entries = presenceEntries()
     const signature = JSON.stringify(entries)
     const ul = $('ul', presence)
     if (ul.dataset.signature !== signature) {
@@ -560,6 +836,38 @@ function updateCard (node, card) {
   if (select.value !== status) select.value = status
   select.disabled = card.pending === 'delete'
   $('.rec-delete', node).disabled = card.pending === 'delete'
+}
+
+/** The avatars on the card's head: who is viewing (or editing) it, in their colours. */
+function updateViewers (ul, entries, known) {
+  const signature = JSON.stringify(entries)
+  if (ul.dataset.signature === signature && ul.hidden === !entries.length) return
+  ul.dataset.signature = signature
+  ul.hidden = entries.length === 0
+  ul.dataset.known = String(known)
+  const names = entries.map(describePeer)
+  ul.setAttribute('aria-label', entries.length ? `Here now: ${names.join('; ')}` : 'Nobody here')
+  ul.title = names.join('\n')
+  const shown = entries.length > MAX_AVATARS ? entries.slice(0, MAX_AVATARS - 1) : entries
+  const items = shown.map((entry) => {
+    const li = el('li', entry.self ? 'avatar self' : 'avatar')
+    li.dataset.clientId = entry.key
+    li.dataset.kind = entry.viewer ? 'viewer' : 'editor'
+    li.dataset.name = entry.name
+    li.title = describePeer(entry)
+    li.style.setProperty('--peer-color', entry.color)
+    li.append(el('span', 'initials', initials(entry.name)))
+    li.setAttribute('aria-hidden', 'true') // the list's label says it all
+    return li
+  })
+  if (shown.length < entries.length) {
+    const rest = entries.slice(shown.length)
+    const more = el('li', 'avatar more', `+${rest.length}`)
+    more.title = rest.map(describePeer).join('\n')
+    more.setAttribute('aria-hidden', 'true')
+    items.push(more)
+  }
+  ul.replaceChildren(...items)
 }
 
 function presenceItem (entry) {
@@ -599,6 +907,49 @@ els.userName.addEventListener('change', () => {
   if (expanded !== null) sendView(expanded)
 })
 
+// The column tabs (shown on narrow screens, where the columns are a strip that
+// scrolls sideways): go to a column; the tab of the column in view is marked.
+for (const button of els.columnTabs.querySelectorAll('button')) {
+  button.addEventListener('click', () => {
+    const column = $(`.column[data-column="${button.dataset.column}"]`, els.board)
+    column.scrollIntoView({ behavior: 'smooth', inline: 'start', block: 'nearest' })
+    markTab(button.dataset.column)
+    // The next Tab goes to this column's first card.
+    const first = $('.rec', column)
+    if (first) {
+      current = first.dataset.id
+      updateTabStops()
+    }
+  })
+}
+
+function markTab (name) {
+  for (const button of els.columnTabs.querySelectorAll('button')) {
+    if (button.dataset.column === name) button.setAttribute('aria-current', 'true')
+    else button.removeAttribute('aria-current')
+  }
+}
+
+let tabFrame = 0
+els.board.addEventListener('scroll', () => {
+  if (tabFrame) return
+  tabFrame = requestAnimationFrame(() => {
+    tabFrame = 0
+    const left = els.board.getBoundingClientRect().left
+    let best = null
+    let bestDistance = Infinity
+    for (const column of els.board.querySelectorAll('.column')) {
+      const distance = Math.abs(column.getBoundingClientRect().left - left)
+      if (distance < bestDistance) {
+        best = column
+        bestDistance = distance
+      }
+    }
+    if (best) markTab(best.dataset.column)
+  })
+}, { passive: true })
+markTab('open')
+
 els.createForm.addEventListener('submit', (event) => {
   event.preventDefault()
   const id = els.newId.value.trim() || randomId(6)
@@ -615,6 +966,8 @@ els.createForm.addEventListener('submit', (event) => {
 })
 
 tokenForm = bindTokenForm()
+// Forget hides itself: the focus goes to the token field rather than to nowhere.
+$('#token-clear').addEventListener('click', () => $('#token-input').focus())
 // A new token may grant other records (or another tenant): the SDK starts over with
 // it (pool cleared, that identity's own queue).
 onTokenChange((token) => {
@@ -635,6 +988,9 @@ window.crdtBoard = {
     return map
   },
   get status () { return statusState },
+  get watching () { return [...watched] },
+  get viewing () { return expanded },
+  get watchBudget () { return watchBudget },
   get client () { return client },
   flush: () => client.flush(),
   reconnect: () => client.reconnect()

@@ -56,9 +56,11 @@ class Board(PageUnderTest):
         name: str,
         t: str = "task",
         before: Callable[[Page], Awaitable[None]] | None = None,
+        viewport: tuple[int, int] = (1280, 760),
     ) -> Board:
         """The board, live; ``before`` runs first (routes, a fake clock)."""
-        context = await browser.new_context(viewport={"width": 1280, "height": 760})
+        width, height = viewport
+        context = await browser.new_context(viewport={"width": width, "height": height})
         context.set_default_timeout(WAIT_MS)
         board = cls(context, await context.new_page())
         if before is not None:
@@ -669,3 +671,376 @@ async def test_the_sdk_follows_the_feed_over_sse_in_chromium(
         assert (await records(http, "sse")) == {"s1": {"n": 2}}
     await page.evaluate("() => window.sse.close()")
     await board.close()
+
+
+# -- a phone: 390 px wide, the columns a strip that scrolls sideways ---------------------------
+
+
+PHONE = (390, 844)
+
+
+async def overflow(page: Page) -> dict[str, int]:
+    """The page's scroll width and the widest right edge of what is outside the strip."""
+    return await page.evaluate(
+        """() => ({
+            scrollWidth: document.documentElement.scrollWidth,
+            right: Math.max(...[...document.querySelectorAll('body *')]
+                .filter((e) => !e.closest('.board') && e.getClientRects().length)
+                .map((e) => e.getBoundingClientRect().right)),
+        })"""
+    )
+
+
+async def in_viewport(locator: Any, width: int) -> bool:
+    box = await locator.bounding_box()
+    return box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width
+
+
+async def test_board_at_390_px_has_no_horizontal_overflow_and_moves_live(
+    browser: Browser, server_factory: Any, artifacts: Path
+) -> None:
+    server = server_factory(*FAST)
+    long_id = "an-id-without-any-space-" + "x" * 60
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await mutate(
+            http,
+            insert("1", title="Write the spec", status="open", owner="ann", points=3),
+            insert("2", title="Make the board usable on a phone at 390 px", status="open"),
+            insert("3", title="Build the board", status="doing", tags=["web", "ui"]),
+            insert("4", title="Ship it", status="done"),
+            insert("5", title="Waiting on legal", status="blocked"),
+            insert(long_id, title="A" * 80, status="doing", note="y" * 200),
+        )
+    alice = await Board.open(browser, server, "alice", viewport=PHONE)
+    page = alice.page
+    bob = await Board.open(browser, server, "bob")
+    await expect(alice.in_column("doing", long_id)).to_have_count(1)
+    measured = await overflow(page)
+    assert measured["scrollWidth"] <= PHONE[0], measured
+    assert measured["right"] <= PHONE[0], measured
+
+    # The tabs show the counts; one column is in view at a time, a tab brings another.
+    tabs = page.locator("#column-tabs")
+    await expect(tabs).to_be_visible()
+    await expect(tabs.locator('button[data-column="doing"] .count')).to_have_text("2")
+    await expect(tabs.locator('button[data-column="open"]')).to_have_attribute(
+        "aria-current", "true"
+    )
+    assert await in_viewport(alice.in_column("open", "1"), PHONE[0])
+    assert not await in_viewport(alice.in_column("done", "4"), PHONE[0])
+    await tabs.locator('button[data-column="done"]').click()
+    await wait_until(lambda: in_viewport(alice.in_column("done", "4"), PHONE[0]))
+    await expect(tabs.locator('button[data-column="done"]')).to_have_attribute(
+        "aria-current", "true"
+    )
+    assert (await overflow(page))["scrollWidth"] <= PHONE[0]
+
+    # Bob (at 1280 px) moves card 4 back to doing: it moves on the phone too.
+    await bob.card("4").locator("select.rec-move").select_option("doing")
+    await expect(alice.in_column("doing", "4")).to_be_visible()
+    await expect(tabs.locator('button[data-column="doing"] .count')).to_have_text("3")
+    await expect(tabs.locator('button[data-column="done"] .count')).to_have_text("0")
+
+    # Alice moves card 1 on the phone: Bob sees it move.
+    await tabs.locator('button[data-column="open"]').click()
+    await alice.card("1").locator("select.rec-move").select_option("done")
+    await expect(bob.in_column("done", "1")).to_be_visible()
+    await expect(bob.in_column("open", "1")).to_have_count(0)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await wait_until(lambda: _status_is(http, "1", "done"))
+
+    # An opened card (with its presence list) still fits.
+    await tabs.locator('button[data-column="open"]').click()
+    await alice.card("2").locator(".rec-toggle").click()
+    await expect(alice.card("2").locator(".peer.self")).to_contain_text("alice")
+    await bob.card("2").locator(".rec-toggle").click()  # Bob looks at it too
+    await expect(avatars(alice, "2")).to_have_count(2)
+    await expect(avatars(alice, "2").first).to_have_attribute("title", "alice (you), viewing")
+    assert (await overflow(page))["scrollWidth"] <= PHONE[0]
+    await page.evaluate("() => window.scrollTo(0, 0)")
+    await page.mouse.move(0, 0)
+    await page.screenshot(path=str(artifacts / "board-390.png"))
+
+    # From the keyboard on the phone: the moved card takes the focus into its new
+    # column, which the strip scrolls into view (its tab marked).
+    await alice.card("2").locator(".rec-toggle").focus()
+    await page.keyboard.press("Shift+ArrowRight")
+    await expect(alice.in_column("doing", "2")).to_be_visible()
+    await wait_until(lambda: _focus_in(page, "2", "doing"))
+    await wait_until(lambda: in_viewport(alice.in_column("doing", "2"), PHONE[0]))
+    await expect(tabs.locator('button[data-column="doing"]')).to_have_attribute(
+        "aria-current", "true"
+    )
+    await expect(bob.in_column("doing", "2")).to_be_visible()
+    assert (await overflow(page))["scrollWidth"] <= PHONE[0]
+    await bob.close()
+    await alice.close()
+
+
+# -- keyboard only -------------------------------------------------------------------------------
+
+
+async def focused(page: Page) -> dict[str, Any]:
+    return await page.evaluate(
+        """() => {
+            const e = document.activeElement
+            const card = e && e.closest ? e.closest('.rec') : null
+            const style = getComputedStyle(e)
+            return {
+                id: e.id || null,
+                cls: e.className || null,
+                card: card ? card.dataset.id : null,
+                column: card ? card.closest('.column').dataset.column : null,
+                expanded: e.getAttribute('aria-expanded'),
+                outline: style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) > 0,
+            }
+        }"""
+    )
+
+
+async def tab_to(page: Page, check: Callable[[dict[str, Any]], bool], limit: int = 40) -> list:
+    """Press Tab until the focus satisfies ``check`` (at most ``limit`` times); the ids
+    of what the focus passed."""
+    passed = []
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        now = await focused(page)
+        passed.append(now["id"] or now["cls"])
+        if check(now):
+            return passed
+    raise AssertionError(f"Tab never reached it; passed {passed}")
+
+
+async def test_keyboard_only_create_move_and_delete(
+    browser: Browser, server_factory: Any, artifacts: Path
+) -> None:
+    server = server_factory(*FAST)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await mutate(http, insert("a", title="Alpha", status="open"))
+        board = await Board.open(browser, server, "kay")
+        page = board.page
+        await board.goto(server)  # again: the focus starts at the top of the page
+
+        # Tab goes through the top bar (type, name, token form) to the new-card form.
+        passed = await tab_to(page, lambda f: f["id"] == "token-input")
+        assert passed.index("type-name") < passed.index("user-name")
+        # The token form: a token typed and Enter; Forget (Tab, Enter) clears it.
+        await page.keyboard.type("not-a-real-token")
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#token-state")).to_have_text("Token set")
+        await page.keyboard.press("Tab")
+        assert (await focused(page))["id"] is None  # the Use button
+        await page.keyboard.press("Tab")
+        assert (await focused(page))["id"] == "token-clear"
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#token-state")).to_have_text("No token (open server)")
+        assert (await focused(page))["id"] == "token-input"
+        await board.wait_live()
+        await tab_to(page, lambda f: f["id"] == "new-id")
+        await page.keyboard.type("kb")
+        await page.keyboard.press("Tab")
+        assert (await focused(page))["id"] == "new-title"
+        await page.keyboard.type("Made with the keyboard")
+        await page.keyboard.press("Enter")
+        await expect(board.in_column("open", "kb")).to_be_visible()
+        await wait_until(lambda: _status_is(http, "kb", "open"))
+        assert (await focused(page))["id"] == "new-title"  # ready for the next card
+
+        # On to the board: one card is in the tab order; the arrows go to the others.
+        now = await focused(page)
+        now = await tab_to(page, lambda f: f["card"] is not None) and await focused(page)
+        assert now["card"] == "a" and "rec-toggle" in now["cls"] and now["outline"], now
+        await page.keyboard.press("ArrowDown")
+        now = await focused(page)
+        assert now["card"] == "kb" and now["outline"], now
+
+        # Enter opens it, Escape closes it, the focus stays on it.
+        await page.keyboard.press("Enter")
+        await expect(board.card("kb")).to_have_attribute("data-expanded", "true")
+        assert (await focused(page))["expanded"] == "true"
+        await expect(board.card("kb").locator(".peer.self")).to_contain_text("kay")
+        await page.keyboard.press("Escape")
+        await expect(board.card("kb")).to_have_attribute("data-expanded", "false")
+        assert (await focused(page))["expanded"] == "false"
+
+        # Shift+→ moves it a column on; the focus follows the card; it is announced.
+        await page.keyboard.press("Shift+ArrowRight")
+        await expect(board.in_column("doing", "kb")).to_be_visible()
+        await wait_until(lambda: _focus_in(page, "kb", "doing"))
+        await expect(page.locator("#announcer")).to_contain_text("Moved “Made with the keyboard”")
+        await wait_until(lambda: _status_is(http, "kb", "doing"))
+        await page.keyboard.press("Shift+ArrowRight")
+        await expect(board.in_column("done", "kb")).to_be_visible()
+        await wait_until(lambda: _focus_in(page, "kb", "done"))
+        await page.keyboard.press("Shift+ArrowRight")  # already the last: stays
+        await expect(page.locator("#announcer")).to_contain_text("already in the last column")
+        await page.keyboard.press("Shift+ArrowLeft")
+        await expect(board.in_column("doing", "kb")).to_be_visible()
+        await wait_until(lambda: _focus_in(page, "kb", "doing"))
+        await wait_until(lambda: _status_is(http, "kb", "doing"))
+
+        await page.screenshot(path=str(artifacts / "board-keyboard.png"))
+
+        # ← goes to the card in the column before; → back.
+        await page.keyboard.press("ArrowLeft")
+        assert (await focused(page))["card"] == "a"
+        await page.keyboard.press("ArrowRight")
+        assert (await focused(page))["card"] == "kb"
+
+        # Its actions follow in the tab order: the move menu, the editor link, Delete.
+        await page.keyboard.press("Tab")
+        assert "rec-move" in (await focused(page))["cls"]
+        await page.keyboard.press("Tab")
+        assert "rec-open" in (await focused(page))["cls"]
+        await page.keyboard.press("Tab")
+        now = await focused(page)
+        assert "rec-delete" in now["cls"] and now["card"] == "kb", now
+        await page.keyboard.press("Enter")
+        await expect(board.card("kb")).to_have_count(0)
+        await expect(page.locator("#announcer")).to_contain_text("Deleted")
+        now = await focused(page)
+        assert now["card"] == "a" and "rec-toggle" in now["cls"], now  # not lost to <body>
+        await wait_until(lambda: _gone(http, "kb"))
+        # And no trap: Tab leaves the board, Shift+Tab comes back.
+        await tab_to(page, lambda f: f["card"] is None)
+        await page.keyboard.press("Shift+Tab")
+        assert (await focused(page))["card"] == "a"
+    await board.close()
+
+
+async def _focus_in(page: Page, record_id: str, column: str) -> bool:
+    now = await focused(page)
+    return now["card"] == record_id and now["column"] == column and "rec-toggle" in now["cls"]
+
+
+async def _gone(http: httpx.AsyncClient, record_id: str) -> bool:
+    return record_id not in await records(http)
+
+
+# -- who is viewing each card ---------------------------------------------------------------------
+
+
+def avatars(board: Board, record_id: str) -> Any:
+    return board.card(record_id).locator(".rec-head .viewers .avatar")
+
+
+async def test_collapsed_cards_show_who_is_viewing_them(
+    browser: Browser, server_factory: Any, artifacts: Path
+) -> None:
+    server = server_factory(*FAST)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await mutate(
+            http,
+            insert("v1", title="Looked at by Bob", status="open"),
+            insert("v2", title="Nobody here", status="doing"),
+        )
+    alice = await Board.open(browser, server, "Alice Liddell")
+    bob = await Board.open(browser, server, "Bob Builder")
+    await expect(alice.card("v1")).to_be_visible()
+    await wait_until(lambda: _watching(alice, {"v1", "v2"}))
+
+    await bob.card("v1").locator(".rec-toggle").click()
+    # On Alice's collapsed card: Bob's initials in his colour, his name on hover.
+    bobs = avatars(alice, "v1")
+    await expect(bobs).to_have_count(1)
+    await expect(bobs).to_have_text("BB")
+    await expect(bobs).to_have_attribute("title", "Bob Builder, viewing")
+    await expect(alice.card("v1")).to_have_attribute("data-expanded", "false")
+    await expect(alice.card("v1").locator(".viewers")).to_have_attribute(
+        "aria-label", "Here now: Bob Builder, viewing"
+    )
+    bob_color = await bob.page.evaluate("() => JSON.parse(localStorage['crdt-sync.user']).color")
+    shown = await bobs.evaluate("(e) => getComputedStyle(e).getPropertyValue('--peer-color')")
+    assert shown.strip() == bob_color
+    await expect(avatars(alice, "v2")).to_have_count(0)
+    # On Bob's own (open) card: himself, marked as him.
+    await expect(avatars(bob, "v1").and_(bob.page.locator(".self"))).to_have_attribute(
+        "title", "Bob Builder (you), viewing"
+    )
+
+    # Alice opens it too: both, "you" first.
+    await alice.card("v1").locator(".rec-toggle").click()
+    await expect(avatars(bob, "v1")).to_have_count(2)
+    await expect(avatars(alice, "v1")).to_have_count(2)
+    await expect(alice.card("v1").locator(".viewers")).to_have_attribute(
+        "aria-label", "Here now: Alice Liddell (you), viewing; Bob Builder, viewing"
+    )
+    await alice.card("v1").locator(".rec-toggle").click()  # closed again: watched
+    await expect(avatars(alice, "v1")).to_have_count(1)
+
+    # Someone in the collaborative editor on v2: a square avatar, "editing".
+    with anyio.fail_after(30):
+        async with connect(server.ws_url, "task/v2") as editor:
+            await editor.synced()
+            editor.awareness.set_local_state({"user": {"name": "Py Editor", "color": "#26a69a"}})
+            await expect(avatars(alice, "v2")).to_have_count(1)
+            await expect(avatars(alice, "v2")).to_have_attribute("data-kind", "editor")
+            await expect(avatars(alice, "v2")).to_have_attribute("title", "Py Editor, editing")
+            await alice.page.mouse.move(0, 0)
+            await alice.page.screenshot(path=str(artifacts / "board-viewers.png"))
+    await expect(avatars(alice, "v2")).to_have_count(0)
+
+    # Bob closes the card: gone from Alice's; he opens it and leaves the page: gone too.
+    await bob.card("v1").locator(".rec-toggle").click()
+    await expect(avatars(alice, "v1")).to_have_count(0)
+    await bob.card("v1").locator(".rec-toggle").click()
+    await expect(avatars(alice, "v1")).to_have_count(1)
+    await bob.close()
+    await expect(avatars(alice, "v1")).to_have_count(0)
+    await alice.close()
+
+
+async def _watching(board: Board, ids: set[str]) -> bool:
+    return set(await board.page.evaluate("() => window.crdtBoard.watching")) == ids
+
+
+async def test_watches_only_cards_on_screen_within_the_servers_limit(
+    browser: Browser, server_factory: Any
+) -> None:
+    """A long column on a phone: only the cards on screen are watched, those that scroll
+    away are left; a server allowing fewer views than the board asks for closes the feed
+    (4461, too_many_views) once, the board asks for fewer and stays live."""
+    server = server_factory(*FAST, "--max-views-per-connection", "4")
+    ids = [f"c{i:02}" for i in range(30)]
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await mutate(http, *[insert(i, title=f"Card {i}", status="open") for i in ids])
+    sockets: list[str] = []
+
+    async def before(page: Page) -> None:
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+
+    alice = await Board.open(browser, server, "alice", viewport=PHONE, before=before)
+    page = alice.page
+    await expect(page.locator(".rec")).to_have_count(30)
+    # More than 4 cards are on screen: the 5th watch is refused (4461); the board asks
+    # for as many as the server had taken (4, its limit) and is live again.
+    await wait_until(lambda: _budget(alice, 4), timeout=20)
+    await alice.wait_live()
+    await wait_until(lambda: _watch_count(alice, 4))
+    watched = set(await page.evaluate("() => window.crdtBoard.watching"))
+    assert watched <= {"c00", "c01", "c02", "c03", "c04", "c05"}, watched
+
+    # Bob looks at a card far down: Alice does not watch it until she scrolls to it.
+    bob = await Board.open(browser, server, "bob")
+    await bob.card("c25").locator(".rec-toggle").click()
+    await alice.card("c25").evaluate("(card) => card.scrollIntoView({block: 'center'})")
+    await wait_until(lambda: _watching_includes(alice, "c25"))
+    await expect(avatars(alice, "c25")).to_have_count(1)
+    watched = set(await page.evaluate("() => window.crdtBoard.watching"))
+    assert len(watched) <= 4 and not watched & {"c00", "c01"}, watched
+    await alice.wait_live()
+    assert len(sockets) == 2, sockets  # the refused one and this one: no reconnect loop
+    await bob.close()
+    await alice.close()
+
+
+async def _budget(board: Board, budget: int) -> bool:
+    return await board.page.evaluate("() => window.crdtBoard.watchBudget") == budget
+
+
+async def _watch_count(board: Board, count: int) -> bool:
+    return len(await board.page.evaluate("() => window.crdtBoard.watching")) == count
+
+
+async def _watching_includes(board: Board, record_id: str) -> bool:
+    return record_id in await board.page.evaluate("() => window.crdtBoard.watching")
