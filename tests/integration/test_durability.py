@@ -721,7 +721,9 @@ async def test_a_client_joining_during_shutdown_is_closed_with_1001(server_facto
         await wait_for(lambda: stored_upto(server.db, name) == len(updates), timeout=20)
     server.kill()
 
-    restarted = server_factory()
+    # A long shutdown timeout: a joining client left open would hold the exit for all
+    # of it, far longer than any loaded machine takes to close it.
+    restarted = server_factory("--shutdown-timeout", "60")
     sock = await anyio.to_thread.run_sync(raw_websocket, restarted.url, f"/yjs/{name}")
     try:
         assert restarted.proc is not None
@@ -735,7 +737,8 @@ async def test_a_client_joining_during_shutdown_is_closed_with_1001(server_facto
     restarted.stop()
     assert code == 1001, f"joining client closed with {code}:\n{restarted.log()[-2500:]}"
     assert exit_code == 0
-    assert took < 3, f"shutdown took {took:.1f} s (--shutdown-timeout is 5 s)"
+    assert took < 30, f"shutdown took {took:.1f} s (--shutdown-timeout is 60 s)"
+    assert "graceful shutdown exceeded" not in restarted.log()
     assert "Traceback" not in restarted.log()
 
 
