@@ -86,3 +86,20 @@ class PageUnderTest:
     def _on_console(self, message: ConsoleMessage) -> None:
         if message.type == "error" and not any(t in message.text for t in self.EXPECTED_CONSOLE):
             self.errors.append(f"console error: {message.text}")
+
+
+async def open_page(
+    browser: Browser,
+    url: str,
+    *,
+    kind: type[PageUnderTest] = PageUnderTest,
+    width: int = 1280,
+    height: int = 900,
+    wait_ms: int = 10_000,
+) -> Any:
+    """``url`` in a new context of its own (``kind`` collects what the page does)."""
+    context = await browser.new_context(viewport={"width": width, "height": height})
+    context.set_default_timeout(wait_ms)
+    page = kind(context, await context.new_page())
+    await page.page.goto(url)
+    return page

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser.conftest import LAUNCH_ARGS, PageUnderTest
+from tests.browser.conftest import LAUNCH_ARGS, PageUnderTest, open_page
 from tests.guarded_server import guarded_server
 from tests.server_process import ServerProcess
 
@@ -65,11 +65,7 @@ class Watched(PageUnderTest):
 
 
 async def open_watched(browser: Browser, url: str) -> Watched:
-    context = await browser.new_context(viewport={"width": 1100, "height": 620})
-    context.set_default_timeout(WAIT_MS)
-    watched = Watched(context, await context.new_page())
-    await watched.page.goto(url)
-    return watched
+    return await open_page(browser, url, kind=Watched, width=1100, height=620, wait_ms=WAIT_MS)
 
 
 async def test_editor_sends_the_fragment_token_on_its_websocket(

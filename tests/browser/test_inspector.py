@@ -14,7 +14,7 @@ import pytest
 from pycrdt import Text
 
 from crdt_sync.client import connect
-from tests.browser.conftest import PageUnderTest
+from tests.browser.conftest import open_page
 from tests.integration.auth_support import SECRET, token
 
 if not os.environ.get("CI"):
@@ -25,14 +25,6 @@ pytestmark = pytest.mark.anyio
 
 FAST = ("--delta-min-interval-ms", "0", "--frame-coalesce-ms", "50")
 WAIT_MS = 10_000
-
-
-async def open_page(browser: Browser, url: str, width: int = 1280) -> PageUnderTest:
-    context = await browser.new_context(viewport={"width": width, "height": 900})
-    context.set_default_timeout(WAIT_MS)
-    page = PageUnderTest(context, await context.new_page())
-    await page.page.goto(url)
-    return page
 
 
 async def test_the_inspector_shows_a_room_another_context_has_open(

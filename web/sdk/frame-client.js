@@ -595,16 +595,20 @@ class FrameClientImpl {
     this._timers.reconnect = setTimeout(() => this._connect(), delay)
   }
 
+  /** Close the current connection (if any) and stop its heartbeat. */
+  _dropConnection () {
+    if (!this._conn) return
+    const conn = this._conn
+    this._conn = null
+    clearInterval(this._timers.tick)
+    conn.close()
+  }
+
   /** @param {ClientError} error */
   _stop (error) {
     this._stopped = true
     clearTimeout(this._timers.reconnect)
-    if (this._conn) {
-      const conn = this._conn
-      this._conn = null
-      clearInterval(this._timers.tick)
-      conn.close()
-    }
+    this._dropConnection()
     this._report(error)
     this.error = error
     this._setState('offline')
@@ -688,12 +692,7 @@ class FrameClientImpl {
   _restart (switchQueue) {
     this._generation++
     clearTimeout(this._timers.reconnect)
-    if (this._conn) {
-      const conn = this._conn
-      this._conn = null
-      clearInterval(this._timers.tick)
-      conn.close()
-    }
+    this._dropConnection()
     this._connecting = false
     this._stopped = false
     this.error = null
