@@ -828,7 +828,10 @@ async def test_unloaded_rooms_are_freed(server_factory) -> None:
         start = rss_kib(server.proc.pid)
         after = [await open_and_unload_all() for _ in range(4)]
     first_round = after[0] - start
-    later_rounds = after[-1] - after[1]
+    # Against the peak of the first two rounds: the allocator may hand memory back to
+    # the OS after one round (RSS dips) and take it again in the next, which is reuse,
+    # not growth. A leak adds the rooms of every round (about 4 MB each here).
+    later_rounds = after[-1] - max(after[:2])
     assert later_rounds < max(first_round / 4, 4096), (
         f"RSS (KiB) at start {start}, after each open/unload round of {len(names)} docs: "
         f"{after}: unloaded rooms are not freed"
