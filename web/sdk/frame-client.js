@@ -595,8 +595,9 @@ class FrameClientImpl {
     this._timers.reconnect = setTimeout(() => this._connect(), delay)
   }
 
-  /** Close the current connection (if any) and stop its heartbeat. */
-  _dropConnection () {
+  /** Close the current connection (if any) and stop its heartbeat, quietly (a stop or
+   * a restart: unlike `_dropConnection`, no reconnect follows). */
+  _closeQuietly () {
     if (!this._conn) return
     const conn = this._conn
     this._conn = null
@@ -608,7 +609,7 @@ class FrameClientImpl {
   _stop (error) {
     this._stopped = true
     clearTimeout(this._timers.reconnect)
-    this._dropConnection()
+    this._closeQuietly()
     this._report(error)
     this.error = error
     this._setState('offline')
@@ -692,7 +693,7 @@ class FrameClientImpl {
   _restart (switchQueue) {
     this._generation++
     clearTimeout(this._timers.reconnect)
-    this._dropConnection()
+    this._closeQuietly()
     this._connecting = false
     this._stopped = false
     this.error = null
