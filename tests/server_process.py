@@ -45,7 +45,7 @@ class ServerProcess:
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://", 1) + "/yjs"
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = 60.0) -> ServerProcess:
         cmd = [
             self.python,
             "-m",

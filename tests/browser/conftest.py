@@ -21,6 +21,9 @@ except ImportError:  # the dev extra not installed: reported by the fixture belo
     async_playwright = None  # type: ignore[assignment]
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: How long Chromium may take to start (a bounded wait: two test workers on a loaded
+#: 2-core machine have been seen to take over 30 s).
+LAUNCH_TIMEOUT_MS = 90_000
 LAUNCH_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -56,7 +59,10 @@ async def browser(anyio_backend: Any, chromium_path: Path) -> AsyncIterator[Brow
     """A headless Chromium, closed after the test."""
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(
-            executable_path=str(chromium_path), args=LAUNCH_ARGS, headless=True, timeout=30_000
+            executable_path=str(chromium_path),
+            args=LAUNCH_ARGS,
+            headless=True,
+            timeout=LAUNCH_TIMEOUT_MS,
         )
         try:
             yield chromium

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser.conftest import LAUNCH_ARGS, PageUnderTest, open_page
+from tests.browser.conftest import LAUNCH_ARGS, LAUNCH_TIMEOUT_MS, PageUnderTest, open_page
 from tests.guarded_server import guarded_server
 from tests.server_process import ServerProcess
 
@@ -231,7 +231,7 @@ async def resolving_browser(chromium_path: Path) -> AsyncIterator[Browser]:
             executable_path=str(chromium_path),
             args=[*LAUNCH_ARGS, rules],
             headless=True,
-            timeout=30_000,
+            timeout=LAUNCH_TIMEOUT_MS,
         )
         try:
             yield chromium
