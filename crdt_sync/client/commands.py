@@ -33,7 +33,7 @@ import anyio
 import httpx
 from pycrdt import Doc, Text
 
-from .docs import http_base
+from .urls import http_base
 
 DEFAULT_URL = "http://127.0.0.1:1234"
 URL_ENV = "CRDT_SYNC_URL"

@@ -51,7 +51,6 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import websockets
@@ -61,6 +60,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from rooms.close_codes import CloseCode
 
 from .backoff import Backoff
+from .urls import yjs_base
 from .yjs import YjsClient, connect
 
 log = logging.getLogger(__name__)
@@ -118,40 +118,6 @@ class DocNotFound(DocClientError):
 
 class Refused(DocClientError):
     """The server refused what this client sends (a bad name, a message too big...)."""
-
-
-def yjs_base(url: str) -> str:
-    """The ``ws(s)://…/yjs`` base for a server URL (``http``/``ws``, ``/yjs`` or not).
-
-    Raises:
-        ValueError: not an http(s) or ws(s) URL, or it carries a query (pass the token
-            as ``token=``, never in the URL).
-    """
-    parts = _split(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path.rstrip("/")
-    if not path.endswith("/yjs"):
-        path += "/yjs"
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
-
-
-def http_base(url: str) -> str:
-    """The ``http(s)://`` base of the HTTP API for the same URLs :func:`yjs_base` takes."""
-    parts = _split(url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    path = parts.path.rstrip("/")
-    if path.endswith("/yjs"):
-        path = path[: -len("/yjs")]
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
-
-
-def _split(url: str) -> Any:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
-        raise ValueError(f"expected an http(s):// or ws(s):// server URL, got {url!r}")
-    if parts.query or parts.fragment:
-        raise ValueError("the server URL must not carry a query or fragment (pass token=)")
-    return parts
 
 
 class DocClient:

@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 import anyio
 import httpx
@@ -58,6 +58,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from .backoff import Backoff
 from .offline_queue import OfflineQueue, QueuedMutation, open_queue
 from .record_pool import RecordPool
+from .urls import http_base
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +179,6 @@ def _throttle_wait(response: httpx.Response) -> float:
     return _retry_after(response.headers) or 1.0
 
 
-def _http_base(url: str) -> str:
-    parts = urlsplit(url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    if scheme not in ("http", "https"):
-        raise ValueError(f"url must be http(s):// or ws(s)://, got {url!r}")
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-
-
 def _check_record(t: Any, record_id: Any) -> None:
     if not isinstance(t, str) or not t or "/" in t:
         raise ValueError(f"t must be a non-empty record type without '/', got {t!r}")
@@ -266,7 +259,7 @@ class FrameClient:
         load_records: bool = True,
         reload_on_reset: bool = True,
     ) -> None:
-        self.url = _http_base(url)
+        self.url = http_base(url)
         self._ws_base = "ws" + self.url[len("http") :] + "/sync/v1/ws"
         self._token = token
         if isinstance(types, str):

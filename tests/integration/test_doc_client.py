@@ -16,7 +16,8 @@ from pycrdt import Text
 
 from crdt_sync.client import DocClient, connect
 from crdt_sync.client.backoff import Backoff
-from crdt_sync.client.docs import DocNotFound, Forbidden, Unauthorized, http_base, yjs_base
+from crdt_sync.client.docs import DocNotFound, Forbidden, Unauthorized
+from crdt_sync.client.urls import http_base, yjs_base
 from tests.cluster import free_port
 from tests.integration.auth_support import SECRET, token
 from tests.server_process import ServerProcess
