@@ -83,16 +83,12 @@ class Clusters:
         self.stack = stack
         self.started: list[Cluster] = []
 
-    def __call__(
-        self, size: int = 3, *, redis_url: str | None = None, args=(), node_args=None
-    ) -> Cluster:
+    def __call__(self, size: int = 3, *, redis_url: str | None = None, args=()) -> Cluster:
         url = self.stack.enter_context(throwaway_database())
         workdir = self.workdir / f"cluster-{len(self.started)}"
         workdir.mkdir()
         extra = {} if redis_url is None else {"redis_url": redis_url}
-        cluster = Cluster(
-            workdir, url, size=size, args=(*FAST, *args), node_args=node_args, **extra
-        )
+        cluster = Cluster(workdir, url, size=size, args=(*FAST, *args), **extra)
         self.started.append(cluster)
         self.stack.callback(cluster.stop)
         return cluster.start()
