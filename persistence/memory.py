@@ -23,6 +23,7 @@ import bisect
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -194,6 +195,13 @@ class MemoryStore(StartClose):
             return Committed(update_id=update_id, prev_update_id=prev, frames=logged)
 
         return Appended(durable=self._queue(apply, len(data)))
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """See :meth:`persistence.store.Store.atomic`: every write queued in one
+        event-loop iteration commits together here, so a block that does not yield is
+        one transaction already."""
+        self._check_open()
+        return nullcontext()
 
     def log_frames(
         self, org: str, batch: FrameBatch, *, delete: str | None = None

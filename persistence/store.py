@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Generator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -388,6 +389,17 @@ class Store(Protocol):
 
         Queues without yielding to the event loop, so callers can order writes. The
         update id is assigned at commit: see :attr:`Appended.durable`.
+        """
+        ...
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """A block whose writes (:meth:`append`, :meth:`log_frames`) commit in ONE
+        transaction, in the order queued: their frames get consecutive sids of their
+        org and are reported by one commit (a mutation request's frames, one batch).
+
+        Synchronous and never yielding: the caller must not yield to the event loop
+        inside it, nor await a commit queued in it (it is handed to the writer when
+        the block exits). Nested blocks join the outermost one.
         """
         ...
 

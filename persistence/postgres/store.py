@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import anyio
@@ -314,6 +315,10 @@ class PostgresStore(StartClose):
         writer.submit(op, len(data) + prepared.batch_size(batch))
         await writer.wait_for_room(op)
         return Appended(durable=future)
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """See :meth:`persistence.store.Store.atomic` (:meth:`Writer.group`)."""
+        return self._check_open().group()
 
     def log_frames(
         self, org: str, batch: FrameBatch, *, delete: str | None = None

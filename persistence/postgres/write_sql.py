@@ -80,6 +80,7 @@ class Op:
     future: asyncio.Future[Any] | None
     batch: PreparedBatch | None = None
     size: int = 0  # bytes counted against the writer's bound while queued
+    more: bool = False  # not the last op of an atomic group: commit with the next one
     # Set by apply() (reset at each attempt):
     result: Any = None
     error: BaseException | None = None

@@ -7,6 +7,10 @@ company), runs the batch in ONE transaction on a pooled connection
 (:func:`persistence.postgres.write_sql.apply`), then settles every op's
 :class:`~persistence.store.Commit` at once.
 
+Atomic groups (:meth:`Writer.group`): the ops queued inside the block are put on the
+queue together when it exits, marked so that the task commits them in one transaction
+(past ``max_batch`` if need be).
+
 Failures: a batch that fails is rolled back and each of its ops raises a
 :class:`~persistence.store.StoreWriteError`, a :class:`StoreUnavailableError` when the
 server or the connection is gone (refused, reset, terminated, no connection within
@@ -23,7 +27,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -76,6 +81,7 @@ class Writer:
         self._max_queued_bytes = max_queued_bytes
         self._acquire_timeout = acquire_timeout
         self._queue: deque[Op] = deque()
+        self._group: list[Op] | None = None  # ops of an open group(), not queued yet
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._queued_bytes = 0
@@ -114,14 +120,43 @@ class Writer:
             op.future.exception()
             return
         op.size = size + OP_OVERHEAD
+        if self._group is not None:
+            assert op.kind not in BARRIERS, "a barrier inside an atomic group"
+            self._group.append(op)
+            return
         self._queued_bytes += op.size
         self._queue.append(op)
         self._wake.set()
 
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Commit the ops submitted inside the block in one transaction.
+
+        The block must not yield to the event loop (its ops are held back until it
+        exits); nested blocks join the outermost one.
+        """
+        if self._group is not None:
+            yield
+            return
+        ops = self._group = []
+        try:
+            yield
+        finally:
+            self._group = None
+            for op in ops[:-1]:
+                op.more = True
+            for op in ops:
+                self._queued_bytes += op.size
+                self._queue.append(op)
+            if ops:
+                self._wake.set()
+
     async def wait_for_room(self, op: Op) -> None:
         """Wait (after queueing ``op``) while more than ``max_queued_bytes`` are queued,
         so that a producer faster than the database is slowed down; an op whose own
-        size is over the bound alone is not held back."""
+        size is over the bound alone is not held back, nor one of an open group."""
+        if self._group is not None:
+            return
         while (
             op.size and self._queued_bytes > self._max_queued_bytes and self._queued_bytes > op.size
         ):
@@ -172,7 +207,7 @@ class Writer:
         batch = [queue.popleft()]
         if batch[0].kind in BARRIERS:
             return batch
-        while queue and len(batch) < self._max_batch:
+        while queue and (len(batch) < self._max_batch or batch[-1].more):
             op = queue.popleft()
             batch.append(op)
             if op.kind in BARRIERS:  # somebody waits on it: commit now

@@ -36,6 +36,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import anyio
@@ -255,6 +256,11 @@ class SQLiteStore(StartClose):
             # if this wait is cancelled).
             await asyncio.shield(admitted)
         return Appended(durable=future)
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """See :meth:`persistence.store.Store.atomic` (:meth:`Writer.group`)."""
+        self._check_open()
+        return self._writer.group()
 
     def log_frames(
         self, org: str, batch: FrameBatch, *, delete: str | None = None

@@ -69,6 +69,7 @@ class Op:
     error: BaseException | None = None
     batch: PreparedBatch | None = None  # frames logged in the same transaction
     size: int = 0  # bytes counted against max_queued_bytes while it is queued
+    more: bool = False  # not the last op of an atomic group: commit with the next one
 
 
 class SidSequence:

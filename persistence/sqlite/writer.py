@@ -16,6 +16,11 @@ Admission: the bytes of the ops handed to the thread and not settled yet are bou
 order, and are handed over as settled ops make room (one op alone is always let
 through).
 
+Atomic groups (:meth:`Writer.group`): the ops queued inside the block are handed over
+together when it exits, marked so that the thread commits them in one transaction
+(past ``max_batch`` if need be) and admitted as a unit: a mutation request's writes
+to several docs commit, and their frames get sids, together.
+
 Failure model: a failing batch (disk full, read-only file, I/O error, …) is rolled
 back, logged once, and every op in it raises :class:`StoreWriteError`; the writer
 keeps running and tries later batches again. A FLUSH or STOP barrier also raises if an
@@ -33,7 +38,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlite_utils import Database
@@ -83,6 +89,7 @@ class Writer:
         self.max_queued_bytes = max_queued_bytes
         self.queued_bytes = 0
         self._backlog: deque[tuple[Op, asyncio.Future[None] | None]] = deque()
+        self._group: list[Op] | None = None  # ops of an open group(), not handed over
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         # Writer-thread state: message of a failed batch no flush has reported yet.
@@ -144,6 +151,10 @@ class Writer:
             ``None`` if handed over now; else (``wait``) a future completed when it is.
         """
         op.size = size + OP_OVERHEAD
+        if self._group is not None:
+            assert op.kind not in BARRIERS, "a barrier inside an atomic group"
+            self._group.append(op)
+            return None
         if not self._backlog and (
             self.queued_bytes == 0 or self.queued_bytes + op.size <= self.max_queued_bytes
         ):
@@ -154,6 +165,40 @@ class Writer:
         admitted = self._loop.create_future() if wait else None
         self._backlog.append((op, admitted))
         return admitted
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Commit the ops admitted inside the block in one transaction.
+
+        The block must not yield to the event loop: its ops are held back until it
+        exits (an op awaited inside it would never commit). Nested blocks join the
+        outermost one.
+        """
+        if self._group is not None:
+            yield
+            return
+        ops = self._group = []
+        try:
+            yield
+        finally:
+            self._group = None
+            self._admit_group(ops)
+
+    def _admit_group(self, ops: list[Op]) -> None:
+        """Hand ``ops`` over as one unit (all now, or all behind the waiting ops)."""
+        if not ops:
+            return
+        for op in ops[:-1]:
+            op.more = True
+        total = sum(op.size for op in ops)
+        if not self._backlog and (
+            self.queued_bytes == 0 or self.queued_bytes + total <= self.max_queued_bytes
+        ):
+            self.queued_bytes += total
+            for op in ops:
+                self._queue.put(op)
+            return
+        self._backlog.extend((op, None) for op in ops)
 
     def _release(self, ops: Sequence[Op]) -> None:
         """``ops`` left the writer: hand over the waiting ops that fit now, in order."""
@@ -170,6 +215,10 @@ class Writer:
             self._queue.put(op)
             if admitted is not None and not admitted.done():
                 admitted.set_result(None)
+            while op.more:  # the rest of its atomic group goes with it
+                op, _ = backlog.popleft()
+                self.queued_bytes += op.size
+                self._queue.put(op)
 
     def _settle(self, ops: Sequence[Op]) -> None:
         """Runs on the event loop: release the queue bytes of ``ops`` and complete their
@@ -285,7 +334,14 @@ class Writer:
         # forms the next batch), and a busy store keeps gathering for the interval.
         if self._interval > 0 and self.last_batch_size > 1:
             time.sleep(self._interval)
-        while len(batch) < self._max_batch:
+        while True:
+            if batch[-1].more:
+                # The rest of an atomic group: being handed over right now (the event
+                # loop puts a group's ops one after the other without yielding).
+                batch.append(self._queue.get())
+                continue
+            if len(batch) >= self._max_batch:
+                break
             try:
                 op = self._queue.get_nowait()
             except queue.Empty:

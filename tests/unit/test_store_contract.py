@@ -968,3 +968,29 @@ async def test_flush_waits_for_everything_queued_before_it(store: Store) -> None
         await store.flush()
         assert all(x.durable.done() for x in appended) and logged.done()
         assert stored_content(await store.load(ORG, "doc")) == {"x": 4}
+
+
+async def test_writes_of_an_atomic_block_commit_in_one_transaction(store: Store) -> None:
+    with anyio.fail_after(TIMEOUT):
+        await store.flush()
+        before = store.stats().commits
+        with store.atomic():
+            first = await store.append(
+                ORG, "task/1", Replica(1).set("a", 1), actor="ann", at=1,
+                frames=batch(draft("task", "1")),
+            )  # fmt: skip
+            logged = store.log_frames(ORG, batch(draft("note", "9")))
+            second = await store.append(
+                ORG, "task/2", Replica(2).set("b", 2), actor="ann", at=2,
+                frames=batch(draft("task", "2")),
+            )  # fmt: skip
+        one = await first.durable
+        # One commit completes them all together, in the order queued.
+        assert second.durable.done() and logged.done()
+        two = second.durable.result()
+        sids = [f.sid for f in [*one.frames, *logged.result(), *two.frames]]
+        assert sids == list(range(sids[0], sids[0] + 3))
+        await store.flush()
+        assert store.stats().commits - before <= 2  # the block's commit, and the flush's
+        page = await store.read_frames(ORG, 0)
+        assert [(f.t, f.id) for f in page.frames] == [("task", "1"), ("note", "9"), ("task", "2")]

@@ -103,3 +103,41 @@ async def test_frames_logged_behind_waiting_writes_keep_the_call_order(tmp_path)
                     await until(lambda n=queued: store.stats().queued == n)
                 release.set()
         assert order == ["u0", "f0", "u1", "f1", "u2", "f2"]
+
+
+async def test_an_atomic_group_is_one_transaction_past_max_batch_and_behind_waiting_writes(
+    tmp_path,
+) -> None:
+    """A group bigger than ``max_batch``, queued while the queue is full, is still
+    committed in one transaction, after the writes queued before it."""
+
+    def draft(t: str, i: int) -> FrameDraft:
+        p = {"i": i}
+        return FrameDraft(t=t, id=str(i), op="i", p=p, who="a", at=i, ctx={}, record=p)
+
+    bound = 600  # fewer than the 8 earlier ops fit: the others wait in the backlog
+    release = threading.Event()
+    store = SQLiteStore(tmp_path / "db", max_queued_bytes=bound, max_batch=2)
+    async with store:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                await held_writer(store, release, tg)
+                early = [draft("early", i) for i in range(8)]
+                earlier = [store.log_frames(ORG, FrameBatch((d,))) for d in early]
+                assert store.stats().queued_bytes <= bound
+                await until(lambda: store.stats().queued >= 8)
+                with store.atomic():
+                    group = [
+                        store.log_frames(ORG, FrameBatch((draft("group", i),))) for i in range(5)
+                    ]
+                    assert store.stats().queued == 8  # held back until the block exits
+                release.set()
+            frames = [f for commit in group for f in await commit]
+            sids = [f.sid for f in frames]
+            assert sids == list(range(sids[0], sids[0] + 5))
+            assert max(f.sid for c in earlier for f in c.result()) < sids[0]
+            # Every group op settled in one commit: the batch that held them all.
+            # The last commit held the whole group (max_batch is 2).
+            assert store.stats().last_batch_size >= 5  # (with an earlier op, or alone)
+            page = await store.read_frames(ORG, 0, limit=100)
+            assert [f.t for f in page.frames] == ["early"] * 8 + ["group"] * 5
