@@ -25,6 +25,7 @@ from persistence.store import Store, StoreError
 from rooms.close_codes import CloseCode
 from rooms.feed_hub import FeedHub
 from rooms.frame_bus import FrameBus, LocalFrameBus
+from rooms.frame_waiters import FrameWaiters
 from rooms.manager import RoomManager, RoomSettings
 from rooms.supervisor import Supervisor
 
@@ -101,6 +102,9 @@ class Runtime:
         #: Why the lifespan could not start (the store would not open), for its log line.
         self.start_failure: str | None = None
         self.hub = FeedHub()
+        self.frame_waiters = FrameWaiters(
+            settings.max_long_polls, reads=max(4, settings.delta_max_concurrency)
+        )
         #: This node's id in the cluster (logs, metrics, Redis lease).
         self.node_id = node_id_of(settings)
         #: Where committed frames go, on their way to the hub (and other nodes'); set
@@ -153,6 +157,7 @@ class Runtime:
         buses = self.buses = open_buses(settings, store, self.node_id)
         self.frame_bus = buses.frames
         self.frame_bus.subscribe(self.hub.publish)
+        self.frame_bus.subscribe(self.frame_waiters.publish)
         if buses.rooms is not None:
             log.info("node %s: several nodes, on Redis and the shared store", self.node_id)
         try:
@@ -302,6 +307,7 @@ class Runtime:
         conns = self._manager.connection_count
         log.info("shutting down: closing %d connections in %d rooms", conns, rooms)
         self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        self.frame_waiters.close()  # long-polls answer what they have
         with anyio.move_on_after(self.settings.shutdown_timeout) as scope:
             await self._manager.unload_all()
         if scope.cancelled_caught:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from rooms.manager import RoomManager, ShuttingDown
 from rooms.room import Room, RoomLoadError, RoomState
 
 from .docnames import split_record
+from .records.coalescer import UNKNOWN as UNKNOWN_BASELINE
 from .records.coalescer import Coalescer
 from .records.projection import same
 from .records.writes import FieldError, plan_write
@@ -99,43 +101,68 @@ class MutationEngine:
         return self.coalescer.manager
 
     async def mutate_many(
-        self, org: str, mutations: list[Mutation], *, actor: str, client_id: str | None
+        self,
+        org: str,
+        mutations: list[Mutation],
+        *,
+        actor: str,
+        client_id: str | None,
+        tx: str | None = None,
     ) -> list[dict[str, Any] | Exception]:
-        """Apply mutations in order, each to its record's doc in one CRDT transaction,
-        framed and stored in one store transaction; then wait for their commits
-        together: a batch of 50 shares group commits, not 50 commits in a row.
+        """Apply mutations in order, each to its record's doc in one CRDT transaction;
+        a batch's inserts and updates are stored in ONE store transaction
+        (:meth:`~persistence.store.Store.atomic`), so their frames, which share the
+        batch's ``tx`` id, get consecutive sids and reach every subscriber together.
+
+        Everything that waits (loading a doc, reading its projection, conflicts since
+        ``base_sid``, framing a pending change) is done for each mutation first; then
+        every check and change of the group runs with no yield in between. A delete
+        (which waits for its own commit), and a mutation whose ``client_tx_id`` another
+        request holds (which must not wait while this one holds keys), end the group:
+        the mutations after them form the next one, with the same ``tx``.
 
         Returns:
-            Per mutation, its result (``sid``; ``conflicts``: fields overwritten that
-            another writer set since ``base_sid``; on a replayed ``client_tx_id``, the
-            original answer) or the exception that failed it alone
+            Per mutation, its result (``sid``; ``tx``; ``conflicts``: fields overwritten
+            that another writer set since ``base_sid``; on a replayed ``client_tx_id``,
+            the original answer) or the exception that failed it alone
             (:class:`MutationError`: 404 / 409 / 422, a store or load error).
         """
-        started: list[_Started | Exception] = []
+        tx = tx if tx is not None else new_tx_id()
+        started: list[_Started | _Prepared | Exception] = []
+        group: list[int] = []  # indexes in started of the _Prepared not applied yet
         in_batch: dict[str, tuple[int, Mutation]] = {}
         try:
             for m in mutations:
-                tx = m.client_tx_id
-                if tx is not None and tx in in_batch:
-                    index, first = in_batch[tx]
+                key = m.client_tx_id
+                if key is not None and key in in_batch:
+                    index, first = in_batch[key]
                     if (first.t, first.id, first.op) != (m.t, m.id, m.op):
                         started.append(_tx_reused(m))
                     else:
                         started.append(_Started.replay_of(index))  # the same tx twice
                     continue
+                if group and (m.op == "d" or self._held(org, key)):
+                    await self._apply_group(org, group, started, actor, client_id)
+                    group = []
                 try:
-                    begun = await self._begin(org, m, actor, client_id)
+                    begun = await self._begin(org, m, actor, client_id, tx)
                 except Exception as exc:  # this mutation alone failed
                     started.append(_own_error(m, exc))
                     continue
-                if tx is not None:
-                    in_batch[tx] = (len(started), m)
+                if key is not None:
+                    in_batch[key] = (len(started), m)
+                if isinstance(begun, _Prepared):
+                    group.append(len(started))
                 started.append(begun)
+            if group:
+                await self._apply_group(org, group, started, actor, client_id)
+                group = []
             outcomes: list[dict[str, Any] | Exception] = []
             for item in started:
                 if isinstance(item, Exception):
                     outcomes.append(item)
                     continue
+                assert isinstance(item, _Started)
                 try:
                     outcomes.append(await item.complete(outcomes))
                 except Exception as exc:
@@ -145,19 +172,70 @@ class MutationEngine:
             for item in started:
                 if isinstance(item, _Started):
                     item.finish()
+                elif isinstance(item, _Prepared):  # never applied (cancelled)
+                    item.abandon()
 
-    async def _begin(self, org: str, m: Mutation, actor: str, client_id: str | None) -> _Started:
-        """Everything up to the store queue: idempotency, checks, the CRDT change.
+    def _held(self, org: str, key: str | None) -> bool:
+        """Whether another request holds idempotency key ``key`` now."""
+        return key is not None and (org, key) in self._in_flight
+
+    async def _apply_group(
+        self,
+        org: str,
+        group: list[int],
+        started: list[_Started | _Prepared | Exception],
+        actor: str,
+        client_id: str | None,
+    ) -> None:
+        """Check and apply the prepared mutations at ``group`` (indexes in ``started``,
+        replaced by their outcome) in one store transaction, with no yield in between.
+
+        One whose record was deleted since it was prepared starts over afterwards,
+        alone, on the doc as it is then.
+        """
+        again: list[int] = []
+        with self.store.atomic():
+            for index in group:
+                prepared = started[index]
+                assert isinstance(prepared, _Prepared)
+                try:
+                    begun = await prepared.apply()  # no yield: the store queues at once
+                except Exception as exc:
+                    prepared.abandon()
+                    started[index] = _own_error(prepared.m, exc)
+                    continue
+                if begun is None:
+                    prepared.drop_room()
+                    again.append(index)
+                else:
+                    started[index] = begun
+        for index in again:
+            prepared = started[index]
+            assert isinstance(prepared, _Prepared)
+            try:
+                begun = await self._change_alone(org, prepared.m, actor, client_id, prepared.ctx)
+            except Exception as exc:
+                prepared.abandon()
+                started[index] = _own_error(prepared.m, exc)
+                continue
+            prepared.hand_over(begun)
+            started[index] = begun
+
+    async def _begin(
+        self, org: str, m: Mutation, actor: str, client_id: str | None, tx: str
+    ) -> _Started | _Prepared:
+        """Everything up to the change: idempotency, and what the change waits for.
 
         A ``client_tx_id`` is held from its lookup until its mutation's commit (which
-        stores the key) completes, never longer: a request never holds one key while
-        it waits for another, so batches naming the same keys in any order cannot
+        stores the key) completes, never longer: a request never waits for a key while
+        a mutation of it that holds one is not queued in the store (see
+        :meth:`mutate_many`), so batches naming the same keys in any order cannot
         wait on each other.
         """
-        tx = m.client_tx_id
-        if tx is None:
-            return await self._begin_change(org, m, actor, client_id)
-        key = (org, tx)
+        key_name = m.client_tx_id
+        if key_name is None:
+            return await self._begin_change(org, m, actor, client_id, tx)
+        key = (org, key_name)
         while (running := self._in_flight.get(key)) is not None:
             await running.wait()  # the same tx replayed by another request in flight
         done = self._in_flight[key] = anyio.Event()
@@ -168,15 +246,15 @@ class MutationEngine:
             done.set()
 
         try:
-            stored = await self.store.get_mutation(org, tx)
+            stored = await self.store.get_mutation(org, key_name)
             if stored is not None:
                 # A key names one mutation: the same key on another record (or op) is
                 # not a replay, and must not hand out that record's result.
                 if (stored.get("t"), stored.get("id"), stored.get("op")) != (m.t, m.id, m.op):
                     raise _tx_reused(m)
-                begun = _Started({**stored, "replayed": True}, None, False)
+                begun: _Started | _Prepared = _Started({**stored, "replayed": True}, None, False)
             else:
-                begun = await self._begin_change(org, m, actor, client_id)
+                begun = await self._begin_change(org, m, actor, client_id, tx)
         except BaseException:
             release()
             raise
@@ -184,9 +262,9 @@ class MutationEngine:
         return begun
 
     async def _begin_change(
-        self, org: str, m: Mutation, actor: str, client_id: str | None
-    ) -> _Started:
-        ctx = {"client_tx_id": m.client_tx_id}
+        self, org: str, m: Mutation, actor: str, client_id: str | None, tx: str
+    ) -> _Started | _Prepared:
+        ctx: dict[str, Any] = {"client_tx_id": m.client_tx_id, "tx": tx}
         if client_id is not None:
             ctx["client_id"] = client_id
         try:  # before the doc changes: a frame the store refuses would fail after it
@@ -195,23 +273,42 @@ class MutationEngine:
             raise MutationError(400, "invalid_mutation", str(exc)) from None
         if m.op == "d":
             return _Started(await self._delete(org, m, actor, ctx), None, False)
+        return await self._prepare_held(org, m, actor, client_id, ctx)
+
+    async def _prepare_held(
+        self, org: str, m: Mutation, actor: str, client_id: str | None, ctx: dict[str, Any]
+    ) -> _Prepared:
+        """Hold ``m``'s room and prepare ``m`` on it (again if it is deleted meanwhile)."""
         manager = self.manager
         for _ in range(DELETED_RETRIES):
             room = await manager.hold(org, m.name)
             try:
-                begun = await self._change(org, m, room, actor, client_id, ctx)
+                prepared = await self._prepare(org, m, room, actor, client_id, ctx)
             except BaseException:
                 manager.unhold(room)
                 raise
-            if begun is not None:
-                begun.on_finish(lambda room=room: manager.unhold(room))
-                return begun
+            if prepared is not None:
+                return prepared
             manager.unhold(room)  # deleted while this mutation waited: once more
-        raise MutationError(
-            409, "deleted", f"record {m.t}/{m.id} was deleted while this mutation was applied"
-        )
+        raise _deleted_meanwhile(m)
 
-    async def _change(
+    async def _change_alone(
+        self, org: str, m: Mutation, actor: str, client_id: str | None, ctx: dict[str, Any]
+    ) -> _Started:
+        """Prepare and apply ``m`` at once, outside any group."""
+        for _ in range(DELETED_RETRIES):
+            prepared = await self._prepare_held(org, m, actor, client_id, ctx)
+            try:
+                begun = await prepared.apply()
+            except BaseException:
+                prepared.abandon()
+                raise
+            if begun is not None:
+                return begun
+            prepared.drop_room()
+        raise _deleted_meanwhile(m)
+
+    async def _prepare(
         self,
         org: str,
         m: Mutation,
@@ -219,8 +316,9 @@ class MutationEngine:
         actor: str,
         client_id: str | None,
         ctx: dict[str, Any],
-    ) -> _Started | None:
-        """Check and apply ``m`` to ``room`` (held); ``None``: the room was deleted first."""
+    ) -> _Prepared | None:
+        """What ``m``'s change to ``room`` (held) waits for; ``None``: the room was
+        deleted first."""
         coalescer = self.coalescer
         rec = coalescer.track(room)
         if rec is None:
@@ -230,11 +328,24 @@ class MutationEngine:
         if m.base_sid is not None:
             others = await self._written_by_others(org, m, actor, client_id)
         await coalescer.ensure_baseline(rec)
-        # -- from here to the store append nothing yields: what is checked here still
-        # holds when the change is made (two inserts of one record: one finds the
-        # other's change; a delete: the room is no longer loaded) ----------------------
+        return _Prepared(self, m, room, rec, others, actor, client_id, ctx)
+
+    async def _change(self, prepared: _Prepared) -> _Started | None:
+        """Check and apply a prepared mutation; ``None``: its room was deleted first.
+
+        Nothing here yields before the store append is queued (nor after it inside
+        :meth:`~persistence.store.Store.atomic`): what is checked here still holds when
+        the change is made (two inserts of one record: one finds the other's change;
+        a delete: the room is no longer loaded).
+        """
+        m, room, rec = prepared.m, prepared.room, prepared.rec
+        actor, client_id, ctx = prepared.actor, prepared.client_id, prepared.ctx
+        coalescer = self.coalescer
+        others = list(prepared.others)
         if room.state is not RoomState.LOADED or not coalescer.is_current(rec):
             return None
+        if rec.baseline is UNKNOWN_BASELINE:
+            return None  # its projection must be read again (a failed commit): prepare again
         if m.op == "i" and not room.is_empty:
             raise MutationError(409, "exists", f"record {m.t}/{m.id} already exists")
         if m.op == "u" and room.is_empty:
@@ -270,6 +381,7 @@ class MutationEngine:
             "op": m.op,
             "status": 201 if m.op == "i" else 200,
             "client_tx_id": m.client_tx_id,
+            "tx": ctx.get("tx"),
         }
         overwritten = _overwritten(others, m.p, before)
         result["conflicts"] = sorted(overwritten)
@@ -284,7 +396,7 @@ class MutationEngine:
             frames.refused()
             raise
         if appended is None:  # nothing changed: no frame, but remember the answer
-            return _Started(result, coalescer.queue(org, [], mutation=mutation_key), False)
+            return _Started(result, coalescer.queue(room.org, [], mutation=mutation_key), False)
         frames.queued(appended.durable)
         begun = _Started(result, appended.durable, bool(frames.own))
         manager = self.manager
@@ -364,6 +476,66 @@ class MutationEngine:
         return frames[-1].sid
 
 
+class _Prepared:
+    """A mutation whose change waits for nothing any more: :meth:`apply` checks and
+    makes it with no yield in between. It holds its room until it is finished."""
+
+    def __init__(
+        self,
+        engine: MutationEngine,
+        m: Mutation,
+        room: Room,
+        rec: Any,
+        others: list[Any],
+        actor: str,
+        client_id: str | None,
+        ctx: dict[str, Any],
+    ) -> None:
+        self.engine = engine
+        self.m = m
+        self.room: Room | None = room
+        self.rec = rec
+        self.others = others
+        self.actor = actor
+        self.client_id = client_id
+        self.ctx = ctx
+        self._committed: list[Callable[[], None]] = []
+
+    def when_committed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the change is committed (or never made)."""
+        self._committed.append(callback)
+
+    async def apply(self) -> _Started | None:
+        """Check and make the change (see :meth:`MutationEngine._change`); ``None``: its
+        record was deleted since it was prepared (then :meth:`drop_room`)."""
+        begun = await self.engine._change(self)
+        if begun is not None:
+            self.hand_over(begun)
+        return begun
+
+    def hand_over(self, begun: _Started) -> None:
+        """``begun`` is this mutation's change: it releases the room and the key."""
+        room, self.room = self.room, None
+        if room is not None:
+            manager = self.engine.manager
+            begun.on_finish(lambda: manager.unhold(room))
+        callbacks, self._committed = self._committed, []
+        for callback in callbacks:
+            begun.when_committed(callback)
+
+    def drop_room(self) -> None:
+        """Let its room go (it is to be prepared again); the key stays held."""
+        room, self.room = self.room, None
+        if room is not None:
+            self.engine.manager.unhold(room)
+
+    def abandon(self) -> None:
+        """It will not be made: release the room and the key."""
+        self.drop_room()
+        callbacks, self._committed = self._committed, []
+        for callback in callbacks:
+            callback()
+
 
 class _Started:
     """A mutation applied to its doc and queued in the store, not yet committed."""
@@ -440,6 +612,17 @@ def _already_read(draft: FrameDraft, wrote: list[Any]) -> bool:
         return any(w.op == "d" for w in mine)
     touched = {name for w in mine for name in w.p}
     return bool(draft.p) and draft.p.keys() <= touched
+
+
+def new_tx_id() -> str:
+    """The ``tx`` id of a mutation request: shared by its frames and results."""
+    return secrets.token_hex(8)
+
+
+def _deleted_meanwhile(m: Mutation) -> MutationError:
+    return MutationError(
+        409, "deleted", f"record {m.t}/{m.id} was deleted while this mutation was applied"
+    )
 
 
 def _tx_reused(m: Mutation) -> MutationError:

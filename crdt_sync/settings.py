@@ -102,6 +102,24 @@ class Settings:
     max_mutations: int = _opt(
         1000, "most mutations in one POST /sync/v1/mutations request", minimum=1
     )
+    # -- the delta feed as a sidecar's (issue 15) --
+    max_long_poll_ms: int = _opt(
+        60_000,
+        "longest wait of GET /sync/v1/delta?live=1 (timeout_ms above it: 400); "
+        "the default wait is 20000 ms or this, whichever is less",
+        minimum=1,
+        maximum=3_600_000,
+    )
+    max_long_polls: int = _opt(
+        10_000, "long-polls held at once on this node; more get 503 with Retry-After", minimum=1
+    )
+    delta_cache_max_age: int = _opt(
+        86_400,
+        "max-age in seconds of a delta page whose range is fixed (Cache-Control: public, "
+        "immutable); 0 makes every page no-store",
+        minimum=0,
+        maximum=31_536_000,
+    )
     # -- input contract (issue 10) --
     max_mutation_fields: int = _opt(
         1000,

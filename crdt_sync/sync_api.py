@@ -2,7 +2,8 @@
 
 =================================  ==================================================
 ``POST /sync/v1/mutations``        ``{"mutations": [{t, id, op, p, client_tx_id}]}``
-``GET /sync/v1/delta``             ``?since=&limit=&t=`` → ``{frames, next, more}``; 410
+``GET /sync/v1/delta``             ``?since=&limit=&t=&live=&timeout_ms=`` → ``{frames, next,
+                                   more, up_to_date}``; 410 (reset); 304 (cached page)
 ``GET /sync/v1/records``           ``?t=&cursor=&limit=`` → ``{records, sid, next_cursor}``
 ``GET /sync/v1/presence/{t}/{id}`` who is in the record's room
 =================================  ==================================================
@@ -18,15 +19,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from persistence.store import StoreError
+from persistence.store import Frame, StoreError
+from rooms.frame_waiters import TooManyWaiters
 from rooms.manager import ShuttingDown, TooManyRooms
 from rooms.room import RoomLoadError
 
@@ -35,13 +39,16 @@ from .docnames import InvalidDocName, validate_doc_name
 from .errors import store_failure
 from .http_api import ApiError, int_param, read_body, routes
 from .inputs import InputError, check_name, parse_json, parse_uint
-from .mutations import Mutation, MutationError
+from .mutations import Mutation, MutationError, new_tx_id
+from .records.pages import Page, read_page, tx_reach
 from .records.wire import frame_dict
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("crdt_sync.audit")
 
 MAX_DELTA_LIMIT = 1000
+#: The wait of ``GET /sync/v1/delta?live=1`` without ``timeout_ms`` (at most --max-long-poll-ms).
+DEFAULT_LONG_POLL_MS = 20_000
 MAX_RECORDS_LIMIT = 1000
 MAX_TX_ID_CHARS = 256
 MAX_TYPE_CHARS = 256
@@ -109,7 +116,40 @@ def too_old(since: int, oldest: int, newest: int, t: str | None) -> ApiError:
         oldest_sid=oldest,
         newest_sid=newest,
         bootstrap=bootstrap,
+        # Where to restart: bootstrap, then follow from the sid the bootstrap answers
+        # (never below this one).
+        next=newest,
+        up_to_date=False,
     )
+
+
+def parse_flag(raw: str | None, name: str) -> bool:
+    """A boolean query parameter: ``1``/``true`` or ``0``/``false`` (absent: false)."""
+    if raw is None or raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise ApiError(400, "invalid_parameter", f"{name} must be 1 or 0, got {raw[:40]!r}")
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match: header`` names ``etag`` (weak comparison, RFC 9110)."""
+    if not header:
+        return False
+    tags = [tag.strip() for tag in header.split(",")]
+    return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
+
+
+def _visible(frames: list[Frame], grant: Any) -> bool:
+    return any(grant.covers(f"{f.t}/{f.id}") for f in frames)
+
+
+def _next_sid(since: int, page: Page) -> int:
+    """The cursor after ``page``: its last frame if it is cut at the limit, else the
+    newest sid (every frame up to it was seen, of the page's type or not)."""
+    if page.more:
+        return page.frames[-1].sid
+    return max(since, page.newest, page.frames[-1].sid if page.frames else 0)
 
 
 def _encode_cursor(t: str, record_id: str) -> str:
@@ -148,27 +188,85 @@ class SyncApi:
     # -- reads -----------------------------------------------------------------------
 
     async def delta(self, request: Request) -> Response:
+        """A page of frames after ``since``; with ``live=1`` held until one comes.
+
+        Every page says ``next`` (the cursor to ask from next) and ``up_to_date``
+        (it reached the newest frame). A page whose range is fixed (``more``: it
+        ended at the limit) never changes: it has a strong ``ETag`` and may be
+        cached (``Cache-Control: public, max-age, immutable``; ``If-None-Match``
+        answers 304); the tail (``up_to_date``) is ``no-store``.
+        """
+        settings = self.runtime.settings
         since = parse_sid(request.query_params.get("since"), "since") or 0
         limit = int_param(request, "limit", 100, 1, MAX_DELTA_LIMIT)
         t = parse_type(request.query_params.get("t"))
+        live = parse_flag(request.query_params.get("live"), "live")
+        most = settings.max_long_poll_ms
+        timeout_ms = int_param(request, "timeout_ms", min(DEFAULT_LONG_POLL_MS, most), 0, most)
         principal = principal_of(request.scope)
         org, grant = principal.org, principal.grant
-        with self.runtime.throttle.request(org, client_key(request)):
-            page = await self.runtime.store.read_frames(org, since, limit=limit, t=t)
+        waiters = self.runtime.frame_waiters
+        reach = tx_reach(settings.max_mutations)
+        # Taken before the read: a commit after it sets the event (see FrameWaiters).
+        changed = waiters.changed(org) if live else None
+        with self.runtime.throttle.request(org, client_key(request), interval=not live):
+            page = await read_page(self.runtime.store, org, since, limit=limit, t=t, reach=reach)
         if since < page.oldest or since > page.newest:
             raise too_old(since, page.oldest, page.newest, t)
-        more = len(page.frames) == limit
-        if more:
-            next_sid = page.frames[-1].sid
-        else:  # every frame up to the newest was seen, of type t or not
-            next_sid = max(since, page.newest, page.frames[-1].sid if page.frames else 0)
-        return JSONResponse(
-            {
-                "frames": [frame_dict(f) for f in page.frames if grant.covers(f"{f.t}/{f.id}")],
-                "next": next_sid,
-                "more": more,
-            }
-        )
+        cursor = since
+        if live and changed is not None:
+            deadline = anyio.current_time() + timeout_ms / 1000
+            try:
+                waiters.acquire()
+            except TooManyWaiters as exc:
+                log.warning("GET /sync/v1/delta?live=1 -> 503: %s", exc)
+                body = {"error": "too_many_long_polls", "detail": str(exc), "retry_after_ms": 1000}
+                return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+            try:
+                while not page.more and not _visible(page.frames, grant):
+                    cursor = _next_sid(cursor, page)
+                    left = deadline - anyio.current_time()
+                    if left <= 0 or waiters.closed:
+                        break
+                    with anyio.move_on_after(left):
+                        await changed.wait()
+                    changed = waiters.changed(org)
+                    # Every waiter of the org wakes at once: they read in turns, not
+                    # refused (429) as a storm of new requests would be.
+                    async with waiters.reads:
+                        page = await read_page(
+                            self.runtime.store, org, cursor, limit=limit, t=t, reach=reach
+                        )
+                    if not page.oldest <= cursor <= page.newest:
+                        raise too_old(cursor, page.oldest, page.newest, t)
+            finally:
+                waiters.release()
+        body = {
+            "frames": [frame_dict(f) for f in page.frames if grant.covers(f"{f.t}/{f.id}")],
+            "next": _next_sid(cursor, page),
+            "more": page.more,
+            "up_to_date": not page.more,
+        }
+        return self._cached(request, body, fixed=page.more)
+
+    def _cached(self, request: Request, body: dict[str, Any], *, fixed: bool) -> Response:
+        """``body`` with the caching headers of a delta page (see :meth:`delta`)."""
+        max_age = self.runtime.settings.delta_cache_max_age
+        headers: dict[str, str] = {}
+        if not self.runtime.auth.open:
+            # Pages are filtered by the caller's grant: a shared cache must key them on
+            # the credentials, so that it never hands one tenant's page to another.
+            headers["Vary"] = "Authorization, Cookie"
+        if not fixed or max_age == 0:
+            headers["Cache-Control"] = "no-store"
+            return JSONResponse(body, headers=headers)
+        content = JSONResponse(body).body
+        etag = '"' + hashlib.sha256(content).hexdigest()[:32] + '"'
+        headers["ETag"] = etag
+        headers["Cache-Control"] = f"public, max-age={max_age}, immutable"
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        return Response(content, media_type="application/json", headers=headers)
 
     async def records(self, request: Request) -> Response:
         t = parse_type(request.query_params.get("t"))
@@ -218,9 +316,10 @@ class SyncApi:
         )
         principal = principal_of(request.scope)
         allowed = [m for m in mutations if principal.grant.allows(f"{m.t}/{m.id}", "write")]
+        tx = new_tx_id()
         applied = iter(
             await self.runtime.feed.mutations.mutate_many(
-                principal.org, allowed, actor=principal.actor, client_id=client_id
+                principal.org, allowed, actor=principal.actor, client_id=client_id, tx=tx
             )
             if allowed
             else []
@@ -256,10 +355,10 @@ class SyncApi:
                     result["detail"],
                 )
             results.append({"index": index, **result})
-        return _batch_response(results)
+        return _batch_response(results, tx)
 
 
-def _batch_response(results: list[dict[str, Any]]) -> Response:
+def _batch_response(results: list[dict[str, Any]], tx: str) -> Response:
     """200 with every result; 503 ``store_unavailable`` (results included) when the
     store refused the batch: a mutation failed for it and none was applied, so the
     request as a whole may be retried (a retry with the same ``client_tx_id`` is safe).
@@ -267,11 +366,12 @@ def _batch_response(results: list[dict[str, Any]]) -> Response:
     unstored = [r for r in results if r.get("error") == "store_unavailable"]
     applied = any(200 <= r["status"] < 300 for r in results)
     if not unstored or applied:
-        return JSONResponse({"results": results})
+        return JSONResponse({"results": results, "tx": tx})
     body = {
         "error": "store_unavailable",
         "detail": f"{len(unstored)} of {len(results)} not stored: {unstored[0]['detail']}",
         "results": results,
+        "tx": tx,
     }
     return JSONResponse(body, status_code=503)
 

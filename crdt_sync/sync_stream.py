@@ -89,6 +89,7 @@ from .front_door import SUBPROTOCOL_KEY
 from .http_api import ApiError
 from .inputs import InputError, parse_json
 from .presence import RecordNotFound
+from .records import pages
 from .records.wire import encode_json_array, encode_json_event, encode_sse, encode_sse_event
 from .sync_api import parse_sid, parse_type, record_type_error, too_old
 
@@ -182,6 +183,7 @@ async def catch_up(
     page_size: int = CATCHUP_PAGE,
     *,
     follow: Callable[[str, int], None] | None = None,
+    tx_reach: int = 2001,
 ) -> None:
     """Send what ``sub`` missed from the store, then switch it to live frames.
 
@@ -200,7 +202,10 @@ async def catch_up(
     """
     hub.subscribe(sub)
     while not sub.conn.closing:
-        page = await store.read_frames(sub.org, sub.last_sid, limit=page_size, t=sub.t)
+        # A page never ends inside a mutation request's frames (one message each).
+        page = await pages.read_page(
+            store, sub.org, sub.last_sid, limit=page_size, t=sub.t, reach=tx_reach
+        )
         if not page.oldest <= sub.last_sid <= page.newest:
             exc = too_old(sub.last_sid, page.oldest, page.newest, sub.t)
             hub.unsubscribe(sub)
@@ -208,7 +213,7 @@ async def catch_up(
             raise exc
         # Frames of records outside its grant are skipped, its cursor moves past them.
         sub.deliver(page.frames)
-        if len(page.frames) < page_size:
+        if not page.more:
             sub.caught_up_to(page.newest)
             if follow is not None:
                 follow(sub.org, page.newest)
@@ -276,7 +281,13 @@ class FrameStreams:
 
     async def _catch_up(self, sub: FeedSubscriber) -> None:
         runtime = self.runtime
-        await catch_up(runtime.store, runtime.hub, sub, follow=runtime.frame_bus.follow)
+        await catch_up(
+            runtime.store,
+            runtime.hub,
+            sub,
+            follow=runtime.frame_bus.follow,
+            tx_reach=pages.tx_reach(runtime.settings.max_mutations),
+        )
 
     # -- WebSocket -------------------------------------------------------------------
 

@@ -48,11 +48,17 @@ class ReadThrottle:
         self.refused = 0
 
     @contextmanager
-    def request(self, org: str, client: str) -> Iterator[None]:
-        """Admit one request of ``client`` (in tenant ``org``) or raise :class:`Throttled`."""
+    def request(self, org: str, client: str, *, interval: bool = True) -> Iterator[None]:
+        """Admit one request of ``client`` (in tenant ``org``) or raise :class:`Throttled`.
+
+        ``interval=False``: not held to the per-client interval (a long-poll that comes
+        back as soon as it was answered is following the feed, not storming it); the
+        tenant's concurrency still applies, for the read only.
+        """
         now = time.monotonic()
         key = (org, client)
-        if self.min_interval > 0:
+        interval = interval and self.min_interval > 0
+        if interval:
             last = self._last.get(key)
             if last is not None and now - last < self.min_interval:
                 self.refused += 1
@@ -70,7 +76,7 @@ class ReadThrottle:
                 f"{in_flight} requests of this tenant are in flight (at most "
                 f"{self.max_concurrency})",
             )
-        if self.min_interval > 0:
+        if interval:
             self._last.pop(key, None)
             self._last[key] = now  # re-inserted: the dict stays ordered oldest first
             if len(self._last) > self.max_clients:

@@ -17,9 +17,11 @@ from persistence.store import Frame
 
 
 def frame_dict(frame: Frame) -> dict[str, Any]:
-    """The SyncFrame wire shape: ``{sid, t, id, op, p, who, at, ctx: {client_tx_id}}``."""
+    """The SyncFrame wire shape: ``{sid, t, id, op, p, who, at, ctx: {client_tx_id}}``,
+    and ``tx`` on the frames of a mutation request (they share it: see :func:`tx_runs`).
+    """
     ctx = frame.ctx if "client_tx_id" in frame.ctx else {"client_tx_id": None, **frame.ctx}
-    return {
+    wire = {
         "sid": frame.sid,
         "t": frame.t,
         "id": frame.id,
@@ -29,6 +31,17 @@ def frame_dict(frame: Frame) -> dict[str, Any]:
         "at": frame.at,
         "ctx": ctx,
     }
+    if "tx" in ctx:
+        ctx = dict(ctx)
+        wire["tx"] = ctx.pop("tx")
+        wire["ctx"] = ctx
+    return wire
+
+
+def tx_of(frame: Frame) -> str | None:
+    """The ``tx`` id of the mutation request that made ``frame``, if any."""
+    tx = frame.ctx.get("tx")
+    return tx if isinstance(tx, str) else None
 
 
 def dumps(value: Any, *, ascii: bool = False) -> str:
@@ -58,11 +71,48 @@ def encode_json_event(event: dict[str, Any]) -> bytes:
 
 
 def encode_sse(frames: list[Frame]) -> bytes:
-    """Server-Sent Events, one per frame, ``id:`` = sid (resumable with Last-Event-ID)."""
-    wire = [(f.sid, frame_dict(f)) for f in frames]
-    return _utf8(
-        lambda ascii: "".join(f"id: {sid}\ndata: {dumps(d, ascii=ascii)}\n\n" for sid, d in wire)
-    )
+    """Server-Sent Events, ``id:`` = sid (resumable with Last-Event-ID): one per frame,
+    but the frames of one mutation request (from its first to its last, see
+    :func:`tx_runs`) in one ``event: tx`` with data ``{"tx", "frames": [...]}`` and
+    the id of its last frame."""
+    events: list[tuple[int, str | None, Any]] = []
+    for run, tx in tx_runs(frames):
+        if tx is None:
+            events.extend((f.sid, None, frame_dict(f)) for f in run)
+        else:
+            events.append((run[-1].sid, tx, {"tx": tx, "frames": [frame_dict(f) for f in run]}))
+
+    def render(ascii: bool) -> str:
+        return "".join(
+            f"id: {sid}\ndata: {dumps(d, ascii=ascii)}\n\n"
+            if tx is None
+            else f"id: {sid}\nevent: tx\ndata: {dumps(d, ascii=ascii)}\n\n"
+            for sid, tx, d in events
+        )
+
+    return _utf8(render)
+
+
+def tx_runs(frames: list[Frame]) -> list[tuple[list[Frame], str | None]]:
+    """``frames`` cut into runs: from the first to the last frame of one mutation
+    request with several frames (what lies between, a pending edit framed inside its
+    commit, goes with it), and single frames (``None``)."""
+    last: dict[str, int] = {}
+    for i, frame in enumerate(frames):
+        tx = tx_of(frame)
+        if tx is not None:
+            last[tx] = i
+    runs: list[tuple[list[Frame], str | None]] = []
+    i = 0
+    while i < len(frames):
+        tx = tx_of(frames[i])
+        end = last.get(tx, i) if tx is not None else i
+        if end > i:
+            runs.append((frames[i : end + 1], tx))
+        else:
+            runs.append(([frames[i]], None))
+        i = end + 1
+    return runs
 
 
 def encode_sse_event(event: dict[str, Any]) -> bytes:

@@ -59,7 +59,7 @@ def result(status: int, error: str | None = None) -> dict[str, Any]:
 
 def test_a_batch_the_store_refused_whole_is_a_503_with_its_results() -> None:
     results = [result(503, "store_unavailable"), result(403, "forbidden")]
-    response = _batch_response(results)
+    response = _batch_response(results, "tx1")
     assert response.status_code == 503
     body = json.loads(bytes(response.body))
     assert body["error"] == "store_unavailable"
@@ -69,11 +69,11 @@ def test_a_batch_the_store_refused_whole_is_a_503_with_its_results() -> None:
 
 def test_a_batch_with_anything_applied_or_no_store_failure_is_a_200() -> None:
     partly = [result(201), result(503, "store_unavailable")]
-    assert _batch_response(partly).status_code == 200
+    assert _batch_response(partly, "tx1").status_code == 200
     refused = [result(409, "exists"), result(403, "forbidden")]
-    response = _batch_response(refused)
+    response = _batch_response(refused, "tx1")
     assert response.status_code == 200
-    assert json.loads(bytes(response.body)) == {"results": refused}
+    assert json.loads(bytes(response.body)) == {"results": refused, "tx": "tx1"}
 
 
 def test_a_load_that_failed_for_the_store_is_a_store_failure() -> None:
