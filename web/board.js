@@ -155,6 +155,12 @@ let client = null
 let tokenForm = { needed () {} }
 let askedFor = null // the queue's last refusal the token form was shown for
 
+/** The feed transport asked for in the page's query (`auto` unless one we know). */
+function boardTransport () {
+  const asked = new URLSearchParams(window.location.search).get('transport')
+  return ['ws', 'sse', 'longpoll'].includes(asked) ? asked : 'auto'
+}
+
 function startClient () {
   client = createFrameClient({
     url: serverUrl,
@@ -163,6 +169,8 @@ function startClient () {
     clientId,
     // As the editor's y-websocket does (auth.js): `?token=` on the socket.
     wsTokenIn: 'query',
+    // `?transport=longpoll` (or `sse`, `ws`): where a network passes only plain HTTP.
+    transport: boardTransport(),
     queueName: (identity) => `${QUEUE_KEY}:${identity}`,
     // The server wants a fresh token (4401, HTTP 401): ask the person; the client
     // stops until the token form gives one (onTokenChange below).

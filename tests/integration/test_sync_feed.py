@@ -371,7 +371,7 @@ async def test_delta_pages_and_type_filter(server_factory) -> None:
         assert [f["id"] for f in typed["frames"]] == ["1", "3"]
         assert typed["next"] == 5, "a filtered read still advances to the newest sid"
         empty = await delta(http, 5)
-        assert empty == {"frames": [], "next": 5, "more": False}
+        assert empty == {"frames": [], "next": 5, "more": False, "up_to_date": True}
         records = (await http.get("/sync/v1/records", params={"limit": 2})).json()
         assert [(r["t"], r["id"]) for r in records["records"]] == [("a", "1"), ("a", "3")]
         more = (

@@ -242,6 +242,30 @@ def test_sse_when_the_websocket_is_unavailable(server_factory: Any, node: Any, m
     assert sids == sorted(set(sids)), "each frame once, in sid order"
 
 
+# -- one mutation request, one batch ------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "longpoll"])
+def test_a_request_of_three_mutations_is_one_batch_on_every_transport(
+    server_factory: Any, node: Any, transport: str
+) -> None:
+    server = server_factory(*FAST)
+    result = node.run("sdk_tx.mjs", server.url, "task", {"transport": transport}, timeout=40)
+    result = result["result"]
+    assert result["transport"] == transport, result
+    sids = [r["sid"] for r in result["results"]]
+    tx = result["tx"]
+    # The subscriber got the three frames of the request together, with their tx.
+    [batch] = [b for b in result["batches"] if any(f["sid"] in sids for f in b)]
+    assert [f["sid"] for f in batch] == sids and {f["tx"] for f in batch} == {tx}, result
+    # The writer's three saves went in one request: one tx, one batch at the reader.
+    saved = [s["sid"] for s in result["saved"]]
+    assert len({s["tx"] for s in result["saved"]}) == 1, result
+    [theirs] = [b for b in result["batches"] if any(f["sid"] in saved for f in b)]
+    assert [f["sid"] for f in theirs] == saved, result
+    assert result["equal"], result
+
+
 # -- auth close codes ---------------------------------------------------------------------
 
 

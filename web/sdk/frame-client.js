@@ -14,7 +14,7 @@
 import { Backoff, retryAfterMs } from './backoff.js'
 import { openQueue } from './offline-queue.js'
 import { keyOf, Pool } from './pool.js'
-import { openSse, openWebSocket } from './transport.js'
+import { openLongPoll, openSse, openWebSocket } from './transport.js'
 
 /** @typedef {import('./pool.js').Frame} Frame */
 /** @typedef {import('./pool.js').PoolRecord} PoolRecord */
@@ -73,8 +73,10 @@ import { openSse, openWebSocket } from './transport.js'
  *   pass the `ws` package). None: SSE only.
  * @property {typeof fetch} [fetch] Default `globalThis.fetch`.
  * @property {IDBFactory | null} [indexedDB] Default `globalThis.indexedDB`; null: queue in memory.
- * @property {'auto' | 'ws' | 'sse'} [transport] `auto` (default): WebSocket, SSE when
- *   there is no WebSocket or it fails `wsFailuresBeforeSse` times in a row without opening.
+ * @property {'auto' | 'ws' | 'sse' | 'longpoll'} [transport] `auto` (default): WebSocket, SSE
+ *   when there is no WebSocket or it fails `wsFailuresBeforeSse` times in a row without
+ *   opening. `longpoll`: HTTP long-poll of `/sync/v1/delta?live=1` only (networks that pass
+ *   neither WebSockets nor streaming responses; no presence views over it).
  * @property {number} [wsFailuresBeforeSse=2]
  * @property {'subprotocol' | 'query'} [wsTokenIn='subprotocol'] How the WebSocket carries the
  *   token: the `bearer.<token>` subprotocol, or `?token=` in its URL.
@@ -102,7 +104,7 @@ import { openSse, openWebSocket } from './transport.js'
  * @property {ClientError | null} error
  * @property {number} lastSid The newest sid applied.
  * @property {boolean} bootstrapped The pool was loaded since the last reset.
- * @property {'ws' | 'sse' | null} transport The transport of the current connection.
+ * @property {'ws' | 'sse' | 'longpoll' | null} transport The transport of the current connection.
  * @property {QueueInfo} queue
  * @property {string} clientId
  * @property {(cb: (frames: Frame[]) => void) => () => void} subscribe Batches of accepted
@@ -432,7 +434,8 @@ class FrameClientImpl {
   }
 
   _openTransport () {
-    const useWs = this._WebSocket && this._transportMode !== 'sse' &&
+    const longPoll = this._transportMode === 'longpoll'
+    const useWs = !longPoll && this._WebSocket && this._transportMode !== 'sse' &&
       (this._transportMode === 'ws' || this._wsFailures < this._wsFailuresBeforeSse)
     const query = new URLSearchParams({ since: String(this._pool.lastSid) })
     if (this._types && this._types.length === 1) query.set('t', this._types[0])
@@ -472,6 +475,11 @@ class FrameClientImpl {
         const url = this._endpoint('ws?' + query)
         url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
         conn = openWebSocket({ url, token: this._token, WebSocket: this._WebSocket, tokenIn: this._wsTokenIn }, handlers)
+      } else if (longPoll) {
+        // Answered well inside the heartbeat timeout, so a held poll is never silence.
+        const timeoutMs = Math.max(1000, Math.min(20000, this._pingTimeout - 5000))
+        const t = this._types && this._types.length === 1 ? this._types[0] : null
+        conn = openLongPoll({ url: this._endpoint('delta'), token: this._token, fetch: this._fetch, since: this._pool.lastSid, t, timeoutMs }, handlers)
       } else {
         conn = openSse({ url: this._endpoint('events?' + query), token: this._token, fetch: this._fetch }, handlers)
       }

@@ -1,5 +1,6 @@
-// The two feed transports behind one small interface: the frame WebSocket
-// (`/sync/v1/ws`) and Server-Sent Events (`/sync/v1/events`) read over fetch. Each
+// The feed transports behind one small interface: the frame WebSocket
+// (`/sync/v1/ws`), Server-Sent Events (`/sync/v1/events`) read over fetch, and HTTP
+// long-poll (`/sync/v1/delta?live=1`) for networks that pass neither. Each
 // reports messages in the WebSocket's shape (an array of frames, or an object with a
 // `type`) and ends with one `onClose({code, reason})`, SSE endings mapped to the
 // WebSocket close code the server would have sent (see crdt_sync/sync_stream.py).
@@ -26,7 +27,7 @@ import { SseParser } from './sse.js'
 
 /**
  * @typedef {object} Transport
- * @property {'ws'|'sse'} kind
+ * @property {'ws'|'sse'|'longpoll'} kind
  * @property {(message: object) => boolean} send Send a JSON message (false: not possible now).
  * @property {() => void} close Close it; no onClose follows.
  */
@@ -164,6 +165,10 @@ export function openSse ({ url, token, fetch, since }, handlers) {
           frames.push(data)
           continue
         }
+        if (event.event === 'tx' && data && Array.isArray(data.frames)) {
+          frames.push(...data.frames) // one mutation request's frames: applied together
+          continue
+        }
         if (frames.length) handlers.onMessage(frames) // keep the order of what came
         frames = []
         if (event.event === 'error') lastError = data
@@ -206,5 +211,76 @@ function closeOf (error, opened) {
     opened,
     retryAfter: typeof error.retry_after === 'number' ? error.retry_after * 1000 : null,
     body: error
+  }
+}
+
+/**
+ * HTTP long-poll: `GET /sync/v1/delta?since=&live=1&timeout_ms=` again and again, each
+ * page one message (a mutation request's frames are never split across pages). Opens
+ * with the first answer; ends like SSE (an HTTP refusal as `4000 + status`, a 410 as
+ * 4410 with its reset body). One-way, as SSE: mutations go over HTTP anyway.
+ * @param {{url: string | URL, token?: string | null, fetch: typeof fetch, since: number, t?: string | null, timeoutMs?: number}} options
+ * @param {TransportHandlers} handlers
+ * @returns {Transport}
+ */
+export function openLongPoll ({ url, token, fetch, since, t, timeoutMs = 20000 }, handlers) {
+  const controller = new AbortController()
+  let done = false
+  let opened = false
+  let cursor = since
+  /** @param {CloseInfo} info */
+  const finish = (info) => {
+    if (done) return
+    done = true
+    controller.abort()
+    handlers.onClose(info)
+  }
+  /** @type {Record<string, string>} */
+  const headers = { Accept: 'application/json' }
+  if (token) headers.Authorization = `Bearer ${token}`
+  ;(async () => {
+    while (!done) {
+      // The first poll answers at once: the transport is open as soon as the server is.
+      const wait = opened ? timeoutMs : 0
+      const query = new URLSearchParams({ since: String(cursor), live: '1', timeout_ms: String(wait), limit: '1000' })
+      if (t) query.set('t', t)
+      const target = new URL(String(url))
+      target.search = String(query)
+      const response = await fetch(String(target), { headers, signal: controller.signal, cache: 'no-store' })
+      const body = await response.json().catch(() => null)
+      if (done) return
+      if (!response.ok || !body) {
+        const code = response.status === 410 ? 4410 : 4000 + response.status
+        finish({
+          code,
+          reason: (body && (body.detail || body.error)) || `HTTP ${response.status}`,
+          opened,
+          retryAfter: retryAfterMs(response.headers.get('Retry-After')),
+          body
+        })
+        return
+      }
+      if (!opened) {
+        opened = true
+        handlers.onOpen()
+        if (done) return
+      }
+      if (handlers.onKeepAlive) handlers.onKeepAlive({ expiresIn: null })
+      if (Array.isArray(body.frames) && body.frames.length) handlers.onMessage(body.frames)
+      if (typeof body.next === 'number' && body.next > cursor) cursor = body.next
+    }
+  })().catch((error) => {
+    if (!done) finish({ code: 1006, reason: String(error && error.message ? error.message : error), opened })
+  })
+  return {
+    kind: 'longpoll',
+    send () {
+      return false
+    },
+    close () {
+      if (done) return
+      done = true
+      controller.abort()
+    }
   }
 }
