@@ -124,13 +124,15 @@ SCHEMAS: dict[str, Any] = {
     },
     "SinceTooOld": {
         "type": "object",
-        "required": ["error", "detail", "oldest_sid", "newest_sid", "bootstrap"],
+        "required": ["error", "detail", "oldest_sid", "newest_sid", "bootstrap", "next"],
         "properties": {
             "error": {"const": "since_too_old"},
             "detail": _STRING,
             "oldest_sid": _INT,
             "newest_sid": _INT,
             "bootstrap": _STRING,
+            "next": {**_INT, "description": "bootstrap, then follow from at least this sid"},
+            "up_to_date": {"const": False},
         },
     },
     "Health": {
@@ -157,6 +159,10 @@ SCHEMAS: dict[str, Any] = {
             "ctx": {
                 "type": "object",
                 "properties": {"client_tx_id": {"type": ["string", "null"]}},
+            },
+            "tx": {
+                "type": "string",
+                "description": "the mutation request that made it (its frames share it)",
             },
         },
     },
@@ -197,6 +203,7 @@ SCHEMAS: dict[str, Any] = {
             "conflicts": {"type": "array", "items": _STRING},
             "overwritten": {"type": "object"},
             "replayed": {"type": "boolean"},
+            "tx": _STRING,
             "error": _STRING,
             "detail": _STRING,
         },
@@ -367,9 +374,13 @@ PATHS: dict[str, Any] = {
                 "200": _json(
                     {
                         "type": "object",
-                        "required": ["results"],
+                        "required": ["results", "tx"],
                         "properties": {
-                            "results": {"type": "array", "items": _ref("MutationResult")}
+                            "results": {"type": "array", "items": _ref("MutationResult")},
+                            "tx": {
+                                **_STRING,
+                                "description": "the request's tx id, shared by its frames",
+                            },
                         },
                     },
                     "one result per mutation, in order",
@@ -394,25 +405,34 @@ PATHS: dict[str, Any] = {
                 _query("since", _SID_TEXT, "sid (default 0)"),
                 _query("limit", _LIMIT, "page size (default 100)"),
                 _query("t", _TYPE_FILTER, "record type"),
+                _query("live", {"enum": ["0", "1", "false", "true"]}, "1: hold until a frame"),
+                _query(
+                    "timeout_ms",
+                    {"type": "string", "pattern": "^[0-9]+$"},
+                    "longest wait with live=1 (default 20000, at most --max-long-poll-ms)",
+                ),
                 _query("client_id", _STRING, "who is throttled"),
             ],
             "responses": {
                 "200": _json(
                     {
                         "type": "object",
-                        "required": ["frames", "next", "more"],
+                        "required": ["frames", "next", "more", "up_to_date"],
                         "properties": {
                             "frames": {"type": "array", "items": _ref("Frame")},
                             "next": _INT,
                             "more": {"type": "boolean"},
+                            "up_to_date": {"type": "boolean"},
                         },
                     },
-                    "a page of frames",
+                    "a page of frames (more: a fixed page, with ETag and immutable "
+                    "Cache-Control; else the tail, no-store)",
                 ),
+                "304": {"description": "If-None-Match names this fixed page's ETag"},
                 "400": _BAD_REQUEST,
                 "410": _error("since is outside the retained log", "SinceTooOld"),
                 "429": _THROTTLED,
-                "503": _STORE,
+                "503": _error("the store failed, or too many long-polls (Retry-After)"),
             },
         }
     },
