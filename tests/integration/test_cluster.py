@@ -459,6 +459,40 @@ async def test_mutations_are_idempotent_across_nodes(cluster: Cluster) -> None:
             assert [r["fields"] for r in rows if r["id"] == "idem-1"] == [{"n": 2}]
 
 
+@shows_logs
+async def test_a_long_poll_on_one_node_wakes_for_a_batch_on_another(cluster: Cluster) -> None:
+    n1, n2, _ = cluster.nodes
+    async with http(n1) as h1, http(n2) as h2:
+        since = await newest_sid(h1)
+        answer: dict[str, Any] = {}
+
+        async def poll() -> None:
+            answer["r"] = await h1.get(
+                "/sync/v1/delta", params={"since": since, "live": "1", "timeout_ms": "50000"}
+            )
+
+        with anyio.fail_after(30):  # far below the poll's own 50 s
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(poll)
+                await anyio.sleep(0.3)
+                response = await h2.post(
+                    "/sync/v1/mutations",
+                    json={
+                        "mutations": [
+                            {"t": "task", "id": f"lp-{i}", "op": "i", "p": {"n": i}}
+                            for i in range(3)
+                        ]
+                    },
+                )
+        body = response.json()
+        sids = [r["sid"] for r in body["results"]]
+        page = answer["r"].json()
+        # Committed on node 2 in one transaction: node 1's poll answers all three at once.
+        assert [f["sid"] for f in page["frames"]] == sids, page
+        assert {f["tx"] for f in page["frames"]} == {body["tx"]}
+        assert sids == list(range(sids[0], sids[0] + 3))
+
+
 # -- kill -9 mid-stream ------------------------------------------------------------------
 
 

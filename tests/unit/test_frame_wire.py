@@ -12,6 +12,7 @@ from crdt_sync.records.wire import (
     encode_sse,
     encode_sse_event,
     frame_dict,
+    tx_runs,
 )
 from persistence.store import Frame
 
@@ -73,3 +74,35 @@ def test_encoders_escape_a_lone_surrogate_instead_of_failing() -> None:
     assert "\\ud800" in encode_sse_event({"type": "presence", "s": "\ud800"}).decode("utf-8")
     plain = Frame(2, ORG, "s", "1", "u", {"a": "é"}, "alice", 1, {})
     assert '"a":"é"' in encode_json_array([plain]).decode("utf-8")  # raw UTF-8 when valid
+
+
+def test_the_tx_of_a_mutation_request_is_a_field_of_the_frame() -> None:
+    d = frame_dict(frame(3, client_tx_id="k", tx="abc"))
+    assert d["tx"] == "abc" and d["ctx"] == {"client_tx_id": "k"}
+    assert "tx" not in frame_dict(frame(4))
+
+
+def test_tx_runs_keep_a_requests_frames_and_what_lies_between_together() -> None:
+    frames = [
+        frame(1),
+        frame(2, tx="a"),
+        frame(3),  # a pending edit framed inside the request's commit
+        frame(4, tx="a"),
+        frame(5, tx="b"),  # a request of one frame
+        frame(6),
+    ]
+    runs = [([f.sid for f in run], tx) for run, tx in tx_runs(frames)]
+    assert runs == [([1], None), ([2, 3, 4], "a"), ([5], None), ([6], None)]
+
+
+def test_sse_sends_a_requests_frames_as_one_tx_event() -> None:
+    text = encode_sse([frame(1), frame(2, tx="a"), frame(3, tx="a"), frame(4, tx="b")]).decode()
+    events = [block for block in text.split("\n\n") if block]
+    assert len(events) == 3
+    assert events[0].startswith("id: 1\ndata: ")
+    head, data = events[1].split("\ndata: ")
+    assert head == "id: 3\nevent: tx"
+    body = json.loads(data)
+    assert body["tx"] == "a" and [f["sid"] for f in body["frames"]] == [2, 3]
+    assert events[2].startswith("id: 4\ndata: ")
+    assert json.loads(events[2].split("data: ")[1])["tx"] == "b"
