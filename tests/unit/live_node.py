@@ -56,8 +56,8 @@ class Pause:
 class PausingStore(SQLiteStore):
     """The SQLite store, whose reads and compactions a test can stop at a chosen point."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, **options: Any) -> None:
+        super().__init__(path, **options)
         self._pauses: dict[str, list[tuple[Callable[..., bool], Pause]]] = {}
         self._notices: dict[str, list[tuple[Callable[..., bool], anyio.Event]]] = {}
 
@@ -160,10 +160,15 @@ class Node:
 
 @asynccontextmanager
 async def live_node(
-    tmp_path: Path, *, coalesce_ms: float = 10_000, idle_seconds: float = 60.0
+    tmp_path: Path,
+    *,
+    coalesce_ms: float = 10_000,
+    idle_seconds: float = 60.0,
+    **store_options: Any,
 ) -> AsyncIterator[Node]:
-    """Store, room manager and feed as the app runs them; everything unloaded on exit."""
-    store = PausingStore(tmp_path / "node.db")
+    """Store, room manager and feed as the app runs them; everything unloaded on exit.
+    ``store_options`` go to the SQLite store (``max_batch=1``: a commit per write)."""
+    store = PausingStore(tmp_path / "node.db", **store_options)
     await store.start()
     try:
         hub, bus = FeedHub(), LocalFrameBus()

@@ -178,3 +178,28 @@ async def test_the_writes_of_one_group_commit_are_one_publication_per_org() -> N
     commits[3].set_result([frame(1, org="other")])
     await settled()
     assert publications == [[("default", 1), ("default", 2), ("default", 3)], [("other", 1)]]
+
+
+async def test_a_mutation_request_is_one_transaction_and_one_publication(tmp_path: Path) -> None:
+    """Its records' docs are loaded one by one (each load yields), yet the writes are
+    queued together: one commit, one publication, consecutive sids, one tx; even when
+    the store commits one write per transaction otherwise (``max_batch=1``)."""
+    with anyio.fail_after(TIMEOUT):
+        async with live_node(tmp_path, coalesce_ms=0, max_batch=1) as node:
+            await node.feed.mutations.mutate_many(
+                ORG, [Mutation("task", "0", "i", {"n": 0})], actor="alice", client_id=None
+            )
+            publications: list[list[int]] = []
+            node.feed.publisher.bus.subscribe(
+                lambda frames: publications.append([f.sid for f in frames])
+            )
+            commits = node.store.stats().commits
+            mutations = [Mutation("task", str(i), "i", {"n": i}) for i in range(1, 4)]
+            mutations.append(Mutation("task", "0", "u", {"n": 9}))
+            results = await node.feed.mutations.mutate_many(
+                ORG, mutations, actor="alice", client_id=None, tx="t-1"
+            )
+            assert node.store.stats().commits == commits + 1
+    assert [r["tx"] for r in results] == ["t-1"] * 4  # type: ignore[index]
+    sids = [r["sid"] for r in results]  # type: ignore[index]
+    assert publications == [sids] and sids == list(range(sids[0], sids[0] + 4))
