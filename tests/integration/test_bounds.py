@@ -61,10 +61,12 @@ async def write_past_retention(http: httpx.AsyncClient, retention: int) -> dict[
 
 
 async def write_frames(http: httpx.AsyncClient, count: int, start: int, size: int) -> None:
-    """``count`` frames of about ``size`` bytes each (updates of one record)."""
+    """``count`` frames of about ``size`` bytes each (updates of one record), 100 per
+    request: a catch-up page reads on to the end of a request's frames, and a short
+    read-ahead keeps the slow reader's next read behind the trim."""
     done = 0
     while done < count:
-        n = min(500, count - done)
+        n = min(100, count - done)
         mutations = [
             {"t": "blob", "id": "1", "op": "u", "p": {"v": f"{start + done + i}:" + "x" * size}}
             for i in range(n)
@@ -303,25 +305,36 @@ async def test_sse_catch_up_trimmed_meanwhile_ends_with_reset_event(server_facto
         async with reader.stream("GET", "/sync/v1/events", params={"since": 0}) as stream:
             assert stream.status_code == 200
             lines = stream.aiter_lines()
+            event = "message"
+
+            def take(line: str) -> bool:
+                """One SSE line; whether it ended an event carrying frames."""
+                nonlocal event
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    kind, event = event, "message"
+                    if kind in ("message", "tx"):
+                        assert not events, "frames after the reset"
+                        sids.extend(
+                            [data["sid"]]
+                            if kind == "message"
+                            else [f["sid"] for f in data["frames"]]
+                        )
+                        return True
+                    events.append((kind, data))
+                return False
+
             with anyio.fail_after(30):
                 async for line in lines:  # the first frame, then the reader pauses
-                    if line.startswith("id: "):
-                        sids.append(int(line[4:]))
+                    if take(line):
                         break
             gone = await write_past_retention(http, retention)
-            event = "message"
             with anyio.fail_after(60):
                 async for line in lines:
-                    if line.startswith("id: "):
-                        assert not events, "frames after the reset"
-                        sids.append(int(line[4:]))
-                        if sids[-1] >= gone["newest_sid"]:
-                            break
-                    elif line.startswith("event: "):
-                        event = line[7:]
-                    elif line.startswith("data: ") and event != "message":
-                        events.append((event, json.loads(line[6:])))
-                        event = "message"
+                    if take(line) and sids[-1] >= gone["newest_sid"]:
+                        break
     assert sids == list(range(1, sids[-1] + 1)), "gap in the frames received"
     assert sids[-1] < gone["oldest_sid"]
     assert events and events[0][0] == "error"
