@@ -26,6 +26,7 @@ from rooms.close_codes import CloseCode
 from rooms.feed_hub import FeedHub
 from rooms.frame_bus import FrameBus, LocalFrameBus
 from rooms.frame_waiters import FrameWaiters
+from rooms.listeners import Listeners
 from rooms.manager import RoomManager, RoomSettings
 from rooms.supervisor import Supervisor
 
@@ -48,6 +49,9 @@ from .settings import Settings
 from .sync_api import SyncApi
 from .sync_stream import FrameStreams
 from .throttle import ReadThrottle
+from .version_retention import DAY_MS, HOUR_MS, RetentionPolicy
+from .versions import VersionKeeper
+from .versions_api import VersionsApi
 from .yjs_endpoint import YjsEndpoint
 
 log = logging.getLogger(__name__)
@@ -115,6 +119,7 @@ class Runtime:
         self.throttle = ReadThrottle(settings.delta_min_interval_ms, settings.delta_max_concurrency)
         self._feed: RecordFeed | None = None
         self._presence: Presence | None = None
+        self._versions: VersionKeeper | None = None
         self.supervisor = Supervisor()
         self._probing = anyio.Lock()
         self._probe_failed = False  # the last probe failed (its warning was logged)
@@ -133,6 +138,12 @@ class Runtime:
         if self._presence is None:
             raise RuntimeError("expected STARTED, got NOT STARTED")
         return self._presence
+
+    @property
+    def versions(self) -> VersionKeeper:
+        if self._versions is None:
+            raise RuntimeError("expected STARTED, got NOT STARTED")
+        return self._versions
 
     @property
     def manager(self) -> RoomManager:
@@ -181,10 +192,23 @@ class Runtime:
                 coalesce_ms=settings.frame_coalesce_ms,
                 retention=settings.frame_retention,
             )
+            versions = self._versions = VersionKeeper(
+                store,
+                auto=settings.auto_versions,
+                every_updates=settings.version_every_updates,
+                idle_seconds=settings.version_idle_seconds,
+                policy=RetentionPolicy(
+                    keep_all_ms=round(settings.version_keep_all_hours * HOUR_MS),
+                    hourly_ms=round(settings.version_hourly_days * DAY_MS),
+                    max_bytes_ratio=settings.version_max_bytes_ratio,
+                    min_budget_bytes=settings.version_min_budget_bytes,
+                ),
+            )
+            feed.mutations.on_change = versions.noted
             async with RoomManager(
                 store,
                 room_settings,
-                listener=feed,
+                listener=Listeners(feed, versions),
                 supervisor=self.supervisor,
                 broadcaster=buses.rooms,
             ) as manager:
@@ -193,6 +217,7 @@ class Runtime:
                 self._presence = feed.presence = Presence(manager, self.hub)
                 async with anyio.create_task_group() as tg:
                     await tg.start(feed.run, manager)
+                    await tg.start(versions.run, manager)
                     tg.start_soon(self._presence.run)
                     self.started.set()
                     yield self
@@ -390,6 +415,7 @@ def create_app(
         Route("/metrics", runtime.metrics.endpoint),
         Route("/openapi.json", openapi.endpoint),
         WebSocketRoute("/yjs/{doc:path}", yjs),
+        *VersionsApi(runtime).routes(),  # before DocsApi: /docs/{doc} matches any path
         *DocsApi(runtime).routes(),
         *SyncApi(runtime).routes(),
         *AdminApi(runtime).routes(),

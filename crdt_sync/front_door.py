@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -86,6 +87,26 @@ class Target:
     need: Mode
 
 
+#: The version routes (crdt_sync.versions_api), by method, in the order they are
+#: registered: what of ``/docs/<rest>`` they take for the doc. The routes' own
+#: patterns, so that the doc checked here is the doc the route serves.
+_VERSION_ITEM = re.compile(r"(?s)(.*)/versions/[^/]+")
+_VERSION_LIST = re.compile(r"(?s)(.*)/versions")
+_VERSION_ROUTES: dict[str, tuple[re.Pattern[str], ...]] = {
+    "GET": (_VERSION_ITEM, _VERSION_LIST),
+    "HEAD": (_VERSION_ITEM, _VERSION_LIST),
+    "POST": (re.compile(r"(?s)(.*)/versions/[^/]+/restore"), _VERSION_LIST),
+}
+
+
+def _versions_doc(method: str, rest: str) -> str | None:
+    for pattern in _VERSION_ROUTES.get(method, ()):
+        match = pattern.fullmatch(rest)
+        if match is not None:
+            return match.group(1)
+    return None
+
+
 def classify(scope: dict[str, Any]) -> Target:
     """The :class:`Target` of an ``http`` or ``websocket`` scope."""
     path = route_path(scope)
@@ -103,7 +124,9 @@ def classify(scope: dict[str, Any]) -> Target:
     reading = method in ("GET", "HEAD")
     if path.startswith("/docs/"):
         rest = path[len("/docs/") :]
-        if method in ("GET", "HEAD", "POST") and rest.endswith("/update"):
+        if (versioned := _versions_doc(method, rest)) is not None:
+            rest = versioned  # the routes /docs/{doc}/versions... (registered first)
+        elif method in ("GET", "HEAD", "POST") and rest.endswith("/update"):
             rest = rest[: -len("/update")]  # the route /docs/{doc}/update
         return Target("http", rest, "read" if reading else "write")
     if path.startswith("/sync/v1/presence/"):

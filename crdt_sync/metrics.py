@@ -50,6 +50,8 @@ histogram gets an observation per sampled delivery. Each app has its own registr
                                                dropped, delivered, received, malformed
 ``crdt_sync_bus_reconnects_total{bus}``        reconnections to Redis
 ``crdt_sync_bus_up{bus}``                      1 while connected to Redis
+``crdt_sync_versions_total{kind}``             document versions: auto, on_demand taken;
+                                               retired by retention
 =============================================  =========================================
 
 No metric has a doc name, an org or an actor as a label: ``/metrics`` (admin token
@@ -275,6 +277,15 @@ class _NodeCollector:
             "Frame subscribers closed with 1011: their frames could not be encoded.",
             value=runtime.hub.send_failures,
         )
+        keeper = runtime._versions
+        versions = CounterMetricFamily(
+            "crdt_sync_versions",
+            "Document versions taken (auto, on_demand) and deleted by retention (retired).",
+            labels=["kind"],
+        )
+        for kind, attr in (("auto", "auto_taken"), ("on_demand", "taken"), ("retired", "dropped")):
+            versions.add_metric([kind], getattr(keeper, attr) if keeper is not None else 0)
+        yield versions
 
 
 class Metrics:

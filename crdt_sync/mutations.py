@@ -95,6 +95,9 @@ class MutationEngine:
         self.store = store
         self.coalescer = coalescer
         self._in_flight: dict[tuple[str, str], anyio.Event] = {}
+        #: Told of every change a mutation made (the listener is not: see
+        #: ``Room.change``): ``on_change(room, actor)``; the version keeper's authors.
+        self.on_change: Callable[[Room, str], None] | None = None
 
     @property
     def manager(self) -> RoomManager:
@@ -398,6 +401,8 @@ class MutationEngine:
         if appended is None:  # nothing changed: no frame, but remember the answer
             return _Started(result, coalescer.queue(room.org, [], mutation=mutation_key), False)
         frames.queued(appended.durable)
+        if self.on_change is not None:
+            self.on_change(room, actor)
         begun = _Started(result, appended.durable, bool(frames.own))
         manager = self.manager
         begun.on_finish(lambda: manager.after_update(room))

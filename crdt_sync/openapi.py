@@ -87,7 +87,82 @@ _BAD_REQUEST = _error("a parameter or body refused by the input contract")
 _STORE = _error("the store failed (disk full, read-only database)")
 _THROTTLED = _error("too many requests: retry after `Retry-After` seconds", "Throttled")
 
+_VERSION_PARAM = {
+    "name": "v",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": f"^[0-9]{{1,{MAX_INT_DIGITS}}}$"},
+    "description": "version id (a positive integer)",
+}
+_VERSION_INFO = {
+    "type": "object",
+    "required": ["version", "doc", "created_at", "authors", "label", "size", "state_vector"],
+    "properties": {
+        "version": {"type": "integer", "description": "store-assigned, increasing, never reused"},
+        "doc": _STRING,
+        "created_at": {"type": "integer", "description": "epoch milliseconds"},
+        "authors": {
+            "type": "array",
+            "items": _STRING,
+            "description": "actors who changed the doc since the version before",
+        },
+        "label": {"type": ["string", "null"]},
+        "size": {"type": "integer", "description": "bytes of the stored state"},
+        "state_vector": {"type": "string", "description": "base64 Yjs state vector"},
+    },
+}
+
 SCHEMAS: dict[str, Any] = {
+    "VersionInfo": _VERSION_INFO,
+    "VersionList": {
+        "type": "object",
+        "required": ["versions", "next_cursor"],
+        "properties": {
+            "versions": {"type": "array", "items": _VERSION_INFO},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "VersionRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"label": {"type": ["string", "null"], "maxLength": 200}},
+    },
+    "Version": {
+        **_VERSION_INFO,
+        "required": [*_VERSION_INFO["required"], "content"],
+        "properties": {
+            **_VERSION_INFO["properties"],
+            "content": {"type": "object", "description": "every root type as JSON"},
+            "record": {"type": "object", "description": "a record doc's fields"},
+        },
+    },
+    "Restored": {
+        "type": "object",
+        "required": [
+            "doc",
+            "restored_from",
+            "changed",
+            "update_id",
+            "before",
+            "version",
+            "state_vector",
+        ],
+        "properties": {
+            "doc": _STRING,
+            "restored_from": {"type": "integer"},
+            "changed": {"type": "boolean", "description": "false: the content was the version's"},
+            "update_id": {"type": ["integer", "null"]},
+            "before": {
+                "oneOf": [_VERSION_INFO, {"type": "null"}],
+                "description": "the version taken of the state before the restore",
+            },
+            "version": {
+                "oneOf": [_VERSION_INFO, {"type": "null"}],
+                "description": "the version taken of the restored state",
+            },
+            "state_vector": {"type": "string", "description": "base64, after the restore"},
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error", "detail"],
@@ -357,6 +432,81 @@ PATHS: dict[str, Any] = {
                 ),
                 "400": _error("not a Yjs update (invalid_update)"),
                 "413": _error("larger than --max-message-bytes"),
+                "500": _error("the stored document cannot be loaded (doc_load_failed)"),
+                "503": _STORE,
+            },
+        },
+    },
+    "/docs/{doc}/versions": {
+        "parameters": [_DOC_PARAM],
+        "get": {
+            "summary": "the document's versions, newest first",
+            "operationId": "listVersions",
+            "parameters": [
+                _query("limit", _LIMIT, "page size (default 50)"),
+                _query("cursor", _SID_TEXT, "next_cursor of the previous page"),
+            ],
+            "responses": {
+                "200": _json(_ref("VersionList"), "a page"),
+                "400": _BAD_REQUEST,
+                "404": _error("no such document"),
+                "503": _STORE,
+            },
+        },
+        "post": {
+            "summary": "take a version of the document now",
+            "operationId": "createVersion",
+            "requestBody": {
+                "required": False,
+                "content": {JSON: {"schema": _ref("VersionRequest")}},
+            },
+            "responses": {
+                "201": _json(_ref("VersionInfo"), "the version taken"),
+                "400": _error("a bad label or body (invalid_label, invalid_json)"),
+                "404": _error("no such document"),
+                "413": _error("a body larger than 4096 bytes"),
+                "415": _error("a body that is not Content-Type: application/json"),
+                "500": _error("the stored document cannot be loaded (doc_load_failed)"),
+                "503": _STORE,
+            },
+        },
+    },
+    "/docs/{doc}/versions/{v}": {
+        "parameters": [_DOC_PARAM, _VERSION_PARAM],
+        "get": {
+            "summary": "a version: its info and content (or its state as a Yjs update)",
+            "operationId": "getVersion",
+            "parameters": [
+                _query(
+                    "format",
+                    {"enum": ["json", "binary"]},
+                    "binary: the state as a Yjs update (as Accept: application/octet-stream)",
+                )
+            ],
+            "responses": {
+                "200": {
+                    "description": "the version",
+                    "content": {
+                        JSON: {"schema": _ref("Version")},
+                        "application/octet-stream": {"schema": _STRING},
+                    },
+                },
+                "400": _error("a bad version id or format (invalid_version, invalid_parameter)"),
+                "404": _error("no such version of this document"),
+                "503": _STORE,
+            },
+        },
+    },
+    "/docs/{doc}/versions/{v}/restore": {
+        "parameters": [_DOC_PARAM, _VERSION_PARAM],
+        "post": {
+            "summary": "make the document's content the version's again (a forward change)",
+            "operationId": "restoreVersion",
+            "responses": {
+                "200": _json(_ref("Restored"), "restored; live editors got it as an update"),
+                "400": _error("a bad version id (invalid_version)"),
+                "404": _error("no such document or version"),
+                "413": _error("the restore would grow the document past --max-doc-bytes"),
                 "500": _error("the stored document cannot be loaded (doc_load_failed)"),
                 "503": _STORE,
             },

@@ -266,6 +266,48 @@ class Settings:
     )
     redis_prefix: str = _opt("crdt-sync", "prefix of every Redis key and channel (one per cluster)")
 
+    # -- document versions (issue 15, item 4) ------------------------------------------
+    auto_versions: bool = _opt(
+        True,
+        "take versions of docs automatically after editing (--version-every-updates, "
+        "--version-idle-seconds); off: only POST /docs/{doc}/versions and restores make them",
+    )
+    version_every_updates: int = _opt(
+        1000,
+        "take a version after this many of this node's own changes to a doc (0: no such trigger)",
+        minimum=0,
+        maximum=100_000_000,
+    )
+    version_idle_seconds: float = _opt(
+        60.0,
+        "take a version once a doc changed since its last one has been quiet this long "
+        "(0: no such trigger)",
+        minimum=0,
+        maximum=7 * 86400,
+    )
+    version_keep_all_hours: float = _opt(
+        24.0, "retention: keep every version younger than this", minimum=0, maximum=24 * 3650
+    )
+    version_hourly_days: float = _opt(
+        7.0,
+        "retention: keep one version per hour younger than this, one per day older",
+        minimum=0,
+        maximum=3650,
+    )
+    version_max_bytes_ratio: float = _opt(
+        20.0,
+        "retention: a doc's versions hold at most this many times its current size "
+        "(or --version-min-budget-bytes, if more)",
+        minimum=0,
+        maximum=1_000_000,
+    )
+    version_min_budget_bytes: int = _opt(
+        4 * 1024 * 1024,
+        "retention: bytes a doc's versions may always hold, however small the doc",
+        minimum=0,
+        maximum=1 << 40,
+    )
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)

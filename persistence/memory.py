@@ -22,14 +22,14 @@ import asyncio
 import bisect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pycrdt import merge_updates
 
-from persistence import framing, paging, prepared, values
+from persistence import framing, paging, prepared, values, versions
 from persistence.framing import fold, settle
 from persistence.lifecycle import StartClose, check_open
 from persistence.store import (
@@ -47,6 +47,7 @@ from persistence.store import (
     StoreError,
     StoreStats,
     StoreWriteError,
+    VersionInfo,
 )
 
 __all__ = ["MemoryStore"]
@@ -97,6 +98,8 @@ class _Tenant:
     last_sid: int = 0  # only grows: sids are never reused
     records: dict[tuple[str, str], _RecordRow] = field(default_factory=dict)
     mutations: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    #: doc name -> its versions, oldest first: (info, state)
+    versions: dict[str, list[tuple[VersionInfo, bytes]]] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -119,6 +122,7 @@ class MemoryStore(StartClose):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tenants: dict[str, _Tenant] = {}
         self._last_update_id = 0
+        self._last_version_id = 0  # one sequence for the store: ids are never reused
         self._pending: list[_Op] = []
         self._scheduled = False
         self._commits = 0
@@ -298,6 +302,56 @@ class MemoryStore(StartClose):
             lambda: self._tenant(org).mutations.setdefault(client_tx_id, (text, None)), len(text)
         )
 
+    async def put_version(
+        self,
+        org: str,
+        name: str,
+        state: bytes,
+        *,
+        authors: Sequence[str],
+        label: str | None,
+        at: int,
+    ) -> VersionInfo | None:
+        self._check_open()
+        checked = versions.check_version(org, name, state, authors, label, at)
+
+        def apply() -> VersionInfo | None:
+            tenant = self._tenant(org)
+            if name not in tenant.docs:
+                return None
+            self._last_version_id += 1
+            info = versions.info_from_row(
+                self._last_version_id,
+                name,
+                checked.at,
+                checked.authors_json,
+                checked.label,
+                checked.state_vector,
+                len(checked.state),
+            )
+            tenant.versions.setdefault(name, []).append((info, checked.state))
+            return info
+
+        return await self._submit(apply, len(checked.state))
+
+    async def delete_versions(self, org: str, name: str, versions: Sequence[int]) -> int:
+        self._check_open()
+        values.check_key(org, name)
+        ids = set()
+        for version in versions:
+            values.check_int(version, "version")
+            ids.add(version)
+
+        def apply() -> int:
+            rows = self._tenant(org).versions.get(name, [])
+            kept = [row for row in rows if row[0].version not in ids]
+            dropped = len(rows) - len(kept)
+            if rows:
+                self._tenant(org).versions[name] = kept
+            return dropped
+
+        return int(await self._submit(apply, 0))
+
     # -- reads (of what is committed) ----------------------------------------------------
 
     async def load(self, org: str, name: str) -> StoredDoc | None:
@@ -310,6 +364,24 @@ class MemoryStore(StartClose):
             updates=[update for _, update in doc.log],
             last_update_id=doc.last_update_id,
         )
+
+    async def list_versions(
+        self, org: str, name: str, *, before: int | None = None, limit: int = 100
+    ) -> list[VersionInfo]:
+        versions.check_list_args(org, name, before, limit)
+        rows = (await self._read(org)).versions.get(name, [])
+        picked = [info for info, _ in reversed(rows) if before is None or info.version < before]
+        return picked[:limit]
+
+    async def get_version(
+        self, org: str, name: str, version: int
+    ) -> tuple[VersionInfo, bytes] | None:
+        values.check_key(org, name)
+        values.check_int(version, "version")
+        for info, state in (await self._read(org)).versions.get(name, []):
+            if info.version == version:
+                return info, state
+        return None
 
     async def has_doc(self, org: str, name: str) -> bool:
         values.check_key(org, name)
@@ -580,6 +652,7 @@ def _delete_doc(tenant: _Tenant, name: str) -> bool:
     # Frames, record rows and idempotency keys stay: they are the feed's, not the doc's.
     if tenant.docs.pop(name, None) is None:
         return False
+    tenant.versions.pop(name, None)  # a doc's versions go with it
     tenant.deleted.add(name)
     return True
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -351,6 +351,29 @@ class FramePage:
     newest: int
 
 
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One stored version of a doc (see :mod:`persistence.versions`), without its state.
+
+    Attributes:
+        version: The id the store gave it at commit (increasing, never reused).
+        name: The doc's name.
+        created_at: Epoch milliseconds of its creation.
+        authors: Actors who changed the doc since the version before it.
+        label: What a person named it, or ``None``.
+        state_vector: The doc's Yjs state vector at that version.
+        size: Bytes of the stored state.
+    """
+
+    version: int
+    name: str
+    created_at: int
+    authors: tuple[str, ...]
+    label: str | None
+    state_vector: bytes
+    size: int
+
+
 @runtime_checkable
 class Store(Protocol):
     """Async store of documents, their update logs, SyncFrames and idempotency keys."""
@@ -540,4 +563,49 @@ class Store(Protocol):
 
     async def put_mutation(self, org: str, client_tx_id: str, result: dict[str, Any]) -> None:
         """Remember a mutation's result under its idempotency key. Awaited until committed."""
+        ...
+
+    async def put_version(
+        self,
+        org: str,
+        name: str,
+        state: bytes,
+        *,
+        authors: Sequence[str],
+        label: str | None,
+        at: int,
+    ) -> VersionInfo | None:
+        """Store ``state`` (the doc's whole state, a Yjs update) as a new version of the
+        doc, behind every write queued before the call; awaited until committed.
+
+        Returns:
+            Its info (with the id assigned at commit), or ``None`` if the doc is not
+            stored (never was, or deleted): no version of a doc that is not there.
+
+        Raises:
+            ValueError: ``state`` is not a Yjs update, a label or the authors out of
+                bounds (:mod:`persistence.versions`); nothing was queued.
+            StoreWriteError: the write failed.
+        """
+        ...
+
+    async def list_versions(
+        self, org: str, name: str, *, before: int | None = None, limit: int = 100
+    ) -> list[VersionInfo]:
+        """The doc's versions with an id below ``before`` (all: ``None``), newest first."""
+        ...
+
+    async def get_version(
+        self, org: str, name: str, version: int
+    ) -> tuple[VersionInfo, bytes] | None:
+        """A version of the doc and its state, or ``None`` (no such version of it)."""
+        ...
+
+    async def delete_versions(self, org: str, name: str, versions: Sequence[int]) -> int:
+        """Delete these versions of the doc (ids it does not have are ignored); return
+        how many were deleted. Awaited until committed.
+
+        Deleting a doc (:meth:`delete`, or :meth:`log_frames` with ``delete``) deletes
+        its versions in the same transaction.
+        """
         ...

@@ -33,6 +33,7 @@ import logging
 
 from psycopg import AsyncConnection
 
+from persistence.postgres.versions_sql import MIGRATION as _V2
 from persistence.store import StoreError
 
 __all__ = ["MIGRATIONS", "MIGRATION_LOCK", "SCHEMA_VERSION", "TABLES", "migrate"]
@@ -125,7 +126,7 @@ _V1 = [
 ]
 
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[list[str]] = [_V1]
+MIGRATIONS: list[list[str]] = [_V1, _V2]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = frozenset(
     {
@@ -137,6 +138,7 @@ TABLES = frozenset(
         "mutations",
         "records",
         "schema_version",
+        "versions",
     }
 )
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -33,9 +33,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from persistence import paging, prepared, values
+from persistence import paging, prepared, values, versions
 from persistence.lifecycle import StartClose, check_open
-from persistence.postgres import errors, reads, write_sql
+from persistence.postgres import errors, reads, versions_sql, write_sql
 from persistence.postgres.schema import migrate
 from persistence.postgres.write_sql import Kind, Op, check_opt_text, check_text
 from persistence.postgres.writer import Writer
@@ -54,6 +54,7 @@ from persistence.store import (
     StoreError,
     StoreStats,
     StoreUnavailableError,
+    VersionInfo,
 )
 
 __all__ = ["PostgresStore"]
@@ -580,6 +581,56 @@ class PostgresStore(StartClose):
         check_text(client_tx_id, "client_tx_id")
         return await self._read(reads.get_mutation, org, client_tx_id)
 
+    # -- versions ----------------------------------------------------------------------
+
+    async def put_version(
+        self,
+        org: str,
+        name: str,
+        state: bytes,
+        *,
+        authors: Sequence[str],
+        label: str | None,
+        at: int,
+    ) -> VersionInfo | None:
+        """Store a version of the doc (see :mod:`persistence.postgres.versions_sql`):
+        the writer is flushed first, then the version committed on its own."""
+        self._check_open()
+        check_text(org, "org")
+        check_text(name, "name")
+        checked = versions.check_version(org, name, state, authors, label, at)
+        await self.flush()
+        return await self._write(versions_sql.put_version, org, name, checked)
+
+    async def delete_versions(self, org: str, name: str, versions: Sequence[int]) -> int:
+        """Delete these versions of the doc; how many were deleted, once committed."""
+        self._check_open()
+        check_text(org, "org")
+        check_text(name, "name")
+        ids = []
+        for version in versions:
+            values.check_int(version, "version")
+            ids.append(version)
+        return int(await self._write(versions_sql.delete_versions, org, name, sorted(set(ids))))
+
+    async def list_versions(
+        self, org: str, name: str, *, before: int | None = None, limit: int = 100
+    ) -> list[VersionInfo]:
+        """The doc's versions with an id below ``before``, newest first."""
+        check_text(org, "org")
+        check_text(name, "name")
+        versions.check_list_args(org, name, before, limit)
+        return await self._read(versions_sql.list_versions, org, name, before, limit)
+
+    async def get_version(
+        self, org: str, name: str, version: int
+    ) -> tuple[VersionInfo, bytes] | None:
+        """A version of the doc and its state, or ``None``."""
+        check_text(org, "org")
+        check_text(name, "name")
+        values.check_int(version, "version")
+        return await self._read(versions_sql.get_version, org, name, version)
+
     # -- plumbing ----------------------------------------------------------------------
 
     def _check_open(self) -> Writer:
@@ -595,6 +646,16 @@ class PostgresStore(StartClose):
                 return await fn(conn, *args)
         except psycopg.Error as exc:
             raise errors.read_error(self._where, exc) from exc
+
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(connection, *args)`` on a pooled connection: a write of its own."""
+        self._check_open()
+        assert self._pool is not None
+        try:
+            async with self._pool.connection(timeout=self._acquire_timeout) as conn:
+                return await fn(conn, *args)
+        except psycopg.Error as exc:
+            raise errors.write_error(self._where, exc) from exc
 
 
 def _check_record(org: str, t: str, id: str) -> None:

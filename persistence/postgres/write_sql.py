@@ -355,6 +355,8 @@ async def _delete_doc(txn: _Txn, org: str, name: str) -> bool:
     txn.own[(org, name)] = None
     await txn.conn.execute("DELETE FROM updates WHERE org = %s AND name = %s", [org, name])
     await txn.conn.execute("DELETE FROM snapshots WHERE org = %s AND name = %s", [org, name])
+    # The row stays (state DELETED), so its versions do not cascade: they go here.
+    await txn.conn.execute("DELETE FROM versions WHERE org = %s AND name = %s", [org, name])
     if existed:
         doc.state = DELETED
         doc.last = 0

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from sqlite_utils import Database
 from sqlite_utils.db import ForeignKey
 
+from persistence.sqlite.versions_sql import migrate_v5 as _v5
 from persistence.store import StoreError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES", "migrate", "read_version"]
@@ -210,7 +211,7 @@ def _v4(db: Database) -> None:
 
 
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = frozenset(
     {
@@ -223,6 +224,7 @@ TABLES = frozenset(
         "mutations",
         "records",
         "schema_version",
+        "versions",
     }
 )
 

@@ -35,16 +35,17 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
-from persistence import paging, prepared, values
+from persistence import paging, prepared, values, versions
 from persistence.lifecycle import StartClose, check_open
-from persistence.sqlite import reads
+from persistence.sqlite import reads, versions_sql
 from persistence.sqlite.write_sql import Kind, Op
 from persistence.sqlite.writer import Writer, rollback
 from persistence.store import (
@@ -62,6 +63,7 @@ from persistence.store import (
     StoreError,
     StoreStats,
     StoreWriteError,
+    VersionInfo,
 )
 
 __all__ = ["SQLiteStore"]
@@ -450,6 +452,47 @@ class SQLiteStore(StartClose):
             Kind.MUTATION, (org, client_tx_id, values.dumps(result, "result"), values.now_ms())
         )
 
+    async def put_version(
+        self,
+        org: str,
+        name: str,
+        state: bytes,
+        *,
+        authors: Sequence[str],
+        label: str | None,
+        at: int,
+    ) -> VersionInfo | None:
+        """Store a version of the doc (see :class:`~persistence.store.Store`), in its own
+        transaction on the writer thread, behind every write queued before the call."""
+        self._check_open()
+        checked = versions.check_version(org, name, state, authors, label, at)
+        write = partial(versions_sql.put_version, path=self._path, org=org, name=name, v=checked)
+        return await self.run_in_writer(lambda conn: write(conn))
+
+    async def delete_versions(self, org: str, name: str, versions: Sequence[int]) -> int:
+        """Delete these versions of the doc; how many were deleted, once committed."""
+        self._check_open()
+        values.check_key(org, name)
+        ids = sorted({_version_id(v) for v in versions})
+        return await self.run_in_writer(
+            lambda conn: versions_sql.delete_versions(conn, self._path, org, name, ids)
+        )
+
+    async def list_versions(
+        self, org: str, name: str, *, before: int | None = None, limit: int = 100
+    ) -> list[VersionInfo]:
+        """The doc's versions with an id below ``before``, newest first."""
+        versions.check_list_args(org, name, before, limit)
+        return await self._read(versions_sql.list_versions, org, name, before, limit)
+
+    async def get_version(
+        self, org: str, name: str, version: int
+    ) -> tuple[VersionInfo, bytes] | None:
+        """A version of the doc and its state, or ``None``."""
+        values.check_key(org, name)
+        values.check_int(version, "version")
+        return await self._read(versions_sql.get_version, org, name, version)
+
     def health(self) -> str | None:
         """What stops this store from taking writes now, or ``None`` (cheap, no I/O).
 
@@ -727,3 +770,8 @@ class SQLiteStore(StartClose):
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         self._check_open()
         return await anyio.to_thread.run_sync(self._readers.run, fn, args)
+
+
+def _version_id(value: object) -> int:
+    values.check_int(value, "version")
+    return value  # type: ignore[return-value]
