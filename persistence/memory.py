@@ -14,6 +14,10 @@ alone, leaves no trace and raises to its awaiter; appends never fail, so :meth:`
 has nothing to report. The
 rules shared with every backend live in :mod:`persistence.framing` (which drafts are
 logged) and :mod:`persistence.values` (what may be stored).
+
+The webhook outbox (:mod:`persistence.outbox`, with ``outbox=True``) is the one part
+not held in dicts: its rows live in a private in-memory SQLite database driven by the
+same SQL as the SQLite backend, written inside the commit that logs the frames.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -29,7 +34,7 @@ from typing import Any
 
 from pycrdt import merge_updates
 
-from persistence import framing, paging, prepared, values, versions
+from persistence import framing, outbox, paging, prepared, values, versions
 from persistence.framing import fold, settle
 from persistence.lifecycle import StartClose, check_open
 from persistence.store import (
@@ -117,7 +122,9 @@ class MemoryStore(StartClose):
     every method must be called from the event loop that ran :meth:`start`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, outbox: bool = False) -> None:
+        self._outbox = outbox
+        self._outbox_db: sqlite3.Connection | None = None
         self._state = "new"  # -> "open" -> "closed"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tenants: dict[str, _Tenant] = {}
@@ -137,6 +144,13 @@ class MemoryStore(StartClose):
         if self._state != "new":
             raise StoreError("MemoryStore can only be started once")
         self._loop = asyncio.get_running_loop()
+        from sqlite_utils import Database
+
+        from persistence.sqlite.schema import MIGRATIONS
+
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        MIGRATIONS[5](Database(conn))  # the webhook tables (SQLite's v6)
+        self._outbox_db = conn
         self._state = "open"
 
     async def close(self) -> None:
@@ -274,7 +288,9 @@ class MemoryStore(StartClose):
         def apply() -> int:
             tenant = self._tenant(org)
             tenant.last_sid += 1
-            tenant.frames.append(_FrameRow(tenant.last_sid, t, id, op, p_text, who, at, ctx_text))
+            row = _FrameRow(tenant.last_sid, t, id, op, p_text, who, at, ctx_text)
+            tenant.frames.append(row)
+            self._outbox_row(org, row)
             return tenant.last_sid
 
         return int(await self._submit(apply, len(p_text) + len(ctx_text)))
@@ -520,6 +536,78 @@ class MemoryStore(StartClose):
             result["sid"] = stored[1]
         return result
 
+    # -- webhooks (persistence.outbox) -------------------------------------------------
+
+    def _outbox_row(self, org: str, row: _FrameRow) -> None:
+        if not self._outbox or self._outbox_db is None:
+            return
+        text = outbox.frame_json(row.id, row.op, row.p, row.who, row.at, row.ctx)
+        self._outbox_db.execute(
+            "INSERT INTO webhook_outbox (org, sid, t, frame, created_at) VALUES (?, ?, ?, ?, ?)",
+            (org, row.sid, row.t, text, values.now_ms()),
+        )
+
+    async def _outbox_run(self, make: Callable[[int], outbox.Op]) -> Any:
+        """Run an outbox operation in commit order (behind every queued write)."""
+        self._check_open()
+
+        def apply() -> Any:
+            assert self._outbox_db is not None
+            return outbox.run_sync(self._outbox_db, make(values.now_ms()))
+
+        return await self._submit(apply, 0)
+
+    async def claim_delivery(
+        self,
+        endpoint: outbox.EndpointSpec,
+        *,
+        owner: str,
+        lease_ms: int,
+        max_batch: int,
+        throttle_ms: int,
+    ) -> outbox.Delivery | None:
+        values.check_text(owner, "owner")
+        return await self._outbox_run(
+            lambda now: outbox.claim(
+                endpoint, owner=owner, now=now, lease_ms=lease_ms, max_batch=max_batch,
+                throttle_ms=throttle_ms, pg=False,
+            )
+        )
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        *,
+        owner: str,
+        outcome: str,
+        next_attempt_at: int = 0,
+        error: str | None = None,
+        status: int | None = None,
+        endpoints: Sequence[str] = (),
+    ) -> bool:
+        values.check_int(delivery_id, "delivery_id")
+        ids = tuple(endpoints)
+        return bool(
+            await self._outbox_run(
+                lambda now: outbox.finish(
+                    delivery_id, owner=owner, outcome=outcome, now=now,
+                    next_attempt_at=next_attempt_at, error=error, status=status,
+                    endpoints=ids, pg=False,
+                )
+            )
+        )
+
+    async def replay_deliveries(
+        self, delivery_id: int | None = None, *, org: str | None = None
+    ) -> int:
+        return int(
+            await self._outbox_run(lambda now: outbox.replay(delivery_id, now=now, org=org))
+        )
+
+    async def webhook_status(self, endpoints: Sequence[str]) -> outbox.OutboxStatus:
+        ids = tuple(endpoints)
+        return await self._outbox_run(lambda now: outbox.status(ids))
+
     # -- the writer --------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -625,6 +713,7 @@ class MemoryStore(StartClose):
             p, ctx = values.dumps(d.p, "p"), values.dumps(d.ctx, "ctx")
             frame_row = _FrameRow(sid, d.t, d.id, d.op, p, d.who, d.at, ctx)
             tenant.frames.append(frame_row)
+            self._outbox_row(org, frame_row)
             folded = fold(stored, d)
             if folded is None:
                 tenant.records.pop(key, None)

@@ -41,7 +41,10 @@ import threading
 from collections.abc import Generator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+if TYPE_CHECKING:
+    from persistence.outbox import Delivery, EndpointSpec, OutboxStatus
 
 _T = TypeVar("_T")
 
@@ -608,4 +611,52 @@ class Store(Protocol):
         Deleting a doc (:meth:`delete`, or :meth:`log_frames` with ``delete``) deletes
         its versions in the same transaction.
         """
+        ...
+
+    # -- webhooks (see persistence.outbox; the store was opened with outbox=True) -------
+
+    async def claim_delivery(
+        self,
+        endpoint: EndpointSpec,
+        *,
+        owner: str,
+        lease_ms: int,
+        max_batch: int,
+        throttle_ms: int,
+    ) -> Delivery | None:
+        """Claim the endpoint's next batch for ``owner`` (leased for ``lease_ms``), in
+        one transaction: a pending delivery that is due and unleased (a retry, a
+        replay, one whose sender died), else a new batch of up to ``max_batch`` frames
+        of one org past the endpoint's cursor, once the oldest has waited
+        ``throttle_ms`` (or the batch is full). ``None``: nothing to send now. Two
+        nodes never hold the same delivery, and per endpoint and org a new batch waits
+        while one is pending."""
+        ...
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        *,
+        owner: str,
+        outcome: str,
+        next_attempt_at: int = 0,
+        error: str | None = None,
+        status: int | None = None,
+        endpoints: Sequence[str] = (),
+    ) -> bool:
+        """Report an attempt: ``ok`` (the row goes, the cursor advances, outbox rows
+        every one of ``endpoints`` has passed are dropped), ``retry`` (attempt counted,
+        next one at ``next_attempt_at``, lease released) or ``park``. Returns whether
+        ``owner`` still held it (``ok`` applies regardless)."""
+        ...
+
+    async def replay_deliveries(
+        self, delivery_id: int | None = None, *, org: str | None = None
+    ) -> int:
+        """Re-queue a parked delivery (all: ``None``; only ``org``'s, if given) with
+        the same sid range; how many."""
+        ...
+
+    async def webhook_status(self, endpoints: Sequence[str]) -> OutboxStatus:
+        """Cursors, backlogs and deliveries of these endpoints."""
         ...

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 from persistence.memory import MemoryStore
 from persistence.sqlite import SQLiteStore
@@ -102,14 +103,15 @@ class PostgresDatabases:
 
 @asynccontextmanager
 async def open_store(
-    backend: str, tmp_path: Path, postgres: PostgresDatabases | None = None
+    backend: str, tmp_path: Path, postgres: PostgresDatabases | None = None, **options: Any
 ) -> AsyncIterator[Store]:
     """A started, empty store of ``backend``; closed (and its data dropped) afterwards.
 
-    The test may close it itself (close is idempotent).
+    The test may close it itself (close is idempotent). ``options`` go to the store's
+    constructor (``outbox=True``).
     """
     store: Store
-    with _backing(backend, tmp_path, postgres) as store:
+    with _backing(backend, tmp_path, postgres, options) as store:
         await store.start()
         try:
             yield store
@@ -118,15 +120,21 @@ async def open_store(
 
 
 @contextmanager
-def _backing(backend: str, tmp_path: Path, postgres: PostgresDatabases | None) -> Iterator[Store]:
+def _backing(
+    backend: str,
+    tmp_path: Path,
+    postgres: PostgresDatabases | None,
+    options: dict[str, Any] | None = None,
+) -> Iterator[Store]:
+    options = options or {}
     if backend == "memory":
-        yield MemoryStore()
+        yield MemoryStore(**options)
     elif backend == "sqlite":
-        yield SQLiteStore(tmp_path / "store.db")
+        yield SQLiteStore(tmp_path / "store.db", **options)
     elif backend == "postgres":
         cls = postgres_store_class()
         assert postgres is not None, "the postgres backend needs PostgresDatabases"
         with postgres.database() as dsn:
-            yield cls(dsn)
+            yield cls(dsn, **options)
     else:
         raise ValueError(f"unknown store backend {backend!r}; known: {BACKENDS}")

@@ -125,8 +125,50 @@ _V1 = [
     """,
 ]
 
+#: Outgoing webhooks (see :mod:`persistence.outbox`).
+_V3 = [
+    """
+    CREATE TABLE webhook_outbox (
+        org text COLLATE "C" NOT NULL,
+        sid bigint NOT NULL,
+        t text COLLATE "C" NOT NULL,
+        frame text NOT NULL,
+        created_at bigint NOT NULL,
+        PRIMARY KEY (org, sid)
+    )
+    """,
+    """
+    CREATE TABLE webhook_cursors (
+        endpoint text COLLATE "C" NOT NULL,
+        org text COLLATE "C" NOT NULL,
+        sid bigint NOT NULL,
+        PRIMARY KEY (endpoint, org)
+    )
+    """,
+    """
+    CREATE TABLE webhook_deliveries (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        endpoint text COLLATE "C" NOT NULL,
+        org text COLLATE "C" NOT NULL,
+        first_sid bigint NOT NULL,
+        last_sid bigint NOT NULL,
+        status text NOT NULL CHECK (status IN ('pending', 'parked')),
+        attempts int NOT NULL DEFAULT 0,
+        created_at bigint NOT NULL,
+        first_attempt_at bigint,
+        next_attempt_at bigint NOT NULL,
+        lease_owner text,
+        lease_expires bigint NOT NULL DEFAULT 0,
+        last_error text,
+        last_status int,
+        UNIQUE (endpoint, org, first_sid)
+    )
+    """,
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint, status, next_attempt_at)",
+]
+
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[list[str]] = [_V1, _V2]
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = frozenset(
     {
@@ -139,6 +181,9 @@ TABLES = frozenset(
         "records",
         "schema_version",
         "versions",
+        "webhook_outbox",
+        "webhook_cursors",
+        "webhook_deliveries",
     }
 )
 

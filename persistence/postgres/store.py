@@ -33,8 +33,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from persistence import paging, prepared, values, versions
+from persistence import outbox, paging, prepared, values, versions
 from persistence.lifecycle import StartClose, check_open
+from persistence.outbox import Delivery, EndpointSpec, OutboxStatus
 from persistence.postgres import errors, reads, versions_sql, write_sql
 from persistence.postgres.schema import migrate
 from persistence.postgres.write_sql import Kind, Op, check_opt_text, check_text
@@ -106,6 +107,8 @@ class PostgresStore(StartClose):
         acquire_timeout: Seconds a write batch or a read waits for a connection
             before failing with :class:`StoreUnavailableError`.
         connect_timeout: Seconds :meth:`start` waits for the server.
+        outbox: Give every frame logged a webhook outbox row in its transaction
+            (:mod:`persistence.outbox`; on when webhooks are configured).
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class PostgresStore(StartClose):
         max_queued_write_bytes: int = 64 * 1024 * 1024,
         acquire_timeout: float = 5.0,
         connect_timeout: float = 5.0,
+        outbox: bool = False,
     ) -> None:
         if not 0 <= min_size <= max_size or max_size < 1:
             raise ValueError(f"need 0 <= min_size <= max_size >= 1, got {min_size}, {max_size}")
@@ -139,6 +143,7 @@ class PostgresStore(StartClose):
         self._max_queued_bytes = max_queued_write_bytes
         self._acquire_timeout = acquire_timeout
         self._connect_timeout = connect_timeout
+        self._outbox = outbox
         self._state = "new"  # -> "starting" -> "open" -> "closed"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: AsyncConnectionPool | None = None
@@ -243,6 +248,7 @@ class PostgresStore(StartClose):
             max_batch=self._max_batch,
             max_queued_bytes=self._max_queued_bytes,
             acquire_timeout=self._acquire_timeout,
+            outbox=self._outbox,
         )
         self._writer.start()
         self._state = "open"
@@ -646,6 +652,59 @@ class PostgresStore(StartClose):
                 return await fn(conn, *args)
         except psycopg.Error as exc:
             raise errors.read_error(self._where, exc) from exc
+
+    # -- webhooks (persistence.outbox) -------------------------------------------------
+
+    async def claim_delivery(
+        self,
+        endpoint: EndpointSpec,
+        *,
+        owner: str,
+        lease_ms: int,
+        max_batch: int,
+        throttle_ms: int,
+    ) -> Delivery | None:
+        """See :meth:`persistence.store.Store.claim_delivery` (row locks with ``SKIP
+        LOCKED``: two nodes never claim the same delivery or endpoint and org)."""
+        check_text(owner, "owner")
+        op = outbox.claim(
+            endpoint, owner=owner, now=values.now_ms(), lease_ms=lease_ms,
+            max_batch=max_batch, throttle_ms=throttle_ms, pg=True,
+        )
+        return await self._write(outbox.run_async, op)
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        *,
+        owner: str,
+        outcome: str,
+        next_attempt_at: int = 0,
+        error: str | None = None,
+        status: int | None = None,
+        endpoints: Sequence[str] = (),
+    ) -> bool:
+        """See :meth:`persistence.store.Store.finish_delivery`."""
+        values.check_int(delivery_id, "delivery_id")
+        if error is not None:
+            error = error.replace("\x00", "")
+        op = outbox.finish(
+            delivery_id, owner=owner, outcome=outcome, now=values.now_ms(),
+            next_attempt_at=next_attempt_at, error=error, status=status,
+            endpoints=tuple(endpoints), pg=True,
+        )
+        return bool(await self._write(outbox.run_async, op))
+
+    async def replay_deliveries(
+        self, delivery_id: int | None = None, *, org: str | None = None
+    ) -> int:
+        """See :meth:`persistence.store.Store.replay_deliveries`."""
+        op = outbox.replay(delivery_id, now=values.now_ms(), org=org)
+        return int(await self._write(outbox.run_async, op))
+
+    async def webhook_status(self, endpoints: Sequence[str]) -> OutboxStatus:
+        """See :meth:`persistence.store.Store.webhook_status`."""
+        return await self._write(outbox.run_async, outbox.status(tuple(endpoints)))
 
     async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(connection, *args)`` on a pooled connection: a write of its own."""

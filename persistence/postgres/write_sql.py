@@ -39,7 +39,7 @@ import anyio.to_thread
 from psycopg import AsyncConnection
 from pycrdt import merge_updates
 
-from persistence import framing, values
+from persistence import framing, outbox, values
 from persistence.framing import fold, settle
 from persistence.prepared import PreparedBatch
 from persistence.prepared import prepare as prepare_checked
@@ -136,10 +136,15 @@ class _Txn:
     #: transaction (read only) and in it (``own``, merged by the writer on commit).
     own_before: dict[tuple[str, str], int] = field(default_factory=dict)
     own: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    outbox: bool = False  # frames also get webhook outbox rows
 
 
 async def apply(
-    conn: AsyncConnection, ops: list[Op], own_heads: Mapping[tuple[str, str], int]
+    conn: AsyncConnection,
+    ops: list[Op],
+    own_heads: Mapping[tuple[str, str], int],
+    *,
+    outbox: bool = False,
 ) -> dict[tuple[str, str], int | None]:
     """Run ``ops`` in order inside the caller's transaction; set each one's outcome.
 
@@ -147,6 +152,8 @@ async def apply(
         own_heads: ``(org, name)`` -> the newest update of the doc this node appended
             (what a draft of this node without ``update_id`` covers, see
             :func:`_doc_heads`).
+        outbox: Give every frame logged its webhook outbox row in this transaction
+            (:mod:`persistence.outbox`).
 
     Returns:
         What ``own_heads`` becomes if the transaction commits (``None``: forget the doc).
@@ -158,6 +165,7 @@ async def apply(
     now = values.now_ms()
     txn = _Txn(conn, now, await _lock_docs(conn, ops, now), {})
     txn.own_before = own_heads  # type: ignore[assignment]
+    txn.outbox = outbox
     replayed_keys = await _store_keys(txn, ops)
     txn.sids = await _lock_sequences(conn, ops)
     appends = sum(op.kind is Kind.APPEND for op in ops)
@@ -310,6 +318,8 @@ async def _apply_op(txn: _Txn, op: Op) -> None:
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [org, sid, t, id_, frame_op, p_text, who, at, ctx_text],
         )
+        if txn.outbox:
+            await _outbox_row(txn, org, sid, t, id_, frame_op, p_text, who, at, ctx_text)
         op.result = sid
     elif kind is Kind.TRIM:
         org, keep = op.args
@@ -438,6 +448,8 @@ async def _write_frames(txn: _Txn, batch: PreparedBatch, *, update_id: int | Non
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [org, sid, d.t, d.id, d.op, p_text, d.who, d.at, prepared.ctx],
         )
+        if txn.outbox:
+            await _outbox_row(txn, org, sid, d.t, d.id, d.op, p_text, d.who, d.at, prepared.ctx)
         fields = fold(stored_fields, d)
         if fields is None:
             await conn.execute(
@@ -464,6 +476,24 @@ async def _write_frames(txn: _Txn, batch: PreparedBatch, *, update_id: int | Non
             [committed[-1].sid, org, batch.mutation[0]],
         )
     return committed
+
+
+async def _outbox_row(
+    txn: _Txn,
+    org: str,
+    sid: int,
+    t: str,
+    id_: str,
+    op: str,
+    p_text: str,
+    who: str | None,
+    at: int,
+    ctx_text: str,
+) -> None:
+    await txn.conn.execute(
+        "INSERT INTO webhook_outbox (org, sid, t, frame, created_at) VALUES (%s, %s, %s, %s, %s)",
+        [org, sid, t, outbox.frame_json(id_, op, p_text, who, at, ctx_text), txn.now],
+    )
 
 
 async def _load_records(txn: _Txn, batch: PreparedBatch) -> None:

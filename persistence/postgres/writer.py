@@ -73,8 +73,10 @@ class Writer:
         max_batch: int,
         max_queued_bytes: int,
         acquire_timeout: float,
+        outbox: bool = False,
     ) -> None:
         self._pool = pool
+        self._outbox = outbox  # every frame also gets a webhook outbox row
         self._where = where
         self._interval = commit_interval
         self._max_batch = max_batch
@@ -246,7 +248,9 @@ class Writer:
             try:
                 async with self._pool.connection(timeout=self._acquire_timeout) as conn:
                     async with conn.transaction(), conn.pipeline():
-                        own = await write_sql.apply(conn, ops, self._own_heads)
+                        own = await write_sql.apply(
+                            conn, ops, self._own_heads, outbox=self._outbox
+                        )
             except Exception as exc:  # psycopg.Error, or a bug: nothing is committed
                 if not errors.is_rolled_back(exc):
                     return self._failed(ops, exc)

@@ -210,8 +210,48 @@ def _v4(db: Database) -> None:
     )
 
 
+def _v6(db: Database) -> None:
+    """Outgoing webhooks (see :mod:`persistence.outbox`): the outbox (a copy of every
+    frame logged while webhooks are configured, written in the frame's transaction),
+    each endpoint's cursor per org, and the deliveries (claimed batches, leased)."""
+    db.execute(
+        "CREATE TABLE webhook_outbox (org TEXT NOT NULL, sid INTEGER NOT NULL,"
+        " t TEXT NOT NULL, frame TEXT NOT NULL, created_at INTEGER NOT NULL,"
+        " PRIMARY KEY (org, sid)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE webhook_cursors (endpoint TEXT NOT NULL, org TEXT NOT NULL,"
+        " sid INTEGER NOT NULL, PRIMARY KEY (endpoint, org)) WITHOUT ROWID"
+    )
+    db.execute(
+        """
+        CREATE TABLE webhook_deliveries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            endpoint TEXT NOT NULL,
+            org TEXT NOT NULL,
+            first_sid INTEGER NOT NULL,
+            last_sid INTEGER NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'parked')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            first_attempt_at INTEGER,
+            next_attempt_at INTEGER NOT NULL,
+            lease_owner TEXT,
+            lease_expires INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            last_status INTEGER,
+            UNIQUE (endpoint, org, first_sid)
+        )
+        """
+    )
+    db.execute(
+        "CREATE INDEX idx_webhook_deliveries_due ON webhook_deliveries"
+        " (endpoint, status, next_attempt_at)"
+    )
+
+
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = frozenset(
     {
@@ -225,6 +265,9 @@ TABLES = frozenset(
         "records",
         "schema_version",
         "versions",
+        "webhook_outbox",
+        "webhook_cursors",
+        "webhook_deliveries",
     }
 )
 

@@ -43,8 +43,9 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from persistence import paging, prepared, values, versions
+from persistence import outbox, paging, prepared, values, versions
 from persistence.lifecycle import StartClose, check_open
+from persistence.outbox import Delivery, EndpointSpec, OutboxStatus
 from persistence.sqlite import reads, versions_sql
 from persistence.sqlite.write_sql import Kind, Op
 from persistence.sqlite.writer import Writer, rollback
@@ -93,6 +94,8 @@ class SQLiteStore(StartClose):
             committed. Past it a writer waits for room (appends, every awaited write),
             in call order, so the queue cannot grow without bound when writes come
             faster than the disk takes them; one op alone is always let through.
+        outbox: Give every frame logged a webhook outbox row in its transaction
+            (:mod:`persistence.outbox`; on when webhooks are configured).
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class SQLiteStore(StartClose):
         commit_interval_ms: float = 5.0,
         max_batch: int = 5000,
         max_queued_bytes: int = 64 * 1024 * 1024,
+        outbox: bool = False,
     ) -> None:
         if max_queued_bytes < 1:
             raise ValueError(f"max_queued_bytes must be >= 1, got {max_queued_bytes}")
@@ -116,6 +120,7 @@ class SQLiteStore(StartClose):
             max_batch=max_batch,
             max_queued_bytes=max_queued_bytes,
             busy_timeout_ms=BUSY_TIMEOUT_MS,
+            outbox=outbox,
         )
         self._readers = reads.ReaderPool(self._path, busy_timeout_ms=BUSY_TIMEOUT_MS)
         self._state = "new"  # -> "starting" -> "open" -> "closed"
@@ -546,6 +551,60 @@ class SQLiteStore(StartClose):
         self._check_open()
         result: T = await self._submit(Kind.CALL, (fn,))
         return result
+
+    # -- webhooks (persistence.outbox) -------------------------------------------------
+
+    async def claim_delivery(
+        self,
+        endpoint: EndpointSpec,
+        *,
+        owner: str,
+        lease_ms: int,
+        max_batch: int,
+        throttle_ms: int,
+    ) -> Delivery | None:
+        """See :meth:`persistence.store.Store.claim_delivery`."""
+        values.check_text(owner, "owner")
+        op = partial(
+            outbox.claim, endpoint, owner=owner, lease_ms=lease_ms, max_batch=max_batch,
+            throttle_ms=throttle_ms, pg=False,
+        )
+        return await self.run_in_writer(lambda conn: outbox.run_sync(conn, op(now=values.now_ms())))
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        *,
+        owner: str,
+        outcome: str,
+        next_attempt_at: int = 0,
+        error: str | None = None,
+        status: int | None = None,
+        endpoints: Sequence[str] = (),
+    ) -> bool:
+        """See :meth:`persistence.store.Store.finish_delivery`."""
+        values.check_int(delivery_id, "delivery_id")
+        op = partial(
+            outbox.finish, delivery_id, owner=owner, outcome=outcome,
+            next_attempt_at=next_attempt_at, error=error, status=status,
+            endpoints=tuple(endpoints), pg=False,
+        )
+        return await self.run_in_writer(lambda conn: outbox.run_sync(conn, op(now=values.now_ms())))
+
+    async def replay_deliveries(
+        self, delivery_id: int | None = None, *, org: str | None = None
+    ) -> int:
+        """See :meth:`persistence.store.Store.replay_deliveries`."""
+        return await self.run_in_writer(
+            lambda conn: outbox.run_sync(
+                conn, outbox.replay(delivery_id, now=values.now_ms(), org=org)
+            )
+        )
+
+    async def webhook_status(self, endpoints: Sequence[str]) -> OutboxStatus:
+        """See :meth:`persistence.store.Store.webhook_status`."""
+        ids = tuple(endpoints)
+        return await self.run_in_writer(lambda conn: outbox.run_sync(conn, outbox.status(ids)))
 
     # -- reads -------------------------------------------------------------------------
 

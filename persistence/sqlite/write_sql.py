@@ -34,7 +34,7 @@ from typing import Any
 
 from pycrdt import merge_updates
 
-from persistence import framing, values
+from persistence import framing, outbox, values
 from persistence.framing import fold, same, settle
 from persistence.prepared import PreparedBatch
 from persistence.store import Committed, Frame, StoreReadError
@@ -186,6 +186,7 @@ def write_frames(
     ids: UpdateIds,
     *,
     update_id: int | None,
+    outbox: bool = False,
 ) -> list[Frame]:
     """Write ``batch`` inside the caller's transaction; return the frames logged, with
     their sids: what is new of each draft against its stored record row
@@ -198,6 +199,7 @@ def write_frames(
             own covers its doc's newest update at this point of the queue.
         update_id: The update the batch rides on (``None``: none): the covered update
             id of records whose draft leaves it ``None``.
+        outbox: Also give each frame its webhook outbox row (:mod:`persistence.outbox`).
     """
     org = batch.org
     committed = []
@@ -213,6 +215,8 @@ def write_frames(
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (org, sid, d.t, d.id, d.op, p_text, d.who, d.at, prepared.ctx),
         )
+        if outbox:
+            _outbox_row(conn, org, sid, d.t, d.id, d.op, p_text, d.who, d.at, prepared.ctx)
         fields = fold(stored, d)
         if fields is None:
             conn.execute("DELETE FROM records WHERE org = ? AND t = ? AND id = ?", (org, d.t, d.id))
@@ -243,6 +247,27 @@ def write_frames(
     return committed
 
 
+_INSERT_OUTBOX = (
+    "INSERT INTO webhook_outbox (org, sid, t, frame, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _outbox_row(
+    conn: sqlite3.Connection,
+    org: str,
+    sid: int,
+    t: str,
+    id: str,
+    op: str,
+    p_text: str,
+    who: str | None,
+    at: int,
+    ctx_text: str,
+) -> None:
+    text = outbox.frame_json(id, op, p_text, who, at, ctx_text)
+    conn.execute(_INSERT_OUTBOX, (org, sid, t, text, values.now_ms()))
+
+
 def _record_row(
     conn: sqlite3.Connection, org: str, t: str, id: str
 ) -> tuple[dict[str, Any] | None, int | None]:
@@ -265,9 +290,12 @@ _UPSERT_DOC = (
 )
 
 
-def apply(conn: sqlite3.Connection, ops: list[Op]) -> None:
+def apply(conn: sqlite3.Connection, ops: list[Op], *, outbox: bool = False) -> None:
     """Execute ``ops`` in order, setting each one's result (or, for a compaction that
-    cannot read its doc's log, its own error: the rest of the batch goes on)."""
+    cannot read its doc's log, its own error: the rest of the batch goes on).
+
+    With ``outbox``, every frame logged also gets its webhook outbox row, in this
+    transaction (:mod:`persistence.outbox`)."""
     sids = SidSequence(conn)
     ids = UpdateIds(conn)
     i = 0
@@ -283,7 +311,9 @@ def apply(conn: sqlite3.Connection, ops: list[Op]) -> None:
                 if op.batch is None:
                     op.result = Committed(update_id, prev, [])
                 else:
-                    frames = write_frames(conn, op.batch, sids, ids, update_id=update_id)
+                    frames = write_frames(
+                        conn, op.batch, sids, ids, update_id=update_id, outbox=outbox
+                    )
                     op.result = Committed(update_id, prev, frames)
             i = j
             continue
@@ -300,7 +330,7 @@ def apply(conn: sqlite3.Connection, ops: list[Op]) -> None:
             if delete is not None:
                 delete_doc(conn, ids, org, delete)
             assert op.batch is not None
-            op.result = write_frames(conn, op.batch, sids, ids, update_id=None)
+            op.result = write_frames(conn, op.batch, sids, ids, update_id=None, outbox=outbox)
         elif op.kind is Kind.FRAME:
             org = op.args[0]
             sid = sids.take(org)
@@ -309,6 +339,8 @@ def apply(conn: sqlite3.Connection, ops: list[Op]) -> None:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (org, sid, *op.args[1:]),
             )
+            if outbox:
+                _outbox_row(conn, org, sid, *op.args[1:])
             op.result = sid
         elif op.kind is Kind.MUTATION:
             conn.execute(

@@ -78,8 +78,10 @@ class Writer:
         max_batch: int,
         max_queued_bytes: int,
         busy_timeout_ms: int,
+        outbox: bool = False,
     ) -> None:
         self.path = path
+        self.outbox = outbox  # every frame also gets a webhook outbox row
         self._interval = interval
         self._max_batch = max_batch
         self._busy_timeout_ms = busy_timeout_ms
@@ -393,7 +395,7 @@ class Writer:
         began = time.monotonic()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            write_sql.apply(conn, ops)
+            write_sql.apply(conn, ops, outbox=self.outbox)
             conn.execute("COMMIT")
         except Exception as exc:  # sqlite3.Error, or a bug: either way nothing is durable
             rollback(conn, self.path)

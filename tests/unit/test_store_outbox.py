@@ -1,0 +1,195 @@
+"""The webhook outbox and deliveries of the store contract (persistence/outbox.py), on
+every backend: outbox rows written with the frames, claims with leases, sid order per
+endpoint and org, retries, parking, replay, the throttle window and cleanup."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from persistence.outbox import EndpointSpec
+from persistence.store import FrameBatch, Store
+from tests.frame_drafts import frame_draft
+from tests.store_backends import BACKENDS, PostgresDatabases, open_store, postgres_store_class
+
+pytestmark = pytest.mark.anyio
+
+ORG = "acme"
+OTHER = "globex"
+ALL = EndpointSpec("wh_all")
+CARDS = EndpointSpec("wh_cards", frozenset({"card"}))
+CLAIM = {"lease_ms": 60_000, "max_batch": 100, "throttle_ms": 0}
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    databases = PostgresDatabases()
+    yield databases
+    databases.drop_leftovers()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> tuple[str, PostgresDatabases | None]:
+    if request.param != "postgres":
+        return request.param, None
+    postgres_store_class()
+    return request.param, request.getfixturevalue("postgres_databases")
+
+
+@pytest.fixture
+async def store(
+    backend: tuple[str, PostgresDatabases | None], tmp_path: Path
+) -> AsyncIterator[Store]:
+    name, databases = backend
+    async with open_store(name, tmp_path, databases, outbox=True) as s:
+        with anyio.fail_after(20):
+            yield s
+
+
+async def log(store: Store, org: str, *items: tuple[str, str]) -> list[int]:
+    """Log one frame per ``(t, id)`` (an insert); return their sids."""
+    batch = FrameBatch(
+        tuple(
+            frame_draft(t, id, "i", {"n": i}, who="ann", at=1000 + i)
+            for i, (t, id) in enumerate(items)
+        )
+    )
+    return [f.sid for f in await store.log_frames(org, batch)]
+
+
+async def test_a_claim_carries_the_frames_logged_and_keeps_its_range(store: Store) -> None:
+    sids = await log(store, ORG, ("card", "a"), ("card", "b"))
+    sid3 = await store.append_frame(
+        ORG, t="column", id="c", op="i", p={"x": 1}, who="bob", at=5, ctx={}
+    )
+    d = await store.claim_delivery(ALL, owner="n1", **CLAIM)
+    assert d is not None
+    assert (d.org, d.first_sid, d.last_sid, d.attempts) == (ORG, sids[0], sid3, 0)
+    assert [(f.sid, f.t, f.id, f.p) for f in d.frames] == [
+        (sids[0], "card", "a", {"n": 0}),
+        (sids[1], "card", "b", {"n": 1}),
+        (sid3, "column", "c", {"x": 1}),
+    ]
+    assert d.webhook_id == f"wh_all:{ORG}:{sids[0]}-{sid3}"
+    # Leased: nobody else gets it, and no later batch of the org goes meanwhile.
+    await log(store, ORG, ("card", "z"))
+    assert await store.claim_delivery(ALL, owner="n2", **CLAIM) is None
+    # A retry keeps the range (and so the webhook-id).
+    assert await store.finish_delivery(
+        d.id, owner="n1", outcome="retry", next_attempt_at=0, error="HTTP 500", status=500
+    )
+    again = await store.claim_delivery(ALL, owner="n2", **CLAIM)
+    assert again is not None and again.webhook_id == d.webhook_id and again.attempts == 1
+    assert again.first_attempt_at == d.first_attempt_at
+    # The first owner lost it: its report does not count.
+    assert not await store.finish_delivery(d.id, owner="n1", outcome="retry", next_attempt_at=0)
+    assert await store.finish_delivery(again.id, owner="n2", outcome="ok", endpoints=["wh_all"])
+    nxt = await store.claim_delivery(ALL, owner="n2", **CLAIM)
+    assert nxt is not None and nxt.first_sid == sid3 + 1 and [f.id for f in nxt.frames] == ["z"]
+
+
+async def test_an_expired_lease_is_taken_over_with_the_same_range(store: Store) -> None:
+    await log(store, ORG, ("card", "a"))
+    d = await store.claim_delivery(ALL, owner="dead", lease_ms=1, max_batch=10, throttle_ms=0)
+    assert d is not None
+    with anyio.fail_after(5):
+        while (taken := await store.claim_delivery(ALL, owner="n2", **CLAIM)) is None:
+            await anyio.sleep(0.01)
+    assert taken.webhook_id == d.webhook_id and taken.id == d.id
+
+
+async def test_type_filter_batches_and_orgs(store: Store) -> None:
+    await log(store, ORG, ("column", "x"), ("card", "a"), ("column", "y"))
+    await log(store, OTHER, ("card", "b"))
+    seen = []
+    for _ in range(2):
+        d = await store.claim_delivery(CARDS, owner="n1", **CLAIM)
+        assert d is not None
+        seen.append((d.org, [f.id for f in d.frames]))
+        assert all(f.t == "card" for f in d.frames)
+        await store.finish_delivery(d.id, owner="n1", outcome="ok", endpoints=["wh_cards"])
+    assert sorted(seen) == [(ORG, ["a"]), (OTHER, ["b"])]
+    assert await store.claim_delivery(CARDS, owner="n1", **CLAIM) is None
+    # Only columns after the cursor: nothing to send, the cursor moves past them.
+    await log(store, ORG, ("column", "z"))
+    assert await store.claim_delivery(CARDS, owner="n1", **CLAIM) is None
+    status = await store.webhook_status(["wh_cards"])
+    assert status.cursors[("wh_cards", ORG)][1] == 0  # no backlog left
+
+
+async def test_max_batch_splits_in_sid_order(store: Store) -> None:
+    sids = await log(store, ORG, *[("card", str(i)) for i in range(5)])
+    got = []
+    while (
+        d := await store.claim_delivery(ALL, owner="n", lease_ms=60_000, max_batch=2, throttle_ms=0)
+    ) is not None:
+        got.append([f.sid for f in d.frames])
+        await store.finish_delivery(d.id, owner="n", outcome="ok", endpoints=["wh_all"])
+    assert got == [sids[0:2], sids[2:4], sids[4:5]]
+
+
+async def test_throttle_window_holds_a_batch_until_it_closes(store: Store) -> None:
+    await log(store, ORG, ("card", "a"))
+    held = await store.claim_delivery(
+        ALL, owner="n", lease_ms=60_000, max_batch=10, throttle_ms=60_000
+    )
+    assert held is None
+    await log(store, ORG, ("card", "b"))
+    d = await store.claim_delivery(ALL, owner="n", lease_ms=60_000, max_batch=10, throttle_ms=0)
+    assert d is not None and [f.id for f in d.frames] == ["a", "b"]
+
+
+async def test_park_moves_on_and_replay_requeues_the_same_batch(store: Store) -> None:
+    await log(store, ORG, ("card", "a"))
+    d = await store.claim_delivery(ALL, owner="n", **CLAIM)
+    assert d is not None
+    assert await store.finish_delivery(
+        d.id, owner="n", outcome="park", error="HTTP 503", status=503
+    )
+    await log(store, ORG, ("card", "b"))
+    later = await store.claim_delivery(ALL, owner="n", **CLAIM)
+    assert later is not None and [f.id for f in later.frames] == ["b"]
+    await store.finish_delivery(later.id, owner="n", outcome="ok", endpoints=["wh_all"])
+    status = await store.webhook_status(["wh_all"])
+    [parked] = status.deliveries
+    assert (parked.id, parked.status, parked.attempts, parked.last_status) == (
+        d.id,
+        "parked",
+        1,
+        503,
+    )
+    assert parked.frames == 1  # its frames are kept while outbox cleanup runs
+    assert await store.replay_deliveries(d.id, org=OTHER) == 0
+    assert await store.replay_deliveries(d.id, org=ORG) == 1
+    assert await store.replay_deliveries() == 0
+    again = await store.claim_delivery(ALL, owner="n", **CLAIM)
+    assert again is not None and again.webhook_id == d.webhook_id
+    assert [f.id for f in again.frames] == ["a"] and again.attempts == 0
+    await store.finish_delivery(again.id, owner="n", outcome="ok", endpoints=["wh_all"])
+    assert (await store.webhook_status(["wh_all"])).deliveries == []
+
+
+async def test_outbox_rows_go_once_every_endpoint_passed_them(store: Store) -> None:
+    await log(store, ORG, ("card", "a"))
+    d = await store.claim_delivery(ALL, owner="n", **CLAIM)
+    assert d is not None
+    await store.finish_delivery(d.id, owner="n", outcome="ok", endpoints=["wh_all", "wh_cards"])
+    # wh_cards has not passed it: it still gets it.
+    c = await store.claim_delivery(CARDS, owner="n", **CLAIM)
+    assert c is not None and [f.id for f in c.frames] == ["a"]
+    await store.finish_delivery(c.id, owner="n", outcome="ok", endpoints=["wh_all", "wh_cards"])
+    # Gone now: a new endpoint finds nothing of it.
+    assert await store.claim_delivery(EndpointSpec("wh_new"), owner="n", **CLAIM) is None
+
+
+async def test_without_outbox_no_rows(
+    tmp_path: Path, backend: tuple[str, PostgresDatabases | None]
+) -> None:
+    name, databases = backend
+    async with open_store(name, tmp_path, databases) as s:
+        await log(s, ORG, ("card", "a"))
+        assert await s.claim_delivery(ALL, owner="n", **CLAIM) is None
+        assert (await s.webhook_status(["wh_all"])).cursors == {}
