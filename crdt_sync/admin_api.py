@@ -8,6 +8,12 @@ naming another org is 403 ``forbidden``: an admin administers its own tenant onl
 ends sessions; it does not blacklist tokens: a client whose token is still valid may
 reconnect, so revoke after the host app stopped issuing (or the webhook stopped
 accepting) that user's tokens.
+
+Outgoing webhooks (:mod:`crdt_sync.webhooks`), of the admin's own org:
+``GET /admin/webhooks`` lists the endpoints with their cursor and backlog per org and
+the pending and parked deliveries; ``POST /admin/webhooks/parked/{id}/replay`` and
+``POST /admin/webhooks/parked/replay`` (all) queue parked batches again, with the
+same ``webhook-id``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from persistence import values
+from persistence.outbox import DeliveryInfo
 
 from .auth.principal import principal_of
 from .http_api import ApiError, routes
@@ -38,7 +47,56 @@ class AdminApi:
         self.runtime = runtime
 
     def routes(self) -> list[Route]:
-        return routes(self.runtime, [("POST", "/admin/revoke", self.revoke)])
+        return routes(
+            self.runtime,
+            [
+                ("POST", "/admin/revoke", self.revoke),
+                ("GET", "/admin/webhooks", self.webhooks),
+                ("POST", "/admin/webhooks/parked/replay", self.replay_all),
+                ("POST", "/admin/webhooks/parked/{id}/replay", self.replay_one),
+            ],
+        )
+
+    async def webhooks(self, request: Request) -> Response:
+        """Endpoints (cursor and backlog per org), pending and parked deliveries."""
+        org = principal_of(request.scope).org
+        sender = self.runtime.webhooks
+        endpoints = sender.endpoints if sender is not None else []
+        status = await self.runtime.store.webhook_status([e.id for e in endpoints])
+        now = values.now_ms()
+        listed = []
+        for e in endpoints:
+            orgs = [
+                {"org": o, "cursor": cursor, "backlog": backlog}
+                for (endpoint, o), (cursor, backlog) in sorted(status.cursors.items())
+                if endpoint == e.id and o == org
+            ]
+            listed.append({"id": e.id, "url": e.label, "types": sorted(e.types), "orgs": orgs})
+        rows = [d for d in status.deliveries if d.org == org]
+        return JSONResponse(
+            {
+                "endpoints": listed,
+                "pending": [_delivery(d, now) for d in rows if d.status == "pending"],
+                "parked": [_delivery(d, now) for d in rows if d.status == "parked"],
+            }
+        )
+
+    async def replay_all(self, request: Request) -> Response:
+        org = principal_of(request.scope).org
+        count = await self.runtime.store.replay_deliveries(None, org=org)
+        audit.warning("webhook replay org=%r all parked: %d", org, count)
+        return JSONResponse({"replayed": count})
+
+    async def replay_one(self, request: Request) -> Response:
+        org = principal_of(request.scope).org
+        raw = request.path_params["id"]
+        if not raw.isdigit() or len(raw) > 18:
+            raise ApiError(400, "invalid_request", "id: must be a delivery id (digits)")
+        count = await self.runtime.store.replay_deliveries(int(raw), org=org)
+        if count == 0:
+            raise ApiError(404, "not_found", f"no parked webhook delivery {raw}")
+        audit.warning("webhook replay org=%r delivery %s", org, raw)
+        return JSONResponse({"replayed": count})
 
     async def revoke(self, request: Request) -> Response:
         principal = principal_of(request.scope)
@@ -80,3 +138,21 @@ class AdminApi:
             count,
         )
         return JSONResponse({"revoked": count})
+
+
+def _delivery(d: DeliveryInfo, now: int) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "webhook_id": d.webhook_id,
+        "endpoint": d.endpoint,
+        "org": d.org,
+        "first_sid": d.first_sid,
+        "last_sid": d.last_sid,
+        "frames": d.frames,
+        "attempts": d.attempts,
+        "first_attempt_at": d.first_attempt_at,
+        "next_attempt_at": d.next_attempt_at,
+        "in_flight": d.status == "pending" and d.lease_expires > now,
+        "last_error": d.last_error,
+        "last_status": d.last_status,
+    }

@@ -52,6 +52,7 @@ from .throttle import ReadThrottle
 from .version_retention import DAY_MS, HOUR_MS, RetentionPolicy
 from .versions import VersionKeeper
 from .versions_api import VersionsApi
+from .webhooks import WebhookSender
 from .yjs_endpoint import YjsEndpoint
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,8 @@ class Runtime:
         self._presence: Presence | None = None
         self._versions: VersionKeeper | None = None
         self.supervisor = Supervisor()
+        #: The webhook sender (``None``: no ``--webhook``).
+        self.webhooks: WebhookSender | None = None
         self._probing = anyio.Lock()
         self._probe_failed = False  # the last probe failed (its warning was logged)
         self._pending_probe: asyncio.Future[None] | None = None
@@ -169,6 +172,13 @@ class Runtime:
         self.frame_bus = buses.frames
         self.frame_bus.subscribe(self.hub.publish)
         self.frame_bus.subscribe(self.frame_waiters.publish)
+        if settings.webhook:
+            self.webhooks = WebhookSender(settings, store, self.node_id)
+            self.frame_bus.subscribe(self.webhooks.wake)
+            log.info(
+                "webhooks: %s",
+                ", ".join(f"{e.id} -> {e.label}" for e in self.webhooks.endpoints),
+            )
         if buses.rooms is not None:
             log.info("node %s: several nodes, on Redis and the shared store", self.node_id)
         try:
@@ -219,6 +229,8 @@ class Runtime:
                     await tg.start(feed.run, manager)
                     await tg.start(versions.run, manager)
                     tg.start_soon(self._presence.run)
+                    if self.webhooks is not None:
+                        tg.start_soon(self.supervisor.loop, "webhooks", self.webhooks.run)
                     self.started.set()
                     yield self
                     await self.shutdown()

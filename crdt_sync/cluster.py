@@ -57,6 +57,7 @@ def open_store(settings: Settings) -> Store:
             settings.database_url,
             commit_interval_ms=settings.commit_interval_ms,
             max_queued_write_bytes=settings.max_queued_write_bytes,
+            outbox=bool(settings.webhook),
         )
     from persistence.sqlite import SQLiteStore
 
@@ -64,6 +65,7 @@ def open_store(settings: Settings) -> Store:
         settings.db,
         commit_interval_ms=settings.commit_interval_ms,
         max_queued_bytes=settings.max_queued_write_bytes,
+        outbox=bool(settings.webhook),
     )
 
 

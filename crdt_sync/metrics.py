@@ -52,6 +52,9 @@ histogram gets an observation per sampled delivery. Each app has its own registr
 ``crdt_sync_bus_up{bus}``                      1 while connected to Redis
 ``crdt_sync_versions_total{kind}``             document versions: auto, on_demand taken;
                                                retired by retention
+``crdt_sync_webhook_attempts_total{outcome}``  webhook POSTs: ok (2xx), error (retried),
+                                               parked (retry period over)
+``crdt_sync_webhook_in_flight``                webhook POSTs awaiting an answer
 =============================================  =========================================
 
 No metric has a doc name, an org or an actor as a label: ``/metrics`` (admin token
@@ -188,6 +191,23 @@ class _NodeCollector:
         )
         yield from self._supervision(stats)
         yield from self._cluster()
+        yield from self._webhooks()
+
+    def _webhooks(self) -> Iterator[Metric]:
+        sender = self.runtime.webhooks
+        attempts = CounterMetricFamily(
+            "crdt_sync_webhook_attempts",
+            "Webhook POSTs by outcome: ok (2xx), error (to be retried), parked.",
+            labels=["outcome"],
+        )
+        for outcome in ("ok", "error", "parked"):
+            attempts.add_metric([outcome], sender.attempts[outcome] if sender is not None else 0)
+        yield attempts
+        yield GaugeMetricFamily(
+            "crdt_sync_webhook_in_flight",
+            "Webhook POSTs waiting for the receiver's answer.",
+            value=sender.in_flight if sender is not None else 0,
+        )
 
     def _cluster(self) -> Iterator[Metric]:
         runtime = self.runtime

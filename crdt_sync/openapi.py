@@ -701,6 +701,112 @@ PATHS["/admin/revoke"] = {
     }
 }
 
+_DELIVERY = {
+    "type": "object",
+    "required": ["id", "webhook_id", "endpoint", "org", "first_sid", "last_sid", "attempts"],
+    "properties": {
+        "id": {"type": "integer"},
+        "webhook_id": {"type": "string", "description": "{endpoint}:{org}:{first_sid}-{last_sid}"},
+        "endpoint": {"type": "string"},
+        "org": {"type": "string"},
+        "first_sid": {"type": "integer"},
+        "last_sid": {"type": "integer"},
+        "frames": {"type": "integer"},
+        "attempts": {"type": "integer", "description": "failed attempts so far"},
+        "first_attempt_at": {"type": ["integer", "null"]},
+        "next_attempt_at": {"type": "integer"},
+        "in_flight": {"type": "boolean"},
+        "last_error": {"type": ["string", "null"]},
+        "last_status": {"type": ["integer", "null"]},
+    },
+}
+_REPLAYED = _json(
+    {
+        "type": "object",
+        "required": ["replayed"],
+        "properties": {"replayed": {"type": "integer", "minimum": 0}},
+    },
+    "how many parked deliveries were queued again (same webhook-id)",
+)
+
+PATHS["/admin/webhooks"] = {
+    "get": {
+        "summary": "outgoing webhooks of the admin's org: endpoints with cursor and backlog, "
+        "pending and parked deliveries (admin)",
+        "operationId": "admin_webhooks",
+        "responses": {
+            "200": _json(
+                {
+                    "type": "object",
+                    "required": ["endpoints", "pending", "parked"],
+                    "properties": {
+                        "endpoints": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["id", "url", "types", "orgs"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "url": {"type": "string"},
+                                    "types": {"type": "array", "items": {"type": "string"}},
+                                    "orgs": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "properties": {
+                                                "org": {"type": "string"},
+                                                "cursor": {"type": "integer"},
+                                                "backlog": {"type": "integer"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                        "pending": {"type": "array", "items": _DELIVERY},
+                        "parked": {"type": "array", "items": _DELIVERY},
+                    },
+                },
+                "the endpoints and their deliveries",
+            ),
+            "503": _error("the store cannot be read (store_unavailable)"),
+        },
+    }
+}
+
+PATHS["/admin/webhooks/parked/replay"] = {
+    "post": {
+        "summary": "queue every parked webhook delivery of the admin's org again (admin)",
+        "operationId": "admin_webhooks_replay_all",
+        "responses": {
+            "200": _REPLAYED,
+            "503": _error("the store cannot be written (store_unavailable)"),
+        },
+    }
+}
+
+PATHS["/admin/webhooks/parked/{id}/replay"] = {
+    "post": {
+        "summary": "queue one parked webhook delivery again, same webhook-id (admin)",
+        "operationId": "admin_webhooks_replay",
+        "parameters": [
+            {
+                "name": "id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "the delivery's id (GET /admin/webhooks)",
+            }
+        ],
+        "responses": {
+            "200": _REPLAYED,
+            "400": _error("id is not a delivery id (invalid_request)"),
+            "404": _error("no such parked delivery in this org (not_found)"),
+            "503": _error("the store cannot be written (store_unavailable)"),
+        },
+    }
+}
+
 PATHS["/admin/inspect"] = {
     "get": {
         "summary": "this node's rooms of the admin's org, its newest frames, store and node figures"

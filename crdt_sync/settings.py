@@ -308,6 +308,45 @@ class Settings:
         maximum=1 << 40,
     )
 
+    # -- outgoing webhooks (issue 15, item 5) -------------------------------------------
+    webhook: tuple[str, ...] = _opt(
+        (),
+        "POST batches of frames to this http(s) URL; TYPES=URL (types joined by +, e.g. "
+        "card+column=https://app/hook) sends only those record types; repeat for more",
+        split_flag=False,
+    )
+    webhook_secret: tuple[str, ...] = _opt(
+        (),
+        "whsec_<base64> key that signs webhooks (Standard Webhooks); several (repeated or "
+        "comma-separated) sign each request with each, so secrets can rotate; required "
+        "with --webhook",
+        secret=True,
+    )
+    webhook_timeout: float = _opt(
+        10.0, "seconds a webhook receiver has to answer a POST", minimum=0.1, maximum=300
+    )
+    webhook_retry_hours: float = _opt(
+        24.0,
+        "retry a failing webhook batch this long after its first attempt, then park it",
+        minimum=0.0001,
+        maximum=24 * 365,
+    )
+    webhook_backoff_seconds: float = _opt(
+        1.0, "first retry delay of a failed webhook batch (doubling, jittered)", minimum=0.01
+    )
+    webhook_backoff_max_seconds: float = _opt(
+        600.0, "longest delay between two attempts of a webhook batch", minimum=0.01
+    )
+    webhook_throttle_ms: int = _opt(
+        1000,
+        "batching window per webhook and org: frames arriving within it share one POST",
+        minimum=0,
+        maximum=3_600_000,
+    )
+    webhook_max_batch: int = _opt(
+        100, "most frames in one webhook POST", minimum=1, maximum=10_000
+    )
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -333,6 +372,23 @@ class Settings:
         if self.ping_timeout <= self.ping_interval:
             raise SettingsError("--ping-timeout must be greater than --ping-interval")
         _check_cluster(self)
+        if self.webhook or self.webhook_secret:
+            from .webhooks import WebhookConfigError, endpoints_of, keys_of
+
+            try:
+                endpoints_of(self.webhook)
+                keys_of(self.webhook_secret)
+            except WebhookConfigError as exc:
+                raise SettingsError(str(exc)) from None
+            if self.webhook and not self.webhook_secret:
+                raise SettingsError(
+                    "--webhook needs --webhook-secret whsec_... (env CRDT_SYNC_WEBHOOK_SECRET): "
+                    "receivers verify every request's signature"
+                )
+        if self.webhook_backoff_max_seconds < self.webhook_backoff_seconds:
+            raise SettingsError(
+                "--webhook-backoff-max-seconds must be >= --webhook-backoff-seconds"
+            )
         from .browser_guard import InvalidOrigin, parse_allowed_origins
 
         try:
