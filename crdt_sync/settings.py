@@ -314,6 +314,7 @@ class Settings:
         "POST batches of frames to this http(s) URL; TYPES=URL (types joined by +, e.g. "
         "card+column=https://app/hook) sends only those record types; repeat for more",
         split_flag=False,
+        secret=True,  # a URL may carry a token
     )
     webhook_secret: tuple[str, ...] = _opt(
         (),
