@@ -23,6 +23,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from tests.cluster import Cluster
 from tests.server_process import ServerProcess
 from tests.store_backends import throwaway_database
 
@@ -233,23 +234,22 @@ def test_the_sender_killed_mid_delivery_delivers_once_more_after_restart(
 def test_two_nodes_on_one_postgres_store_deliver_each_event_once(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    with throwaway_database() as url:
-        args = ("--database-url", url, "--webhook", receiver.url, *FAST)
-        (tmp_path / "n1").mkdir()
-        (tmp_path / "n2").mkdir()
-        with (
-            ServerProcess(tmp_path / "n1", *args, "--node-id", "n1") as n1,
-            ServerProcess(tmp_path / "n2", *args, "--node-id", "n2") as n2,
-        ):
-            sids = []
-            for i in range(40):
-                sids += mutate((n1, n2)[i % 2], ("card", f"c{i}"))
-            wait_for("every frame", lambda: len(receiver.frames()) >= len(sids))
-            wait_for("both settled", lambda: settled(n1) and settled(n2))
-            delivered = [f["sid"] for f in receiver.frames()]
-            assert sorted(delivered) == sorted(sids)  # each once
-            ids = [r.id for r in receiver.all()]
-            assert len(ids) == len(set(ids))
+    # A real cluster (PostgreSQL and Redis): every node runs a sender and hears every
+    # node's frames, so both race for every batch.
+    with (
+        throwaway_database() as url,
+        Cluster(tmp_path, url, size=2, args=("--webhook", receiver.url, *FAST)) as cluster,
+    ):
+        n1, n2 = cluster.nodes
+        sids = []
+        for i in range(40):
+            sids += mutate((n1, n2)[i % 2], ("card", f"c{i}"))
+        wait_for("every frame", lambda: len(receiver.frames()) >= len(sids))
+        wait_for("both settled", lambda: settled(n1) and settled(n2))
+        delivered = [f["sid"] for f in receiver.frames()]
+        assert sorted(delivered) == sorted(sids)  # each once
+        ids = [r.id for r in receiver.all()]
+        assert len(ids) == len(set(ids))
 
 
 def test_type_filter_parking_and_replay(tmp_path: Path, receiver: Receiver) -> None:
