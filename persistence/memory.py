@@ -569,8 +569,13 @@ class MemoryStore(StartClose):
         values.check_text(owner, "owner")
         return await self._outbox_run(
             lambda now: outbox.claim(
-                endpoint, owner=owner, now=now, lease_ms=lease_ms, max_batch=max_batch,
-                throttle_ms=throttle_ms, pg=False,
+                endpoint,
+                owner=owner,
+                now=now,
+                lease_ms=lease_ms,
+                max_batch=max_batch,
+                throttle_ms=throttle_ms,
+                pg=False,
             )
         )
 
@@ -590,9 +595,15 @@ class MemoryStore(StartClose):
         return bool(
             await self._outbox_run(
                 lambda now: outbox.finish(
-                    delivery_id, owner=owner, outcome=outcome, now=now,
-                    next_attempt_at=next_attempt_at, error=error, status=status,
-                    endpoints=ids, pg=False,
+                    delivery_id,
+                    owner=owner,
+                    outcome=outcome,
+                    now=now,
+                    next_attempt_at=next_attempt_at,
+                    error=error,
+                    status=status,
+                    endpoints=ids,
+                    pg=False,
                 )
             )
         )
@@ -600,9 +611,7 @@ class MemoryStore(StartClose):
     async def replay_deliveries(
         self, delivery_id: int | None = None, *, org: str | None = None
     ) -> int:
-        return int(
-            await self._outbox_run(lambda now: outbox.replay(delivery_id, now=now, org=org))
-        )
+        return int(await self._outbox_run(lambda now: outbox.replay(delivery_id, now=now, org=org)))
 
     async def webhook_status(self, endpoints: Sequence[str]) -> outbox.OutboxStatus:
         ids = tuple(endpoints)

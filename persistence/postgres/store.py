@@ -668,8 +668,13 @@ class PostgresStore(StartClose):
         LOCKED``: two nodes never claim the same delivery or endpoint and org)."""
         check_text(owner, "owner")
         op = outbox.claim(
-            endpoint, owner=owner, now=values.now_ms(), lease_ms=lease_ms,
-            max_batch=max_batch, throttle_ms=throttle_ms, pg=True,
+            endpoint,
+            owner=owner,
+            now=values.now_ms(),
+            lease_ms=lease_ms,
+            max_batch=max_batch,
+            throttle_ms=throttle_ms,
+            pg=True,
         )
         return await self._write(outbox.run_async, op)
 
@@ -689,9 +694,15 @@ class PostgresStore(StartClose):
         if error is not None:
             error = error.replace("\x00", "")
         op = outbox.finish(
-            delivery_id, owner=owner, outcome=outcome, now=values.now_ms(),
-            next_attempt_at=next_attempt_at, error=error, status=status,
-            endpoints=tuple(endpoints), pg=True,
+            delivery_id,
+            owner=owner,
+            outcome=outcome,
+            now=values.now_ms(),
+            next_attempt_at=next_attempt_at,
+            error=error,
+            status=status,
+            endpoints=tuple(endpoints),
+            pg=True,
         )
         return bool(await self._write(outbox.run_async, op))
 

@@ -566,8 +566,13 @@ class SQLiteStore(StartClose):
         """See :meth:`persistence.store.Store.claim_delivery`."""
         values.check_text(owner, "owner")
         op = partial(
-            outbox.claim, endpoint, owner=owner, lease_ms=lease_ms, max_batch=max_batch,
-            throttle_ms=throttle_ms, pg=False,
+            outbox.claim,
+            endpoint,
+            owner=owner,
+            lease_ms=lease_ms,
+            max_batch=max_batch,
+            throttle_ms=throttle_ms,
+            pg=False,
         )
         return await self.run_in_writer(lambda conn: outbox.run_sync(conn, op(now=values.now_ms())))
 
@@ -585,9 +590,15 @@ class SQLiteStore(StartClose):
         """See :meth:`persistence.store.Store.finish_delivery`."""
         values.check_int(delivery_id, "delivery_id")
         op = partial(
-            outbox.finish, delivery_id, owner=owner, outcome=outcome,
-            next_attempt_at=next_attempt_at, error=error, status=status,
-            endpoints=tuple(endpoints), pg=False,
+            outbox.finish,
+            delivery_id,
+            owner=owner,
+            outcome=outcome,
+            next_attempt_at=next_attempt_at,
+            error=error,
+            status=status,
+            endpoints=tuple(endpoints),
+            pg=False,
         )
         return await self.run_in_writer(lambda conn: outbox.run_sync(conn, op(now=values.now_ms())))
 
