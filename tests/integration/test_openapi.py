@@ -4,8 +4,6 @@ that the document does not describe (status, content type, body schema)."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 import schemathesis
@@ -40,6 +38,21 @@ STREAMING = {"/sync/v1/events"}
 
 def _openapi_path(starlette_path: str) -> str:
     return starlette_path.replace("{doc:name}", "{doc}").replace("{id:name}", "{id}")
+
+
+def _refused_by_http_parser(response) -> bool:
+    """Whether uvicorn's HTTP parser refused the request before the app saw it.
+
+    Negative generation can produce requests that are not valid HTTP/1.1 (seen: a
+    malformed ``Content-Length``); uvicorn answers those itself with a plain-text 400,
+    which no route of ours produces and the document rightly does not describe.
+    """
+    content_type = " ".join(response.headers.get("content-type", []))  # a list per header
+    return (
+        response.status_code == 400
+        and content_type.startswith("text/plain")
+        and response.content.strip() == b"Invalid HTTP request received."
+    )
 
 
 def test_the_document_names_every_http_route(tmp_path) -> None:
@@ -83,7 +96,6 @@ def test_live_server_keeps_to_its_openapi_document(server_factory) -> None:
     schema = schema.exclude(path=sorted(STREAMING))
     if not has_readyz:
         schema = schema.exclude(path="/readyz")
-    started = time.monotonic()
     failures: list[str] = []
     calls = [0]
 
@@ -99,7 +111,10 @@ def test_live_server_keeps_to_its_openapi_document(server_factory) -> None:
         def run(case) -> None:
             calls[0] += 1
             try:
-                case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=10)
+                response = case.call(base_url=server.url, timeout=10)
+                if _refused_by_http_parser(response):
+                    return
+                case.validate_response(response, checks=CHECKS)
             except Exception as exc:  # schemathesis' FailureGroup, or a transport error
                 failures.append(f"{label}: {exc}"[:3000])
 
@@ -113,9 +128,7 @@ def test_live_server_keeps_to_its_openapi_document(server_factory) -> None:
             except Unsatisfiable:
                 # No parameters nor body (/healthz, /metrics): nothing to make invalid.
                 assert mode is schemathesis.GenerationMode.NEGATIVE, operation.label
-    elapsed = time.monotonic() - started
     assert not failures, "\n\n".join(failures[:5])
     assert calls[0] > 100, calls
-    assert elapsed < 120, elapsed
     log = server.log()
     assert "Traceback" not in log and "unhandled error" not in log, log[-3000:]
