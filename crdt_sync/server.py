@@ -22,6 +22,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -63,6 +64,39 @@ def frame_limit(settings: Settings) -> int:
     # The app refuses frames over --max-message-bytes itself (close 1009 plus a log
     # line); the server's own limit only stops a frame far past it from being buffered.
     return settings.max_message_bytes + 1024 * 1024
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What makes the event loop for ``--loop``: uvloop's, or ``None`` for asyncio's own.
+
+    ``auto`` takes uvloop where it is installed (a dependency on Linux and macOS):
+    the same app on it costs about a third less server CPU per delivered update, and
+    its p99 under load is several times lower (README, "Choosing the ASGI server").
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise RuntimeError("--loop uvloop needs uvloop: pip install uvloop") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def loop_name() -> str:
+    """The running loop, for the ready line: ``uvloop`` or ``asyncio``."""
+    try:
+        module = type(asyncio.get_running_loop()).__module__
+    except RuntimeError:  # called off the loop (granian's own threads)
+        return "-"
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
+
+
+def run_on_loop(main: Coroutine[Any, Any, Any], settings: Settings) -> Any:
+    """``asyncio.run(main)`` on the loop ``--loop`` picks."""
+    with asyncio.Runner(loop_factory=loop_factory(settings.loop)) as runner:
+        return runner.run(main)
 
 
 def check_database(path: str) -> None:
@@ -107,7 +141,7 @@ def run(settings: Settings, auth: Any = None) -> int:
         ws = url.replace("http://", "ws://", 1)
         print(
             f"crdt-sync ready on {url} (Yjs: {ws}/yjs/<doc>, db: {store_label(settings)}, "
-            f"server: {settings.server})",
+            f"server: {settings.server}, loop: {loop_name()})",
             flush=True,
         )
 
@@ -142,7 +176,7 @@ def _hypercorn(app: Any, runtime: Runtime, settings: Settings, sock: socket.sock
                 break
         await runtime.shutdown()
 
-    asyncio.run(serve(app, config, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
+    run_on_loop(serve(app, config, shutdown_trigger=shutdown_trigger), settings)  # type: ignore[arg-type]
 
 
 def _uvicorn(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket) -> None:
@@ -184,7 +218,7 @@ def _uvicorn(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket
             await runtime.shutdown()
             self.should_exit = True
 
-    asyncio.run(Server(config).serve(sockets=[sock]))
+    run_on_loop(Server(config).serve(sockets=[sock]), settings)
 
 
 def _granian(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket) -> None:
@@ -230,4 +264,4 @@ def _granian(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket
             loop.add_signal_handler(sig, on_signal, sig)
         await server.serve()
 
-    asyncio.run(main())
+    run_on_loop(main(), settings)

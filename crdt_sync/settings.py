@@ -17,6 +17,7 @@ from typing import Any
 ENV_PREFIX = "CRDT_SYNC_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 SERVERS = ("uvicorn", "hypercorn", "granian")
+LOOPS = ("auto", "uvloop", "asyncio")
 
 
 class SettingsError(ValueError):
@@ -41,6 +42,11 @@ class Settings:
         "uvicorn",
         "the ASGI server that runs the app (granian: experimental, see README)",
         choices=SERVERS,
+    )
+    loop: str = _opt(
+        "auto",
+        "event loop: uvloop (auto: uvloop where it is installed, else asyncio's own)",
+        choices=LOOPS,
     )
     port: int = _opt(1234, "TCP port to listen on (0 = any free port)", minimum=0, maximum=65535)
     db: str = _opt("./crdt-sync.db", "SQLite database file (created if missing)")
@@ -373,6 +379,8 @@ class Settings:
         if self.ping_timeout <= self.ping_interval:
             raise SettingsError("--ping-timeout must be greater than --ping-interval")
         _check_cluster(self)
+        if self.loop == "uvloop" and not uvloop_installed():
+            raise SettingsError("--loop uvloop needs uvloop: pip install uvloop")
         if self.webhook or self.webhook_secret:
             from .webhooks import WebhookConfigError, endpoints_of, keys_of
 
@@ -396,6 +404,12 @@ class Settings:
             parse_allowed_origins(self.allowed_origins)
         except InvalidOrigin as exc:
             raise SettingsError(f"--allowed-origins: {exc}") from None
+
+
+def uvloop_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
 
 
 #: Characters a node id may hold (it names Redis keys and shows in logs and metrics).

@@ -39,6 +39,7 @@ class ServerProcess:
         self.log_path = workdir / f"server-{int(time.time() * 1000)}.log"
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
+        self.ready_line = ""
         self._lines: queue.Queue[str | None] = queue.Queue()
 
     @property
@@ -87,6 +88,7 @@ class ServerProcess:
             match = READY.search(line)
             if match:
                 self.url = match.group(1)
+                self.ready_line = line
                 return self
         self.stop(signal.SIGKILL)
         raise TimeoutError(f"server not ready within {timeout} s:\n{self.log()}")

@@ -1,5 +1,6 @@
-"""Every supported ``--server`` runs the same app the same way: sync, close codes, the
-HTTP API and a graceful SIGTERM. (The rest of the suite runs on the default, uvicorn.)
+"""Every supported ``--server``, on either ``--loop``, runs the same app the same way:
+sync, close codes, the HTTP API and a graceful SIGTERM. (The rest of the suite runs on
+the defaults, uvicorn on uvloop.)
 granian is left out: it is experimental (README, "Choosing the ASGI server")."""
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from tests.integration.test_yjs_server import closed_with
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("asgi_server", ["uvicorn", "hypercorn"])
-async def test_each_server_syncs_refuses_and_stops_gracefully(server_factory, asgi_server) -> None:
-    server = server_factory("--server", asgi_server)
+async def test_each_server_syncs_refuses_and_stops_gracefully(
+    server_factory, asgi_server, loop
+) -> None:
+    server = server_factory("--server", asgi_server, "--loop", loop)
+    assert f"server: {asgi_server}, loop: {loop})" in server.ready_line
     async with connect(server.ws_url, "srv/1") as a, connect(server.ws_url, "srv/1") as b:
         with anyio.fail_after(10):
             await a.synced()
@@ -52,3 +57,8 @@ async def test_each_server_syncs_refuses_and_stops_gracefully(server_factory, as
         while server.proc.poll() is None:
             await anyio.sleep(0.02)
     assert server.proc.returncode == 0, server.log()[-2000:]
+
+
+def test_the_default_loop_is_uvloop(server_factory) -> None:
+    server = server_factory()
+    assert "server: uvicorn, loop: uvloop)" in server.ready_line
