@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -32,7 +30,6 @@ from persistence.store import (
 )
 from persistence.values import UnstorableValue
 from tests.frame_drafts import KEEP, frame_draft
-from tests.store_backends import BACKENDS, PostgresDatabases, open_store, postgres_store_class
 
 pytestmark = pytest.mark.anyio
 
@@ -42,30 +39,6 @@ OTHER = "globex"  # a second tenant: nothing of ORG may show through it
 
 
 # -- backends ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres_databases() -> Iterator[PostgresDatabases]:
-    databases = PostgresDatabases()
-    yield databases
-    databases.drop_leftovers()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> tuple[str, PostgresDatabases | None]:
-    if request.param != "postgres":
-        return request.param, None
-    postgres_store_class()  # skips while the backend does not exist
-    return request.param, request.getfixturevalue("postgres_databases")
-
-
-@pytest.fixture
-async def store(
-    backend: tuple[str, PostgresDatabases | None], tmp_path: Path
-) -> AsyncIterator[Store]:
-    name, postgres = backend
-    async with open_store(name, tmp_path, postgres) as s:
-        yield s
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ endpoint and org, retries, parking, replay, the throttle window and cleanup."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -13,7 +13,7 @@ import pytest
 from persistence.outbox import EndpointSpec
 from persistence.store import FrameBatch, Store
 from tests.frame_drafts import frame_draft
-from tests.store_backends import BACKENDS, PostgresDatabases, open_store, postgres_store_class
+from tests.store_backends import PostgresDatabases, open_store
 
 pytestmark = pytest.mark.anyio
 
@@ -22,21 +22,6 @@ OTHER = "globex"
 ALL = EndpointSpec("wh_all")
 CARDS = EndpointSpec("wh_cards", frozenset({"card"}))
 CLAIM = {"lease_ms": 60_000, "max_batch": 100, "throttle_ms": 0}
-
-
-@pytest.fixture(scope="session")
-def postgres_databases() -> Iterator[PostgresDatabases]:
-    databases = PostgresDatabases()
-    yield databases
-    databases.drop_leftovers()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> tuple[str, PostgresDatabases | None]:
-    if request.param != "postgres":
-        return request.param, None
-    postgres_store_class()
-    return request.param, request.getfixturevalue("postgres_databases")
 
 
 @pytest.fixture

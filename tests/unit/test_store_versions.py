@@ -6,16 +6,12 @@ through the public contract only.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-
 import anyio
 import pytest
 from pycrdt import Doc, Text, get_state
 
 from persistence.store import Store, StoreClosedError, VersionInfo
 from persistence.versions import MAX_AUTHORS, MAX_LABEL_CHARS
-from tests.store_backends import BACKENDS, PostgresDatabases, open_store
 from tests.unit.test_store_contract import batch, draft
 
 pytestmark = pytest.mark.anyio
@@ -23,29 +19,6 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 10
 ORG = "acme"
 OTHER = "globex"
-
-
-@pytest.fixture(scope="session")
-def postgres_databases() -> Iterator[PostgresDatabases]:
-    databases = PostgresDatabases()
-    yield databases
-    databases.drop_leftovers()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> tuple[str, PostgresDatabases | None]:
-    if request.param != "postgres":
-        return request.param, None
-    return request.param, request.getfixturevalue("postgres_databases")
-
-
-@pytest.fixture
-async def store(
-    backend: tuple[str, PostgresDatabases | None], tmp_path: Path
-) -> AsyncIterator[Store]:
-    name, postgres = backend
-    async with open_store(name, tmp_path, postgres) as s:
-        yield s
 
 
 class Editor:
