@@ -8,6 +8,7 @@ Run from the repository root (loopback only; every phase bounded in count and ti
     python bench/compare.py                      # full run, ~10-15 minutes
     python bench/compare.py --servers crdt-sync,node --scenarios a,c,e
     python bench/compare.py --deflate            # clients offer permessage-deflate (browsers do)
+    python bench/compare.py --servers crdt-sync,node --scenarios a,c,d --repeat 5  # medians + spread
     python bench/compare.py --report bench/results/compare-<stamp>-full.json  # table + chart again
 
 (``npm ci`` is run for you when bench/node_modules is missing.)
@@ -58,6 +59,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -851,6 +853,78 @@ def report(path: Path) -> None:
         print(f"chart:   {png}")
 
 
+def run_scenario(kind: str, key: str, plan: Plan, verbose: bool) -> dict[str, Any]:
+    """One scenario on a fresh server process; an error becomes the result."""
+    t0 = time.monotonic()
+    print(f"  {SERVER_NAMES[kind]:<20} {key}. {TITLES[key]} ...", end="", flush=True)
+    with tempfile.TemporaryDirectory(prefix=f"compare-{kind}-{key}-") as tmp:
+        try:
+            res = RUNNERS[key](kind, Path(tmp), plan, verbose)
+        except Exception as exc:
+            log = ""
+            with contextlib.suppress(OSError):
+                logs = sorted(Path(tmp).glob("*.log"))
+                log = "\n".join(p.read_text()[-1500:] for p in logs)
+            print(f" ERROR: {str(exc)[:300]}", flush=True)
+            return {"error": str(exc)[:2000], "server_log_tail": log}
+    if res.get("server_alive") is False:
+        res["error"] = "server process died during the scenario"
+    print(f" {time.monotonic() - t0:.0f} s", flush=True)
+    return res
+
+
+def _numbers(tables: list[list[dict[str, Any]]], row: int, kind: str) -> list[float]:
+    values = (t[row]["values"].get(kind) for t in tables)
+    return [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
+def median_table(tables: list[list[dict[str, Any]]], servers: list[str]) -> list[dict[str, Any]]:
+    """Each figure's median over the rounds (one round: that round's table)."""
+    if len(tables) == 1:
+        return tables[0]
+    merged = []
+    for i, row in enumerate(tables[0]):
+        values = dict(row["values"])
+        for kind in servers:
+            numbers = _numbers(tables, i, kind)
+            if numbers:
+                values[kind] = statistics.median(numbers)
+                values[kind + "_spread"] = [min(numbers), max(numbers)]
+            if any(t[i]["values"].get(kind + "_note") for t in tables):
+                values[kind + "_note"] = "load generator near 100% CPU in a round: a lower bound"
+        merged.append({**row, "values": values})
+    return merged
+
+
+def print_spread(tables: list[list[dict[str, Any]]], servers: list[str]) -> str:
+    """Per figure: min-max of each server over the rounds, and the median and min-max of
+    crdt-sync's ratio to each reference taken within each round (same minutes)."""
+    refs = [s for s in servers if s != "crdt-sync"]
+    lines = [f"spread over {len(tables)} rounds (min-max; ratios per round: median [min-max])"]
+    for i, row in enumerate(tables[0]):
+        parts = []
+        for kind in servers:
+            numbers = _numbers(tables, i, kind)
+            if numbers:
+                parts.append(f"{SERVER_NAMES[kind]} {fmt(min(numbers))}-{fmt(max(numbers))}")
+        if "crdt-sync" in servers:
+            for ref in refs:
+                per_round = []
+                for t in tables:
+                    ours, theirs = t[i]["values"].get("crdt-sync"), t[i]["values"].get(ref)
+                    if isinstance(ours, int | float) and isinstance(theirs, int | float) and theirs:
+                        per_round.append(ours / theirs)
+                if per_round:
+                    parts.append(
+                        f"crdt/{'pycrdt' if ref == 'pycrdt' else 'node'} "
+                        f"{statistics.median(per_round):.2f}x "
+                        f"[{min(per_round):.2f}-{max(per_round):.2f}]"
+                    )
+        if parts:
+            lines.append(f"  {row['metric']}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -876,12 +950,22 @@ def main() -> None:
         help="clients offer permessage-deflate as browsers do (default: off)",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run everything N times (1-9); the table shows medians, then each figure's "
+        "spread and the median of the per-round ratios",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         metavar="JSON",
         help="print the table and redraw the chart of a saved results file; run nothing",
     )
     args = parser.parse_args()
+    if not 1 <= args.repeat <= 9:
+        parser.error("--repeat must be 1-9")
     if args.report is not None:
         report(args.report)
         return
@@ -898,38 +982,32 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     plan = Plan(args.quick)
     started = time.monotonic()
-    results: dict[str, dict[str, Any]] = {s: {} for s in servers}
     print(
         f"servers: {', '.join(SERVER_NAMES[s] for s in servers)}; scenarios: {scenarios}; "
         f"mode: {'quick' if args.quick else 'full'}",
         flush=True,
     )
-    for kind in servers:
-        for key in to_run:
-            t0 = time.monotonic()
-            print(f"  {SERVER_NAMES[kind]:<20} {key}. {TITLES[key]} ...", end="", flush=True)
-            with tempfile.TemporaryDirectory(prefix=f"compare-{kind}-{key}-") as tmp:
-                try:
-                    res = RUNNERS[key](kind, Path(tmp), plan, args.verbose)
-                except Exception as exc:
-                    log = ""
-                    with contextlib.suppress(OSError):
-                        logs = sorted(Path(tmp).glob("*.log"))
-                        log = "\n".join(p.read_text()[-1500:] for p in logs)
-                    res = {"error": str(exc)[:2000], "server_log_tail": log}
-                    print(f" ERROR: {str(exc)[:300]}", flush=True)
-                else:
-                    if res.get("server_alive") is False:
-                        res["error"] = "server process died during the scenario"
-                    print(f" {time.monotonic() - t0:.0f} s", flush=True)
-            results[kind][key] = res
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for round_no in range(1, args.repeat + 1):
+        if args.repeat > 1:
+            print(f"round {round_no} of {args.repeat}", flush=True)
+        # Servers alternate within a round, so a noisy minute hits each of them.
+        results = {s: {} for s in servers}
+        for kind in servers:
+            for key in to_run:
+                results[kind][key] = run_scenario(kind, key, plan, args.verbose)
+        rounds.append(results)
 
     shown = "".join(sorted(set(scenarios) | set(to_run)))
-    table = build_table(results, servers, shown, args.quick)
+    tables = [build_table(r, servers, shown, args.quick) for r in rounds]
+    table = median_table(tables, servers)
     text = print_table(table, servers)
+    if len(rounds) > 1:
+        text += "\n\n" + print_spread(tables, servers)
     elapsed = time.monotonic() - started
     stamp = time.strftime("%Y%m%d-%H%M%S")
     mode = ("quick" if args.quick else "full") + ("-deflate" if args.deflate else "")
+    mode += f"-x{args.repeat}" if args.repeat > 1 else ""
     json_path = args.out / f"compare-{stamp}-{mode}.json"
     png_path = args.out / f"compare-{stamp}-{mode}.png"
     title = (
@@ -944,10 +1022,18 @@ def main() -> None:
         "servers": servers,
         "scenarios": scenarios,
         "deflate_offered": args.deflate,
+        "repeat": args.repeat,
         "versions": versions(),
         "not_measured": ["persistence throughput", "frames end-to-end"],
     }
-    payload = {"meta": meta, "table": table, "results": results, "printed": text}
+    payload = {
+        "meta": meta,
+        "table": table,
+        "results": results,
+        "rounds": rounds if len(rounds) > 1 else None,
+        "round_tables": tables if len(rounds) > 1 else None,
+        "printed": text,
+    }
     json_path.write_text(json.dumps(payload, indent=1, default=str))
     made_chart = chart(table, servers, png_path, title)
     print()
