@@ -8,7 +8,7 @@ Run from the repository root (loopback only; every phase bounded in count and ti
     python bench/compare.py                      # full run, ~10-15 minutes
     python bench/compare.py --servers crdt-sync,node --scenarios a,c,e
     python bench/compare.py --deflate            # clients offer permessage-deflate (browsers do)
-    python bench/compare.py --servers crdt-sync,node --scenarios a,c,d --repeat 5  # medians + spread
+    python bench/compare.py --servers crdt-sync,node --scenarios acd --repeat 5  # medians, spread
     python bench/compare.py --report bench/results/compare-<stamp>-full.json  # table + chart again
 
 (``npm ci`` is run for you when bench/node_modules is missing.)

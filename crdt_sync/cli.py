@@ -74,11 +74,17 @@ def _escape_lines(text: str) -> str:
     return "\n".join(escape_text(line) for line in text.split("\n"))
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr through :class:`EscapingFormatter` (the ASGI servers' loggers too)."""
+def configure_logging(level: str, tag: str = "") -> None:
+    """Log to stderr through :class:`EscapingFormatter` (the ASGI servers' loggers too).
+
+    Args:
+        tag: Put before each line's logger name (``w2``: worker 2 of ``--workers``), so
+            the interleaved lines of several processes on one stderr can be told apart.
+    """
     log_redaction.install()  # no token in any line, the ASGI server's included
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    who = f"[{tag}] " if tag else ""
+    handler.setFormatter(EscapingFormatter(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 

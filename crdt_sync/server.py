@@ -36,8 +36,16 @@ from .settings import Settings, SettingsError
 log = logging.getLogger(__name__)
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (IPv4 or IPv6)."""
+def bind_socket(
+    host: str, port: int, *, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (IPv4 or IPv6), listening unless ``listen``
+    is false.
+
+    Args:
+        reuse_port: Set ``SO_REUSEPORT`` (Linux): several processes' sockets on one port,
+            the kernel spreading connections over those that listen.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio turns Nagle's
     # algorithm off (TCP_NODELAY) only on sockets whose proto says TCP. With Nagle on,
@@ -46,11 +54,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
         raise
-    sock.listen(2048)
+    if listen:
+        sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
@@ -123,27 +134,40 @@ def check_database(path: str) -> None:
         raise SettingsError(f"--db {path!r}: {exc}") from None
 
 
-def run(settings: Settings, auth: Any = None) -> int:
+def run(
+    settings: Settings,
+    auth: Any = None,
+    *,
+    sock: socket.socket | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
     """Serve until SIGINT/SIGTERM; return the process exit code.
 
     Args:
         auth: The :class:`~crdt_sync.auth.Authenticator` the CLI built and checked
             (default: built from ``settings``).
+        sock: A listening socket to serve on (a worker's, see :mod:`crdt_sync.workers`);
+            default: bind ``--host``/``--port`` here.
+        on_ready: Called with the loop's name once the app is up, instead of printing
+            the ready line (a worker tells its supervisor, which prints one line).
     """
-    try:
-        sock = bind_socket(settings.host, settings.port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror)
-        return 1
+    if settings.workers > 1 and sock is None:
+        from .workers import run_workers
+
+        return run_workers(settings)
+    if sock is None:
+        try:
+            sock = bind_socket(settings.host, settings.port)
+        except OSError as exc:
+            log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror)
+            return 1
     url = url_of(sock)
 
     def ready() -> None:
-        ws = url.replace("http://", "ws://", 1)
-        print(
-            f"crdt-sync ready on {url} (Yjs: {ws}/yjs/<doc>, db: {store_label(settings)}, "
-            f"server: {settings.server}, loop: {loop_name()})",
-            flush=True,
-        )
+        if on_ready is not None:
+            on_ready(loop_name())
+            return
+        print(ready_line(url, settings, loop_name()), flush=True)
 
     app = create_app(settings, on_ready=ready, auth=auth, port=sock.getsockname()[1])
     runtime: Runtime = app.state.runtime
@@ -155,6 +179,16 @@ def run(settings: Settings, auth: Any = None) -> int:
         return 1
     log.info("stopped")
     return 0
+
+
+def ready_line(url: str, settings: Settings, loop: str, workers: int = 1) -> str:
+    """``crdt-sync ready on URL (...)``: what scripts and tests wait for on stdout."""
+    ws = url.replace("http://", "ws://", 1)
+    tail = f", workers: {workers}" if workers > 1 else ""
+    return (
+        f"crdt-sync ready on {url} (Yjs: {ws}/yjs/<doc>, db: {store_label(settings)}, "
+        f"server: {settings.server}, loop: {loop}{tail})"
+    )
 
 
 def _hypercorn(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket) -> None:

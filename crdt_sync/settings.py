@@ -49,6 +49,13 @@ class Settings:
         choices=LOOPS,
     )
     port: int = _opt(1234, "TCP port to listen on (0 = any free port)", minimum=0, maximum=65535)
+    workers: int = _opt(
+        1,
+        "server processes sharing the port, each a node of the cluster (more than 1 needs "
+        "--database-url and --redis-url)",
+        minimum=1,
+        maximum=64,
+    )
     db: str = _opt("./crdt-sync.db", "SQLite database file (created if missing)")
     log_level: str = _opt("info", "log level", choices=LOG_LEVELS)
     room_idle_seconds: float = _opt(
@@ -406,6 +413,11 @@ class Settings:
             raise SettingsError(f"--allowed-origins: {exc}") from None
 
 
+def worker_node_id(node_id: str, index: int) -> str:
+    """Worker ``index``'s node id under ``--node-id`` and ``--workers``."""
+    return f"{node_id}-w{index}"
+
+
 def uvloop_installed() -> bool:
     import importlib.util
 
@@ -432,9 +444,23 @@ def _check_cluster(settings: Settings) -> None:
                 "--redis-url needs --database-url: nodes must share one store "
                 "(each node's own SQLite file would split every document)"
             )
+    if settings.workers > 1:
+        if not (url and settings.redis_url):
+            raise SettingsError(
+                f"--workers {settings.workers} needs --database-url and --redis-url: each "
+                "worker is a node of a cluster (with SQLite every process would keep its "
+                "own copy of each document)"
+            )
+        if settings.server == "granian":
+            raise SettingsError("--workers does not run --server granian (it binds its own socket)")
     node = settings.node_id
     if node and (len(node) > 64 or not set(node) <= _NODE_ID_CHARS):
         raise SettingsError("--node-id must be 1-64 characters of letters, digits and - _ . :")
+    if node and settings.workers > 1 and len(worker_node_id(node, settings.workers)) > 64:
+        raise SettingsError(
+            f"--node-id must leave room for the worker suffix: {node!r} + "
+            f"'-w{settings.workers}' is over 64 characters"
+        )
     prefix = settings.redis_prefix
     if not prefix or len(prefix) > 64 or not set(prefix) <= _NODE_ID_CHARS:
         raise SettingsError("--redis-prefix must be 1-64 characters of letters, digits and - _ . :")

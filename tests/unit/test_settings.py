@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from crdt_sync.cli import build_parser
-from crdt_sync.settings import Settings, SettingsError, env_name, from_sources
+from crdt_sync.settings import Settings, SettingsError, env_name, from_sources, worker_node_id
 from rooms.close_codes import CloseCode
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -91,6 +91,17 @@ def test_readme_documents_every_option_and_close_code() -> None:
         assert f"| {int(code)} |" in README, code
 
 
+CLUSTER = ["--database-url", "postgresql://h/db", "--redis-url", "redis://h"]
+
+
+def test_workers_are_nodes_of_a_cluster() -> None:
+    s = parse(*CLUSTER, "--workers", "4", "--node-id", "box")
+    assert s.workers == 4
+    assert [worker_node_id(s.node_id, i) for i in (1, 4)] == ["box-w1", "box-w4"]
+    assert parse(*CLUSTER, env={"CRDT_SYNC_WORKERS": "3"}).workers == 3
+    assert parse().workers == 1
+
+
 def test_cluster_flags_parse_from_flags_and_env() -> None:
     s = parse(
         "--database-url",
@@ -118,6 +129,18 @@ def test_cluster_flags_parse_from_flags_and_env() -> None:
         (["--node-id", "a b"], "--node-id must be"),
         (["--node-id", "x" * 65], "--node-id must be"),
         (["--redis-prefix", "a/b"], "--redis-prefix must be"),
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--workers", "65"], "--workers must be <= 64"),
+        (["--workers", "2"], "--workers 2 needs --database-url and --redis-url"),
+        (
+            ["--workers", "2", "--database-url", "postgresql://h/db"],
+            "--workers 2 needs --database-url and --redis-url",
+        ),
+        (
+            [*CLUSTER, "--workers", "2", "--server", "granian"],
+            "--workers does not run --server granian",
+        ),
+        ([*CLUSTER, "--workers", "12", "--node-id", "x" * 61], "room for the worker suffix"),
     ],
 )
 def test_cluster_flags_that_do_not_fit_are_refused(argv: list[str], message: str) -> None:
