@@ -9,6 +9,7 @@ Run from the repository root (loopback only; every phase bounded in count and ti
     python bench/compare.py --servers crdt-sync,node --scenarios a,c,e
     python bench/compare.py --deflate            # clients offer permessage-deflate (browsers do)
     python bench/compare.py --servers crdt-sync,node --scenarios acd --repeat 5  # medians, spread
+    python bench/compare.py --servers crdt-sync --scenarios c --workers 2  # on PostgreSQL + Redis
     python bench/compare.py --report bench/results/compare-<stamp>-full.json  # table + chart again
 
 (``npm ci`` is run for you when bench/node_modules is missing.)
@@ -100,6 +101,42 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+#: --workers / --shared-store: crdt-sync runs on a throwaway PostgreSQL database of this
+#: machine and its Redis (a key prefix of its own), with this many worker processes.
+WORKERS = 1
+SHARED_STORE = False
+POSTGRES_ADMIN = os.environ.get(
+    "CRDT_SYNC_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("CRDT_SYNC_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql)
+
+
+@contextlib.contextmanager
+def shared_store() -> Iterator[list[str]]:
+    """A fresh database (dropped afterwards) and Redis prefix: the flags of one server."""
+    import secrets
+
+    name = f"crdt_sync_bench_{secrets.token_hex(5)}"
+    _admin(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN.rsplit("/", 1)[0]
+    try:
+        yield [
+            "--database-url", f"{base}/{name}",
+            "--redis-url", REDIS_URL,
+            "--redis-prefix", name,
+            "--workers", str(WORKERS),
+        ]  # fmt: skip
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def process_tree(pid: int) -> list[int]:
@@ -250,6 +287,16 @@ class Server:
 
 @contextlib.contextmanager
 def running(kind: str, workdir: Path, *args: str, persist: bool = False) -> Iterator[Server]:
+    if kind == "crdt-sync" and SHARED_STORE:
+        with shared_store() as flags, running_server(kind, workdir, *args, *flags) as server:
+            yield server
+        return
+    with running_server(kind, workdir, *args, persist=persist) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_server(kind: str, workdir: Path, *args: str, persist: bool = False) -> Iterator[Server]:
     server = Server(kind, workdir, list(args), persist).start()
     try:
         yield server
@@ -950,6 +997,19 @@ def main() -> None:
         help="clients offer permessage-deflate as browsers do (default: off)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="crdt-sync runs with --workers N (1-16; more than 1 implies --shared-store)",
+    )
+    parser.add_argument(
+        "--shared-store",
+        action="store_true",
+        help="crdt-sync runs on a throwaway PostgreSQL database of this machine and its "
+        "Redis (CRDT_SYNC_BENCH_POSTGRES, CRDT_SYNC_BENCH_REDIS) instead of SQLite",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -966,6 +1026,11 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.repeat <= 9:
         parser.error("--repeat must be 1-9")
+    if not 1 <= args.workers <= 16:
+        parser.error("--workers must be 1-16")
+    global WORKERS, SHARED_STORE
+    WORKERS = args.workers
+    SHARED_STORE = args.shared_store or args.workers > 1
     if args.report is not None:
         report(args.report)
         return
@@ -1008,6 +1073,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     mode = ("quick" if args.quick else "full") + ("-deflate" if args.deflate else "")
     mode += f"-x{args.repeat}" if args.repeat > 1 else ""
+    mode += f"-w{WORKERS}" if WORKERS > 1 else ("-pg" if SHARED_STORE else "")
     json_path = args.out / f"compare-{stamp}-{mode}.json"
     png_path = args.out / f"compare-{stamp}-{mode}.png"
     title = (
@@ -1023,6 +1089,8 @@ def main() -> None:
         "scenarios": scenarios,
         "deflate_offered": args.deflate,
         "repeat": args.repeat,
+        "crdt_sync_workers": WORKERS,
+        "crdt_sync_store": "postgresql+redis" if SHARED_STORE else "sqlite",
         "versions": versions(),
         "not_measured": ["persistence throughput", "frames end-to-end"],
     }
