@@ -110,7 +110,8 @@ class Supervisor:
             for worker in self.workers:
                 self._start(worker)
             if not self._started(wake_r):
-                return self._stop(wake_r, startup_failed=True)
+                # Stopped by a signal before everyone was up: a clean stop all the same.
+                return self._stop(wake_r, startup_failed=not self._signals)
             from .server import ready_line
 
             line = ready_line(self.url, self.settings, self._loop_name, len(self.workers))
@@ -262,11 +263,11 @@ class Supervisor:
             self._wait(wake_r, max(0.05, left))
         for worker in running:
             worker.process.join(1)  # type: ignore[union-attr]
+        if startup_failed:  # the cause is logged; workers still starting die by SIGTERM
+            return 1
         failed = [w for w in running if w.process.exitcode != 0]  # type: ignore[union-attr]
         for worker in failed:
             log.error("worker %d did not stop cleanly (%s)", worker.index, _exit_text(worker))
-        if startup_failed:
-            return 1
         log.info("stopped %d workers", len(running))
         return 1 if failed else 0
 

@@ -206,3 +206,21 @@ async def test_sigterm_stops_every_worker_and_closes_clients_1001(
 def test_workers_without_a_shared_store_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="needs --database-url and --redis-url"):
         ServerProcess(tmp_path, "--workers", "2").start(timeout=30)
+
+
+def test_a_worker_failing_at_startup_stops_them_all(tmp_path: Path) -> None:
+    server = ServerProcess(
+        tmp_path,
+        "--workers",
+        "2",
+        "--database-url",
+        f"postgresql://postgres@127.0.0.1:5432/crdt_sync_missing_{secrets.token_hex(4)}",
+        "--redis-url",
+        REDIS_URL,
+    )
+    with pytest.raises(RuntimeError, match="exited before ready"):
+        server.start(timeout=60)
+    assert server.proc is not None and server.proc.returncode == 1
+    log = server.log()
+    assert "failed at startup" in log and "stopping the others" in log
+    assert "Traceback" not in log.split("failed at startup", 1)[1]
