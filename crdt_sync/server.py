@@ -173,7 +173,10 @@ def run(
     runtime: Runtime = app.state.runtime
     serve = {"hypercorn": _hypercorn, "uvicorn": _uvicorn, "granian": _granian}[settings.server]
     try:
-        serve(app, runtime, settings, sock)
+        # A worker ignores repeated stop signals: its supervisor escalates itself (SIGKILL
+        # on a second signal to it), and a service manager that signals every process of
+        # the group (systemd's default KillMode) must not make the repeat a "stop now".
+        serve(app, runtime, settings, sock, repeat_stops=on_ready is None)
     except Exception as exc:
         log.error("server failed: %s", exc, exc_info=sys.exc_info())
         return 1
@@ -191,7 +194,9 @@ def ready_line(url: str, settings: Settings, loop: str, workers: int = 1) -> str
     )
 
 
-def _hypercorn(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket) -> None:
+def _hypercorn(
+    app: Any, runtime: Runtime, settings: Settings, sock: socket.socket, repeat_stops: bool
+) -> None:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -208,12 +213,17 @@ def _hypercorn(app: Any, runtime: Runtime, settings: Settings, sock: socket.sock
             async for signum in signals:
                 log.info("received %s", signal.Signals(signum).name)
                 break
+            if not repeat_stops:  # the handlers stay while shutting down: repeats wait
+                await runtime.shutdown()
+                return
         await runtime.shutdown()
 
     run_on_loop(serve(app, config, shutdown_trigger=shutdown_trigger), settings)  # type: ignore[arg-type]
 
 
-def _uvicorn(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket) -> None:
+def _uvicorn(
+    app: Any, runtime: Runtime, settings: Settings, sock: socket.socket, repeat_stops: bool
+) -> None:
     import uvicorn
 
     config = uvicorn.Config(
@@ -239,7 +249,11 @@ def _uvicorn(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket
             # Not uvicorn's: it re-raises the signal after a graceful stop, so the
             # process would die by it (exit -15) instead of exiting 0.
             if self.stopping is not None:  # a second signal: stop now
-                self.should_exit = self.force_exit = True
+                if repeat_stops:
+                    log.warning("received %s again: stopping now", signal.Signals(sig).name)
+                    self.should_exit = self.force_exit = True
+                else:
+                    log.info("received %s again: already stopping", signal.Signals(sig).name)
                 return
             asyncio.get_event_loop().call_soon_threadsafe(self._begin, sig)
 
@@ -255,7 +269,9 @@ def _uvicorn(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket
     run_on_loop(Server(config).serve(sockets=[sock]), settings)
 
 
-def _granian(app: Any, runtime: Runtime, settings: Settings, sock: socket.socket) -> None:
+def _granian(
+    app: Any, runtime: Runtime, settings: Settings, sock: socket.socket, repeat_stops: bool
+) -> None:
     try:
         from granian.constants import Interfaces
         from granian.server.embed import Server

@@ -13,6 +13,8 @@ per doc, nothing lost, awareness removed when a worker goes away.
 The parent prints one ready line once every worker is up; forwards SIGINT/SIGTERM as
 SIGTERM (each worker closes its WebSockets with 1001 and stores its rooms), kills what
 is left after ``--shutdown-timeout`` + 5 s, and SIGKILLs at once on a second signal. A
+worker takes a repeated SIGTERM as the same stop (systemd signals every process of a
+service, and the parent forwards one more), never as "stop now". A
 worker that dies on its own is restarted with a backoff while the others serve. A worker
 that fails before it was ever ready stops them all: at startup the cause (store or Redis
 unreachable, port taken) would be the same for every worker and every retry.
@@ -43,6 +45,8 @@ RESTART_BACKOFF = 1.0
 RESTART_BACKOFF_MAX = 30.0
 #: A worker up this long has its backoff reset when it dies.
 STABLE_SECONDS = 60.0
+#: With ``--node-id`` a restarted worker reuses its id: past the Redis lease (3 s).
+SAME_ID_RESTART_DELAY = 5.0
 #: Seconds the workers have to be ready at startup.
 STARTUP_TIMEOUT = 120.0
 #: Beyond ``--shutdown-timeout``: what a worker may take to store its rooms and exit.
@@ -229,6 +233,11 @@ class Supervisor:
             worker.backoff = RESTART_BACKOFF
         delay = worker.backoff
         worker.backoff = min(worker.backoff * 2, RESTART_BACKOFF_MAX)
+        if self.settings.node_id:
+            # The new worker takes the same node id: let the dead one's lease lapse first,
+            # so that the other nodes remove its clients' awareness (the new one would
+            # otherwise renew the lease and those cursors would stay forever).
+            delay = max(delay, SAME_ID_RESTART_DELAY)
         worker.restart_at = now + delay
         log.error(
             "worker %d (pid %s) exited (%s) after %.0f s; restarting it in %.0f s",

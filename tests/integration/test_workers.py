@@ -191,6 +191,13 @@ async def test_sigterm_stops_every_worker_and_closes_clients_1001(
 ) -> None:
     async with placed_on_both(workers, "notes/stop", each=1) as placed:
         assert workers.proc is not None
+        pids = [pid_of(node) for node in await per_node(workers.url)]
+        # As systemd's default KillMode does: SIGTERM to every process of the service at
+        # once. Each worker then hears two (its own and the one the parent forwards):
+        # one graceful stop all the same, not a "second signal: stop now".
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        await anyio.sleep(0.1)  # two deliveries, not one pending signal
         workers.proc.send_signal(signal.SIGTERM)
         with anyio.fail_after(20):
             for _, client in placed.clients:
@@ -201,6 +208,9 @@ async def test_sigterm_stops_every_worker_and_closes_clients_1001(
             await anyio.sleep(0.05)
     assert workers.proc.returncode == 0, workers.log()[-3000:]
     assert "stopped 2 workers" in workers.log()
+    assert "did not stop cleanly" not in workers.log()
+    assert "again: stopping now" not in workers.log()
+    assert workers.log().count("received SIGTERM again: already stopping") == 2
 
 
 def test_workers_without_a_shared_store_is_refused(tmp_path: Path) -> None:
