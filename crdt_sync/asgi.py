@@ -77,6 +77,19 @@ def direct_writer(send: Any) -> Any | None:
     return protocol
 
 
+def _drop_handshake(protocol: Any) -> None:
+    """Let go of the handshake's request and response once the socket is open.
+
+    uvicorn keeps both on the protocol for the life of the connection, though it reads
+    the response only to send the accept and never reads the request again: their
+    header objects are about 2.5 KiB of every idle connection's memory.
+    """
+    if getattr(protocol, "handshake_complete", False):
+        for attribute in ("request", "response"):
+            if hasattr(protocol, attribute):
+                setattr(protocol, attribute, None)
+
+
 class WsBinaryTransport:
     """``rooms.Transport``: each message is one binary WebSocket frame.
 
@@ -98,6 +111,7 @@ class WsBinaryTransport:
             from websockets.protocol import State
 
             self._open = State.OPEN
+            _drop_handshake(self._direct)
 
     def write_now(self, message: bytes) -> bool:
         """Write ``message`` without suspending if the socket takes it; ``False`` if not."""
