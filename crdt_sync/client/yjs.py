@@ -238,21 +238,32 @@ async def connect(
         headers = dict(ws_options.pop("additional_headers", None) or {})
         headers["Authorization"] = f"Bearer {token}"
         ws_options["additional_headers"] = headers
-    async with websockets.connect(url, **ws_options) as websocket:
-        owns_awareness = awareness is None
-        client = YjsClient(doc, websocket, awareness)
-        try:
-            client._send_step1()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(client._receive)
-                tg.start_soon(client._send_loop)
-                try:
-                    yield client
-                finally:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(FLUSH_TIMEOUT):
-                        if owns_awareness and client.awareness.get_local_state() is not None:
-                            client.awareness.set_local_state(None)
-                        await client.flush()
-                    tg.cancel_scope.cancel()
-        finally:
-            client._detach()
+    opened: list[Any] = []
+    try:
+        async with websockets.connect(url, **ws_options) as websocket:
+            opened.append(websocket)
+            owns_awareness = awareness is None
+            client = YjsClient(doc, websocket, awareness)
+            try:
+                client._send_step1()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(client._receive)
+                    tg.start_soon(client._send_loop)
+                    try:
+                        yield client
+                    finally:
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(FLUSH_TIMEOUT):
+                            if owns_awareness and client.awareness.get_local_state() is not None:
+                                client.awareness.set_local_state(None)
+                            await client.flush()
+                        tg.cancel_scope.cancel()
+            finally:
+                client._detach()
+    finally:
+        # websockets leaves the socket open when the close handshake is cancelled (the
+        # caller's deadline, a task group ending): it would stay open until the peer
+        # closes it, or be collected unclosed. A closed session never keeps a socket.
+        for websocket in opened:
+            transport = getattr(websocket, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.abort()
