@@ -423,7 +423,12 @@ async def test_compaction_keeps_the_log_bounded_while_editing(server_factory) ->
             expected = snapshot(a.doc)
             done.set()
         assert server.log().count(f"room={name!r} compacted") >= 3
-        assert max(rows) <= 100, f"log grew to {max(rows)} rows with --compact-updates 50"
+        # Bounded by compaction, not by speed: what arrives while a compaction commits
+        # depends on the machine (116 rows were seen on a loaded CI box), so the bound is
+        # far below the 300 updates an uncompacted log would hold ...
+        assert max(rows) < 150, f"log grew to {max(rows)} rows with --compact-updates 50"
+        # ... and once the typing stops the log is folded back under the threshold.
+        await wait_for(lambda: update_rows(server.db, name) <= 50, timeout=15)
     server.stop()
     restarted = server_factory()
     assert snapshot(await fresh_copy(restarted.ws_url, name)) == expected
