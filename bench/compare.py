@@ -73,6 +73,8 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+if str(ROOT) not in sys.path:  # tests/ holds the throwaway-database helper
+    sys.path.insert(0, str(ROOT))
 LOADGEN = BENCH / "load" / "loadgen.mjs"
 NODE_SERVER_BIN = BENCH / "node_modules" / ".bin" / "y-websocket-server"
 HOST = "127.0.0.1"
@@ -107,36 +109,24 @@ def free_port() -> int:
 #: machine and its Redis (a key prefix of its own), with this many worker processes.
 WORKERS = 1
 SHARED_STORE = False
-POSTGRES_ADMIN = os.environ.get(
-    "CRDT_SYNC_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-REDIS_URL = os.environ.get("CRDT_SYNC_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-
-
-def _admin(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(sql)
 
 
 @contextlib.contextmanager
 def shared_store() -> Iterator[list[str]]:
-    """A fresh database (dropped afterwards) and Redis prefix: the flags of one server."""
-    import secrets
+    """A fresh database (dropped afterwards) and Redis prefix: the flags of one server.
 
-    name = f"crdt_sync_bench_{secrets.token_hex(5)}"
-    _admin(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN.rsplit("/", 1)[0]
-    try:
+    The tests' own helpers make them (``CRDT_SYNC_TEST_POSTGRES``, ``CRDT_SYNC_TEST_REDIS``
+    say where the machine's PostgreSQL and Redis are).
+    """
+    from tests.cluster import REDIS_URL, throwaway_database
+
+    with throwaway_database("crdt_sync_bench") as url:
         yield [
-            "--database-url", f"{base}/{name}",
+            "--database-url", url,
             "--redis-url", REDIS_URL,
-            "--redis-prefix", name,
+            "--redis-prefix", url.rsplit("/", 1)[1],
             "--workers", str(WORKERS),
         ]  # fmt: skip
-    finally:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def process_tree(pid: int) -> list[int]:
@@ -1007,7 +997,7 @@ def main() -> None:
         "--shared-store",
         action="store_true",
         help="crdt-sync runs on a throwaway PostgreSQL database of this machine and its "
-        "Redis (CRDT_SYNC_BENCH_POSTGRES, CRDT_SYNC_BENCH_REDIS) instead of SQLite",
+        "Redis (CRDT_SYNC_TEST_POSTGRES, CRDT_SYNC_TEST_REDIS) instead of SQLite",
     )
     parser.add_argument(
         "--repeat",
