@@ -238,10 +238,9 @@ async def connect(
         headers = dict(ws_options.pop("additional_headers", None) or {})
         headers["Authorization"] = f"Bearer {token}"
         ws_options["additional_headers"] = headers
-    opened: list[Any] = []
+    websocket: Any = None
     try:
         async with websockets.connect(url, **ws_options) as websocket:
-            opened.append(websocket)
             owns_awareness = awareness is None
             client = YjsClient(doc, websocket, awareness)
             try:
@@ -263,7 +262,6 @@ async def connect(
         # websockets leaves the socket open when the close handshake is cancelled (the
         # caller's deadline, a task group ending): it would stay open until the peer
         # closes it, or be collected unclosed. A closed session never keeps a socket.
-        for websocket in opened:
-            transport = getattr(websocket, "transport", None)
-            if transport is not None and not transport.is_closing():
-                transport.abort()
+        transport = getattr(websocket, "transport", None)
+        if transport is not None and not transport.is_closing():
+            transport.abort()
