@@ -88,9 +88,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     try:
         import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise RuntimeError("--loop uvloop needs uvloop: pip install uvloop") from None
+    except ImportError:  # auto without uvloop (Settings refuses --loop uvloop then)
         return None
     return uvloop.new_event_loop
 
