@@ -37,6 +37,8 @@ from .connection import Connection
 from .limits import LimitExceeded
 from .listener import RoomListener
 from .pending import missing_part
+from .stats import TRAFFIC
+from .stepping import finish, step
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -314,11 +316,17 @@ class Room:
         Args:
             received_at: When the server received what this relays (for latency samples).
         """
-        sent = 0
+        sent = written = 0
         for conn in list(self.connections.values()):
-            if conn is not exclude and conn.enqueue(message, received_at):
+            if conn is exclude:
+                continue
+            if conn.write_direct(message):
+                written += 1
+            elif conn.enqueue(message, received_at):
                 sent += 1
-        return sent
+        if written:
+            TRAFFIC.count_sent(message, written, received_at)
+        return sent + written
 
     def close_all(self, code: int, reason: str) -> None:
         for conn in list(self.connections.values()):
@@ -636,27 +644,32 @@ class Room:
     async def _log(self, update: bytes, actor: str, frames: FrameBatch | None = None) -> Appended:
         """Append an update the doc holds (already applied and relayed) to the store.
 
-        Shielded: the store may make a writer wait for room in its queue, and a reader
+        Shielded when it waits (the store may make a writer wait for room in its
+        queue; usually it queues at once, and a shield on every call costs): a reader
         cancelled there (its connection closed) must not leave the update applied but
         neither logged nor counted: an unload would then not wait for it, and the next
         compaction would drop it.
         """
-        with anyio.CancelScope(shield=True):
-            appended = await self.store.append(
-                self.org, self.name, update, actor=actor, at=now_ms(), frames=frames
-            )
-            self.stored = True
-            self.logged_since_snapshot += 1
-            if self.replica is None:
-                watch_durable(appended, self._durable_failed, self._committed)
-            else:
-                replica = self.replica
+        coro = self.store.append(
+            self.org, self.name, update, actor=actor, at=now_ms(), frames=frames
+        )
+        done, result = step(coro)  # the usual case: queued without suspending
+        if not done:
+            with anyio.CancelScope(shield=True):
+                result = await finish(coro, result)
+        appended: Appended = result
+        self.stored = True
+        self.logged_since_snapshot += 1
+        if self.replica is None:
+            watch_durable(appended, self._durable_failed, self._committed)
+        else:
+            replica = self.replica
 
-                def committed(committed: Committed) -> None:
-                    self._committed(committed)
-                    replica.committed(committed, update, actor)
+            def committed(committed: Committed) -> None:
+                self._committed(committed)
+                replica.committed(committed, update, actor)
 
-                watch_durable(appended, self._durable_failed, committed)
+            watch_durable(appended, self._durable_failed, committed)
         return appended
 
     def _committed(self, committed: Committed) -> None:

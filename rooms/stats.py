@@ -8,6 +8,7 @@ scrape time (``crdt_sync.metrics``). One process, one event loop: no races.
 from __future__ import annotations
 
 import random
+import time
 
 #: Message types, by the index :func:`message_type` returns.
 MESSAGE_TYPES = (
@@ -25,6 +26,9 @@ _FIRST_BYTE = {1: 3, 2: 4, 3: 5, 0x5B: 6}  # y-websocket types; '[' starts a fra
 
 #: One delivery in this many has its latency recorded.
 SAMPLE_EVERY = 16
+
+#: Delivery latency samples kept until /metrics takes them.
+MAX_SAMPLES = 10_000
 
 
 def message_type(message: bytes) -> int:
@@ -71,6 +75,19 @@ class Traffic:
         kind = message_type(message)
         self.received[kind] += 1
         self.received_bytes[kind] += len(message)
+
+    def count_sent(self, message: bytes, times: int, received_at: float | None) -> None:
+        """``message`` written to ``times`` sockets at once (a broadcast's direct writes),
+        counted in one step; ``received_at``: when what it relays came in, to sample."""
+        kind = message_type(message)
+        self.sent[kind] += times
+        self.sent_bytes[kind] += times * len(message)
+        if received_at is not None:
+            self.sample_countdown -= times
+            if self.sample_countdown <= 0:
+                self.sample_countdown = SAMPLE_EVERY
+                if len(self.deliveries) < MAX_SAMPLES:
+                    self.deliveries.append(time.monotonic() - received_at)
 
     def count_close(self, code: int) -> None:
         self.closes[code] = self.closes.get(code, 0) + 1
