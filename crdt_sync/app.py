@@ -66,6 +66,7 @@ PROBE_TIMEOUT = 2.0
 #: idle node notices a database it lost (a busy one notices at its next commit).
 IDLE_PROBE_SECONDS = 5.0
 
+
 class Runtime:
     """What the routes share while the app runs.
 

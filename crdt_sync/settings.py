@@ -357,9 +357,7 @@ class Settings:
         minimum=0,
         maximum=3_600_000,
     )
-    webhook_max_batch: int = _opt(
-        100, "most frames in one webhook POST", minimum=1, maximum=10_000
-    )
+    webhook_max_batch: int = _opt(100, "most frames in one webhook POST", minimum=1, maximum=10_000)
 
     def __post_init__(self) -> None:
         for f in fields(self):

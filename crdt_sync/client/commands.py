@@ -272,5 +272,3 @@ def _http(
     message = f"{method} {path}: {response.status_code} {detail}".rstrip()
     code = {401: EXIT_UNAUTHORIZED, 403: EXIT_FORBIDDEN, 404: EXIT_NOT_FOUND}
     raise CommandError(message, code.get(response.status_code, EXIT_ERROR))
-
-
