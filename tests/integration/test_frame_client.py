@@ -314,7 +314,9 @@ async def test_100_clients_spread_their_reconnects_after_a_restart(tmp_path: Pat
     )
     assert all(a.number == 1 and "1001" in a.after for a in first), first[:3]
     # Not lock-step: the delays are (nearly) all different and cover most of [0, base].
-    assert len({round(d, 3) for d in delays}) >= 90
+    # (To the microsecond: 100 uniform draws share a millisecond more often than one
+    # would guess, 89 distinct of 100 was seen in CI, but hardly ever a microsecond.)
+    assert len({round(d, 6) for d in delays}) >= 98
     assert spread >= 0.5 * base
     assert statistics.median(delays) <= base
 
