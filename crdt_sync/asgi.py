@@ -16,6 +16,7 @@ import anyio
 from rooms.connection import CLOSE_TIMEOUT
 
 from .errors import json_error_body
+from .uvicorn_ws import slim
 
 Scope = dict[str, Any]
 
@@ -60,34 +61,28 @@ class _FrameCache:
 _FRAMES = _FrameCache()
 
 
-def direct_writer(send: Any) -> Any | None:
-    """The uvicorn WebSocket protocol behind ``send``, if its socket may be written
-    directly: uvicorn's sans-I/O implementation with no extension negotiated (we turn
-    permessage-deflate off), so a data frame on the wire is just header + payload.
+def uvicorn_protocol(send: Any) -> Any | None:
+    """The uvicorn sans-I/O WebSocket protocol behind ``send``, if that is what it is."""
+    protocol = getattr(send, "__self__", None)
+    if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+        return None
+    return protocol
+
+
+def direct_writer(protocol: Any) -> Any | None:
+    """``protocol`` (see :func:`uvicorn_protocol`) if its socket may be written
+    directly: no extension negotiated (we turn permessage-deflate off), so a data frame
+    on the wire is just header + payload.
 
     Any other server (hypercorn, granian, a test double) gets ``None``: the ASGI path.
     """
-    protocol = getattr(send, "__self__", None)
-    if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+    if protocol is None:
         return None
     if not all(hasattr(protocol, a) for a in ("transport", "writable", "close_sent", "conn")):
         return None
     if getattr(protocol.conn, "extensions", None):
         return None
     return protocol
-
-
-def _drop_handshake(protocol: Any) -> None:
-    """Let go of the handshake's request and response once the socket is open.
-
-    uvicorn keeps both on the protocol for the life of the connection, though it reads
-    the response only to send the accept and never reads the request again: their
-    header objects are about 2.5 KiB of every idle connection's memory.
-    """
-    if getattr(protocol, "handshake_complete", False):
-        for attribute in ("request", "response"):
-            if hasattr(protocol, attribute):
-                setattr(protocol, attribute, None)
 
 
 class WsBinaryTransport:
@@ -105,13 +100,15 @@ class WsBinaryTransport:
 
     def __init__(self, send: Any) -> None:
         self._send = send
-        self._direct = direct_writer(send)
+        protocol = uvicorn_protocol(send)
+        if protocol is not None:
+            slim(protocol)
+        self._direct = direct_writer(protocol)
         self._open: Any = None
         if self._direct is not None:
             from websockets.protocol import State
 
             self._open = State.OPEN
-            _drop_handshake(self._direct)
 
     def write_now(self, message: bytes) -> bool:
         """Write ``message`` without suspending if the socket takes it; ``False`` if not."""
@@ -243,8 +240,8 @@ async def deny_handshake(
     prefix = "websocket.http.response"
     await send({"type": f"{prefix}.start", "status": status, "headers": headers})
     await send({"type": f"{prefix}.body", "body": body})
-    protocol = getattr(send, "__self__", None)
-    if type(protocol).__name__ == "WebSocketsSansIOProtocol":
+    protocol = uvicorn_protocol(send)
+    if protocol is not None:
         with anyio.move_on_after(CLOSE_TIMEOUT):
             while not getattr(protocol, "handshake_complete", True):
                 await receive()
