@@ -1,8 +1,9 @@
 """What an open WebSocket keeps of uvicorn's sans-I/O protocol, made lighter.
 
 uvicorn builds every WebSocket connection for any app: the handshake's request and
-response stay on it, its receive queue is an ``asyncio.Queue`` (four deques, about
-2.5 KiB even when empty) and its ``writable`` flag an ``asyncio.Event`` (one more).
+response stay on it (and websockets' parser keeps the request's headers), its
+receive queue is an ``asyncio.Queue`` (four deques, about 2.5 KiB even when empty)
+and its ``writable`` flag an ``asyncio.Event`` (one more).
 It also pauses reading the socket after every message and resumes once the app has
 taken it: two transport calls, and on uvloop two epoll changes, per message received.
 
@@ -19,6 +20,9 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request
 
 #: Messages received and not yet read by the app before the socket stops being read
 #: (TCP then pushes back on the client); reading resumes at half of it.
@@ -123,6 +127,7 @@ def slim(protocol: Any) -> None:
         # Read only to send the accept; never again.
         if hasattr(protocol, attribute):
             setattr(protocol, attribute, None)
+    _drop_request_headers(getattr(protocol, "conn", None))
     queue = getattr(protocol, "queue", None)
     if (
         type(queue) is asyncio.Queue
@@ -144,3 +149,16 @@ def slim(protocol: Any) -> None:
     writable = getattr(protocol, "writable", None)
     if type(writable) is asyncio.Event and not getattr(writable, "_waiters", True):
         protocol.writable = WritableFlag(writable.is_set())
+
+
+def _drop_request_headers(conn: Any) -> None:
+    """Empty the headers of the handshake request websockets' ``ServerProtocol`` still
+    holds: a local variable of its parser, which goes on reading frames in the same
+    generator for the life of the connection (about 2 KiB of every idle connection).
+    Nothing reads them after the handshake: uvicorn copied them into the ASGI scope."""
+    frame = getattr(getattr(conn, "parser", None), "gi_frame", None)
+    if frame is None:
+        return
+    request = frame.f_locals.get("request")
+    if isinstance(request, Request) and isinstance(request.headers, Headers):
+        request.headers = Headers()

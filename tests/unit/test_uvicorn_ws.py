@@ -129,3 +129,29 @@ async def test_the_writable_flag_wakes_every_writer_waiting_for_a_drain() -> Non
     with anyio.move_on_after(0.01):
         await flag.wait()
     assert not flag._waiters
+
+
+async def test_the_parser_lets_go_of_the_request_headers_and_reads_on() -> None:
+    """websockets' own ServerProtocol after a real handshake: the request its parser
+    holds loses its headers; frames that follow still parse."""
+    import os
+
+    from websockets.server import ServerProtocol
+
+    protocol = Protocol([], read_paused=False)
+    conn = protocol.conn = ServerProtocol()
+    conn.receive_data(
+        b"GET /yjs/doc HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\nUser-Agent: test\r\n\r\n"
+    )
+    [request] = conn.events_received()
+    conn.send_response(conn.accept(request))
+    assert len(request.headers) == 6
+    slim(protocol)
+    assert len(request.headers) == 0
+    payload, mask = b"\x00\x02\x01x", os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    conn.receive_data(bytes((0x82, 0x80 | len(payload))) + mask + masked)
+    [frame] = conn.events_received()
+    assert frame.data == payload
