@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -492,15 +492,14 @@ class CrdtSyncApp:
 
         return lifespan_send
 
-    async def _dispatch(self, scope: dict, receive: Any, send: Any) -> None:
-        """Behind the front door: the route."""
+    def _dispatch(self, scope: dict, receive: Any, send: Any) -> Awaitable[None]:
+        """Behind the front door: the route's handler (returned, not awaited here, so an
+        open WebSocket does not keep this frame too)."""
         if scope["type"] == "websocket":
             path = route_path(scope)
             if path.startswith("/yjs/"):
                 scope["path_params"] = {"doc": path[5:]}
-                await self._yjs(scope, receive, send)
-                return
+                return self._yjs(scope, receive, send)
             if path == "/sync/v1/ws":
-                await self._streams.websocket(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+                return self._streams.websocket(scope, receive, send)
+        return self.app(scope, receive, send)

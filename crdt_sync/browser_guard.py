@@ -45,7 +45,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -243,22 +243,22 @@ class BrowserGuard:
 
     # -- ASGI ---------------------------------------------------------------------
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        """The request's handler, returned rather than awaited here: an open WebSocket
+        does not keep this frame as well (about 0.4 KiB of every idle connection)."""
         kind = scope["type"]
         if kind not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         hosts = _header(scope, b"host")
         origins = _header(scope, b"origin")
         host = hosts[0] if len(hosts) == 1 else None
         if len(hosts) > 1 or not self.host_allowed(host):
             why = "several Host headers" if len(hosts) > 1 else "Host is not a loopback name"
-            await self._refuse(scope, receive, send, 421, "host_not_allowed", why, origins, hosts)
-            return
+            return self._refuse(scope, receive, send, 421, "host_not_allowed", why, origins, hosts)
         origin = origins[0] if len(origins) == 1 else None
         allowed = origin is not None and self.origin_allowed(origin, host)
         if len(origins) > 1:
-            await self._refuse(
+            return self._refuse(
                 scope,
                 receive,
                 send,
@@ -268,33 +268,28 @@ class BrowserGuard:
                 origins,
                 hosts,
             )
-            return
         if kind == "websocket":
             if origin is not None and not allowed:
                 detail = "this page's origin may not open WebSockets here"
-                await self._refuse(
+                return self._refuse(
                     scope, receive, send, 403, "origin_not_allowed", detail, origins, hosts
                 )
-                return
-            await self.app(scope, receive, send)  # the server's own send: direct writes
-            return
+            return self.app(scope, receive, send)  # the server's own send: direct writes
         method = scope.get("method", "GET")
         if origin is not None and not allowed:
             if method in UNSAFE_METHODS or method == "OPTIONS":
                 detail = f"{method} from this page's origin is not allowed"
-                await self._refuse(
+                return self._refuse(
                     scope, receive, send, 403, "origin_not_allowed", detail, origins, hosts
                 )
-                return
         if allowed and method == "OPTIONS" and _header(scope, b"access-control-request-method"):
-            await self._preflight(send, origin)  # type: ignore[arg-type]
-            return
+            return self._preflight(send, origin)  # type: ignore[arg-type]
         if method in BODY_METHODS and self._is_json_path(route_path(scope)):
             content_type = (_header(scope, b"content-type") or [""])[0]
             media = content_type.split(";", 1)[0].strip().lower()
             if media != "application/json":
                 detail = f"{method} {route_path(scope)} takes Content-Type: application/json"
-                await self._refuse(
+                return self._refuse(
                     scope,
                     receive,
                     send,
@@ -305,8 +300,7 @@ class BrowserGuard:
                     hosts,
                     extra=[("content_type", content_type)],
                 )
-                return
-        await self.app(scope, receive, self._cors_send(send, origin if allowed else None))
+        return self.app(scope, receive, self._cors_send(send, origin if allowed else None))
 
     @staticmethod
     def _cors_headers(origin: str | None) -> list[tuple[bytes, bytes]]:
