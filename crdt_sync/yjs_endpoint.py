@@ -124,6 +124,9 @@ class YjsEndpoint:
             conn.peer,
             "" if writer else " read-only",
         )
+        # Read by the handshake only (auth, origin, limits): an open connection need not
+        # keep a copy of every request header (uvicorn's scope lives as long as it does).
+        scope["headers"] = ()
         session = self.runtime.sessions.register(principal, name, conn.close)
         try:
             # This task reads; writes happen in whichever task relays (see
