@@ -20,6 +20,7 @@ from rooms.connection import Connection
 from rooms.room import Room
 from rooms.stats import MESSAGE_TYPES, SAMPLE_EVERY, TRAFFIC
 from rooms.stepping import finish, step
+from tests.unit.live_node import PausingStore
 
 pytestmark = pytest.mark.anyio
 
@@ -155,21 +156,14 @@ async def test_a_reader_cancelled_while_its_append_waits_for_room_still_logs(
     tmp_path: Path,
 ) -> None:
     updates = edits(2)
-    async with SQLiteStore(tmp_path / "db", max_queued_bytes=1) as store:
+    async with PausingStore(tmp_path / "db", max_queued_bytes=1) as store:
         room = Room("default", "hot/3", store)
         await room.load()
         conn = Connection(DirectTransport())
         room.join(conn)
         release = threading.Event()
-        holding = threading.Event()
-
-        def hold(_conn: object) -> None:
-            holding.set()
-            release.wait(WAIT)
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(store.run_in_writer, hold)
-            assert await anyio.to_thread.run_sync(holding.wait, WAIT)
+            await tg.start(store.hold_writer, release)
             # The held op fills the queue: the update has to wait for room, and its reader
             # is cancelled meanwhile.
             reader = anyio.CancelScope()
