@@ -9,6 +9,7 @@ Run from the repository root (loopback only; every phase bounded in count and ti
     python bench/compare.py --servers crdt-sync,node --scenarios a,c,e
     python bench/compare.py --deflate            # clients offer permessage-deflate (browsers do)
     python bench/compare.py --servers crdt-sync,node --scenarios acd --repeat 5  # medians, spread
+    python bench/compare.py --servers crdt-sync,node,node-leveldb --scenarios ac  # + a storing Node
     python bench/compare.py --servers crdt-sync --scenarios c --workers 2  # on PostgreSQL + Redis
     python bench/compare.py --report bench/results/compare-<stamp>-full.json  # table + chart again
 
@@ -17,7 +18,9 @@ Run from the repository root (loopback only; every phase bounded in count and ti
 Each server is started in turn on 127.0.0.1, a fresh process for every scenario:
 ``crdt-sync`` (``python -m crdt_sync serve``, endpoint ``/yjs/<room>``), ``pycrdt``
 (stock pycrdt-websocket 0.16 on hypercorn, ``bench/ref_pycrdt_server.py``, ``/<room>``)
-and ``node`` (``y-websocket-server`` bin of @y/websocket-server 0.1.1, ``/<room>``).
+and ``node`` (``y-websocket-server`` bin of @y/websocket-server 0.1.1, ``/<room>``);
+``node-leveldb`` is that server with its LevelDB persistence on (``YPERSISTENCE``), the
+like-for-like reference for a server that stores every update.
 The load comes from ``bench/load/loadgen.mjs``: raw ``ws`` sockets speaking the
 y-websocket protocol, writers sending genuine Yjs updates (``yjs``) that carry a marker
 with a send timestamp, receivers without a Y.Doc that scan relayed bytes for it.
@@ -84,7 +87,12 @@ SERVER_NAMES = {
     "crdt-sync": "crdt-sync",
     "pycrdt": "pycrdt-websocket",
     "node": "y-websocket-server",
+    # The same Node server with its LevelDB persistence on (YPERSISTENCE): it stores
+    # every update as crdt-sync does (y-leveldb, without an fsync per write).
+    "node-leveldb": "y-websocket-server+leveldb",
 }
+#: The short name of a reference in ratio columns (crdt/<name>).
+REF_LABELS = {"pycrdt": "pycrdt", "node": "node", "node-leveldb": "node+leveldb"}
 ALIASES = {
     "crdt-sync": "crdt-sync",
     "crdt": "crdt-sync",
@@ -92,6 +100,8 @@ ALIASES = {
     "pycrdt-websocket": "pycrdt",
     "node": "node",
     "y-websocket-server": "node",
+    "node-leveldb": "node-leveldb",
+    "y-websocket-server+leveldb": "node-leveldb",
 }
 SCENARIOS = "abcdefg"
 
@@ -210,7 +220,7 @@ class Server:
             ]
             return cmd, env, re.compile(r"ref-pycrdt ready on (http://\S+)")
         env.update(HOST=HOST, PORT=str(free_port()))
-        if self.persist:
+        if self.persist or self.kind == "node-leveldb":
             env["YPERSISTENCE"] = str(self.workdir / "leveldb")
         return [str(NODE_SERVER_BIN)], env, re.compile(r"running at '([^']+)' on port (\d+)")
 
@@ -737,7 +747,7 @@ def print_table(table: list[dict[str, Any]], servers: list[str]) -> str:
     ours = "crdt-sync" in servers
     head = ["metric", "unit", "better", *[SERVER_NAMES[s] for s in servers]]
     if ours:
-        head += [f"crdt/{'pycrdt' if r == 'pycrdt' else 'node'}" for r in refs]
+        head += [f"crdt/{REF_LABELS[r]}" for r in refs]
     lines = []
     for row in table:
         vals = row["values"]
@@ -783,7 +793,12 @@ def chart(table: list[dict[str, Any]], servers: list[str], path: Path, title: st
     cols = 4
     nrows = (len(rows) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False)
-    colors = {"crdt-sync": "#1f77b4", "pycrdt": "#ff7f0e", "node": "#2ca02c"}
+    colors = {
+        "crdt-sync": "#1f77b4",
+        "pycrdt": "#ff7f0e",
+        "node": "#2ca02c",
+        "node-leveldb": "#98df8a",
+    }
     for ax, row in zip(axes.flat, rows, strict=False):
         names, heights, cols_ = [], [], []
         for s in servers:
@@ -804,8 +819,7 @@ def chart(table: list[dict[str, Any]], servers: list[str], path: Path, title: st
             )
         ours = row["values"].get("crdt-sync")
         ratios = [
-            f"/{SERVER_NAMES[s].split('-')[0] if s == 'pycrdt' else 'node'} "
-            f"{ratio(ours, row['values'].get(s))}"
+            f"/{REF_LABELS[s]} {ratio(ours, row['values'].get(s))}"
             for s in servers
             if s != "crdt-sync" and "crdt-sync" in servers
         ]
@@ -953,7 +967,7 @@ def print_spread(tables: list[list[dict[str, Any]]], servers: list[str]) -> str:
                         per_round.append(ours / theirs)
                 if per_round:
                     parts.append(
-                        f"crdt/{'pycrdt' if ref == 'pycrdt' else 'node'} "
+                        f"crdt/{REF_LABELS[ref]} "
                         f"{statistics.median(per_round):.2f}x "
                         f"[{min(per_round):.2f}-{max(per_round):.2f}]"
                     )
@@ -971,7 +985,7 @@ def main() -> None:
         "--servers",
         default="crdt-sync,pycrdt,node",
         type=lambda v: parse_list(v, ALIASES, "server"),
-        help="comma list of crdt-sync, pycrdt, node (default: all three)",
+        help="comma list of crdt-sync, pycrdt, node, node-leveldb (default: the first three)",
     )
     parser.add_argument(
         "--scenarios",
