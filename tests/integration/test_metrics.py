@@ -51,7 +51,11 @@ async def test_metrics_follow_yjs_traffic_frames_and_mutations(server) -> None:
         assert during[("crdt_sync_sent_bytes_total", (update,))] > 64
         # One delivery in 16 is timed: 64 relayed updates give a few samples.
         assert during[("crdt_sync_delivery_latency_seconds_count", ())] >= 1
-        assert during[("crdt_sync_store_commit_seconds_count", ())] >= 1
+        # Relayed before they are committed (by design): on a busy disk the first group
+        # commit's fsync may still be running when the last update has been relayed.
+        with anyio.fail_after(10):
+            while (await scrape(http))[("crdt_sync_store_commit_seconds_count", ())] < 1:
+                await anyio.sleep(0.05)
         with anyio.fail_after(10):
             while (await scrape(http))[("crdt_sync_frames_total", ())] < 1:
                 await anyio.sleep(0.05)
