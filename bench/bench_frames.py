@@ -71,9 +71,6 @@ GRACE = 0.2
 # -- process figures ---------------------------------------------------------------------
 
 
-
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -100,6 +97,21 @@ class CpuMeter:
             (time.process_time() - self.own) / wall * 100,
             [(cpu_seconds(p) - c) / wall * 100 for p, c in zip(self.pids, self.cpu, strict=True)],
         )
+
+
+#: Every writer and subscriber is one anonymous actor on 127.0.0.1: with the default
+#: per-address limits (2,000 HTTP requests per 10 s, 1,000 sockets) the runs after the
+#: first few seconds would measure 429s, not the feed.
+SERVE_ARGS = (
+    "--log-level",
+    "warning",
+    "--rate-limit-http-requests",
+    "0",
+    "--max-connections-per-ip",
+    "100000",
+    "--max-connections-per-actor",
+    "100000",
+)
 
 
 def log_problems(server: ServerProcess) -> list[str]:
@@ -422,7 +434,7 @@ async def bench_mutations(workdir: Path, args: argparse.Namespace, out: dict) ->
         f"records, {args.seconds_a:g} s per run"
     )
     rows: list[dict[str, Any]] = []
-    server = ServerProcess(workdir, "--log-level", "warning").start()
+    server = ServerProcess(workdir, *SERVE_ARGS).start()
     subs: Subscribers | None = None
     try:
         pid, newest = await prepare(server, args.records)
@@ -526,7 +538,7 @@ async def bench_fanout(workdir: Path, args: argparse.Namespace, out: dict) -> No
         f"<= {args.seconds_b:g} s and <= {args.limit_b} mutations per run"
     )
     rows: list[dict[str, Any]] = []
-    server = ServerProcess(workdir, "--log-level", "warning").start()
+    server = ServerProcess(workdir, *SERVE_ARGS).start()
     subs: Subscribers | None = None
     try:
         pid, newest = await prepare(server, args.records)
