@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 from pycrdt import Doc, Map
@@ -93,7 +94,10 @@ async def test_a_room_learns_its_update_ids_from_the_commits(tmp_path) -> None:
                 assert room.last_update_id == 0  # not committed: no id yet
                 assert not room.is_empty  # but it is on its way to the store
                 release.set()
-            committed = await appended.durable  # the room's callback ran before this
+            committed = await appended.durable
+            # The room's callback was scheduled when the commit settled, before any awaiter
+            # of it; but a commit that settled before the await does not yield here.
+            await anyio.lowlevel.checkpoint()
             assert room.last_update_id == committed.update_id == 1
             await room.compact()  # no ids passed: covers what was appended before it
             assert room.logged_since_snapshot == 0
