@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import anyio
 
 from .close_codes import CloseCode
-from .stats import MAX_SAMPLES, SAMPLE_EVERY, TRAFFIC, message_type
+from .stats import SAMPLE_EVERY, TRAFFIC
 from .stepping import finish, step
 
 log = logging.getLogger(__name__)
@@ -216,17 +216,11 @@ class Connection:
         bare yield), a sender task awaits what it waits for and drives it to the end
         before anything queued after it, so order is kept.
         """
-        write_now = self._write_now
-        if write_now is not None:
-            try:
-                written = write_now(message)
-            except Exception as exc:  # the client is gone
-                log.debug("conn=%s write failed: %r", self.id, exc)
-                self.peer_closed(ABNORMAL_CLOSURE)
-                return
-            if written:
-                self._sent(message)
-                return
+        if self.write_direct(message):
+            self._sent(message)
+            return
+        if self.close_code is not None:  # the direct write found the client gone
+            return
         coro = self._transport.send(message)
         try:
             done, waiting_on = step(coro)
@@ -353,15 +347,11 @@ class Connection:
         self._sent(message)
 
     def _sent(self, message: bytes) -> None:
-        size = len(message)
-        kind = message_type(message)
-        TRAFFIC.sent[kind] += 1
-        TRAFFIC.sent_bytes[kind] += size
+        TRAFFIC.count_sent(message, 1, None)
         sample = self._sample
         if sample is not None and sample[0] is message:
             self._sample = None
-            if len(TRAFFIC.deliveries) < MAX_SAMPLES:
-                TRAFFIC.deliveries.append(time.monotonic() - sample[1])
+            TRAFFIC.add_delivery(time.monotonic() - sample[1])
 
     @staticmethod
     def _settle(future: asyncio.Future[None] | None) -> None:

@@ -86,8 +86,12 @@ class Traffic:
             self.sample_countdown -= times
             if self.sample_countdown <= 0:
                 self.sample_countdown = SAMPLE_EVERY
-                if len(self.deliveries) < MAX_SAMPLES:
-                    self.deliveries.append(time.monotonic() - received_at)
+                self.add_delivery(time.monotonic() - received_at)
+
+    def add_delivery(self, seconds: float) -> None:
+        """One sampled delivery latency (kept until /metrics takes them, bounded)."""
+        if len(self.deliveries) < MAX_SAMPLES:
+            self.deliveries.append(seconds)
 
     def count_close(self, code: int) -> None:
         self.closes[code] = self.closes.get(code, 0) + 1
