@@ -458,8 +458,12 @@ async def test_resumes_with_since_and_bootstraps_again_after_4410(
         """Close the page's socket (as a server shutting down would); hold the next one."""
         hold[0] = True
         count = len(routes)
-        await upstream[-1].close(code=1000)
+        # The page's side first: the page's socket is Playwright's stand-in, which
+        # forwards what the page sends to the real socket; closed first, that one
+        # would be handed a ping sent in between ("already in CLOSING or CLOSED
+        # state" in the console: seen once in CI).
         await routes[-1].close(code=1001, reason="going away")
+        await upstream[-1].close(code=1000)
         with anyio.fail_after(10):
             while len(routes) == count:
                 await anyio.sleep(0.05)
