@@ -6,15 +6,18 @@ every phase bounded in count and time)::
     python bench/bench_sidecar.py [--rounds N] [--json PATH]
 
 One ``crdt-sync serve`` child process (``tests/server_process.py``) on a fresh SQLite
-database, with a webhook pointing at a receiver in this process (``--webhook-throttle-ms
-0``: the window is not what is measured).
+database, with a webhook pointing at a receiver in this process (the default throttle,
+``--webhook-throttle-ms 1000``, which is per record).
 
 (a) Long-poll wake-up: a ``GET /sync/v1/delta?live=1&timeout_ms=10000`` is held, then
     one mutation is POSTed; measured from just before the POST to the poll's answer
     (which carries the frame). Also: the answer of a poll with nothing to wait for.
 (b) Webhook delivery: from just before the POST of a mutation to the receiver's having
     the signed batch carrying its frame (the outbox row is written in the frame's
-    transaction; the sender polls every 250 ms and is woken by the frame bus).
+    transaction; the sender polls every 250 ms and is woken by the frame bus). Each
+    round changes a record for the first time, so the throttle does not hold it. Also:
+    a record changed twice in a row, the second change timed (it waits for the
+    record's window, about a second after the first change's POST).
 (c) Version restore: a doc of about 20 KB of text edited in N steps; POST a version,
     edit on, then POST .../restore; the restore's latency (it takes a before-version,
     computes the forward change, applies it durably, takes an after-version).
@@ -101,10 +104,10 @@ class Receiver:
             return self.arrived[sid]
 
 
-def mutate(http: httpx.Client, n: int, op: str = "u") -> int:
+def mutate(http: httpx.Client, n: int, op: str = "u", id: str = "bench") -> int:
     answer = http.post(
         "/sync/v1/mutations",
-        json={"mutations": [{"t": "card", "id": "bench", "op": op, "p": {"n": n}}]},
+        json={"mutations": [{"t": "card", "id": id, "op": op, "p": {"n": n}}]},
     )
     answer.raise_for_status()
     result = answer.json()["results"][0]
@@ -149,7 +152,20 @@ def webhook_latency(http: httpx.Client, receiver: Receiver, rounds: int) -> list
     out: list[float] = []
     for n in range(rounds):
         started = time.perf_counter()
-        sid = mutate(http, 10_000 + n)
+        sid = mutate(http, n, op="i", id=f"hook-{n}")
+        arrived = receiver.wait_for(sid)
+        if arrived is not None:
+            out.append((arrived - started) * 1000)
+    return out
+
+
+def throttled_latency(http: httpx.Client, receiver: Receiver, rounds: int) -> list[float]:
+    out: list[float] = []
+    for n in range(rounds):
+        first = mutate(http, 0, op="i", id=f"typed-{n}")
+        receiver.wait_for(first)
+        started = time.perf_counter()
+        sid = mutate(http, 1, id=f"typed-{n}")
         arrived = receiver.wait_for(sid)
         if arrived is not None:
             out.append((arrived - started) * 1000)
@@ -195,7 +211,7 @@ def main() -> None:
             "--delta-min-interval-ms", "0",
             "--webhook", receiver.url,
             "--webhook-secret", SECRET,
-            "--webhook-throttle-ms", "0",
+            "--webhook-throttle-ms", "1000",
             "--frame-coalesce-ms", "20",
         )  # fmt: skip
         with ServerProcess(Path(tmp), *server_args) as server:
@@ -207,6 +223,8 @@ def main() -> None:
                 rows.append(figures("(a) long-poll with frames waiting", immediate))
                 hooked = webhook_latency(http, receiver, rounds)
                 rows.append(figures("(b) webhook: POST -> receiver has frame", hooked))
+                held = throttled_latency(http, receiver, min(rounds, 5))
+                rows.append(figures("(b) webhook: same record again (throttled)", held))
                 restored, size = restores(http, min(rounds, 30))
                 rows.append(figures(f"(c) restore of a {size // 1024} KB doc", restored))
             log = server.log()

@@ -353,7 +353,8 @@ class Settings:
     )
     webhook_throttle_ms: int = _opt(
         1000,
-        "batching window per webhook and org: frames arriving within it share one POST",
+        "webhook throttle per record: a record's first change goes at once, its later "
+        "changes within the window wait and go together",
         minimum=0,
         maximum=3_600_000,
     )

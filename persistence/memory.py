@@ -149,7 +149,8 @@ class MemoryStore(StartClose):
         from persistence.sqlite.schema import MIGRATIONS
 
         conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        MIGRATIONS[5](Database(conn))  # the webhook tables (SQLite's v6)
+        for webhook_tables in MIGRATIONS[5:7]:  # SQLite's v6 and v7
+            webhook_tables(Database(conn))
         self._outbox_db = conn
         self._state = "open"
 
@@ -543,8 +544,9 @@ class MemoryStore(StartClose):
             return
         text = outbox.frame_json(row.id, row.op, row.p, row.who, row.at, row.ctx)
         self._outbox_db.execute(
-            "INSERT INTO webhook_outbox (org, sid, t, frame, created_at) VALUES (?, ?, ?, ?, ?)",
-            (org, row.sid, row.t, text, values.now_ms()),
+            "INSERT INTO webhook_outbox (org, sid, t, rid, frame, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (org, row.sid, row.t, row.id, text, values.now_ms()),
         )
 
     async def _outbox_run(self, make: Callable[[int], outbox.Op]) -> Any:

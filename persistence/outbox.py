@@ -15,6 +15,16 @@ that org is claimed for the endpoint: per endpoint and org, deliveries go in sid
 order. A claim holds a **lease** (owner, expiry): a node that dies mid-delivery leaves
 a lease that expires, and then any node takes the batch over and sends it again.
 
+Deliveries are **throttled per record**: ``webhook_throttle`` holds, per endpoint, org
+and record, when a batch carrying that record was last claimed. A record is *due*
+when it has frames past the cursor and was not sent within the throttle window. A
+batch is claimed once one of its records is due (or it is full): a record's first
+change goes out at once, and while it keeps changing its frames wait for its window
+and go together, so a typing user gives at most one POST per window, and a change to
+another record does not wait for that window. A batch is still every frame past the
+cursor (up to the batch size): frames of records that are not due ride along, so
+order and the sid range stay whole.
+
 The SQL is written once, sans I/O: each operation is a generator that yields
 :class:`Stmt` and is sent back a :class:`Rows`; :func:`run_sync` drives it on a
 ``sqlite3`` connection, :func:`run_async` on a psycopg one. PostgreSQL adds row locks
@@ -43,6 +53,9 @@ PENDING, PARKED = "pending", "parked"
 #: Outbox rows read per claim beyond the batch size, to find the batch's frames among
 #: frames the endpoint's type filter skips.
 SCAN_FACTOR = 4
+#: Records per statement that marks a batch's records sent (5 parameters each, within
+#: SQLite's limit on host parameters).
+THROTTLE_ROWS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +188,9 @@ def claim(
 ) -> Op:
     """Claim the next batch for ``endpoint`` (one transaction): a pending delivery due
     and unleased (a retry, a replay, or one whose sender died), else a new batch of
-    the first org with frames past its cursor whose oldest has waited ``throttle_ms``
-    (or that has ``max_batch`` of them). Returns a :class:`Delivery` or ``None``."""
+    the first org with frames past its cursor of which one is of a record not sent
+    within ``throttle_ms`` (or that has ``max_batch`` of them). Returns a
+    :class:`Delivery` or ``None``."""
     lock = " FOR UPDATE SKIP LOCKED" if pg else ""
     found = yield Stmt(
         "SELECT id, org, first_sid, last_sid, attempts, first_attempt_at"
@@ -202,17 +216,23 @@ def claim(
         return Delivery(
             int(did), endpoint.id, org, int(first), int(last), int(attempts), first_at, frames
         )
+    # Orgs with frames past the cursor and no pending batch, with whether one of those
+    # frames is of a record not sent within the window (cheap to skip orgs whose
+    # records all wait; _new_batch decides, on the frames the endpoint wants).
     candidates = yield Stmt(
-        "SELECT o.org, min(o.created_at), count(*) FROM webhook_outbox o"
+        "SELECT o.org, min(o.created_at), count(*), max(CASE WHEN w.sent_at IS NULL"
+        " THEN 1 ELSE 0 END) FROM webhook_outbox o"
         " LEFT JOIN webhook_cursors c ON c.endpoint = ? AND c.org = o.org"
+        " LEFT JOIN webhook_throttle w ON w.endpoint = ? AND w.org = o.org AND w.t = o.t"
+        "  AND w.rid = o.rid AND w.sent_at > ?"
         " WHERE o.sid > coalesce(c.sid, 0) AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d"
         "  WHERE d.endpoint = ? AND d.org = o.org AND d.status = 'pending'"
         "  AND d.last_sid > coalesce(c.sid, 0))"
-        " GROUP BY o.org ORDER BY min(o.created_at) LIMIT 50",
-        (endpoint.id, endpoint.id),
+        " GROUP BY o.org ORDER BY 4 DESC, min(o.created_at) LIMIT 50",
+        (endpoint.id, endpoint.id, now - throttle_ms, endpoint.id),
     )
-    for org, oldest, _count in candidates.rows:
-        if endpoint.types or int(oldest) <= now - throttle_ms or _count >= max_batch:
+    for org, _oldest, count, due in candidates.rows:
+        if endpoint.types or due or count >= max_batch:
             delivery = yield from _new_batch(
                 endpoint,
                 org,
@@ -262,7 +282,7 @@ def _new_batch(
     # One statement, so one snapshot: no frame committed in between can fall into the
     # range without being read (an org's sids commit in order).
     rows = yield Stmt(
-        "SELECT sid, t, frame, created_at FROM webhook_outbox WHERE org = ? AND sid > ?"
+        "SELECT sid, t, frame, rid FROM webhook_outbox WHERE org = ? AND sid > ?"
         " ORDER BY sid LIMIT ?",
         (org, cursor, max_batch * SCAN_FACTOR),
     )
@@ -277,10 +297,30 @@ def _new_batch(
         )
         return None
     full = len(wanted) == max_batch
-    if not full and int(wanted[0][3]) > now - throttle_ms:
-        return None  # its throttle window is still open: wait for more
+    records = {(t, rid) for _, t, _, rid in wanted}
+    if not full and throttle_ms > 0:
+        recent = yield Stmt(
+            "SELECT t, rid FROM webhook_throttle WHERE endpoint = ? AND org = ? AND sent_at > ?",
+            (endpoint.id, org, now - throttle_ms),
+        )
+        if records <= {(t, rid) for t, rid in recent.rows}:
+            return None  # every record in it was sent within the window: wait for more
     first = int(wanted[0][0])
     last = int(wanted[-1][0]) if full else int(rows.rows[-1][0])
+    if throttle_ms > 0:
+        yield Stmt(
+            "DELETE FROM webhook_throttle WHERE endpoint = ? AND org = ? AND sent_at <= ?",
+            (endpoint.id, org, now - throttle_ms),
+        )
+        ordered = sorted(records)
+        for i in range(0, len(ordered), THROTTLE_ROWS):
+            chunk = ordered[i : i + THROTTLE_ROWS]
+            yield Stmt(
+                "INSERT INTO webhook_throttle (endpoint, org, t, rid, sent_at) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+                + " ON CONFLICT (endpoint, org, t, rid) DO UPDATE SET sent_at = excluded.sent_at",
+                tuple(v for t, rid in chunk for v in (endpoint.id, org, t, rid, now)),
+            )
     made = yield Stmt(
         "INSERT INTO webhook_deliveries (endpoint, org, first_sid, last_sid, status, attempts,"
         " created_at, first_attempt_at, next_attempt_at, lease_owner, lease_expires)"

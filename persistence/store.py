@@ -627,10 +627,10 @@ class Store(Protocol):
         """Claim the endpoint's next batch for ``owner`` (leased for ``lease_ms``), in
         one transaction: a pending delivery that is due and unleased (a retry, a
         replay, one whose sender died), else a new batch of up to ``max_batch`` frames
-        of one org past the endpoint's cursor, once the oldest has waited
-        ``throttle_ms`` (or the batch is full). ``None``: nothing to send now. Two
-        nodes never hold the same delivery, and per endpoint and org a new batch waits
-        while one is pending."""
+        of one org past the endpoint's cursor, once one of its records was not sent
+        within the last ``throttle_ms`` (or the batch is full): throttled per record.
+        ``None``: nothing to send now. Two nodes never hold the same delivery, and per
+        endpoint and org a new batch waits while one is pending."""
         ...
 
     async def finish_delivery(

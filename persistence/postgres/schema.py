@@ -167,8 +167,25 @@ _V3 = [
     "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint, status, next_attempt_at)",
 ]
 
+#: Webhooks throttled per record: the outbox names each frame's record, and
+#: ``webhook_throttle`` holds when an endpoint last sent each record.
+_V4 = [
+    "ALTER TABLE webhook_outbox ADD COLUMN rid text COLLATE \"C\" NOT NULL DEFAULT ''",
+    "UPDATE webhook_outbox SET rid = frame::json->>'id'",
+    """
+    CREATE TABLE webhook_throttle (
+        endpoint text COLLATE "C" NOT NULL,
+        org text COLLATE "C" NOT NULL,
+        t text COLLATE "C" NOT NULL,
+        rid text COLLATE "C" NOT NULL,
+        sent_at bigint NOT NULL,
+        PRIMARY KEY (endpoint, org, t, rid)
+    )
+    """,
+]
+
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = frozenset(
     {
@@ -184,6 +201,7 @@ TABLES = frozenset(
         "webhook_outbox",
         "webhook_cursors",
         "webhook_deliveries",
+        "webhook_throttle",
     }
 )
 

@@ -491,8 +491,9 @@ async def _outbox_row(
     ctx_text: str,
 ) -> None:
     await txn.conn.execute(
-        "INSERT INTO webhook_outbox (org, sid, t, frame, created_at) VALUES (%s, %s, %s, %s, %s)",
-        [org, sid, t, outbox.frame_json(id_, op, p_text, who, at, ctx_text), txn.now],
+        "INSERT INTO webhook_outbox (org, sid, t, rid, frame, created_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        [org, sid, t, id_, outbox.frame_json(id_, op, p_text, who, at, ctx_text), txn.now],
     )
 
 

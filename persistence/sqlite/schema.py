@@ -250,8 +250,21 @@ def _v6(db: Database) -> None:
     )
 
 
+def _v7(db: Database) -> None:
+    """Webhooks throttled per record: the outbox names each frame's record (``rid``,
+    filled from the frame for rows already there), and ``webhook_throttle`` holds when
+    an endpoint last sent each record (rows older than the window are dropped)."""
+    db.execute("ALTER TABLE webhook_outbox ADD COLUMN rid TEXT NOT NULL DEFAULT ''")
+    db.execute("UPDATE webhook_outbox SET rid = json_extract(frame, '$.id')")
+    db.execute(
+        "CREATE TABLE webhook_throttle (endpoint TEXT NOT NULL, org TEXT NOT NULL,"
+        " t TEXT NOT NULL, rid TEXT NOT NULL, sent_at INTEGER NOT NULL,"
+        " PRIMARY KEY (endpoint, org, t, rid)) WITHOUT ROWID"
+    )
+
+
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = frozenset(
     {
@@ -268,6 +281,7 @@ TABLES = frozenset(
         "webhook_outbox",
         "webhook_cursors",
         "webhook_deliveries",
+        "webhook_throttle",
     }
 )
 

@@ -248,7 +248,7 @@ def write_frames(
 
 
 _INSERT_OUTBOX = (
-    "INSERT INTO webhook_outbox (org, sid, t, frame, created_at) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO webhook_outbox (org, sid, t, rid, frame, created_at) VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -265,7 +265,7 @@ def _outbox_row(
     ctx_text: str,
 ) -> None:
     text = outbox.frame_json(id, op, p_text, who, at, ctx_text)
-    conn.execute(_INSERT_OUTBOX, (org, sid, t, text, values.now_ms()))
+    conn.execute(_INSERT_OUTBOX, (org, sid, t, id, text, values.now_ms()))
 
 
 def _record_row(

@@ -27,9 +27,10 @@ import psycopg
 import pytest
 from pycrdt import Doc, Map, Text
 
-from persistence import values
+from persistence import outbox, values
+from persistence.outbox import EndpointSpec
 from persistence.postgres import PostgresStore, ReadUnavailableError
-from persistence.postgres.schema import SCHEMA_VERSION, migrate
+from persistence.postgres.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from persistence.store import (
     Committed,
     Frame,
@@ -606,6 +607,37 @@ async def test_migrations_run_once_when_nodes_start_together_and_again() -> None
                 assert await cur.fetchall() == [(SCHEMA_VERSION,)]
             async with PostgresStore(dsn) as again:  # a restart keeps the data
                 assert await again.has_doc("o", "d")
+
+
+async def test_a_version_3_outbox_learns_its_record_ids() -> None:
+    # Frames waiting in the outbox of a database from before the per-record throttle.
+    with throwaway_database("crdt_sync_test_v3") as dsn:
+        with anyio.fail_after(TIMEOUT):
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                async with conn.transaction():
+                    for statement in [s for step in MIGRATIONS[:3] for s in step]:
+                        await conn.execute(statement)  # type: ignore[arg-type]
+                    await conn.execute("CREATE TABLE schema_version (version int NOT NULL)")
+                    await conn.execute("INSERT INTO schema_version (version) VALUES (3)")
+                    await conn.execute(
+                        "INSERT INTO webhook_outbox (org, sid, t, frame, created_at)"
+                        " VALUES ('o', 5, 'card', %s, 1)",
+                        [outbox.frame_json("a", "i", "{}", None, 1, "{}")],
+                    )
+            claim = {"lease_ms": 60_000, "max_batch": 10, "throttle_ms": 60_000}
+            async with PostgresStore(dsn, outbox=True) as store:
+                d = await store.claim_delivery(EndpointSpec("wh"), owner="n", **claim)
+                assert d is not None and [(f.sid, f.id) for f in d.frames] == [(5, "a")]
+                await store.finish_delivery(d.id, owner="n", outcome="ok", endpoints=["wh"])
+                # The same record again, within the window: it waits.
+                await store.log_frames("o", FrameBatch((frame_draft("card", "a", "u", {"n": 1},
+                                       who="w", at=2),)))  # fmt: skip
+                assert await store.claim_delivery(EndpointSpec("wh"), owner="n", **claim) is None
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                cur = await conn.execute("SELECT t, rid FROM webhook_outbox")
+                assert await cur.fetchall() == [("card", "a")]  # the new frame's row
+                cur = await conn.execute("SELECT version FROM schema_version")
+                assert await cur.fetchall() == [(SCHEMA_VERSION,)]
 
 
 async def test_a_foreign_or_newer_schema_is_refused() -> None:

@@ -286,25 +286,44 @@ def test_type_filter_parking_and_replay(tmp_path: Path, receiver: Receiver) -> N
         }
 
 
-def test_the_throttle_batches_a_burst_in_order(tmp_path: Path, receiver: Receiver) -> None:
-    # A window longer than the test: batches go only once full (--webhook-max-batch), so
-    # the count of POSTs does not depend on how fast the mutations come.
+def test_the_throttle_is_per_record(tmp_path: Path, receiver: Receiver) -> None:
+    # A window longer than the test: within it a record's changes go only once a batch
+    # is full (--webhook-max-batch), or with another record's first change.
     args = ("--webhook", receiver.url, *FAST, "--webhook-throttle-ms", "600000")
     with ServerProcess(tmp_path, *args, "--webhook-max-batch", "10") as server:
+
+        def waiting() -> dict[str, Any] | None:
+            """The org's cursor and backlog once nothing is in flight and what is
+            left waits for its window."""
+            state = admin(server)
+            orgs = [o for e in state["endpoints"] for o in e["orgs"]]
+            got = [f["sid"] for f in receiver.frames()]
+            if state["pending"] or not orgs or not got or orgs[0]["cursor"] != got[-1]:
+                return None
+            return orgs[0] if orgs[0]["backlog"] < 10 else None
+
         sids = []
         for i in range(30):
             # A typing user: one record changed again and again.
             sids += mutate(server, ("card", "a"), op="i" if i == 0 else "u", n=i)
-        wait_for("every frame", lambda: len(receiver.frames()) >= len(sids))
+        org = wait_for("the typing settled", waiting)
+        got = [f["sid"] for f in receiver.frames()]
+        assert got == sids[: len(got)] and org["backlog"] == len(sids) - len(got)  # in order
+        # Its first change went at once (with what came in the sender's burst window);
+        # then only full batches: 30 changes, at most 4 POSTs.
+        sizes = [len(r.json["frames"]) for r in receiver.all()]
+        assert sizes[1:] == [10] * (len(sizes) - 1) and len(sizes) <= 4, sizes
+        # Another record's first change does not wait for the typed record's window:
+        # it goes at once, after the typed frames still waiting (sid order).
+        sids += mutate(server, ("card", "b"), op="i", n=0)
+        wait_for("card b delivered", lambda: len(receiver.frames()) == len(sids))
         assert [f["sid"] for f in receiver.frames()] == sids  # all, in order, none merged
-        assert [len(r.json["frames"]) for r in receiver.all()] == [10, 10, 10]
-        # The next change waits for its window (shown, not waited for).
+        assert receiver.frames()[-1]["id"] == "b"
+        # Both were sent within the window now: the next change of either waits (shown,
+        # not waited for).
         [late] = mutate(server, ("card", "a"), op="u", n="late")
-        state = wait_for(
-            "the late frame in the backlog",
-            lambda: [o for e in admin(server)["endpoints"] for o in e["orgs"] if o["backlog"]],
-        )
-        assert state[0]["cursor"] == sids[-1] and late == sids[-1] + 1
+        org = wait_for("the late frame in the backlog", waiting)
+        assert org["cursor"] == sids[-1] and org["backlog"] == 1 and late == sids[-1] + 1
 
 
 @pytest.mark.parametrize(
