@@ -25,14 +25,14 @@ from .close_codes import CloseCode
 from .codec import encode_sync_step1
 from .connection import Connection
 from .listener import RoomListener
-from .memory import release_freed_memory, trim_available
+from .memory import Reclaimer, release_freed_memory
 from .replica import Replica
 from .room import Room, RoomError, RoomLoadError, RoomState
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-#: Seconds after an unload before freed memory is handed back (unloads come in waves).
+#: Seconds without an unload before freed memory is handed back (unloads come in waves).
 TRIM_DELAY = 2.0
 
 #: Seconds before a failed replica (the room's link to the other nodes) starts again.
@@ -97,6 +97,8 @@ class RoomManager:
         self._repair_wanted = anyio.Event()
         self.closing = False
         self._trim_scheduled = False
+        self._trim_due = 0.0
+        self.reclaimer = Reclaimer()
 
     async def __aenter__(self) -> RoomManager:
         self._tg = anyio.create_task_group()
@@ -433,14 +435,25 @@ class RoomManager:
         return True
 
     def _schedule_trim(self) -> None:
-        """Once the current wave of unloads is over, hand freed memory back to the OS."""
-        if self._trim_scheduled or self.closing or not trim_available():
+        """Once the current wave of unloads is over, collect what the unloaded rooms
+        and their connections left in reference cycles, and hand freed memory back to
+        the OS (see :mod:`rooms.memory`)."""
+        if self.closing:
+            return
+        # The wave is over once no room has unloaded for TRIM_DELAY.
+        self._trim_due = anyio.current_time() + TRIM_DELAY
+        if self._trim_scheduled:
             return
         self._trim_scheduled = True
 
         async def trim_later() -> None:
             try:
-                await anyio.sleep(TRIM_DELAY)
+                due = 0.0
+                while due < self._trim_due:  # pushed back by each unload meanwhile
+                    due = self._trim_due
+                    await anyio.sleep_until(due)
+                await anyio.sleep(self.reclaimer.wait_seconds())
+                self.reclaimer.collect()
                 released = await anyio.to_thread.run_sync(release_freed_memory)
                 log.debug("freed memory of unloaded rooms returned to the OS: %s", released)
             finally:
