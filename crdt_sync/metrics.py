@@ -63,6 +63,7 @@ when auth is on) says how the node does, never what any tenant holds.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -87,6 +88,26 @@ from .records.projection import CONFORMED
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
+def _memory(manager: Any) -> Iterator[Metric]:
+    """The garbage collector's share in memory (see rooms/memory.py)."""
+    reclaimer = getattr(manager, "reclaimer", None)
+    yield GaugeMetricFamily(
+        "crdt_sync_gc_frozen_objects",
+        "Objects alive at startup, out of the cyclic collector's reach.",
+        value=gc.get_freeze_count(),
+    )
+    yield CounterMetricFamily(
+        "crdt_sync_unload_collections",
+        "Full garbage collections run after waves of room unloads.",
+        value=reclaimer.collections if reclaimer is not None else 0,
+    )
+    yield CounterMetricFamily(
+        "crdt_sync_unload_collected_objects",
+        "Unreachable objects those collections found.",
+        value=reclaimer.collected if reclaimer is not None else 0,
+    )
+
+
 class _NodeCollector:
     """Reads the node's counters and gauges at scrape time."""
 
@@ -106,6 +127,7 @@ class _NodeCollector:
         connections.add_metric(["frames"], len(runtime.hub))
         yield rooms
         yield connections
+        yield from _memory(manager)
         for name, help_text, values in (
             ("crdt_sync_messages_received", "Messages received from clients.", TRAFFIC.received),
             ("crdt_sync_received_bytes", "Bytes of messages received.", TRAFFIC.received_bytes),

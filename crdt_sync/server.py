@@ -18,6 +18,7 @@ receiver would compress its own copy of a broadcast, undoing "encode once".
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -162,6 +163,7 @@ def run(
     url = url_of(sock)
 
     def ready() -> None:
+        freeze_startup_objects()
         if on_ready is not None:
             on_ready(loop_name())
             return
@@ -180,6 +182,15 @@ def run(
         return 1
     log.info("stopped")
     return 0
+
+
+def freeze_startup_objects() -> None:
+    """Take what is alive once the app is up (modules, classes, functions, settings:
+    about 66,000 objects) out of the cyclic collector's reach for good. A full
+    collection then traverses only what serving created, so its pause, which stops
+    every room of the process, is shorter; and these objects never were garbage."""
+    gc.collect()
+    gc.freeze()
 
 
 def ready_line(url: str, settings: Settings, loop: str, workers: int = 1) -> str:
