@@ -277,7 +277,9 @@ class Supervisor:
         failed = [w for w in running if w.process.exitcode != 0]  # type: ignore[union-attr]
         for worker in failed:
             log.error("worker %d did not stop cleanly (%s)", worker.index, _exit_text(worker))
-        log.info("stopped %d workers", len(running))
+        # Every worker: those already gone when the stop began count too (a service
+        # manager that signals the whole group reaches them first; they exit on it).
+        log.info("stopped %d workers", len(self.workers))
         return 1 if failed else 0
 
 
