@@ -60,6 +60,11 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: How long a client found gone (a write to it failed) is still read, for what it sent
+#: before it went; its disconnect, which the ASGI server queues behind those messages,
+#: normally ends the reading at once.
+PEER_GONE_READ_SECONDS = 5.0
+
 
 class YjsEndpoint:
     """The ASGI app mounted at ``/yjs/{doc:path}``."""
@@ -130,12 +135,26 @@ class YjsEndpoint:
         session = self.runtime.sessions.register(principal, name, conn.close)
         try:
             # This task reads; writes happen in whichever task relays (see
-            # rooms.connection). A close from anywhere stops the reading.
+            # rooms.connection). A close by the server stops the reading. A client
+            # found gone (a write to it failed) may still have messages received and
+            # not yet read, such as an edit sent just before it closed its tab: they
+            # are read on, until its disconnect (bounded by PEER_GONE_READ_SECONDS).
             with anyio.CancelScope() as reading:
-                conn.on_close(reading.cancel)
+
+                def stop_reading() -> None:
+                    if not conn.closed_by_peer:
+                        reading.cancel()
+                    else:
+                        reading.deadline = min(
+                            reading.deadline, anyio.current_time() + PEER_GONE_READ_SECONDS
+                        )
+
+                conn.on_close(stop_reading)
                 left = principal.seconds_left(time.time())
                 if left is not None:
-                    reading.deadline = anyio.current_time() + max(0.0, left)
+                    reading.deadline = min(
+                        reading.deadline, anyio.current_time() + max(0.0, left)
+                    )
                 reader = _Reader(self, conn, room, manager, principal, scope, writer)
                 await reader.loop(receive)
             if reading.cancelled_caught and not conn.closing:
@@ -213,7 +232,8 @@ class _Reader:
         refuse = self.endpoint._refuse
         max_bytes = self.endpoint.settings.max_message_bytes
         limiter = self.limiter
-        while not conn.closing:
+        # Past a close by the peer, what it sent before it went is still handled.
+        while not conn.closing or conn.closed_by_peer:
             event = await receive()
             if event["type"] == "websocket.disconnect":
                 conn.peer_closed(event.get("code", CloseCode.NORMAL))
